@@ -1,0 +1,37 @@
+# Everything a newcomer needs: `make demo` and `make test` each build .venv from nothing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# ONNX Runtime: exactly one build. A machine with nvidia-smi gets onnxruntime-gpu.
+ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: setup test demo play lint bench model clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned, so nothing later can pull a CUDA build in its place.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[$(ORT_EXTRA),dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: setup
+	$(BIN)/ruff check .
+	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest -q
+
+demo: setup
+	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/worldsim demo --out demo
+
+play: setup
+	$(BIN)/worldsim play
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/worldsim bench engine
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

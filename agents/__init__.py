@@ -1,0 +1,1 @@
+"""Things that choose actions: random, the scripted explorer, the human at the keyboard."""

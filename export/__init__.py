@@ -1,0 +1,1 @@
+"""ONNX export of WorldSim checkpoints and the ONNX Runtime backend."""

@@ -1,0 +1,76 @@
+"""The ``worldsim`` command: a table of subcommands, each imported only when it runs.
+
+Every subcommand lives beside the code it drives and exposes ``main(argv) -> int``, which
+parses its own arguments. This keeps ``worldsim --help`` instant (no torch import) and
+keeps the core free of imports from ``envs/``, ``agents/`` and ``export/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> ("module:function", one-line help). Longest name wins ("bench engine" over "bench").
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench engine": ("envs.blockworld.bench:main", "BlockWorld steps/s, single and vector, and reset time"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: worldsim <command> [options]   (worldsim <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]
+    return "\n".join(lines)
+
+
+def _resolve(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return name, list(argv[n:])
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors print one line and exit 2, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from worldsim import __version__
+
+        print(f"worldsim {__version__}")
+        return 0
+    found = _resolve(argv)
+    if found is None:
+        print(f"worldsim: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    name, rest = found
+    target = COMMANDS[name][0]
+    module_name, func_name = target.split(":")
+
+    from worldsim.errors import WorldSimError
+
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    except WorldSimError as e:
+        print(f"worldsim {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldsim {name}: interrupted", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as e:
+        hint = {"pygame": "pip install pygame", "onnxruntime": "pip install onnxruntime"}.get(
+            (e.name or "").split(".")[0]
+        )
+        if hint is None:
+            raise
+        print(f"worldsim {name}: error: {e.name} is not installed; run `{hint}`", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
