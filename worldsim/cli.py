@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # name -> ("module:function", one-line help). Longest name wins ("bench engine" over "bench").
 COMMANDS: dict[str, tuple[str, str]] = {
+    "play": ("agents.human:main", "play the dream, the engine or both side by side with keyboard and mouse"),
     "bench engine": ("envs.blockworld.bench:main", "BlockWorld steps/s, single and vector, and reset time"),
 }
 

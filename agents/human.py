@@ -1,0 +1,429 @@
+"""`worldsim play`: the human at the keyboard, in a pygame window, at a fixed tick rate.
+
+The game advances at a fixed rate of steps per second (default 20, one BlockWorld tick),
+whatever the render rate; the window redraws in between. When generating a frame takes
+longer than a tick, the game cannot keep its rate, and the overlay says so in red rather
+than slowing down quietly. The same loop runs headless under ``SDL_VIDEODRIVER=dummy`` with
+a scripted action file, which is how the tests and the README pictures drive it.
+
+Scripted action files are JSON lines. Each line is one of:
+
+- an action: a list of ints for a ``MultiDiscrete`` space (``[1, 0, 0, 2, 0, 0, 0, 0]``)
+  or an int for a ``Discrete`` one;
+- ``{"action": [...], "repeat": N}``: that action for N ticks;
+- ``{"command": "reset"}`` or ``{"command": "screenshot"}``: what R and F2 do.
+
+Blank lines and lines starting with ``#`` are skipped. The run ends when the file does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, compose_action
+from agents.overlay import Overlay, OverlayState
+from agents.worlds import World, make_world
+from worldsim.errors import WorldSimError
+from worldsim.spaces import ActionSpec
+
+MIN_TICK_RATE, MAX_TICK_RATE = 10.0, 20.0
+"""Playable tick rates: below 10 steps/s the game feels broken, above 20 it outruns BlockWorld's clock."""
+WINDOW_TARGET_PX = 512
+"""Default window height: the scale is picked so the frames fill about this many pixels."""
+RENDER_FPS = 60.0
+"""Redraw rate between ticks (mouse, pause screen, help), independent of the tick rate."""
+HELP_SECONDS = 6.0
+"""How long the controls stay on screen at start (F1 shows them again)."""
+
+
+@dataclass(frozen=True)
+class PlayConfig:
+    """Options of ``worldsim play``."""
+
+    world: str = "dream"
+    """``dream``, ``engine`` or ``side-by-side``."""
+    checkpoint: str | None = None
+    """Dream checkpoint (``None``: the shipped default model)."""
+    backend: str = "torch"
+    """Dream runtime backend: ``torch`` or ``onnx``."""
+    scale: int | None = None
+    """Integer upscale factor of the frames (``None``: fit about 512 px)."""
+    record: str | None = None
+    """Write the session to this recording file (the first pane's frames, the human's actions)."""
+    seed: int | None = None
+    """World seed of the first episode (later episodes use seed + 1, + 2, ...)."""
+    tick_rate: float = 20.0
+    """Game steps per second, 10 to 20."""
+    max_steps: int | None = None
+    """Stop after this many steps."""
+    screenshot: str | None = None
+    """Save the window to this PNG file when the session ends."""
+    actions: str | None = None
+    """Scripted action file (JSON lines) to play instead of the keyboard."""
+    width: int = 64
+    """Frame width."""
+    height: int = 64
+    """Frame height."""
+    chunks: int | None = None
+    """Dream chunks per frame (``None``: the model's default)."""
+    temperature: float | None = None
+    """Dream sampling temperature (``None``: the model's default)."""
+    screenshot_dir: str = "."
+    """Where F2 saves screenshots."""
+
+
+@dataclass
+class PlayResult:
+    """What a session did, returned by :func:`play` for scripts and tests."""
+
+    steps: int
+    episodes: int
+    generation_fps: float
+    """Frames generated per second of generation time (all panes of one tick count once)."""
+    fell_behind: bool
+    """True if generation was ever slower than the tick rate."""
+    mean_psnr: float | None
+    screenshots: list[str]
+
+
+def read_script(path: str | os.PathLike, spec: ActionSpec) -> Iterator[np.ndarray | str]:
+    """Yield scripted actions (int64 vectors) and commands (strings) from a JSON-lines file.
+
+    Raises:
+        WorldSimError: A line that is not JSON, an unknown command or an invalid action,
+            with the file and line number.
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise WorldSimError(f"cannot read action file {path}: {e.strerror}") from e
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}:{n}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise WorldSimError(f"{where}: not JSON ({e.msg})") from e
+        repeat = 1
+        if isinstance(item, dict):
+            if "command" in item:
+                if item["command"] not in ("reset", "screenshot"):
+                    raise WorldSimError(f"{where}: unknown command {item['command']!r}; expected reset or screenshot")
+                yield item["command"]
+                continue
+            repeat = item.get("repeat", 1)
+            if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+                raise WorldSimError(f"{where}: repeat must be a positive integer, got {repeat!r}")
+            item = item.get("action")
+        try:
+            action = spec.as_array(item, ())
+        except (ValueError, TypeError) as e:
+            raise WorldSimError(f"{where}: {e}") from e
+        for _ in range(repeat):
+            yield action.copy()
+
+
+class _Input:
+    """Collects keyboard and mouse state between ticks (pygame events -> key names)."""
+
+    def __init__(self, pygame: Any, keymap: Keymap):
+        self.pg = pygame
+        self.keymap = keymap
+        self.pressed: set[str] = set()
+        self.commands: list[str] = []
+        self.dx = self.dy = 0.0
+        self.any_key = False
+        self.codes = {b.input: pygame.key.key_code(b.input) for b in keymap.bindings if not b.input.startswith("mouse")}
+        self.command_codes = {pygame.key.key_code(k): cmd for k, cmd in keymap.commands.items()}
+        self.names = {code: name for name, code in self.codes.items()}
+
+    def poll(self) -> None:
+        pg = self.pg
+        for ev in pg.event.get():
+            if ev.type == pg.QUIT:
+                self.commands.append("quit")
+            elif ev.type == pg.KEYDOWN:
+                self.any_key = True
+                if ev.key in self.command_codes:
+                    self.commands.append(self.command_codes[ev.key])
+                elif ev.key in self.names:
+                    self.pressed.add(self.names[ev.key])
+            elif ev.type == pg.MOUSEBUTTONDOWN and ev.button in (1, 3):
+                self.pressed.add(f"mouse{ev.button}")
+            elif ev.type == pg.MOUSEMOTION and pg.event.get_grab():
+                self.dx += ev.rel[0]
+                self.dy += ev.rel[1]
+
+    def held(self) -> set[str]:
+        keys = self.pg.key.get_pressed()
+        held = {name for name, code in self.codes.items() if keys[code]}
+        buttons = self.pg.mouse.get_pressed()
+        held |= {f"mouse{i + 1}" for i in (0, 2) if buttons[i]}
+        return held
+
+    def take_action(self) -> np.ndarray:
+        action = compose_action(self.keymap, self.held(), self.pressed, self.dx, self.dy)
+        self.pressed.clear()
+        self.dx = self.dy = 0.0
+        return action
+
+
+class _Recorder:
+    """Writes the session's first pane (the engine, side by side) with the actions played."""
+
+    def __init__(self, path: str, world: World, shape: tuple[int, int, int], scripted: bool):
+        from worldsim.recording import RecordingWriter
+
+        self.writer = RecordingWriter(
+            path,
+            env_id=world.env_id,
+            env_kwargs=world.env_kwargs,
+            observation_shape=shape,
+            action_space=world.action_space,
+            agent="script" if scripted else "human",
+            extra_header={"viewer_world": world.titles[0]},
+        )
+        self.episode, self.t = -1, 0
+
+    def reset(self, seed: int | None, frame: np.ndarray) -> None:
+        self.episode += 1
+        self.t = 0
+        self.writer.reset(self.episode, seed, frame)
+
+    def step(self, action: np.ndarray, reward: float, terminated: bool, truncated: bool, frame: np.ndarray) -> None:
+        self.t += 1
+        self.writer.step(self.episode, self.t, action, reward, terminated, truncated, frame)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
+    """Run one viewer session until Esc, the window closing, ``max_steps`` or the script's end.
+
+    Raises:
+        WorldSimError: Bad options, a bad action file or a checkpoint that cannot be loaded.
+    """
+    if not MIN_TICK_RATE <= config.tick_rate <= MAX_TICK_RATE:
+        raise WorldSimError(f"--tick-rate must be within {MIN_TICK_RATE:g}-{MAX_TICK_RATE:g} steps/s, got {config.tick_rate:g}")
+    if config.scale is not None and not 1 <= config.scale <= 32:
+        raise WorldSimError(f"--scale must be an integer from 1 to 32, got {config.scale}")
+    try:
+        import pygame
+    except ModuleNotFoundError as e:
+        raise WorldSimError("the viewer needs pygame; run `pip install pygame`") from e
+
+    world = make_world(
+        config.world,
+        checkpoint=config.checkpoint,
+        backend=config.backend,
+        width=config.width,
+        height=config.height,
+        chunks=config.chunks,
+        temperature=config.temperature,
+    )
+    try:
+        spec = ActionSpec.from_space(world.action_space)
+        script = iter(read_script(config.actions, spec)) if config.actions else None
+        if script is None and spec.nvec != NVEC:
+            raise WorldSimError(
+                f"the keyboard controls drive BlockWorld's MultiDiscrete{list(NVEC)}, but this world's "
+                f"action space is {spec.kind}{list(spec.nvec)}; play it with --actions FILE"
+            )
+        return _Session(pygame, world, config, keymap, script).run()
+    finally:
+        world.close()
+
+
+class _Session:
+    """The viewer's loop: input, fixed-rate ticks, recording, redraw."""
+
+    def __init__(self, pygame: Any, world: World, config: PlayConfig, keymap: Keymap, script: Iterator | None):
+        self.pg, self.world, self.cfg, self.script = pygame, world, config, script
+        self.keymap = keymap
+        pygame.init()
+        scale = config.scale or max(1, WINDOW_TARGET_PX // config.height)
+        self.overlay = Overlay(pygame, world.titles, (config.width, config.height), scale, keymap.help_lines())
+        pygame.display.set_caption(f"WorldSim: {config.world}")
+        self.screen = pygame.display.set_mode(self.overlay.window_size)
+        self.input = _Input(pygame, keymap)
+        self.state = OverlayState(world=config.world, backend=world.backend, tick_rate=config.tick_rate)
+        self.gen_times: deque[float] = deque(maxlen=2 * int(config.tick_rate))
+        self.psnrs: list[float] = []
+        self.screenshots: list[str] = []
+        self.episode_seed = config.seed
+        self.episodes = 0
+        self.recorder = None
+        if config.record:
+            self.recorder = _Recorder(config.record, world, (config.height, config.width, 3), script is not None)
+
+    def _reset(self) -> None:
+        self.frames = self.world.reset(self.episode_seed)
+        if self.recorder:
+            self.recorder.reset(self.episode_seed, self.frames[0])
+        self.episode_seed = None if self.episode_seed is None else self.episode_seed + 1
+        self.episodes += 1
+        self.state.slot = 1
+        self.state.episode_step = 0
+
+    def _tick(self, action: np.ndarray) -> bool:
+        t0 = time.perf_counter()
+        out = self.world.step(action)
+        self.gen_times.append(time.perf_counter() - t0)
+        self.frames = out.frames
+        if self.recorder:
+            self.recorder.step(action, out.rewards[0], out.terminated, out.truncated, out.frames[0])
+        st = self.state
+        st.step += 1
+        st.episode_step += 1
+        st.rewards = out.rewards
+        hotbar = int(action[COMPONENTS.index("hotbar")]) if len(action) == len(COMPONENTS) else 0
+        st.slot = hotbar or st.slot
+        if out.psnr is not None:
+            self.psnrs.append(out.psnr)
+            st.psnr, st.mean_psnr = out.psnr, float(np.mean(self.psnrs))
+        st.gen_fps = len(self.gen_times) / max(sum(self.gen_times), 1e-9)
+        st.behind = st.gen_fps < self.cfg.tick_rate
+        st.ever_behind |= st.behind
+        return out.done
+
+    def _screenshot(self, path: str | None = None) -> None:
+        if path is None:
+            name = f"worldsim-{self.cfg.world}-{self.state.step:06d}.png"
+            path = str(Path(self.cfg.screenshot_dir) / name)
+        self.pg.image.save(self.screen, path)
+        self.screenshots.append(path)
+        self.state.message = f"saved {path}"
+
+    def _next_action(self) -> np.ndarray | None:
+        """The action for this tick, after running any scripted commands; None ends a script."""
+        if self.script is None:
+            return self.input.take_action()
+        for item in self.script:
+            if isinstance(item, str):
+                self._command(item)
+                continue
+            return item
+        return None
+
+    def _command(self, cmd: str) -> None:
+        if cmd == "quit":
+            self.running = False
+        elif cmd == "pause":
+            self.state.paused = not self.state.paused
+        elif cmd == "reset":
+            self._reset()
+        elif cmd == "screenshot":
+            self._draw()
+            self._screenshot()
+        elif cmd == "help":
+            self.help_pinned = not self.show_help()
+            self.help_until = 0.0
+        elif cmd == "capture mouse":
+            grab = not self.pg.event.get_grab()
+            self.pg.event.set_grab(grab)
+            self.pg.mouse.set_visible(not grab)
+
+    def show_help(self) -> bool:
+        return self.help_pinned or time.perf_counter() < self.help_until
+
+    def _draw(self) -> None:
+        self.state.show_help = self.show_help()
+        self.overlay.draw(self.screen, self.frames, self.state)
+        self.pg.display.flip()
+
+    def run(self) -> PlayResult:
+        cfg = self.cfg
+        print("WorldSim play controls:\n  " + "\n  ".join(self.keymap.help_lines()), flush=True)
+        self._reset()
+        self.running = True
+        self.help_pinned = False
+        self.help_until = time.perf_counter() + (0.0 if self.script else HELP_SECONDS)
+        interval = 1.0 / cfg.tick_rate
+        next_tick = time.perf_counter()
+        next_draw = 0.0
+        warned = False
+        try:
+            while self.running:
+                self.input.poll()
+                for cmd in self.input.commands:
+                    self._command(cmd)
+                self.input.commands.clear()
+                if self.input.any_key:
+                    self.help_until = 0.0  # the start-up help goes at the first key press
+                if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
+                    break
+                now = time.perf_counter()
+                if self.running and not self.state.paused and now >= next_tick:
+                    action = self._next_action()
+                    if action is None:
+                        break
+                    if self._tick(action):
+                        self.state.message = f"episode {self.episodes} ended after {self.state.episode_step} steps"
+                        self._reset()
+                    next_tick += interval
+                    # Behind schedule: run on from now instead of bursting to catch up, and say so.
+                    next_tick = max(next_tick, time.perf_counter())
+                    if self.state.behind and not warned:
+                        print(f"warning: generation runs at {self.state.gen_fps:.1f} frames/s, below the "
+                              f"{cfg.tick_rate:g} steps/s tick rate; the game runs slower than real time", flush=True)
+                        warned = True
+                    next_draw = 0.0
+                elif self.state.paused:
+                    next_tick = now + interval
+                if time.perf_counter() >= next_draw:
+                    self._draw()
+                    next_draw = time.perf_counter() + 1.0 / RENDER_FPS
+                wait = min(next_tick, next_draw) - time.perf_counter()
+                if wait > 0:
+                    time.sleep(min(wait, 0.005))
+            self._draw()
+            if cfg.screenshot:
+                self._screenshot(cfg.screenshot)
+        finally:
+            if self.recorder:
+                self.recorder.close()
+            self.pg.quit()
+        gen = self.state.gen_fps
+        mean_psnr = float(np.mean(self.psnrs)) if self.psnrs else None
+        print(f"played {self.state.step} steps in {self.episodes} episode(s); generation {gen:.1f} frames/s"
+              + (f"; mean PSNR {mean_psnr:.2f} dB" if mean_psnr is not None else ""), flush=True)
+        return PlayResult(self.state.step, self.episodes, gen, self.state.ever_behind, mean_psnr, self.screenshots)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``worldsim play``."""
+    p = argparse.ArgumentParser(prog="worldsim play", description="Play the dream, the engine, or both side by side.")
+    p.add_argument("--world", choices=("dream", "engine", "side-by-side"), default="dream", help="what to play (default: dream)")
+    p.add_argument("--checkpoint", help="dream checkpoint (.safetensors); default: the shipped BlockWorld model")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="dream runtime backend")
+    p.add_argument("--scale", type=int, help="integer upscale of the frames (default: fit about 512 px)")
+    p.add_argument("--record", metavar="PATH", help="write the session as a recording (frames and your actions)")
+    p.add_argument("--seed", type=int, help="world seed of the first episode")
+    p.add_argument("--tick-rate", type=float, default=20.0, help="game steps per second, 10-20 (default 20)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--screenshot", metavar="PATH", help="save the window to this PNG when the session ends")
+    p.add_argument("--actions", metavar="FILE", help="play a scripted action file (JSON lines) instead of the keyboard")
+    p.add_argument("--width", type=int, default=64, help="frame width (default 64)")
+    p.add_argument("--height", type=int, default=64, help="frame height (default 64)")
+    p.add_argument("--chunks", type=int, help="dream chunks per frame (default: the model's)")
+    p.add_argument("--temperature", type=float, help="dream sampling temperature (default: the model's)")
+    p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
+    a = p.parse_args(argv)
+    if a.max_steps is not None and a.max_steps < 1:
+        raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
+    config = PlayConfig(**{k: v for k, v in vars(a).items()})
+    play(config)
+    return 0

@@ -1,0 +1,198 @@
+"""What the viewer drives: the engine, the dream, or both side by side, behind one interface.
+
+Each world takes one action per tick and returns one frame per pane. The side-by-side world
+feeds the same action to the real BlockWorld and to the dream and measures how far apart
+their frames are (PSNR), which is the honest view of what the model gets right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from worldsim.errors import WorldSimError
+from worldsim.spaces import ActionSpec
+
+PSNR_CAP_DB = 99.0
+"""PSNR reported for identical frames (the formula gives infinity)."""
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB between two uint8 frames of one shape."""
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    if mse == 0.0:
+        return PSNR_CAP_DB
+    return float(min(PSNR_CAP_DB, 10.0 * np.log10(255.0**2 / mse)))
+
+
+@dataclass
+class WorldStep:
+    """What one tick produced."""
+
+    frames: list[np.ndarray]
+    """One uint8 ``[H, W, 3]`` frame per pane."""
+    rewards: list[float]
+    """The reward in each pane: the engine's real one, the dream's predicted one."""
+    terminated: bool
+    """True when any pane's episode terminated (death, or the model predicts an end)."""
+    truncated: bool
+    """True when any pane hit its step limit."""
+    info: dict[str, Any] = field(default_factory=dict)
+    psnr: float | None = None
+    """Side by side only: PSNR of the dream frame against the engine frame, in dB."""
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+class World:
+    """A set of panes stepped together by one action per tick.
+
+    Attributes:
+        titles: One title per pane, shown above it.
+        backend: What generates the frames (``engine``, ``torch``, ``onnx``).
+        action_space: The action space every pane shares.
+    """
+
+    titles: tuple[str, ...]
+    backend: str
+    action_space: gym.Space
+    env_id: str
+    env_kwargs: dict[str, Any]
+
+    def reset(self, seed: int | None) -> list[np.ndarray]:
+        """Start a new episode in every pane and return their first frames."""
+        raise WorldSimError(f"{type(self).__name__} cannot reset")
+
+    def step(self, action: np.ndarray) -> WorldStep:
+        """Advance every pane by one tick with the same action."""
+        raise WorldSimError(f"{type(self).__name__} cannot step")
+
+    def close(self) -> None:
+        """Release the envs."""
+
+
+class EnvWorld(World):
+    """One Gymnasium env in one pane: the engine, or the dream on its own."""
+
+    def __init__(self, env: gym.Env, title: str, backend: str, env_id: str, env_kwargs: dict[str, Any]):
+        self.env = env
+        self.titles = (title,)
+        self.backend = backend
+        self.action_space = env.action_space
+        self.env_id, self.env_kwargs = env_id, env_kwargs
+
+    def reset(self, seed: int | None) -> list[np.ndarray]:
+        obs, _ = self.env.reset(seed=seed)
+        return [obs]
+
+    def step(self, action: np.ndarray) -> WorldStep:
+        obs, reward, terminated, truncated, info = self.env.step(_native(self.action_space, action))
+        return WorldStep([obs], [float(reward)], bool(terminated), bool(truncated), dict(info))
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class SideBySideWorld(World):
+    """The real engine on the left and the dream on the right, driven by the same actions.
+
+    On reset the engine runs the dream's prompt context itself (the same seed and the same
+    context actions), and the dream is prompted with exactly those engine frames, so both
+    panes start from one state and any later difference is the model's.
+    """
+
+    def __init__(self, engine: gym.Env, dream: gym.Env, backend: str, env_id: str, env_kwargs: dict[str, Any]):
+        if ActionSpec.from_space(engine.action_space) != ActionSpec.from_space(dream.action_space):
+            raise WorldSimError(
+                f"the engine's action space {engine.action_space} differs from the dream's {dream.action_space}"
+            )
+        self.engine, self.dream = engine, dream
+        self.titles = ("engine (real)", "dream (generated)")
+        self.backend = backend
+        self.action_space = engine.action_space
+        self.env_id, self.env_kwargs = env_id, env_kwargs
+
+    def reset(self, seed: int | None) -> list[np.ndarray]:
+        from envs.dream import engine_context
+
+        context = self.dream.unwrapped.context_length
+        frames, actions = engine_context(self.engine, seed, context)
+        obs, _ = self.dream.reset(seed=seed, options={"frames": frames, "actions": actions})
+        return [frames[-1].copy(), obs]
+
+    def step(self, action: np.ndarray) -> WorldStep:
+        native = _native(self.action_space, action)
+        e_obs, e_rew, e_term, e_trunc, info = self.engine.step(native)
+        d_obs, d_rew, d_term, d_trunc, _ = self.dream.step(native)
+        return WorldStep(
+            [e_obs, d_obs], [float(e_rew), float(d_rew)], bool(e_term or d_term), bool(e_trunc or d_trunc),
+            dict(info), psnr(e_obs, d_obs),
+        )
+
+    def close(self) -> None:
+        self.engine.close()
+        self.dream.close()
+
+
+def _native(space: gym.Space, action: np.ndarray) -> Any:
+    """A canonical int64 action vector in the form the env's space holds."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(np.asarray(action).reshape(-1)[0])
+    return np.asarray(action, dtype=np.int64)
+
+
+def make_world(
+    mode: str,
+    *,
+    checkpoint: str | None = None,
+    backend: str = "torch",
+    width: int = 64,
+    height: int = 64,
+    chunks: int | None = None,
+    temperature: float | None = None,
+) -> World:
+    """Build the world the viewer shows.
+
+    Args:
+        mode: ``engine``, ``dream`` or ``side-by-side``.
+        checkpoint: The dream's checkpoint (``None``: the shipped default model).
+        backend: The dream's runtime backend, ``torch`` or ``onnx``.
+        width: Frame width in pixels.
+        height: Frame height in pixels.
+        chunks: The dream's chunks per frame (``None``: the model's default).
+        temperature: The dream's sampling temperature (``None``: the model's default).
+
+    Raises:
+        WorldSimError: An unknown mode, or a checkpoint that cannot be loaded.
+    """
+    import worldsim  # noqa: F401  (registers the env ids)
+    from worldsim.registration import BLOCKWORLD_ID
+
+    if mode == "engine":
+        kwargs = {"width": width, "height": height}
+        env = gym.make(BLOCKWORLD_ID, **kwargs)
+        return EnvWorld(env, "engine", "engine", BLOCKWORLD_ID, kwargs)
+    if mode not in ("dream", "side-by-side"):
+        raise WorldSimError(f"unknown world {mode!r}; expected dream, engine or side-by-side")
+    from worldsim.registration import DREAM_ID
+
+    kwargs = {
+        "checkpoint": checkpoint,
+        "backend": backend,
+        "width": width,
+        "height": height,
+        "chunks": chunks,
+        "temperature": temperature,
+    }
+    # The viewer restarts episodes itself, so no step limit: a human plays as long as they like.
+    dream = gym.make(DREAM_ID, max_episode_steps=-1, **kwargs)
+    if mode == "dream":
+        return EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
+    source_id, source_kwargs = dream.unwrapped.source_env
+    engine = gym.make(source_id, **source_kwargs)
+    return SideBySideWorld(engine, dream, backend, source_id, source_kwargs)
