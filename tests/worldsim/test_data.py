@@ -1,0 +1,149 @@
+"""The window dataset: exactly the valid windows, uniform sampling, episode-wise splits."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tests.worldsim.toy_env import record_toy
+from worldsim.data import Window, WindowDataset
+from worldsim.recording import RecordingError
+
+
+def _truth(episodes, window):
+    """Every window of `window` frames inside an episode, as comparable byte strings."""
+    out = []
+    for ep in episodes:
+        frames = np.stack(ep["frames"])
+        acts = np.stack(ep["actions"]) if ep["actions"] else np.zeros((0, 2), np.int64)
+        for s in range(len(frames) - window + 1):
+            out.append(
+                (
+                    frames[s : s + window].tobytes(),
+                    acts[s : s + window - 1].tobytes(),
+                    np.asarray(ep["rewards"][s : s + window - 1], np.float32).tobytes(),
+                    np.asarray(ep["terminated"][s : s + window - 1], bool).tobytes(),
+                )
+            )
+    return out
+
+
+def _key(w):
+    return (w.frames.tobytes(), w.actions.tobytes(), w.rewards.tobytes(), w.terminated.tobytes())
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "shards"
+    episodes = record_toy(folder, 14, shard_records=16, interleave=3, seed=5, max_len=25)
+    return folder, episodes
+
+
+@pytest.mark.parametrize("window", [1, 2, 6])
+def test_windows_are_exactly_the_windows_inside_episodes(shards, window):
+    folder, episodes = shards
+    ds = WindowDataset([folder], window)
+    truth = _truth(episodes, window)
+    assert len(ds) == len(truth)
+    got = [_key(ds[i]) for i in range(len(ds))]
+    assert collections.Counter(got) == collections.Counter(truth)
+    w = ds[-1]
+    assert w.frames.shape == (window, 12, 16, 3) and w.frames.dtype == np.uint8
+    assert w.actions.shape == (window - 1, 2) and w.actions.dtype == np.int64
+    assert w.rewards.dtype == np.float32 and w.terminated.dtype == bool
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_sampling_is_uniform_over_window_starts(shards):
+    folder, episodes = shards
+    ds = WindowDataset([folder], 8)
+    position = {k: i for i, k in enumerate(_key(ds[i]) for i in range(len(ds)))}
+    counts = np.zeros(len(ds))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        batch = ds.sample(rng, 25)
+        assert batch.frames.shape == (25, 8, 12, 16, 3)
+        assert batch.actions.shape == (25, 7, 2)
+        for b in range(25):
+            one = Window(batch.frames[b], batch.actions[b], batch.rewards[b], batch.terminated[b])
+            counts[position[_key(one)]] += 1
+    # Pearson chi-square against uniform: episodes differ in length, so picking an episode
+    # first and then a start would fail this by a wide margin.
+    expected = counts.sum() / len(ds)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    df = len(ds) - 1
+    assert chi2 < df + 5 * math.sqrt(2 * df)
+
+
+def test_split_is_by_whole_episodes_and_deterministic(shards):
+    folder, _ = shards
+    train = WindowDataset([folder], 3, split="train", val_fraction=0.2, seed=1)
+    val = WindowDataset([folder], 3, split="val", val_fraction=0.2, seed=1)
+    again = WindowDataset([folder], 3, split="val", val_fraction=0.2, seed=1)
+    everything = WindowDataset([folder], 3)
+    assert set(train.episodes).isdisjoint(val.episodes)
+    assert set(train.episodes) | set(val.episodes) == set(everything.episodes)
+    assert len(val.episodes) == 3 and val.episodes == again.episodes
+    assert len(train) + len(val) == len(everything)
+    other = WindowDataset([folder], 3, split="val", val_fraction=0.2, seed=2)
+    assert other.episodes != val.episodes
+
+
+def test_dataset_without_index_or_with_a_stale_index_scans(shards, tmp_path):
+    folder, episodes = shards
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in folder.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    doc = json.loads((copy / "index.json").read_text())
+    doc["shards"] = doc["shards"][1:]  # the first shard is no longer indexed
+    (copy / "index.json").write_text(json.dumps(doc))
+    ds = WindowDataset([copy], 4)
+    assert collections.Counter(_key(ds[i]) for i in range(len(ds))) == collections.Counter(
+        _truth(episodes, 4)
+    )
+    (copy / "index.json").unlink()
+    assert len(WindowDataset([copy], 4)) == len(ds)
+
+
+def test_files_and_folders_combine_and_must_agree(shards, tmp_path):
+    folder, episodes = shards
+    single = tmp_path / "one.msgpack"
+    more = record_toy(single, 3, seed=9, max_len=25)
+    ds = WindowDataset([folder, single], 5)
+    assert len(ds) == len(_truth(episodes, 5)) + len(_truth(more, 5))
+    other = tmp_path / "discrete.msgpack"
+    record_toy(other, 1, discrete=True)
+    with pytest.raises(RecordingError, match="action_space"):
+        WindowDataset([single, other], 2)
+    assert WindowDataset([other], 2).action_spec.kind == "Discrete"
+    assert WindowDataset([other], 2)[0].actions.shape == (1, 1)
+
+
+def test_too_long_window_gives_an_empty_dataset_that_refuses_to_sample(shards):
+    folder, _ = shards
+    ds = WindowDataset([folder], 1000)
+    assert len(ds) == 0
+    with pytest.raises(RecordingError, match="1000 frames"):
+        ds.sample(np.random.default_rng(0), 1)
+
+
+def test_truncated_last_shard_still_serves_its_complete_records(tmp_path):
+    folder = tmp_path / "run"
+    episodes = record_toy(folder, 2, shard_records=1000, seed=4, max_len=20, end_prob=0.0)
+    (folder / "index.json").unlink()  # as if killed before the index was written
+    shard = next(folder.glob("*.msgpack"))
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.warns(UserWarning, match="truncated"):
+        ds = WindowDataset([folder], 20)
+    # Episode 1 lost its last frame, so it holds one window of 20 frames, episode 0 two.
+    episodes[1] = {k: v[:-1] for k, v in episodes[1].items()}
+    assert collections.Counter(_key(ds[i]) for i in range(len(ds))) == collections.Counter(
+        _truth(episodes, 20)
+    )
+    assert len(ds) == 3

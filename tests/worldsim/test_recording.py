@@ -1,0 +1,192 @@
+"""Round trips of the rollout format: files, shards, index, crash safety, the PNG codec."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import msgpack
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.worldsim.toy_env import record_toy
+from worldsim.png import PNGError, decode_png, encode_png
+from worldsim.recording import (
+    RecordingError,
+    RecordingReader,
+    RecordingTruncatedWarning,
+    RecordingWriter,
+    read_header,
+)
+from worldsim.shard_index import load_index
+
+
+def _check_same(records, episodes):
+    by_episode: dict[int, list] = {}
+    for rec in records:
+        by_episode.setdefault(rec.episode, []).append(rec)
+    assert sorted(by_episode) == list(range(len(episodes)))
+    for e, recs in by_episode.items():
+        ep = episodes[e]
+        assert [r.t for r in recs] == list(range(len(ep["frames"])))
+        assert recs[0].kind == "reset" and all(r.kind == "step" for r in recs[1:])
+        for r, frame in zip(recs, ep["frames"]):
+            np.testing.assert_array_equal(r.image(), frame)
+        np.testing.assert_array_equal(
+            np.stack([r.action for r in recs[1:]]), np.stack(ep["actions"])
+        )
+        assert [r.reward for r in recs[1:]] == ep["rewards"]
+        assert [r.terminated for r in recs[1:]] == ep["terminated"]
+
+
+def test_file_round_trip_gives_back_equal_frames_actions_and_rewards(tmp_path):
+    path = tmp_path / "run.msgpack"
+    episodes = record_toy(path, 4, seed=3)
+    reader = RecordingReader(path)
+    assert reader.header["env_id"] == "ToyImage-v0"
+    assert reader.observation_shape == (12, 16, 3)
+    records = list(reader)
+    _check_same(records, episodes)
+    assert records[0].seed == 3000
+    assert records[1].extra["info"] == {"label": "go"}
+
+
+def test_discrete_actions_are_stored_as_plain_ints(tmp_path):
+    path = tmp_path / "d.msgpack"
+    episodes = record_toy(path, 2, discrete=True)
+    raw = list(msgpack.Unpacker(open(path, "rb"), raw=False))
+    assert raw[0]["action_space"] == {"type": "Discrete", "n": 5}
+    assert all(isinstance(m["action"], int) for m in raw[1:] if m["kind"] == "step")
+    _check_same(list(RecordingReader(path)), episodes)
+
+
+def test_shard_folder_round_trip_with_interleaved_episodes(tmp_path):
+    folder = tmp_path / "shards"
+    episodes = record_toy(folder, 9, shard_records=10, interleave=3, seed=1)
+    shards = sorted(p.name for p in folder.glob("*.msgpack"))
+    total = sum(len(ep["frames"]) for ep in episodes)
+    assert len(shards) == -(-total // 10)
+    _check_same(list(RecordingReader(folder)), episodes)
+    # Each shard reads alone: it repeats the header.
+    for name in shards:
+        assert read_header(folder / name)["env_id"] == "ToyImage-v0"
+    index = load_index(folder)
+    assert sorted(index) == shards
+    assert sum(e.records for e in index.values()) == total
+
+
+def test_every_shard_is_plain_msgpack_with_the_documented_keys(tmp_path):
+    record_toy(tmp_path / "s", 3, shard_records=7)
+    for shard in sorted((tmp_path / "s").glob("*.msgpack")):
+        maps = list(msgpack.Unpacker(open(shard, "rb"), raw=False))
+        header = maps[0]
+        assert header["format"] == "worldsim-rollout" and header["version"] == 1
+        for key in (
+            "env_id",
+            "env_kwargs",
+            "observation_shape",
+            "action_space",
+            "frame_codec",
+            "agent",
+            "created",
+        ):
+            assert key in header
+        for m in maps[1:]:
+            assert m["kind"] in ("reset", "step")
+            img = np.asarray(Image.open(io.BytesIO(m["frame"])))  # any PNG reader works
+            assert img.shape == tuple(header["observation_shape"])
+    doc = json.loads((tmp_path / "s" / "index.json").read_text())
+    assert doc["format"] == "worldsim-rollout-index"
+
+
+def _writer(path, **kw):
+    return RecordingWriter(
+        path, env_id="Toy", env_kwargs={}, observation_shape=(4, 4, 3),
+        action_space=gym.spaces.MultiDiscrete([3, 2]), agent="test", **kw,
+    )  # fmt: skip
+
+
+def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with _writer(tmp_path / "a.msgpack") as w:
+        w.reset(0, None, frame)
+        with pytest.raises(RecordingError, match="out of range"):
+            w.step(0, 1, [3, 0], 0.0, False, False, frame)
+        with pytest.raises(RecordingError, match="shape"):
+            w.step(0, 1, [0, 0, 0], 0.0, False, False, frame)
+        with pytest.raises(RecordingError, match=r"uint8 \[4, 4, 3\]"):
+            w.step(0, 1, [0, 0], 0.0, False, False, np.zeros((5, 4, 3), np.uint8))
+    with pytest.raises(RecordingError, match="already exists"):
+        _writer(tmp_path / "a.msgpack")
+    assert len(list(RecordingReader(tmp_path / "a.msgpack"))) == 1
+
+
+def test_a_killed_writer_loses_nothing_it_wrote(tmp_path):
+    path = tmp_path / "killed.msgpack"
+    code = f"""
+import os, signal, numpy as np, gymnasium as gym
+from worldsim.recording import RecordingWriter
+w = RecordingWriter({str(path)!r}, env_id="Toy", env_kwargs={{}}, observation_shape=(4, 4, 3),
+                    action_space=gym.spaces.Discrete(2), agent="test")
+w.reset(0, 1, np.zeros((4, 4, 3), np.uint8))
+for t in range(1, 6):
+    w.step(0, t, t % 2, 1.0, False, False, np.full((4, 4, 3), t, np.uint8))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # complete records only: no truncation warning
+        records = list(RecordingReader(path))
+    assert [r.t for r in records] == [0, 1, 2, 3, 4, 5]
+    assert records[-1].image()[0, 0, 0] == 5
+
+
+def test_foreign_files_raise_recording_error_naming_the_file(tmp_path):
+    text = tmp_path / "notes.msgpack"
+    text.write_text("hello, this is not msgpack at all" * 3)
+    with pytest.raises(RecordingError, match="notes.msgpack"):
+        list(RecordingReader(text))
+    other = tmp_path / "other.msgpack"
+    other.write_bytes(msgpack.packb({"format": "something-else"}))
+    with pytest.raises(RecordingError, match="not a WorldSim recording"):
+        RecordingReader(other)
+    with pytest.raises(RecordingError, match="no such"):
+        RecordingReader(tmp_path / "missing")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(RecordingError, match="no \\*.msgpack shards"):
+        RecordingReader(tmp_path / "empty_dir")
+
+
+def test_truncated_shard_yields_complete_records_and_warns_with_offset(tmp_path):
+    path = tmp_path / "t.msgpack"
+    record_toy(path, 1, seed=2)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.msgpack"
+    cut.write_bytes(data[:-3])
+    with pytest.warns(RecordingTruncatedWarning, match=r"cut\.msgpack: truncated at byte \d+"):
+        records = list(RecordingReader(cut))
+    assert len(records) == len(list(RecordingReader(path))) - 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 64), (48, 80)])
+def test_png_codec_is_lossless_and_readable_by_pillow(shape):
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    data = encode_png(frame)
+    np.testing.assert_array_equal(decode_png(data, shape), frame)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), frame)
+
+
+def test_png_decoder_reads_other_writers_pngs_and_checks_size():
+    frame = np.random.default_rng(1).integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG", compress_level=9)  # adaptive filters
+    np.testing.assert_array_equal(decode_png(buf.getvalue()), frame)
+    with pytest.raises(PNGError, match="expected 10x11"):
+        decode_png(buf.getvalue(), (10, 11))

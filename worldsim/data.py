@@ -1,0 +1,270 @@
+"""Training windows: random access to T consecutive frames of one episode, across shards.
+
+:class:`WindowDataset` indexes recordings once (from ``index.json`` where a shard folder
+has one, else by scanning) and afterwards reads only the records a window needs, through
+memory maps, by byte offset. Nothing but the offsets is held in memory, so a dataset of
+millions of frames opens in moments and costs a few bytes per frame.
+
+Windows never cross an episode boundary, nor a gap in an episode's steps (a lost shard).
+The train/validation split is by whole episodes, chosen by a hash of the episode's
+identity and the seed, so it is deterministic and training never sees a validation
+episode. Episodes are identified by their recording's header (``created``, ``env_id``,
+``agent``) and episode number, so a folder read whole or shard by shard splits the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from worldsim.png import PNGError, decode_png
+from worldsim.recording import (
+    UNPACKB_LIMITS,
+    RecordingError,
+    check_compatible,
+    parse_record,
+    read_header,
+    recording_files,
+    scan_file,
+)
+from worldsim.shard_index import FileIndex, load_index
+from worldsim.spaces import ActionSpec
+
+
+@dataclass
+class Window:
+    """T consecutive frames of one episode and the steps between them.
+
+    ``sample`` returns the same fields with a leading batch axis B.
+    """
+
+    frames: np.ndarray
+    """uint8 [T, H, W, 3]."""
+    actions: np.ndarray
+    """int64 [T-1, C]: actions[i] led from frames[i] to frames[i+1]."""
+    rewards: np.ndarray
+    """float32 [T-1]: the reward of the step that produced frames[i+1]."""
+    terminated: np.ndarray
+    """bool [T-1]: whether the step that produced frames[i+1] ended the episode."""
+
+
+@dataclass(frozen=True)
+class EpisodeKey:
+    """Identity of one recorded episode, independent of where its shards lie."""
+
+    created: str
+    env_id: str
+    agent: str
+    episode: int
+
+    def score(self, seed: int) -> int:
+        """A stable pseudo-random number per (episode, seed), for the split."""
+        text = f"{seed}|{self.created}|{self.env_id}|{self.agent}|{self.episode}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _collect(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any], FileIndex]]:
+    """(file, header, index entry) for every file of every path, scanning what no index covers."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        files = recording_files(path)
+        index = load_index(path) if path.is_dir() else {}
+        for file in files:
+            entry = index.get(file.name)
+            if entry is not None and entry.size <= file.stat().st_size:
+                out.append((file, read_header(file), entry))
+            else:
+                header, entry = scan_file(file, file.name)
+                out.append((file, header, entry))
+    return out
+
+
+class WindowDataset:
+    """Windows of ``window`` consecutive frames inside one episode, read on demand.
+
+    Args:
+        paths: recording files and/or shard folders.
+        window: frames per window (T); at least 1.
+        split: ``"train"``, ``"val"`` or None for every episode.
+        val_fraction: share of episodes held out for ``"val"`` (at least one when there
+            are two or more episodes and the fraction is positive).
+        seed: chooses which episodes are held out.
+
+    Raises:
+        RecordingError: if a file is corrupt or the recordings disagree on frame size or
+            action space.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        window: int,
+        *,
+        split: str | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if split not in (None, "train", "val"):
+            raise ValueError(f"split must be 'train', 'val' or None, got {split!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not paths:
+            raise RecordingError("no recordings given")
+        self.window = window
+        collected = _collect(paths)
+        self.header = collected[0][1]
+        for file, header, _ in collected[1:]:
+            check_compatible(self.header, header, file)
+        self.action_spec = ActionSpec.from_dict(self.header["action_space"])
+        self.observation_shape: tuple[int, int, int] = tuple(self.header["observation_shape"])  # type: ignore[assignment]
+        self._files = [str(f) for f, _, _ in collected]
+        self._maps: dict[int, mmap.mmap] = {}
+        self._pid = os.getpid()
+
+        # Every record's end is the next record's start in the same file (all records hold
+        # a frame, so all are indexed), or the valid size for the last one.
+        sorted_offs: list[np.ndarray] = []
+        sorted_ends: list[np.ndarray] = []
+        pieces: dict[EpisodeKey, list[tuple[int, int, list[int]]]] = {}
+        for fid, (_, header, entry) in enumerate(collected):
+            offs = np.sort(
+                np.asarray([o for s in entry.segments for o in s.offsets], dtype=np.int64)
+            )
+            sorted_offs.append(offs)
+            sorted_ends.append(np.append(offs[1:], np.int64(entry.size)))
+            for s in entry.segments:
+                key = EpisodeKey(header["created"], header["env_id"], header["agent"], s.episode)
+                pieces.setdefault(key, []).append((s.first_t, fid, s.offsets))
+
+        keys = sorted(pieces, key=lambda k: (k.score(seed), k.created, k.episode))
+        n_val = (
+            max(1, round(val_fraction * len(keys))) if len(keys) >= 2 and val_fraction > 0 else 0
+        )
+        chosen = {None: keys, "val": keys[:n_val], "train": keys[n_val:]}[split]
+        self.episodes: list[EpisodeKey] = sorted(chosen, key=lambda k: (k.created, k.episode))
+        """The episodes in this split."""
+
+        rec_file: list[int] = []
+        rec_off: list[int] = []
+        rec_end: list[int] = []
+        rec_t: list[int] = []
+        run_start: list[int] = []  # first record of each contiguous run of steps
+        run_len: list[int] = []
+        for key in self.episodes:
+            prev_next_t = None
+            for first_t, fid, offsets in sorted(pieces[key]):
+                if first_t != prev_next_t:  # a new run unless it continues the previous one
+                    run_start.append(len(rec_off))
+                    run_len.append(0)
+                rec_file += [fid] * len(offsets)
+                rec_off += offsets
+                pos = np.searchsorted(sorted_offs[fid], offsets)
+                rec_end += sorted_ends[fid][pos].tolist()
+                rec_t += range(first_t, first_t + len(offsets))
+                run_len[-1] += len(offsets)
+                prev_next_t = first_t + len(offsets)
+        self._rec_file = np.asarray(rec_file, dtype=np.int32)
+        self._rec_off = np.asarray(rec_off, dtype=np.int64)
+        self._rec_end = np.asarray(rec_end, dtype=np.int64)
+        self._rec_t = np.asarray(rec_t, dtype=np.int64)
+        starts = np.asarray(run_start, dtype=np.int64)
+        lengths = np.asarray(run_len, dtype=np.int64)
+        keep = lengths >= window
+        self._run_start = starts[keep]
+        self._cum = np.cumsum(lengths[keep] - window + 1)  # window starts up to each run
+
+    @property
+    def num_frames(self) -> int:
+        """Frames (records) in this split."""
+        return len(self._rec_off)
+
+    def __len__(self) -> int:
+        return int(self._cum[-1]) if len(self._cum) else 0
+
+    def _map(self, fid: int) -> mmap.mmap:
+        if self._pid != os.getpid():  # a forked DataLoader worker: open its own maps
+            self._maps, self._pid = {}, os.getpid()
+        m = self._maps.get(fid)
+        if m is None:
+            with open(self._files[fid], "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[fid] = m
+        return m
+
+    def record_range(self, i: int) -> tuple[int, int]:
+        """The global record numbers [first, last) that window ``i`` reads."""
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"window {i} out of range for {n} windows")
+        run = int(np.searchsorted(self._cum, i, side="right"))
+        first = int(self._run_start[run]) + i - (int(self._cum[run - 1]) if run else 0)
+        return first, first + self.window
+
+    def __getitem__(self, i: int) -> Window:
+        first, last = self.record_range(i)
+        t_len = last - first
+        h, w, _ = self.observation_shape
+        frames = np.empty((t_len, h, w, 3), dtype=np.uint8)
+        actions = np.zeros((t_len - 1, self.action_spec.num_components), dtype=np.int64)
+        rewards = np.zeros(t_len - 1, dtype=np.float32)
+        terminated = np.zeros(t_len - 1, dtype=bool)
+        for j, r in enumerate(range(first, last)):
+            fid, off, end = int(self._rec_file[r]), int(self._rec_off[r]), int(self._rec_end[r])
+            file = self._files[fid]
+            try:
+                obj = msgpack.unpackb(self._map(fid)[off:end], **UNPACKB_LIMITS)
+            except Exception as e:  # any unpack failure means the file changed under the index
+                raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}") from None
+            rec = parse_record(obj, self.action_spec, file, None, off)
+            if rec.t != self._rec_t[r]:
+                raise RecordingError(
+                    f"{file}: byte {off}: expected step {self._rec_t[r]}, found {rec.t}; index out of date"
+                )
+            try:
+                frames[j] = decode_png(rec.frame, (h, w))
+            except PNGError as e:
+                raise RecordingError(f"{file}: record at byte {off}: frame: {e}") from None
+            if j:
+                if rec.kind != "step":
+                    raise RecordingError(f"{file}: byte {off}: a reset record inside an episode")
+                actions[j - 1] = rec.action
+                rewards[j - 1] = rec.reward
+                terminated[j - 1] = rec.terminated
+        return Window(frames, actions, rewards, terminated)
+
+    def sample(self, rng: np.random.Generator, batch: int) -> Window:
+        """``batch`` windows drawn uniformly over all window starts, stacked on axis 0.
+
+        Raises:
+            RecordingError: if the split holds no window of this length.
+        """
+        if len(self) == 0:
+            raise RecordingError(f"no episode in this split has {self.window} frames")
+        items = [self[int(i)] for i in rng.integers(0, len(self), size=batch)]
+        return Window(
+            frames=np.stack([w.frames for w in items]),  # [B, T, H, W, 3]
+            actions=np.stack([w.actions for w in items]),  # [B, T-1, C]
+            rewards=np.stack([w.rewards for w in items]),  # [B, T-1]
+            terminated=np.stack([w.terminated for w in items]),  # [B, T-1]
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps cannot cross processes; each process reopens its own.
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state

@@ -1,0 +1,267 @@
+"""Writing recordings: one file, or a folder of shards with an index, flushed record by record.
+
+Each record is packed into one buffer and handed to the OS with a single ``write`` and a
+``flush``. A process killed at any moment therefore leaves every earlier record whole on
+disk (the OS keeps written pages even when the process dies), and at most the record in
+flight is cut short, which readers report as a truncated tail. ``index.json`` is replaced
+atomically each time a shard is finished, so a killed run keeps a valid index for its
+finished shards; readers scan any shard the index does not cover.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import gymnasium as gym
+import msgpack
+import numpy as np
+
+from worldsim.png import PNG_SIGNATURE, encode_png, png_size
+from worldsim.recording import FORMAT, FRAME_CODEC, VERSION, RecordingError, validate_header
+from worldsim.shard_index import SHARD_SUFFIX, FileIndex, IndexBuilder, write_index
+from worldsim.spaces import ActionSpec
+
+
+def _plain(obj: Any) -> Any:
+    """msgpack ``default`` hook: numpy scalars and small arrays become plain values."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} in a recording")
+
+
+def now_iso() -> str:
+    """The current UTC time in ISO 8601, as the header's ``created`` holds it."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RecordingWriter:
+    """Writes a recording file, or a folder of shards plus ``index.json``.
+
+    Use it as a context manager; ``close`` finishes the last shard and the index::
+
+        with RecordingWriter("run.msgpack", env_id="CartPole-v1", env_kwargs={},
+                             observation_shape=(64, 64, 3), action_space=env.action_space,
+                             agent="random") as w:
+            w.reset(episode=0, seed=0, frame=obs)
+            w.step(episode=0, t=1, action=a, reward=r, terminated=False,
+                   truncated=False, frame=obs2)
+
+    Args:
+        path: the file to write, or the folder for shards when ``shard_records`` is set.
+        env_id: Gymnasium id of the env recorded.
+        env_kwargs: keyword arguments the env was made with (msgpack-serialisable).
+        observation_shape: ``(H, W, 3)`` of every frame.
+        action_space: a Gymnasium ``Discrete``/``MultiDiscrete``, an ActionSpec or its dict.
+        agent: name of what chose the actions.
+        seed: base seed of the run, stored in the header (optional).
+        shard_records: records per shard; None writes the single file ``path``.
+        shard_prefix: shard file names are ``{shard_prefix}{number:05d}.msgpack``.
+        write_index: keep ``index.json`` up to date (off for parallel workers whose parent
+            merges their :attr:`file_indexes`).
+        overwrite: replace files of the same names instead of refusing.
+        created: ISO 8601 creation time for the header; now by default.
+        extra_header: more header keys (must not shadow the required ones).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        env_id: str,
+        env_kwargs: dict[str, Any],
+        observation_shape: tuple[int, ...],
+        action_space: gym.Space | ActionSpec | dict[str, Any],
+        agent: str,
+        seed: int | None = None,
+        shard_records: int | None = None,
+        shard_prefix: str = "shard-",
+        write_index: bool = True,
+        overwrite: bool = False,
+        created: str | None = None,
+        extra_header: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(action_space, ActionSpec):
+            self.action_spec = action_space
+        elif isinstance(action_space, dict):
+            self.action_spec = ActionSpec.from_dict(action_space)
+        else:
+            self.action_spec = ActionSpec.from_space(action_space)
+        header: dict[str, Any] = dict(extra_header or {})
+        header.update(
+            format=FORMAT,
+            version=VERSION,
+            env_id=str(env_id),
+            env_kwargs=dict(env_kwargs),
+            observation_shape=[int(s) for s in observation_shape],
+            action_space=self.action_spec.to_dict(),
+            frame_codec=FRAME_CODEC,
+            agent=str(agent),
+            created=created or now_iso(),
+            seed=seed,
+        )
+        self._packer = msgpack.Packer(default=_plain, use_bin_type=True)
+        try:
+            self._header_bytes = self._packer.pack(header)
+        except (TypeError, ValueError) as e:
+            raise RecordingError(f"header cannot be stored as msgpack: {e}") from None
+        self.header = validate_header(header, path)
+        self._hw = tuple(self.header["observation_shape"][:2])
+        if shard_records is not None and shard_records < 1:
+            raise RecordingError(f"shard_records must be >= 1, got {shard_records}")
+        self.path = Path(path)
+        self.shard_records = shard_records
+        self.shard_prefix = shard_prefix
+        self.write_index = write_index and shard_records is not None
+        self.overwrite = overwrite
+        self.file_indexes: list[FileIndex] = []
+        """Index entries of the finished files (all of them after :meth:`close`)."""
+        self.records_written = 0
+        self.steps_written = 0
+        self.frame_bytes = 0
+        """Total PNG bytes of all frames written (for bytes-per-frame figures)."""
+        self.bytes_written = 0
+        self._file: Any = None
+        self._builder: IndexBuilder | None = None
+        self._pos = 0
+        self._shard_number = 0
+        if shard_records is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._open_next()
+
+    # -- files --------------------------------------------------------------------------
+
+    def _open_next(self) -> None:
+        if self.shard_records is None:
+            target, name = self.path, str(self.path)
+        else:
+            name = f"{self.shard_prefix}{self._shard_number:05d}{SHARD_SUFFIX}"
+            target = self.path / name
+            self._shard_number += 1
+        if target.exists() and not self.overwrite:
+            raise RecordingError(f"{target}: already exists; choose another path or overwrite")
+        self._file = open(target, "wb")  # noqa: SIM115  (closed in _finish_file)
+        self._builder = IndexBuilder(name)
+        self._pos = 0
+        self._write(self._header_bytes)
+
+    def _write(self, buf: bytes) -> None:
+        # One write + flush per record: a killed process loses at most this record.
+        self._file.write(buf)
+        self._file.flush()
+        self._pos += len(buf)
+        self.bytes_written += len(buf)
+
+    def _finish_file(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        assert self._builder is not None
+        self.file_indexes.append(self._builder.build())
+        if self.write_index:
+            write_index(self.path, self.header, self.file_indexes)
+
+    # -- records ------------------------------------------------------------------------
+
+    def _frame_bytes(self, frame: np.ndarray | bytes) -> bytes:
+        if isinstance(frame, bytes):
+            if not frame.startswith(PNG_SIGNATURE) or png_size(frame) != self._hw:
+                raise RecordingError(f"frame bytes must be a {self._hw} PNG")
+            return frame
+        frame = np.asarray(frame)
+        if frame.shape != tuple(self.header["observation_shape"]) or frame.dtype != np.uint8:
+            raise RecordingError(
+                f"frame must be uint8 {self.header['observation_shape']}, got {frame.dtype} {frame.shape}"
+            )
+        return encode_png(frame)
+
+    def _record(
+        self, episode: int, t: int, rec: dict[str, Any], info: dict[str, Any] | None
+    ) -> None:
+        if self._file is None:
+            raise RecordingError(f"{self.path}: writer is closed")
+        if (
+            self.shard_records is not None
+            and self._builder is not None
+            and self._builder.records >= self.shard_records
+        ):
+            self._finish_file()
+            self._open_next()
+        if info is not None:
+            rec["info"] = info
+        try:
+            buf = self._packer.pack(rec)
+        except (TypeError, ValueError) as e:
+            raise RecordingError(f"record cannot be stored as msgpack: {e}") from None
+        start = self._pos
+        self._write(buf)
+        assert self._builder is not None
+        self._builder.add(episode, t, start, self._pos)
+        self.records_written += 1
+        self.frame_bytes += len(rec["frame"])
+
+    def reset(
+        self,
+        episode: int,
+        seed: int | None,
+        frame: np.ndarray | bytes,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Write the first frame of ``episode`` (observation after ``env.reset``)."""
+        rec = {"kind": "reset", "episode": int(episode), "seed": None if seed is None else int(seed),
+               "frame": self._frame_bytes(frame)}  # fmt: skip
+        self._record(int(episode), 0, rec, info)
+
+    def step(
+        self,
+        episode: int,
+        t: int,
+        action: Any,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        frame: np.ndarray | bytes,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Write step ``t`` (1, 2, ...) of ``episode``: the action and the frame after it.
+
+        Raises:
+            RecordingError: if the action does not fit the action space, or the frame has
+                the wrong shape.
+        """
+        try:
+            arr = self.action_spec.as_array(action, ())
+        except ValueError as e:
+            raise RecordingError(f"episode {episode} step {t}: {e}") from None
+        stored: int | list[int] = (
+            int(arr[0]) if self.action_spec.kind == "Discrete" else arr.tolist()
+        )
+        rec = {
+            "kind": "step", "episode": int(episode), "t": int(t), "action": stored,
+            "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
+            "frame": self._frame_bytes(frame),
+        }  # fmt: skip
+        self._record(int(episode), int(t), rec, info)
+        self.steps_written += 1
+
+    def close(self) -> None:
+        """Finish the current file and, for shards, the index. Safe to call twice."""
+        self._finish_file()
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

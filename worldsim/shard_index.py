@@ -1,0 +1,150 @@
+"""The index of a folder of recording shards: where each episode's frames lie, by byte offset.
+
+A shard folder holds ``index.json`` beside its shards. For each shard it lists the valid
+byte length, the number of records, and *segments*: runs of consecutive records of one
+episode, each with the byte offset of every record, in step order. Every record (reset or
+step) carries exactly one frame, so the offsets are also the frames' addresses, and a
+training window is a slice of one segment. An episode that continues in the next shard
+(shards are cut by record count, not at episode ends) has one segment in each.
+
+The index is an optimisation, never the truth: a shard missing from it, or whose size no
+longer matches, is scanned instead (see :func:`worldsim.recording.scan_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worldsim.errors import WorldSimError
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "worldsim-rollout-index"
+INDEX_VERSION = 1
+SHARD_SUFFIX = ".msgpack"
+
+
+@dataclass
+class Segment:
+    """Consecutive records of one episode inside one file."""
+
+    episode: int
+    first_t: int
+    """Step number of the first record (0 for a reset record)."""
+    offsets: list[int] = field(default_factory=list)
+    """Byte offset of each record, the record for step ``first_t + i`` at position i."""
+
+    @property
+    def next_t(self) -> int:
+        return self.first_t + len(self.offsets)
+
+
+@dataclass
+class FileIndex:
+    """Where the records of one recording file lie."""
+
+    file: str
+    """File name, relative to the shard folder (or an absolute path for a lone file)."""
+    size: int
+    """Bytes up to the end of the last complete record."""
+    records: int
+    segments: list[Segment]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "bytes": self.size,
+            "records": self.records,
+            "segments": [
+                {"episode": s.episode, "first_t": s.first_t, "offsets": s.offsets}
+                for s in self.segments
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> FileIndex:
+        try:
+            segs = [
+                Segment(int(s["episode"]), int(s["first_t"]), [int(o) for o in s["offsets"]])
+                for s in d["segments"]
+            ]
+            return cls(str(d["file"]), int(d["bytes"]), int(d["records"]), segs)
+        except (KeyError, TypeError, ValueError) as e:
+            raise WorldSimError(f"bad shard entry in {INDEX_NAME}: {e!r}") from None
+
+
+class IndexBuilder:
+    """Collects the offsets of records as they are written or scanned, file by file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.records = 0
+        self.size = 0
+        self._segments: list[Segment] = []
+        self._open: dict[int, Segment] = {}
+
+    def add(self, episode: int, t: int, offset: int, end: int) -> None:
+        """Note a record of ``episode`` at step ``t`` that spans bytes [offset, end)."""
+        seg = self._open.get(episode)
+        if seg is None or seg.next_t != t:
+            # A gap in t (or a new episode) starts a new segment: windows never span a gap.
+            seg = Segment(episode, t)
+            self._segments.append(seg)
+            self._open[episode] = seg
+        seg.offsets.append(offset)
+        self.records += 1
+        self.size = end
+
+    def build(self) -> FileIndex:
+        return FileIndex(self.file, self.size, self.records, list(self._segments))
+
+
+def write_index(folder: Path, header: dict[str, Any], files: list[FileIndex]) -> Path:
+    """Write ``index.json`` atomically (temp file + rename), so readers never see half of it.
+
+    Returns:
+        The index file's path.
+    """
+    path = Path(folder) / INDEX_NAME
+    doc = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "header": header,
+        "shards": [f.to_json() for f in sorted(files, key=lambda f: f.file)],
+    }
+    tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    os.replace(tmp, path)
+    return path
+
+
+def load_index(folder: Path) -> dict[str, FileIndex]:
+    """Read a folder's ``index.json``: file name -> entry. Empty when there is none.
+
+    Raises:
+        WorldSimError: if the index exists but is not a WorldSim index.
+    """
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise WorldSimError(f"{path}: not a readable JSON index: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        raise WorldSimError(f"{path}: not a {INDEX_FORMAT} file")
+    if doc.get("version") != INDEX_VERSION:
+        raise WorldSimError(f"{path}: unsupported index version {doc.get('version')!r}")
+    shards = doc.get("shards")
+    if not isinstance(shards, list):
+        raise WorldSimError(f"{path}: 'shards' must be a list")
+    entries = [FileIndex.from_json(s) for s in shards]
+    return {e.file: e for e in entries}
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The shard files of a folder, in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix == SHARD_SUFFIX and p.is_file())
