@@ -187,7 +187,7 @@ def parse_record(
     if not isinstance(obj, dict):
         raise bad(f"expected a map, got {type(obj).__name__}")
     kind = obj.get("kind")
-    keys = {"reset": _RESET_KEYS, "step": _STEP_KEYS}.get(kind)  # type: ignore[arg-type]
+    keys = {"reset": _RESET_KEYS, "step": _STEP_KEYS}.get(kind) if isinstance(kind, str) else None
     if keys is None:
         raise bad(f"kind must be 'reset' or 'step', got {kind!r}")
     missing = [k for k in keys if k not in obj]
