@@ -25,9 +25,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from worldsim.png import PNGError, decode_png
 from worldsim.recording import (
     UNPACKB_LIMITS,
+    Record,
     RecordingError,
     check_compatible,
     parse_record,
@@ -215,6 +215,26 @@ class WindowDataset:
         first = int(self._run_start[run]) + i - (int(self._cum[run - 1]) if run else 0)
         return first, first + self.window
 
+    def record(self, r: int) -> Record:
+        """Record ``r`` of this split, counting frames in episode order then step order.
+
+        Raises:
+            RecordingError: if the file no longer matches its index, or is corrupt there.
+        """
+        fid, off, end = int(self._rec_file[r]), int(self._rec_off[r]), int(self._rec_end[r])
+        file = self._files[fid]
+        try:
+            obj = msgpack.unpackb(self._map(fid)[off:end], **UNPACKB_LIMITS)
+        except Exception as e:  # any unpack failure means the file changed under the index
+            raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}") from None
+        rec = parse_record(obj, self.action_spec, file, None, off)
+        if rec.t != self._rec_t[r]:
+            raise RecordingError(
+                f"{file}: byte {off}: expected step {self._rec_t[r]}, found {rec.t}; index out of date"
+            )
+        rec.end = end
+        return rec
+
     def __getitem__(self, i: int) -> Window:
         first, last = self.record_range(i)
         t_len = last - first
@@ -224,24 +244,13 @@ class WindowDataset:
         rewards = np.zeros(t_len - 1, dtype=np.float32)
         terminated = np.zeros(t_len - 1, dtype=bool)
         for j, r in enumerate(range(first, last)):
-            fid, off, end = int(self._rec_file[r]), int(self._rec_off[r]), int(self._rec_end[r])
-            file = self._files[fid]
-            try:
-                obj = msgpack.unpackb(self._map(fid)[off:end], **UNPACKB_LIMITS)
-            except Exception as e:  # any unpack failure means the file changed under the index
-                raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}") from None
-            rec = parse_record(obj, self.action_spec, file, None, off)
-            if rec.t != self._rec_t[r]:
-                raise RecordingError(
-                    f"{file}: byte {off}: expected step {self._rec_t[r]}, found {rec.t}; index out of date"
-                )
-            try:
-                frames[j] = decode_png(rec.frame, (h, w))
-            except PNGError as e:
-                raise RecordingError(f"{file}: record at byte {off}: frame: {e}") from None
+            rec = self.record(r)
+            frames[j] = rec.image((h, w))
             if j:
                 if rec.kind != "step":
-                    raise RecordingError(f"{file}: byte {off}: a reset record inside an episode")
+                    raise RecordingError(
+                        f"{rec.file}: byte {rec.offset}: a reset record inside an episode"
+                    )
                 actions[j - 1] = rec.action
                 rewards[j - 1] = rec.reward
                 terminated[j - 1] = rec.terminated

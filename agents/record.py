@@ -1,0 +1,237 @@
+"""``worldsim record``: roll out an agent in any Gymnasium pixel env and write a recording.
+
+Small runs write one ``.msgpack`` file; anything else is a folder of shards plus
+``index.json``. With ``--num-envs K`` the envs are stepped as vector envs, split across
+``--workers`` processes (by default one per CPU core, up to K), each writing its own
+shards; the parent merges their index entries and coverage counts at the end. A coverage
+summary (how often each action value is taken, how often blocks are mined and placed) is
+printed and written beside the recording as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.coverage import Coverage
+from agents.rollout import AGENTS, RecordConfig, output_path, record_part
+from worldsim.errors import WorldSimError
+from worldsim.recording_writer import now_iso
+from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
+
+
+@dataclass
+class RecordResult:
+    """What a recording run wrote and how fast."""
+
+    out: Path
+    steps: int
+    records: int
+    frame_bytes: int
+    bytes: int
+    seconds: float
+    workers: int
+    coverage: Coverage
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / max(self.seconds, 1e-9)
+
+    @property
+    def bytes_per_frame(self) -> float:
+        return self.frame_bytes / max(self.records, 1)
+
+
+def _worker(
+    cfg: RecordConfig, part: int, parts: int, steps: int, counter: Any, results: Any
+) -> None:
+    def progress(k: int) -> None:
+        with counter.get_lock():
+            counter.value += k
+
+    try:
+        results.put(("ok", part, record_part(cfg, part, parts, steps, progress)))
+    except WorldSimError as e:
+        results.put(("user", part, str(e)))
+    except BaseException:  # report everything: the parent must not wait forever
+        results.put(("crash", part, traceback.format_exc()))
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.suffix == SHARD_SUFFIX:
+        if out.exists() and not overwrite:
+            raise WorldSimError(f"{out} exists; pass --overwrite or choose another --out")
+        if out.exists():
+            out.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if out.exists() and not out.is_dir():
+        raise WorldSimError(f"{out} is a file; shard folders need a directory path")
+    ours = (
+        [
+            p
+            for p in out.glob("*")
+            if p.suffix == SHARD_SUFFIX or p.name in (INDEX_NAME, "coverage.json")
+        ]
+        if out.is_dir()
+        else []
+    )
+    if ours and not overwrite:
+        raise WorldSimError(
+            f"{out} already holds a recording; pass --overwrite or choose another --out"
+        )
+    for p in ours:
+        p.unlink()
+
+
+def record(
+    cfg: RecordConfig, *, overwrite: bool = False, progress_bar: bool = True
+) -> RecordResult:
+    """Run a whole recording (in ``cfg.workers`` processes) and write index and coverage.
+
+    Raises:
+        WorldSimError: bad options, an unsupported env, or an existing output.
+    """
+    if cfg.steps < 1 or cfg.num_envs < 1 or cfg.workers < 1 or cfg.shard_steps < 1:
+        raise WorldSimError("--steps, --num-envs, --workers and --shard-steps must be >= 1")
+    if cfg.agent not in AGENTS:
+        raise WorldSimError(f"unknown agent {cfg.agent!r}; choose from {', '.join(AGENTS)}")
+    parts = min(cfg.workers, cfg.num_envs)
+    out = Path(cfg.out)
+    if parts > 1 and out.suffix == SHARD_SUFFIX:
+        raise WorldSimError(
+            f"{parts} workers write shards: give --out a folder, not a {SHARD_SUFFIX} file"
+        )
+    _prepare_out(out, overwrite)
+    cfg.created = cfg.created or now_iso()
+    shares = [cfg.steps // parts + (p < cfg.steps % parts) for p in range(parts)]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, unit="step", desc="record", disable=not progress_bar, smoothing=0.1)
+    start = time.perf_counter()
+    try:
+        if parts == 1:
+            results = [record_part(cfg, 0, 1, cfg.steps, bar.update)]
+        else:
+            results = _run_parallel(cfg, parts, shares, bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+
+    coverage = Coverage(**results[0]["coverage"])
+    for r in results[1:]:
+        coverage = coverage + Coverage(**r["coverage"])
+    if parts > 1:
+        files = [FileIndex.from_json(f) for r in results for f in r["files"]]
+        write_index(out, results[0]["header"], files)
+    coverage.write(output_path(out))
+    return RecordResult(
+        out=out,
+        steps=sum(r["steps"] for r in results),
+        records=sum(r["records"] for r in results),
+        frame_bytes=sum(r["frame_bytes"] for r in results),
+        bytes=sum(r["bytes"] for r in results),
+        seconds=seconds,
+        workers=parts,
+        coverage=coverage,
+    )
+
+
+def _run_parallel(
+    cfg: RecordConfig, parts: int, shares: list[int], bar: Any
+) -> list[dict[str, Any]]:
+    # spawn, not fork: the parent may hold threads (numba, torch) that fork would copy broken.
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    results_q = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_worker, args=(cfg, p, parts, shares[p], counter, results_q), daemon=True
+        )
+        for p in range(parts)
+    ]
+    for proc in procs:
+        proc.start()
+    results: dict[int, dict[str, Any]] = {}
+    shown = 0
+    try:
+        while len(results) < parts:
+            try:
+                status, part, payload = results_q.get(timeout=0.2)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and results_q.empty():
+                    raise WorldSimError(
+                        "a recording worker died without a result (out of memory?)"
+                    ) from None
+            else:
+                if status == "user":
+                    raise WorldSimError(payload)
+                if status == "crash":
+                    raise RuntimeError(f"recording worker {part} failed:\n{payload}")
+                results[part] = payload
+            with counter.get_lock():
+                done = counter.value
+            bar.update(done - shown)
+            shown = done
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return [results[p] for p in range(parts)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="worldsim record", description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", required=True, help="Gymnasium id (module:Id imports module first)")
+    p.add_argument("--agent", choices=AGENTS, default="random")
+    p.add_argument("--steps", type=int, required=True, help="step records to write in total")
+    p.add_argument("--out", required=True, help="a .msgpack file, or a folder of shards")
+    p.add_argument("--num-envs", type=int, default=1, help="envs stepped together (vector env)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes (default: min(num-envs, CPU cores))"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=None, help="frame width, passed to the env")
+    p.add_argument("--height", type=int, default=None, help="frame height, passed to the env")
+    p.add_argument("--shard-steps", type=int, default=4096, help="records per shard file")
+    p.add_argument("--env-kwargs", default="{}", help="JSON object of more env keyword arguments")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing recording at --out"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+    except ValueError as e:
+        raise WorldSimError(f"--env-kwargs is not JSON: {e}") from None
+    if not isinstance(env_kwargs, dict):
+        raise WorldSimError("--env-kwargs must be a JSON object")
+    workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
+    cfg = RecordConfig(
+        env=args.env, agent=args.agent, steps=args.steps, out=args.out, num_envs=args.num_envs,
+        workers=workers, seed=args.seed, width=args.width, height=args.height,
+        shard_steps=args.shard_steps, env_kwargs=env_kwargs,
+    )  # fmt: skip
+    result = record(cfg, overwrite=args.overwrite, progress_bar=not args.quiet)
+    print(
+        f"wrote {result.steps} steps ({result.records} frames) to {result.out} in {result.seconds:.1f}s: "
+        f"{result.steps_per_second:.0f} steps/s, {result.bytes_per_frame:.0f} bytes/frame (PNG), "
+        f"{result.bytes / 1e6:.1f} MB, {result.workers} process(es)"
+    )
+    print(result.coverage.table())
+    print(f"coverage written to {output_path(result.out)}")
+    return 0
