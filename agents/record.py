@@ -116,15 +116,23 @@ def record(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, unit="step", desc="record", disable=not progress_bar, smoothing=0.1)
+    bars: list[Any] = []
+
+    def progress(k: int) -> None:
+        # Created on the first report, so that a bad env fails before a bar is drawn.
+        if not bars:
+            bars.append(tqdm(total=cfg.steps, unit="step", desc="record", disable=not progress_bar))
+        bars[0].update(k)
+
     start = time.perf_counter()
     try:
         if parts == 1:
-            results = [record_part(cfg, 0, 1, cfg.steps, bar.update)]
+            results = [record_part(cfg, 0, 1, cfg.steps, progress)]
         else:
-            results = _run_parallel(cfg, parts, shares, bar)
+            results = _run_parallel(cfg, parts, shares, progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     seconds = time.perf_counter() - start
 
     coverage = Coverage(**results[0]["coverage"])
@@ -147,7 +155,7 @@ def record(
 
 
 def _run_parallel(
-    cfg: RecordConfig, parts: int, shares: list[int], bar: Any
+    cfg: RecordConfig, parts: int, shares: list[int], progress: Any
 ) -> list[dict[str, Any]]:
     # spawn, not fork: the parent may hold threads (numba, torch) that fork would copy broken.
     ctx = mp.get_context("spawn")
@@ -180,8 +188,9 @@ def _run_parallel(
                 results[part] = payload
             with counter.get_lock():
                 done = counter.value
-            bar.update(done - shown)
-            shown = done
+            if done > shown:
+                progress(done - shown)
+                shown = done
     finally:
         for proc in procs:
             if proc.is_alive():

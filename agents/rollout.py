@@ -211,6 +211,7 @@ def _run(
         action_space=spec, agent=cfg.agent, seed=cfg.seed, created=cfg.created,
         shard_records=None if single_file else cfg.shard_steps,
         shard_prefix=f"shard-{part:02d}-" if parts > 1 else "shard-", write_index=parts == 1,
+        extra_header={"action_names": list(coverage.names)} if names else None,
     )  # fmt: skip
     episode = np.zeros(n, dtype=np.int64)
     t = np.zeros(n, dtype=np.int64)

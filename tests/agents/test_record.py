@@ -1,0 +1,138 @@
+"""`worldsim record` and `worldsim replay` on an env WorldSim has never seen."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import imageio.v2 as iio
+import numpy as np
+import pytest
+
+from agents.random_agent import RandomAgent
+from agents.record import RecordConfig, record
+from tests.worldsim.toy_env import FULL_ID, ToyImageEnv
+from worldsim.cli import main as cli
+from worldsim.data import WindowDataset
+from worldsim.recording import RecordingReader
+from worldsim.shard_index import load_index
+
+
+def _episodes(path):
+    eps: dict[int, list] = {}
+    for rec in RecordingReader(path):
+        eps.setdefault(rec.episode, []).append(rec)
+    return eps
+
+
+def test_recorded_file_replays_exactly_in_a_fresh_env(tmp_path):
+    out = tmp_path / "toy.msgpack"
+    assert (
+        cli(
+            [
+                "record",
+                "--env",
+                FULL_ID,
+                "--steps",
+                "150",
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    eps = _episodes(out)
+    assert sum(len(r) - 1 for r in eps.values()) == 150
+    env = ToyImageEnv()
+    for recs in eps.values():
+        assert recs[0].kind == "reset" and recs[0].seed is not None
+        obs, _ = env.reset(seed=recs[0].seed)
+        np.testing.assert_array_equal(recs[0].image(), obs)
+        for rec in recs[1:]:
+            obs, reward, term, trunc, _ = env.step(rec.action)
+            np.testing.assert_array_equal(rec.image(), obs)
+            assert (rec.reward, rec.terminated, rec.truncated) == (reward, term, trunc)
+    coverage = json.loads((tmp_path / "toy.coverage.json").read_text())
+    assert coverage["steps"] == 150 and coverage["episodes"] == len(eps)
+    assert sum(coverage["counts"]["a0"]) == 150
+
+
+def test_vector_env_records_whole_episodes_in_shards(tmp_path):
+    out = tmp_path / "vec"
+    cfg = RecordConfig(
+        env=FULL_ID, steps=300, out=str(out), num_envs=3, workers=1, shard_steps=64,
+        env_kwargs={"discrete": True, "end_prob": 0.1},
+    )  # fmt: skip
+    result = record(cfg, progress_bar=False)
+    assert result.steps == 300 and result.workers == 1
+    assert len(load_index(out)) == len(list(out.glob("*.msgpack"))) >= 5
+    eps = _episodes(out)
+    for recs in eps.values():
+        assert [r.t for r in recs] == list(range(len(recs)))
+        assert recs[0].kind == "reset"
+        ends = [r.terminated or r.truncated for r in recs[1:]]
+        assert not any(ends[:-1])  # an episode ends only at its last step
+    finished = [recs for recs in eps.values() if recs[-1].terminated or recs[-1].truncated]
+    assert len(finished) >= 3
+    ds = WindowDataset([out], 4)
+    assert ds.action_spec.kind == "Discrete" and ds[0].actions.shape == (3, 1)
+
+
+def test_parallel_workers_merge_index_and_coverage(tmp_path):
+    out = tmp_path / "par"
+    cfg = RecordConfig(env=FULL_ID, steps=400, out=str(out), num_envs=4, workers=2, shard_steps=100)
+    result = record(cfg, progress_bar=False)
+    assert result.workers == 2 and result.steps == 400
+    index = load_index(out)
+    assert sorted(index) == sorted(p.name for p in out.glob("*.msgpack"))
+    assert {name[:9] for name in index} == {"shard-00-", "shard-01-"}
+    eps = _episodes(out)
+    assert sum(len(r) - 1 for r in eps.values()) == 400
+    assert {e % 2 for e in eps} == {0, 1}  # both workers' episodes, numbered apart
+    assert json.loads((out / "coverage.json").read_text())["steps"] == 400
+
+
+def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_path, capsys):
+    out = tmp_path / "x.msgpack"
+    base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
+    assert cli(base) == 0
+    capsys.readouterr()
+    assert cli(base) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert cli([*base, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert cli([*base[:-1], "--agent", "explorer", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "explorer drives worldsim/BlockWorld-v0 only" in err and "Traceback" not in err
+    assert (
+        cli(["record", "--env", "CartPole-v1", "--steps", "5", "--out", str(tmp_path / "c")]) == 2
+    )
+    assert "observations must be uint8 images" in capsys.readouterr().err
+
+
+def test_random_agent_is_uniform_and_seeded():
+    space = gym.spaces.MultiDiscrete([3, 2, 10])
+    a = RandomAgent(space, np.random.default_rng(1))
+    acts = np.stack([a.act(None, {}) for _ in range(3000)])
+    b = RandomAgent(space, np.random.default_rng(1))
+    assert np.array_equal(acts[:10], np.stack([b.act(None, {}) for _ in range(10)]))
+    for c, n in enumerate(space.nvec):
+        share = np.bincount(acts[:, c], minlength=n) / len(acts)
+        assert np.allclose(share, 1 / n, atol=0.04)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
+    rec = tmp_path / "toy.msgpack"
+    assert cli(["record", "--env", FULL_ID, "--steps", "40", "--out", str(rec), "--quiet"]) == 0
+    frames = sum(1 for _ in RecordingReader(rec))
+    video = tmp_path / f"toy{suffix}"
+    assert cli(["replay", str(rec), "--out", str(video), "--overlay", "--scale", "4"]) == 0
+    got = iio.mimread(video)
+    assert len(got) == frames
+    assert got[0].shape[:2] == (12 * 4 + 24, 16 * 4)  # frame scaled 4x, two overlay lines
+    assert cli(["replay", str(rec), "--out", str(tmp_path / "x.avi")]) == 2
+    assert "must end in .mp4 or .gif" in capsys.readouterr().err
