@@ -1,0 +1,111 @@
+"""The frame metrics and the collapse detector on known inputs and on real engine frames."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+import worldsim  # noqa: F401  (registers the ids)
+from worldsim.metrics import (
+    PSNR_CAP,
+    Band,
+    detect_collapse,
+    macro_f1,
+    precision_recall,
+    psnr,
+    ssim,
+)
+
+
+@pytest.fixture(scope="module")
+def engine_frames() -> np.ndarray:
+    """300 BlockWorld frames at 32x32 under held turns and walks (what a rollout shows)."""
+    env = gym.make("worldsim/BlockWorld-v0", width=32, height=32)
+    obs, _ = env.reset(seed=1_000_123)
+    frames = [obs]
+    rng = np.random.default_rng(0)
+    action = np.zeros(8, dtype=np.int64)
+    for t in range(300):
+        if t % 15 == 0:  # hold each action for 15 steps, as a player does
+            action = np.zeros(8, dtype=np.int64)
+            action[rng.choice([0, 3])] = rng.integers(1, 3)
+        obs, _, term, trunc, _ = env.step(action)
+        frames.append(obs)
+        if term or trunc:
+            obs, _ = env.reset(seed=1_000_124)
+    env.close()
+    return np.stack(frames)
+
+
+def test_psnr_identical_is_capped_and_known_values() -> None:
+    a = np.full((2, 8, 8, 3), 100, np.uint8)
+    assert np.all(psnr(a, a) == PSNR_CAP)
+    b = a.copy()
+    b[0] += 10  # MSE 100 everywhere -> 10 log10(255^2 / 100) = 28.13 dB
+    assert psnr(a, b)[0] == pytest.approx(28.1308, abs=1e-3)
+    assert psnr(a, b)[1] == PSNR_CAP
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, a[:, :4])
+
+
+def test_ssim_identical_is_one_and_orders_degradations(engine_frames: np.ndarray) -> None:
+    f = engine_frames[:10]
+    assert np.allclose(ssim(f, f), 1.0, atol=1e-9)
+    rng = np.random.default_rng(0)
+    light = np.clip(f + rng.normal(0, 5, f.shape), 0, 255).astype(np.uint8)
+    heavy = np.clip(f + rng.normal(0, 40, f.shape), 0, 255).astype(np.uint8)
+    s_light, s_heavy = ssim(f, light), ssim(f, heavy)
+    assert np.all(s_light < 1) and np.all(s_heavy < s_light)
+    assert ssim(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)) == pytest.approx(1.0)
+
+
+def test_f1_and_precision_recall() -> None:
+    assert macro_f1(np.array([0, 1, 2, 1]), np.array([0, 1, 2, 1]), 3) == 1.0
+    # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 0 fp 0 fn 1 -> 0
+    assert macro_f1(np.array([0, 1]), np.array([0, 0]), 2) == pytest.approx(1 / 3)
+    pr = precision_recall(np.array([1, 0, 1, 0], bool), np.array([1, 1, 0, 0], bool))
+    assert (pr.precision, pr.recall, pr.hits) == (0.5, 0.5, 1)
+    none = precision_recall(np.zeros(3, bool), np.zeros(3, bool))
+    assert none.precision is None and none.recall is None
+
+
+def test_collapse_passes_real_engine_frames(engine_frames: np.ndarray) -> None:
+    band = Band.from_frames(engine_frames[:150])
+    # unseen real frames of the same env, judged against the band of others
+    report = detect_collapse(engine_frames[150:], engine_frames[150:], band=band)
+    assert not report.collapsed, report.summary()
+    assert report.summary()["flagged_fraction"] < 0.1
+
+
+@pytest.mark.parametrize("kind", ["blank", "constant", "noise", "frozen", "blurred"])
+def test_collapse_flags_failures(engine_frames: np.ndarray, kind: str) -> None:
+    real = engine_frames[150:]
+    band = Band.from_frames(engine_frames[:150])
+    T = len(real)
+    rng = np.random.default_rng(0)
+    if kind == "blank":
+        dream = np.zeros_like(real)
+    elif kind == "constant":
+        dream = np.broadcast_to(np.array([90, 140, 200], np.uint8), real.shape).copy()
+    elif kind == "noise":
+        dream = rng.integers(0, 256, real.shape, dtype=np.uint8)
+    elif kind == "frozen":
+        dream = np.repeat(real[:1], T, axis=0)
+    else:  # a heavy Gaussian blur: the detail of the world is gone
+        dream = np.stack([np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(6))) for f in real])
+    report = detect_collapse(dream, real, band=band)
+    assert report.collapsed, (kind, report.summary())
+    assert report.collapse_step == 0
+    # the failure that was planted is the one named
+    field = {"blank": "blank", "constant": "blank", "noise": "noise", "frozen": "frozen", "blurred": "blur"}[kind]
+    assert getattr(report, field).mean() > 0.5
+
+
+def test_collapse_found_when_it_starts_late(engine_frames: np.ndarray) -> None:
+    real = engine_frames[150:]
+    dream = real.copy()
+    dream[100:] = 0
+    report = detect_collapse(dream, real, band=Band.from_frames(engine_frames[:150]))
+    assert report.collapsed and 80 < report.collapse_step <= 100

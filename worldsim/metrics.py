@@ -1,0 +1,275 @@
+"""Frame and prediction metrics for the fidelity evaluation: PSNR, SSIM, F1, precision and
+recall, and the collapse detector for long rollouts.
+
+Every frame metric takes uint8 frames ``[..., H, W, 3]`` and returns one number per frame,
+so callers can average over whatever set of frames they compare (and compare the dream and
+the copy-last-frame baseline on exactly the same frames).
+
+**PSNR** is per frame, ``10 log10(255^2 / MSE)`` over all pixels and channels. Identical
+frames have an infinite PSNR; it is capped at :data:`PSNR_CAP` (60 dB) so that averages
+stay finite. 60 dB is an MSE of 0.065, below what any 8-bit reconstruction that is not
+byte-exact reaches, so the cap only ever touches exact copies (for example the copy-last
+baseline while the player stands still).
+
+**SSIM** is Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
+K2 = 0.03, computed per RGB channel over the valid region and averaged, as
+``skimage.metrics.structural_similarity(..., gaussian_weights=True, channel_axis=-1)``
+does. Frames smaller than 11 pixels use the largest odd window that fits.
+
+**Collapse.** A long open-loop rollout collapses when its frames stop looking like frames
+of the world: blank or a single colour, noise, or frozen while the world moves. Each
+frame gets three statistics, all on luma in grey levels:
+
+* ``std``: spatial standard deviation. A blank or single-colour frame has ~0; real views
+  always show some contrast (sky against ground, the HUD).
+* ``edge``: mean absolute difference between horizontally and vertically adjacent pixels.
+  Blur and flat frames drive it to ~0; noise drives it far above any real view, because
+  real frames are piecewise smooth (blocks, sky) and noise is not.
+* ``change``: mean absolute difference from the previous frame. A frozen dream has ~0
+  while the reference env, given the same actions, moves.
+
+The acceptable range of ``std`` and ``edge`` is taken from real frames of the same env
+(:class:`Band`: the 1st to 99th percentile, widened by a factor of :data:`BAND_MARGIN`), so
+the detector needs no per-env tuning. A frame is *flagged* when a statistic leaves its band
+or it is frozen (``change`` below :data:`FREEZE_EPS` while the real frame at the same step
+changed by more than :data:`MOTION_EPS`). The rollout *collapses* at the first step where
+more than half of a :data:`COLLAPSE_WINDOW`-frame window is flagged: one odd frame (a view
+straight into a wall) is not a collapse, a persistent failure is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PSNR_CAP = 60.0
+"""dB given to a frame identical to its reference (its true PSNR is infinite)."""
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+BAND_MARGIN = 2.0
+"""The real-data band of a statistic is [q01 / margin, q99 * margin]."""
+FREEZE_EPS = 0.25
+"""Mean absolute change (grey levels) below which a frame counts as identical to the last."""
+MOTION_EPS = 2.0
+"""Mean absolute change (grey levels) above which the real frame counts as moving."""
+COLLAPSE_WINDOW = 20
+"""Frames in the sliding window of the collapse verdict (one second at 20 ticks/s)."""
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _as_float(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [..., H, W, 3], got shape {list(frames.shape)}")
+    return frames.astype(np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP) -> np.ndarray:
+    """Per-frame PSNR in dB of uint8 frames ``[..., H, W, 3]`` (identical frames: ``cap``)."""
+    x, y = _as_float(a), _as_float(b)
+    if x.shape != y.shape:
+        raise ValueError(f"frames to compare differ in shape: {list(x.shape)} vs {list(y.shape)}")
+    mse = ((x - y) ** 2).mean(axis=(-3, -2, -1))
+    with np.errstate(divide="ignore"):
+        db = 10.0 * np.log10(255.0**2 / mse)
+    return np.minimum(db, cap)
+
+
+def _gaussian(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame SSIM of uint8 frames ``[..., H, W, 3]`` (1 for identical frames)."""
+    x, y = _as_float(a), _as_float(b)
+    if x.shape != y.shape:
+        raise ValueError(f"frames to compare differ in shape: {list(x.shape)} vs {list(y.shape)}")
+    lead, (H, W) = x.shape[:-3], x.shape[-3:-1]
+    size = min(SSIM_WINDOW, H - (H + 1) % 2, W - (W + 1) % 2)
+    g = _gaussian(size, SSIM_SIGMA)
+    kernel = (g[:, None] * g[None, :]).expand(3, 1, size, size)  # depthwise, one per channel
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=3)
+
+    # (..., H, W, 3) -> (N, 3, H, W)
+    X = torch.from_numpy(x.reshape(-1, H, W, 3)).permute(0, 3, 1, 2)
+    Y = torch.from_numpy(y.reshape(-1, H, W, 3)).permute(0, 3, 1, 2)
+    c1, c2 = (SSIM_K1 * 255) ** 2, (SSIM_K2 * 255) ** 2
+    mx, my = blur(X), blur(Y)
+    sxx = blur(X * X) - mx * mx
+    syy = blur(Y * Y) - my * my
+    sxy = blur(X * Y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.mean(dim=(1, 2, 3)).numpy().reshape(lead)
+
+
+def macro_f1(true: np.ndarray, pred: np.ndarray, classes: int) -> float:
+    """F1 averaged over the classes that occur in ``true`` or ``pred`` (sklearn's macro F1)."""
+    true, pred = np.asarray(true).reshape(-1), np.asarray(pred).reshape(-1)
+    scores = []
+    for c in range(classes):
+        tp = np.sum((true == c) & (pred == c))
+        fp = np.sum((true != c) & (pred == c))
+        fn = np.sum((true == c) & (pred != c))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    """Precision and recall of binary event predictions (None where undefined)."""
+
+    precision: float | None
+    """Of the predicted events, the share that happened; None when none was predicted."""
+    recall: float | None
+    """Of the events that happened, the share predicted; None when none happened."""
+    predicted: int
+    actual: int
+    hits: int
+
+
+def precision_recall(actual: np.ndarray, predicted: np.ndarray) -> PrecisionRecall:
+    """Precision and recall of bool ``predicted`` against bool ``actual`` (same shape)."""
+    a, p = np.asarray(actual, bool).reshape(-1), np.asarray(predicted, bool).reshape(-1)
+    hits, n_pred, n_act = int(np.sum(a & p)), int(p.sum()), int(a.sum())
+    return PrecisionRecall(
+        precision=hits / n_pred if n_pred else None,
+        recall=hits / n_act if n_act else None,
+        predicted=n_pred,
+        actual=n_act,
+        hits=hits,
+    )
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """The collapse statistics of a sequence of T frames (grey levels, luma)."""
+
+    std: np.ndarray
+    """float [T]: spatial standard deviation."""
+    edge: np.ndarray
+    """float [T]: mean absolute difference of adjacent pixels."""
+    change: np.ndarray
+    """float [T]: mean absolute difference from the previous frame (0 for the first)."""
+
+
+def frame_stats(frames: np.ndarray) -> FrameStats:
+    """Collapse statistics of uint8 frames ``[T, H, W, 3]``."""
+    y = _as_float(frames) @ _LUMA  # (T, H, W)
+    if y.ndim != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got shape {list(np.shape(frames))}")
+    edge = 0.5 * (np.abs(np.diff(y, axis=2)).mean(axis=(1, 2)) + np.abs(np.diff(y, axis=1)).mean(axis=(1, 2)))
+    change = np.zeros(len(y))
+    change[1:] = np.abs(np.diff(y, axis=0)).mean(axis=(1, 2))
+    return FrameStats(std=y.std(axis=(1, 2)), edge=edge, change=change)
+
+
+@dataclass(frozen=True)
+class Band:
+    """The range of ``std`` and ``edge`` that real frames of an env occupy."""
+
+    std: tuple[float, float]
+    edge: tuple[float, float]
+
+    @classmethod
+    def from_frames(cls, frames: np.ndarray, margin: float = BAND_MARGIN) -> Band:
+        """The 1st-99th percentile of real frames ``[T, H, W, 3]``, widened by ``margin``."""
+        s = frame_stats(frames)
+
+        def band(v: np.ndarray) -> tuple[float, float]:
+            lo, hi = np.percentile(v, [1, 99])
+            return float(lo / margin), float(hi * margin)
+
+        return cls(std=band(s.std), edge=band(s.edge))
+
+
+@dataclass
+class CollapseReport:
+    """Per-frame statistics and flags of a rollout, and the verdict."""
+
+    stats: FrameStats
+    band: Band
+    blank: np.ndarray
+    """bool [T]: ``std`` below the band (blank or a single colour)."""
+    blur: np.ndarray
+    """bool [T]: ``edge`` below the band (featureless)."""
+    noise: np.ndarray
+    """bool [T]: ``edge`` above the band, or ``std`` above it."""
+    frozen: np.ndarray
+    """bool [T]: unchanged while the real world moved."""
+    collapse_step: int | None
+    """The first step from which more than half of a window is flagged; None = no collapse."""
+    window: int = COLLAPSE_WINDOW
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.blank | self.blur | self.noise | self.frozen
+
+    @property
+    def collapsed(self) -> bool:
+        return self.collapse_step is not None
+
+    def summary(self) -> dict:
+        """JSON-ready counts and the verdict."""
+        T = len(self.blank)
+        return {
+            "frames": T,
+            "collapsed": self.collapsed,
+            "collapse_step": self.collapse_step,
+            "flagged_fraction": float(self.flagged.mean()) if T else 0.0,
+            "blank_frames": int(self.blank.sum()),
+            "blur_frames": int(self.blur.sum()),
+            "noise_frames": int(self.noise.sum()),
+            "frozen_frames": int(self.frozen.sum()),
+            "band": {"std": list(self.band.std), "edge": list(self.band.edge)},
+            "window": self.window,
+        }
+
+
+def detect_collapse(
+    dream: np.ndarray, real: np.ndarray | None = None, band: Band | None = None, window: int = COLLAPSE_WINDOW
+) -> CollapseReport:
+    """Flag collapsed frames of a rollout.
+
+    Args:
+        dream: uint8 ``[T, H, W, 3]`` generated frames.
+        real: uint8 ``[T, H, W, 3]`` reference frames under the same actions; gives the
+            band (when ``band`` is None) and the motion that makes an unchanged dream frame
+            frozen. Without it, frozen frames are not detected.
+        band: the real-data band; None = from ``real``.
+        window: frames in the sliding window of the verdict.
+    """
+    if band is None:
+        if real is None:
+            raise ValueError("detect_collapse needs real frames or a band")
+        band = Band.from_frames(real)
+    s = frame_stats(dream)
+    blank = s.std < band.std[0]
+    blur = s.edge < band.edge[0]
+    noise = (s.edge > band.edge[1]) | (s.std > band.std[1])
+    frozen = np.zeros(len(s.std), dtype=bool)
+    if real is not None:
+        if np.shape(real) != np.shape(dream):
+            raise ValueError(f"real and dream differ in shape: {list(np.shape(real))} vs {list(np.shape(dream))}")
+        moving = frame_stats(real).change > MOTION_EPS
+        frozen = moving & (s.change < FREEZE_EPS)
+        frozen[0] = False
+    flagged = (blank | blur | noise | frozen).astype(np.int64)
+    w = min(window, len(flagged))
+    collapse_step = None
+    if w:
+        counts = np.convolve(flagged, np.ones(w, dtype=np.int64), mode="valid")  # [T - w + 1]
+        bad = np.flatnonzero(counts * 2 > w)
+        if bad.size:
+            collapse_step = int(bad[0])
+    return CollapseReport(stats=s, band=band, blank=blank, blur=blur, noise=noise, frozen=frozen,
+                          collapse_step=collapse_step, window=w)  # fmt: skip
