@@ -1,0 +1,155 @@
+"""The BlockWorld engine: N worlds stepped and rendered together, with no Gymnasium in it.
+
+``Engine`` owns the state (player records and loaded chunks) of a batch of worlds and
+exposes reset, step and render. ``BlockWorldEnv`` is an engine with one world and
+``BlockWorldVectorEnv`` one with N, so both share every line of game logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.blockworld.achievements import ACHIEVEMENT_NAMES
+from envs.blockworld.blocks import AIR, BLOCK_NAMES, SOLID
+from envs.blockworld.physics import AIR_TICKS, MAX_HEALTH, PLAYER_DTYPE
+from envs.blockworld.region import MAX_VIEW_DISTANCE, Regions, find_spawn
+from envs.blockworld.render import draw_hud, render_worlds
+from envs.blockworld.tick import refresh_targets, step_players
+from envs.blockworld.worldgen import BIOME_NAMES, WORLD_HEIGHT, column
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings shared by all worlds of an engine. All plain JSON-able values."""
+
+    width: int = 64
+    """Frame width in pixels."""
+    height: int = 64
+    """Frame height in pixels."""
+    day_length: int = 2400
+    """Ticks per full day-night cycle (2 minutes at 20 ticks/s)."""
+    view_distance: float = 32.0
+    """Blocks to the fog wall."""
+    hud: bool = True
+    """Draw the crosshair, health bar and hotbar."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.width, int) and isinstance(self.height, int)) or min(self.width, self.height) < 8:
+            raise ValueError(f"width and height must be integers >= 8, got {self.width}x{self.height}")
+        if self.day_length < 1:
+            raise ValueError(f"day_length must be a positive number of ticks, got {self.day_length}")
+        if not 1.0 <= self.view_distance <= MAX_VIEW_DISTANCE:
+            raise ValueError(f"view_distance must be in [1, {MAX_VIEW_DISTANCE}], got {self.view_distance}")
+
+
+def draw_start(np_random: np.random.Generator, options: dict | None) -> tuple[int, float]:
+    """World seed and start time of day for a reset, drawn from the env's generator.
+
+    ``options={"time_of_day": t}`` fixes the time (t in [0, 1]); otherwise it is uniform,
+    so that recorded data covers day and night alike.
+    """
+    world_seed = int(np_random.integers(0, 2**31 - 1))
+    tod = float(np_random.random())
+    if options and "time_of_day" in options:
+        tod = float(options["time_of_day"])
+        if not 0.0 <= tod <= 1.0:
+            raise ValueError(f"options['time_of_day'] must be in [0, 1], got {tod}")
+    return world_seed, tod
+
+
+class Engine:
+    """State and rules of ``num_worlds`` independent BlockWorld worlds.
+
+    Args:
+        num_worlds: Batch size.
+        config: Shared settings.
+    """
+
+    def __init__(self, num_worlds: int, config: EngineConfig) -> None:
+        self.config = config
+        self.num_worlds = num_worlds
+        self.players = np.zeros(num_worlds, dtype=PLAYER_DTYPE)
+        self.regions = Regions(num_worlds)
+        self.frames = np.zeros((num_worlds, config.height, config.width, 3), dtype=np.uint8)
+
+    def reset_world(self, w: int, world_seed: int, time_of_day: float) -> None:
+        """Generate world ``w`` from ``world_seed`` and put a fresh player at its spawn."""
+        x, z = find_spawn(world_seed)
+        self.regions.reset_world(w, world_seed, x, z)
+        ground = WORLD_HEIGHT - 1
+        while ground > 0 and not SOLID[self.regions.get_block(w, int(np.floor(x)), ground, int(np.floor(z)))]:
+            ground -= 1
+        p = np.zeros((), dtype=PLAYER_DTYPE)
+        p["pos"] = (x, ground + 1.0, z)
+        p["spawn"] = p["pos"]
+        p["fall_peak"] = ground + 1.0
+        p["health"] = MAX_HEALTH
+        p["air"] = AIR_TICKS
+        p["time0"] = time_of_day
+        p["day_length"] = float(self.config.day_length)
+        p["world_seed"] = world_seed
+        p["on_ground"] = 1
+        p["biome"] = column(world_seed, int(np.floor(x)), int(np.floor(z)))[1]
+        self.players[w] = p
+        refresh_targets(self.players[w : w + 1], self.regions.blocks[w : w + 1])
+
+    def place_player(self, w: int, x: float, y: float, z: float, yaw: float = 0.0, pitch: float = 0.0) -> None:
+        """Move world ``w``'s player (feet centre) and view; for scripted scenes and tests."""
+        p = self.players[w : w + 1]
+        p["pos"][0] = (x, y, z)
+        p["fall_peak"] = y
+        p["vel"][0] = 0.0
+        p["yaw"] = yaw % 360.0
+        p["pitch"] = pitch
+        self.regions.follow(w, x, z)
+        refresh_targets(self.players[w : w + 1], self.regions.blocks[w : w + 1])
+
+    def step(self, actions: np.ndarray) -> None:
+        """Advance every world one tick with int64 ``actions`` (num_worlds, 8)."""
+        r = self.regions
+        step_players(self.players, r.blocks, r.dirty, r.top, r.occ, actions)
+        for w in r.centers_changed(self.players["pos"][:, [0, 2]]):
+            r.follow(int(w), float(self.players["pos"][w, 0]), float(self.players["pos"][w, 2]))
+
+    def render(self) -> np.ndarray:
+        """Render all worlds into ``self.frames`` (num_worlds, H, W, 3) and return it."""
+        r = self.regions
+        render_worlds(self.players, r.blocks, r.occ, r.top, float(self.config.view_distance), self.frames)
+        if self.config.hud:
+            draw_hud(self.players, self.frames)
+        return self.frames
+
+    def time_of_day(self, w: int) -> float:
+        """World ``w``'s time of day: 0 sunrise, 0.25 noon, 0.5 sunset, 0.75 midnight."""
+        p = self.players[w]
+        return float((p["time0"] + p["tick"] / p["day_length"]) % 1.0)
+
+    def info(self, w: int) -> dict:
+        """JSON-able description of world ``w``'s player, for ``info`` dicts."""
+        p = self.players[w]
+        inventory = [
+            (BLOCK_NAMES[int(i)], int(n)) if n > 0 else (None, 0)
+            for i, n in zip(p["inv_id"], p["inv_count"])
+        ]
+        has_target = int(p["target_block"]) != AIR
+        return {
+            "inventory": inventory,
+            "selected_slot": int(p["selected"]),
+            "achievements": [ACHIEVEMENT_NAMES[i] for i in np.flatnonzero(p["achieved"])],
+            "health": int(p["health"]),
+            "position": tuple(float(v) for v in p["pos"]),
+            "yaw": float(p["yaw"]),
+            "pitch": float(p["pitch"]),
+            "on_ground": bool(p["on_ground"]),
+            "in_water": bool(p["in_fluid"]),
+            "time_of_day": self.time_of_day(w),
+            "biome": BIOME_NAMES[int(p["biome"])],
+            "target_block": BLOCK_NAMES[int(p["target_block"])] if has_target else None,
+            "target_position": tuple(int(v) for v in p["target_pos"]) if has_target else None,
+            "target_distance": float(p["target_dist"]) if has_target else None,
+            "mined": BLOCK_NAMES[int(p["mined_block"])] if p["mined_block"] != AIR else None,
+            "placed": BLOCK_NAMES[int(p["placed"])] if p["placed"] != AIR else None,
+            "tick": int(p["tick"]),
+        }

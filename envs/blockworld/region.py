@@ -1,0 +1,164 @@
+"""The loaded part of each world: a ring buffer of chunks that follows the player.
+
+Each world keeps ``REGION_CHUNKS x REGION_CHUNKS`` chunk columns in one uint8 array,
+indexed by world coordinates modulo ``REGION`` (a power of two, so the kernels use
+``x & (REGION - 1)``). When the player enters another chunk, the columns that fell out of
+range are evicted and the new ones generated in their slots. A chunk the player edited
+(mined or placed in) is copied aside before eviction and restored when it comes back, so
+edits persist however far the player walks.
+
+Limits: edited chunks are kept in memory (16 KiB each) for the whole episode, and world
+coordinates are 64-bit, so the walkable world is effectively unbounded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from envs.blockworld.worldgen import (
+    CHUNK,
+    OCEAN,
+    SEA_LEVEL,
+    WORLD_HEIGHT,
+    column,
+    generate_chunk,
+)
+
+REGION_CHUNKS = 8
+"""Chunks per side of the loaded square."""
+REGION = REGION_CHUNKS * CHUNK
+"""Blocks per side of the loaded square (128)."""
+REGION_HALF = REGION_CHUNKS // 2
+MAX_VIEW_DISTANCE = REGION_HALF * CHUNK - CHUNK
+"""Furthest a ray may travel: the player stands at least this far from an unloaded block."""
+BRICK_SHIFT = 2
+"""Occupancy bricks are 4x4x4 blocks (1 << BRICK_SHIFT): rays cross empty ones in one jump."""
+
+
+@njit(cache=True, nogil=True)
+def fill_occupancy(blocks, occ, x0: int, z0: int) -> None:
+    """Recompute the brick occupancy of the chunk whose corner is world (x0, z0).
+
+    Args:
+        blocks: uint8 (R, R, WORLD_HEIGHT) one world's region.
+        occ: uint8 (R/4, R/4, WORLD_HEIGHT/4) that world's bricks; 1 where any block is
+            not air. Kept conservative: a brick may say 1 after its blocks were mined.
+        x0: World x of the chunk's corner (a multiple of 16).
+        z0: World z of the chunk's corner.
+    """
+    m = blocks.shape[0] - 1
+    mb = occ.shape[0] - 1
+    for bx in range(CHUNK >> BRICK_SHIFT):
+        for bz in range(CHUNK >> BRICK_SHIFT):
+            gx = ((x0 >> BRICK_SHIFT) + bx) & mb
+            gz = ((z0 >> BRICK_SHIFT) + bz) & mb
+            for by in range(occ.shape[2]):
+                full = 0
+                for dx in range(1 << BRICK_SHIFT):
+                    for dz in range(1 << BRICK_SHIFT):
+                        x = (x0 + (bx << BRICK_SHIFT) + dx) & m
+                        z = (z0 + (bz << BRICK_SHIFT) + dz) & m
+                        for dy in range(1 << BRICK_SHIFT):
+                            if blocks[x, z, (by << BRICK_SHIFT) + dy] != 0:
+                                full = 1
+                occ[gx, gz, by] = full
+
+
+class Regions:
+    """Loaded blocks of ``num_worlds`` worlds, plus the bookkeeping to stream chunks.
+
+    Attributes:
+        blocks: uint8 (num_worlds, REGION, REGION, WORLD_HEIGHT), ``[w, x & m, z & m, y]``.
+        dirty: bool (num_worlds, REGION_CHUNKS, REGION_CHUNKS): slot edited since loaded.
+        top: int32 (num_worlds,): y above which every loaded column is air (rays skip it).
+        occ: uint8 (num_worlds, REGION/4, REGION/4, WORLD_HEIGHT/4): non-empty 4^3 bricks.
+    """
+
+    def __init__(self, num_worlds: int) -> None:
+        self.blocks = np.zeros((num_worlds, REGION, REGION, WORLD_HEIGHT), dtype=np.uint8)
+        self.dirty = np.zeros((num_worlds, REGION_CHUNKS, REGION_CHUNKS), dtype=np.bool_)
+        self.top = np.zeros(num_worlds, dtype=np.int32)
+        nb = REGION >> BRICK_SHIFT
+        self.occ = np.zeros((num_worlds, nb, nb, WORLD_HEIGHT >> BRICK_SHIFT), dtype=np.uint8)
+        self._slot_key = np.full((num_worlds, REGION_CHUNKS, REGION_CHUNKS, 2), 2**62, dtype=np.int64)
+        self._slot_top = np.zeros((num_worlds, REGION_CHUNKS, REGION_CHUNKS), dtype=np.int32)
+        self._center = np.zeros((num_worlds, 2), dtype=np.int64)
+        self._seed = np.zeros(num_worlds, dtype=np.int64)
+        self._saved: list[dict[tuple[int, int], tuple[np.ndarray, int]]] = [{} for _ in range(num_worlds)]
+
+    def reset_world(self, w: int, seed: int, x: float, z: float) -> None:
+        """Forget world ``w``'s edits and generate its chunks around (x, z)."""
+        self._seed[w] = seed
+        self._saved[w] = {}
+        self._slot_key[w] = 2**62
+        self.dirty[w] = False
+        self.top[w] = 0
+        self._load_around(w, int(np.floor(x)) // CHUNK, int(np.floor(z)) // CHUNK)
+
+    def follow(self, w: int, x: float, z: float) -> None:
+        """Stream chunks so that world ``w``'s loaded square is centred on (x, z)'s chunk."""
+        cx = int(np.floor(x)) // CHUNK
+        cz = int(np.floor(z)) // CHUNK
+        if cx != self._center[w, 0] or cz != self._center[w, 1]:
+            self._load_around(w, cx, cz)
+
+    def centers_changed(self, xz: np.ndarray) -> np.ndarray:
+        """Indices of worlds whose player (xz: float (num_worlds, 2)) left the centre chunk."""
+        chunk = np.floor(xz).astype(np.int64) // CHUNK
+        return np.flatnonzero(np.any(chunk != self._center, axis=1))
+
+    def _load_around(self, w: int, cx: int, cz: int) -> None:
+        self._center[w] = (cx, cz)
+        seed = int(self._seed[w])
+        for kx in range(cx - REGION_HALF, cx + REGION_HALF):
+            for kz in range(cz - REGION_HALF, cz + REGION_HALF):
+                sx, sz = kx % REGION_CHUNKS, kz % REGION_CHUNKS
+                old = (int(self._slot_key[w, sx, sz, 0]), int(self._slot_key[w, sx, sz, 1]))
+                if old == (kx, kz):
+                    continue
+                view = self.blocks[w, sx * CHUNK : (sx + 1) * CHUNK, sz * CHUNK : (sz + 1) * CHUNK]
+                if self.dirty[w, sx, sz]:
+                    filled = np.flatnonzero(view.any(axis=(0, 1)))
+                    self._saved[w][old] = (view.copy(), int(filled[-1]) + 1 if filled.size else 0)
+                saved = self._saved[w].get((kx, kz))
+                if saved is not None:
+                    view[...] = saved[0]
+                    self._slot_top[w, sx, sz] = saved[1]
+                    # Still differs from the generated chunk, so it must be saved again.
+                    self.dirty[w, sx, sz] = True
+                else:
+                    self._slot_top[w, sx, sz] = generate_chunk(seed, kx, kz, self.blocks[w])
+                    self.dirty[w, sx, sz] = False
+                self._slot_key[w, sx, sz] = (kx, kz)
+                fill_occupancy(self.blocks[w], self.occ[w], kx * CHUNK, kz * CHUNK)
+        # Never lowered here: the kernel raises ``top`` when it places blocks, and an upper
+        # bound is all the renderer needs.
+        self.top[w] = max(int(self.top[w]), int(self._slot_top[w].max()))
+
+    def set_block(self, w: int, x: int, y: int, z: int, block: int) -> None:
+        """Set one loaded block of world ``w`` by world coordinates (for building scenes)."""
+        if not 0 <= y < WORLD_HEIGHT:
+            raise ValueError(f"y must be in [0, {WORLD_HEIGHT}), got {y}")
+        self.blocks[w, x % REGION, z % REGION, y] = block
+        if block != 0:
+            self.occ[w, (x % REGION) >> BRICK_SHIFT, (z % REGION) >> BRICK_SHIFT, y >> BRICK_SHIFT] = 1
+        self.dirty[w, (x % REGION) // CHUNK, (z % REGION) // CHUNK] = True
+        self.top[w] = max(int(self.top[w]), min(y + 2, WORLD_HEIGHT))
+
+    def get_block(self, w: int, x: int, y: int, z: int) -> int:
+        """The loaded block of world ``w`` at world coordinates (air above the sky limit)."""
+        if y >= WORLD_HEIGHT:
+            return 0
+        return int(self.blocks[w, x % REGION, z % REGION, max(y, 0)])
+
+
+def find_spawn(seed: int) -> tuple[float, float]:
+    """The centre of the nearest dry column to the origin, searched in a square spiral."""
+    for radius in range(0, 512, 4):
+        for dx in range(-radius, radius + 1, 4):
+            for dz in (-radius, radius) if abs(dx) != radius else range(-radius, radius + 1, 4):
+                h, biome = column(seed, dx, dz)
+                if biome != OCEAN and h > SEA_LEVEL:
+                    return dx + 0.5, dz + 0.5
+    return 0.5, 0.5

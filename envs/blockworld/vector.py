@@ -1,0 +1,150 @@
+"""``BlockWorldVectorEnv``: N BlockWorld worlds stepped and rendered in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.blockworld.achievements import ACHIEVEMENT_NAMES
+from envs.blockworld.blocks import AIR, BLOCK_NAMES
+from envs.blockworld.engine import Engine, EngineConfig, draw_start
+from envs.blockworld.env import ACTION_SPEC, DEFAULT_MAX_STEPS, TICKS_PER_SECOND
+
+_NAMES = np.array(list(BLOCK_NAMES) , dtype=object)
+_NAMES[AIR] = None  # "nothing mined/placed/targeted" reads as None, as in the single env
+
+
+class BlockWorldVectorEnv(VectorEnv):
+    """``num_envs`` independent BlockWorld worlds behind Gymnasium's ``VectorEnv`` API.
+
+    Every world runs the same step function as :class:`BlockWorldEnv` (one engine with a
+    batch of worlds), and all frames come from one parallel render call. With the same
+    seeds and actions its frames equal those of ``num_envs`` single envs byte for byte:
+    ``reset(seed=s)`` seeds world ``i`` with ``s + i``, as Gymnasium's vector envs do.
+
+    Autoreset is ``NEXT_STEP``: the step after a world terminates or truncates resets it
+    (ignoring its action) and returns its first observation, with reward 0.
+
+    ``info`` holds arrays with one row per world: ``health``, ``position`` (N, 3),
+    ``yaw``, ``pitch``, ``time_of_day``, ``selected_slot``, ``achievements`` (bool
+    (N, 13), columns in ``ACHIEVEMENT_NAMES`` order), ``inventory_items`` (object
+    (N, 9): names or None), ``inventory_counts`` (N, 9), and object arrays ``mined``,
+    ``placed`` and ``target_block`` (block names or None).
+
+    Args:
+        num_envs: Number of worlds.
+        width, height, render_mode, max_steps, day_length, view_distance, hud: As for
+            :class:`BlockWorldEnv`; ``render()`` returns the (N, H, W, 3) frames.
+    """
+
+    metadata = {
+        "render_modes": ["rgb_array"],
+        "render_fps": TICKS_PER_SECOND,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int,
+        width: int = 64,
+        height: int = 64,
+        render_mode: str | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        day_length: int = 2400,
+        view_distance: float = 32.0,
+        hud: bool = True,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.max_steps = int(max_steps)
+        self.engine = Engine(num_envs, EngineConfig(width, height, day_length, view_distance, hud))
+        self.single_observation_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
+        self.single_action_space = ACTION_SPEC.to_space()
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.zeros(num_envs, dtype=np.bool_)
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, int):
+            seeds = [seed + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seeds)}")
+        for w, s in enumerate(seeds):
+            if s is not None or self._rngs[w] is None:
+                self._rngs[w], _ = seeding.np_random(s)
+            self._reset_world(w, options)
+        self._needs_reset[:] = False
+        frames = self.engine.render()
+        return frames.copy(), self._info()
+
+    def _reset_world(self, w: int, options: dict[str, Any] | None) -> None:
+        rng = self._rngs[w]
+        assert rng is not None
+        world_seed, tod = draw_start(rng, options)
+        self.engine.reset_world(w, world_seed, tod)
+        self._steps[w] = 0
+
+    def step(self, actions):
+        acts = ACTION_SPEC.as_array(actions, (self.num_envs,))  # (N, 8)
+        self.engine.step(acts)
+        self._steps += 1
+        players = self.engine.players
+        rewards = players["reward"].astype(np.float64)
+        terminated = players["dead"].astype(np.bool_)
+        truncated = (self._steps >= self.max_steps) & ~terminated
+        for w in np.flatnonzero(self._needs_reset):
+            self._reset_world(int(w), None)
+            rewards[w] = 0.0
+            terminated[w] = False
+            truncated[w] = False
+        self._needs_reset = terminated | truncated
+        frames = self.engine.render()
+        return frames.copy(), rewards, terminated, truncated, self._info()
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self.engine.frames.copy()
+        return None
+
+    def _info(self) -> dict[str, Any]:
+        p = self.engine.players
+        e = self.engine
+        counts = p["inv_count"].copy()
+        items = _NAMES[p["inv_id"]]
+        items[counts == 0] = None
+        info: dict[str, Any] = {
+            "health": p["health"].copy(),
+            "position": p["pos"].copy(),
+            "yaw": p["yaw"].copy(),
+            "pitch": p["pitch"].copy(),
+            "time_of_day": np.array([e.time_of_day(w) for w in range(self.num_envs)]),
+            "selected_slot": p["selected"].copy(),
+            "achievements": p["achieved"].astype(np.bool_),
+            "inventory_items": items,
+            "inventory_counts": counts,
+            "mined": _NAMES[p["mined_block"]],
+            "placed": _NAMES[p["placed"]],
+            "target_block": _NAMES[p["target_block"]],
+        }
+        mask = np.ones(self.num_envs, dtype=np.bool_)
+        for key in list(info):
+            info["_" + key] = mask
+        return info
+
+
+__all__ = ["BlockWorldVectorEnv", "ACHIEVEMENT_NAMES"]
