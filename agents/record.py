@@ -41,8 +41,12 @@ class RecordResult:
     workers: int
     coverage: Coverage
 
+    steady_steps_per_second: float
+    """Rate after each worker's start-up (env creation, JIT loading), all workers summed."""
+
     @property
     def steps_per_second(self) -> float:
+        """Wall-clock rate of the whole run, start-up included."""
         return self.steps / max(self.seconds, 1e-9)
 
     @property
@@ -151,6 +155,9 @@ def record(
         seconds=seconds,
         workers=parts,
         coverage=coverage,
+        steady_steps_per_second=sum(
+            r["steady_steps"] / max(r["steady_seconds"], 1e-9) for r in results
+        ),
     )
 
 
@@ -238,7 +245,8 @@ def main(argv: list[str]) -> int:
     result = record(cfg, overwrite=args.overwrite, progress_bar=not args.quiet)
     print(
         f"wrote {result.steps} steps ({result.records} frames) to {result.out} in {result.seconds:.1f}s: "
-        f"{result.steps_per_second:.0f} steps/s, {result.bytes_per_frame:.0f} bytes/frame (PNG), "
+        f"{result.steps_per_second:.0f} steps/s ({result.steady_steps_per_second:.0f} after start-up), "
+        f"{result.bytes_per_frame:.0f} bytes/frame (PNG), "
         f"{result.bytes / 1e6:.1f} MB, {result.workers} process(es)"
     )
     print(result.coverage.table())

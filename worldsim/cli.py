@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("agents.human:main", "play the dream, the engine or both side by side with keyboard and mouse"),
     "bench engine": ("envs.blockworld.bench:main", "BlockWorld steps/s, single and vector, and reset time"),
     "record": ("agents.record:main", "roll out the random or explorer agent in a Gymnasium pixel env and write a recording"),
+    "bench record": ("agents.bench_record:main", "recording steps/s (1 process and --num-envs) and PNG bytes/frame"),
     "replay": ("worldsim.video:main", "turn a recording (file or shard folder) into an MP4 or GIF, with an optional overlay"),
 }
 

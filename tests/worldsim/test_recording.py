@@ -174,11 +174,12 @@ def test_truncated_shard_yields_complete_records_and_warns_with_offset(tmp_path)
     assert len(records) == len(list(RecordingReader(path))) - 1
 
 
+@pytest.mark.parametrize("sub_filter", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 64), (48, 80)])
-def test_png_codec_is_lossless_and_readable_by_pillow(shape):
+def test_png_codec_is_lossless_and_readable_by_pillow(shape, sub_filter):
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
-    data = encode_png(frame)
+    data = encode_png(frame, sub_filter=sub_filter)
     np.testing.assert_array_equal(decode_png(data, shape), frame)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), frame)
 

@@ -1,0 +1,151 @@
+"""``worldsim bench record``: recording throughput and bytes per frame, measured in one run.
+
+Figures, all from the same run on the same machine:
+
+1. End to end, one process, one env: explorer + BlockWorld + PNG + msgpack + write.
+2. End to end with ``--num-envs`` K envs (vector envs across worker processes).
+3. The split of one process's time: env step, agent, and writer (PNG + msgpack + write).
+   The writer alone sets the ceiling the format puts on throughput.
+4. Bytes per frame and encode time for this module's PNG (filter None, the default, and
+   Sub) against Pillow's encoder, on the same frames.
+5. The time a 1M-step dataset takes at the measured parallel rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.record import RecordConfig, record
+from agents.rollout import make_agent, make_env, small_info
+from worldsim.png import encode_png
+from worldsim.recording import RecordingWriter
+from worldsim.registration import BLOCKWORLD_ID
+from worldsim.spaces import ActionSpec
+
+
+def _split(env_id: str, agent: str, steps: int, size: int, seed: int) -> dict[str, Any]:
+    """Time env, agent and writer separately in one process (CPU seconds per step)."""
+    env = make_env(env_id, 1, {"width": size, "height": size})
+    spec = ActionSpec.from_space(env.action_space)
+    agent_ = make_agent(agent, env_id, spec, np.random.default_rng(seed))
+    obs, info = env.reset(seed=seed)
+    agent_.reset(obs, info)
+    frames, actions, infos = [], [], []
+    t_env = t_agent = 0.0
+    for _ in range(steps):
+        t0 = time.process_time()
+        action = agent_.act(obs, info)
+        t1 = time.process_time()
+        obs, _, term, trunc, info = env.step(action)
+        t2 = time.process_time()
+        t_agent += t1 - t0
+        t_env += t2 - t1
+        frames.append(obs)
+        actions.append(action)
+        infos.append(small_info(info))
+        if term or trunc:
+            obs, info = env.reset()
+            agent_.reset(obs, info)
+    env.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.process_time()
+        with RecordingWriter(
+            Path(tmp) / "w", env_id=env_id, env_kwargs={}, observation_shape=frames[0].shape,
+            action_space=spec, agent=agent, shard_records=4096,
+        ) as w:  # fmt: skip
+            for t, (f, a, i) in enumerate(zip(frames, actions, infos)):
+                w.step(0, t + 1, a, 0.0, False, False, f, i)
+        t_write = time.process_time() - t0
+    return {
+        "env_ms": 1e3 * t_env / steps,
+        "agent_ms": 1e3 * t_agent / steps,
+        "writer_ms": 1e3 * t_write / steps,
+        "frames": frames,
+    }
+
+
+def _codecs(frames: list[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """name -> (mean bytes per frame, mean encode microseconds), same frames for all."""
+    from PIL import Image
+
+    def pillow(f: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+
+    coders = {
+        "worldsim png, filter None (default)": encode_png,
+        "worldsim png, filter Sub": lambda f: encode_png(f, sub_filter=True),
+        "Pillow png, compress_level=1": pillow,
+    }
+    out = {}
+    for name, fn in coders.items():
+        t0 = time.process_time()
+        size = sum(len(fn(f)) for f in frames)
+        out[name] = (size / len(frames), 1e6 * (time.process_time() - t0) / len(frames))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="worldsim bench record", description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default=BLOCKWORLD_ID)
+    p.add_argument("--agent", default="explorer", choices=("random", "explorer"))
+    p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement")
+    p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
+    p.add_argument("--size", type=int, default=64, help="frame width and height")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
+    results: dict[str, Any] = {"cpu_cores": os.cpu_count(), "size": args.size, "agent": args.agent}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {
+            "1 process, 1 env": (1, 1),
+            f"{workers} processes, {args.num_envs} envs": (args.num_envs, workers),
+        }
+        for label, (num_envs, procs) in runs.items():
+            cfg = RecordConfig(
+                env=args.env, agent=args.agent, steps=args.steps, out=str(Path(tmp) / label.replace(" ", "_")),
+                num_envs=num_envs, workers=procs, seed=args.seed, width=args.size, height=args.size,
+            )  # fmt: skip
+            r = record(cfg, progress_bar=False)
+            results[label] = {
+                "steps_per_s": r.steps_per_second,
+                "bytes_per_frame": r.bytes_per_frame,
+            }
+            print(
+                f"{label:>28}: {r.steps_per_second:7.0f} steps/s  {r.bytes_per_frame:6.0f} bytes/frame"
+            )
+
+    split = _split(args.env, args.agent, min(args.steps, 1000), args.size, args.seed)
+    total = split["env_ms"] + split["agent_ms"] + split["writer_ms"]
+    print(f"\nCPU time per step in one process ({total:.2f} ms):")
+    for key in ("env_ms", "agent_ms", "writer_ms"):
+        print(f"  {key[:-3]:>6}: {split[key]:6.3f} ms  ({100 * split[key] / total:4.1f}%)")
+    print(f"  the writer alone sustains {1e3 / split['writer_ms']:.0f} steps/s per core")
+    results["cpu_ms_per_step"] = {k: split[k] for k in ("env_ms", "agent_ms", "writer_ms")}
+
+    print("\nPNG codecs on the same frames:")
+    codecs = _codecs(split["frames"])
+    for name, (size, us) in codecs.items():
+        print(f"  {name:<38} {size:7.0f} bytes/frame  {us:6.0f} us/frame")
+    results["codecs"] = {k: {"bytes_per_frame": v[0], "encode_us": v[1]} for k, v in codecs.items()}
+
+    parallel = results[list(runs)[1]]["steady_steps_per_s"]
+    minutes = 1e6 / parallel / 60
+    print(f"\n1M steps at {parallel:.0f} steps/s: {minutes:.1f} minutes")
+    results["minutes_per_million_steps"] = minutes
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
