@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("agents.record:main", "roll out the random or explorer agent in a Gymnasium pixel env and write a recording"),
     "bench record": ("agents.bench_record:main", "recording steps/s (1 process and --num-envs) and PNG bytes/frame"),
     "replay": ("worldsim.video:main", "turn a recording (file or shard folder) into an MP4 or GIF, with an optional overlay"),
+    "eval": ("worldsim.evaluate:main", "measure a world model against its reference env: PSNR/SSIM, controllability, permanence, stability"),
+    "demo": ("worldsim.demo:main", "dream BlockWorld with the shipped model: GIFs, frames/s and PSNR against copy-last"),
 }
 
 

@@ -1,0 +1,158 @@
+"""The long and scripted parts of ``worldsim eval``: the stability rollout and the object
+permanence probes.
+
+**Stability.** One world, prompted from a held-out explorer (or random) trajectory, runs
+open loop for ``stability_steps`` steps under the actions the policy took in the reference
+env. :func:`worldsim.metrics.detect_collapse` judges every frame against the band of the
+real frames and against the real motion at the same step. The same loop times generation
+of a single world, which is the frames/s a player sees.
+
+**Object permanence** (envs with a :class:`~worldsim.reference.Probe`): from a real context
+of standing still,
+
+* *turn*: turn a full circle in place. The final dream frame is compared with the frame
+  before the turn (what a world that remembered would show); half-way round, the dream is
+  compared with the real view, beside the copy-last baseline (the pre-turn view), so a
+  dream that did not really turn is caught;
+* *walk*: walk away for ``walk_steps`` steps and back as many; the final dream frame is
+  compared with the frame before the walk, and the farthest point as above.
+
+Each probe runs on up to four held-out worlds at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from worldsim.metrics import Band, detect_collapse, frame_stats, psnr
+from worldsim.reference import (
+    HELDOUT_SEED_BASE,
+    PROBES,
+    STABILITY_SEED_BASE,
+    ReferenceEnv,
+    make_policy,
+)
+
+if TYPE_CHECKING:
+    from worldsim.evaluate import Evaluation
+
+PROBE_SEED_BASE = HELDOUT_SEED_BASE + 90_000
+PROBE_WORLDS = 4
+
+
+def action_names(ref: ReferenceEnv) -> list[str]:
+    """Names of the action components: the env's ``action_names``, or its module's
+    ``ACTION_NAMES``, else ``a0, a1, ...``."""
+    env = ref.env.unwrapped
+    names = getattr(env, "action_names", None)
+    if names is None:
+        names = getattr(sys.modules.get(type(env).__module__), "ACTION_NAMES", None)
+    n = ref.spec.num_components
+    if names is None or len(names) != n:
+        names = [f"a{i}" for i in range(n)]
+    return list(names)
+
+
+@dataclass
+class StabilityResult:
+    """The stability section, its speed, and its frame pairs for the IDM."""
+
+    metrics: dict[str, Any]
+    fps: float
+    real_prev: np.ndarray
+    real_next: np.ndarray
+    real_actions: np.ndarray
+    dream_prev: np.ndarray
+    dream_next: np.ndarray
+    dream_actions: np.ndarray
+
+
+def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
+    """The long open-loop rollout of one world (see the module docstring)."""
+    P, S, model = ev.P, ev.cfg.stability_steps, ev.model
+    policy, _ = make_policy(ev.env_id, ev.ref.spec, np.random.default_rng([policy_seed, 5]))
+    tr = ev.ref.rollout(STABILITY_SEED_BASE, P - 1 + S, policy)
+    model.prompt(tr.frames[None, :P], tr.actions[None, : P - 1])
+    dream = []
+    t0 = time.perf_counter()
+    for i in range(S):
+        dream.append(model.step(tr.actions[None, P - 1 + i]).frames[0])
+    fps = S / (time.perf_counter() - t0)
+    dream = np.stack(dream)  # (S, H, W, 3)
+    real = tr.frames[P:]
+    band = Band.from_frames(tr.frames)
+    report = detect_collapse(dream, real, band=band)
+    metrics = {**report.summary(), "steps": S, "real_resets": int(tr.resets[P - 1 :].sum()),
+               "mean_psnr_vs_real": float(np.mean(psnr(dream, real)))}  # fmt: skip
+    from worldsim.eval_media import plot_stability, side_by_side, write_mp4
+
+    plot_stability(ev.out / "stability.png", report, frame_stats(real),
+                   f"{ev.env_id}: {S}-step open-loop rollout, collapse statistics")  # fmt: skip
+    if ev.cfg.videos:
+        write_mp4(ev.out / "stability.mp4", side_by_side(real, dream))
+    acts = tr.actions[P - 1 :]
+    ok = ~tr.resets[P - 1 :]  # a real step that reset the episode shows no action's effect
+    prev_dream = np.concatenate([tr.frames[P - 1 : P], dream[:-1]])
+    return StabilityResult(
+        metrics=metrics, fps=fps,
+        real_prev=tr.frames[P - 1 : -1][ok], real_next=real[ok], real_actions=acts[ok],
+        dream_prev=prev_dream, dream_next=dream, dream_actions=acts,
+    )  # fmt: skip
+
+
+def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str) -> dict[str, Any] | None:
+    """Run ``script`` (after ``P - 1`` still steps) in up to four worlds; compare frames."""
+    P, model, ref = ev.P, ev.model, ev.ref
+    still = np.zeros((P - 1, ref.spec.num_components), np.int64)
+    full = np.concatenate([still, script])
+    trajs = []
+    for k in range(4 * PROBE_WORLDS):
+        tr = ref.rollout(PROBE_SEED_BASE + k, len(full), script=full)
+        if not tr.resets.any():
+            trajs.append(tr)
+        if len(trajs) == PROBE_WORLDS:
+            break
+    if not trajs:
+        return None
+    frames = np.stack([t.frames for t in trajs])  # (B, P + n, H, W, 3)
+    model.prompt(frames[:, :P], np.broadcast_to(still, (len(trajs), *still.shape)))
+    dream = np.stack([model.step(np.broadcast_to(a, (len(trajs), len(a)))).frames for a in script], axis=1)  # (B, n, H, W, 3)
+    start, real = frames[:, P - 1], frames[:, P:]
+    if ev.cfg.videos:
+        from worldsim.eval_media import side_by_side, write_gif
+
+        write_gif(ev.out / f"permanence_{name}.gif", side_by_side(np.concatenate([frames[0, :P], real[0]]),
+                                                                  np.concatenate([frames[0, :P], dream[0]])))  # fmt: skip
+    return {
+        "worlds": len(trajs),
+        "steps": len(script),
+        "final_vs_start_psnr": float(psnr(dream[:, -1], start).mean()),
+        "final_vs_real_final_psnr": float(psnr(dream[:, -1], real[:, -1]).mean()),
+        "real_final_vs_start_psnr": float(psnr(real[:, -1], start).mean()),
+        "half_step": half,
+        "half_psnr": float(psnr(dream[:, half - 1], real[:, half - 1]).mean()),
+        "half_copy_last_psnr": float(psnr(start, real[:, half - 1]).mean()),
+    }
+
+
+def permanence(ev: Evaluation) -> dict[str, Any]:
+    """Both probes, or ``{"skipped": reason}`` for an env without a probe script."""
+    probe = PROBES.get(ev.env_id)
+    if probe is None:
+        return {"skipped": f"no object-permanence probe for {ev.env_id}: it needs a known turn-in-place action "
+                           "and its steps per circle (worldsim/reference.py, PROBES)"}  # fmt: skip
+    if len(probe.turn) != ev.ref.spec.num_components:
+        return {"skipped": f"the probe for {ev.env_id} does not fit its action space {ev.ref.spec}"}
+    n, w = probe.full_turn_steps, probe.walk_steps
+    turn = np.tile(np.asarray(probe.turn, np.int64), (n, 1))
+    walk = np.concatenate([np.tile(np.asarray(probe.forward, np.int64), (w, 1)), np.tile(np.asarray(probe.back, np.int64), (w, 1))])
+    out: dict[str, Any] = {}
+    for name, script, half in (("turn", turn, n // 2), ("walk", walk, w)):
+        r = _probe(ev, script, half, name)
+        out[name] = r if r is not None else {"skipped": "every probe world ended its episode during the script"}
+    return out

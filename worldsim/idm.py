@@ -1,0 +1,205 @@
+"""The inverse-dynamics model (IDM): which action led from one frame to the next.
+
+The evaluation measures controllability the way MineWorld does: an IDM trained on pairs of
+*real* frames of the reference env predicts every action component from a pair of
+*generated* frames. If the dream shows what the action does, the IDM reads the action
+back, and its F1 on dream pairs approaches its F1 on real pairs.
+
+The model is a small CNN over the two frames and their difference (9 channels), four
+stride-2 convolutions, then one linear head per action component. Trained IDMs are cached
+as safetensors (weights plus JSON metadata, never pickle), keyed by the env id, its
+kwargs, the frame size, the data policy and the IDM config, so the second evaluation of
+an env costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from worldsim.checkpoint import atomic_save
+from worldsim.errors import WorldSimError
+
+IDM_FORMAT = "worldsim-idm"
+IDM_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IDMConfig:
+    """Size and training budget of the inverse-dynamics model."""
+
+    channels: tuple[int, ...] = (32, 64, 64, 64)
+    """Channels after each stride-2 convolution."""
+    hidden: int = 256
+    data_steps: int = 8000
+    """Reference-env steps recorded to train it."""
+    train_steps: int = 1500
+    """Optimizer steps."""
+    batch: int = 64
+    lr: float = 2e-3
+
+
+class InverseDynamics(nn.Module):
+    """Per-component action logits from a pair of frames.
+
+    Args:
+        nvec: choices per action component.
+        shape: (height, width) of the frames.
+        config: sizes.
+    """
+
+    def __init__(self, nvec: tuple[int, ...], shape: tuple[int, int], config: IDMConfig) -> None:
+        super().__init__()
+        self.nvec = tuple(int(n) for n in nvec)
+        layers: list[nn.Module] = []
+        c_in = 9
+        for c in config.channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GELU()]
+            c_in = c
+        self.conv = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d((4, 4))
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, config.hidden), nn.GELU(), nn.Linear(config.hidden, sum(self.nvec)))
+
+    def forward(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` twice -> logits ``[B, sum(nvec)]``."""
+        a = prev.permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
+        b = nxt.permute(0, 3, 1, 2).float() / 127.5 - 1
+        return self.mlp(self.pool(self.conv(torch.cat([a, b, 4 * (b - a)], dim=1))))
+
+    def loss(self, prev: torch.Tensor, nxt: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed cross-entropy over components, and per-component accuracy."""
+        logits = self(prev, nxt).split(self.nvec, dim=-1)
+        total = prev.new_zeros((), dtype=torch.float32)
+        logs = {}
+        for i, lg in enumerate(logits):
+            total = total + F.cross_entropy(lg, actions[:, i])
+            logs[f"acc{i}"] = float((lg.argmax(-1) == actions[:, i]).float().mean())
+        return total, logs
+
+    @torch.inference_mode()
+    def predict(self, prev: np.ndarray, nxt: np.ndarray, batch: int = 256) -> np.ndarray:
+        """int64 ``[N, C]`` most likely action of each pair of uint8 frames ``[N, H, W, 3]``."""
+        dev = next(self.parameters()).device
+        out = []
+        for i in range(0, len(prev), batch):
+            lg = self(torch.as_tensor(prev[i : i + batch], device=dev), torch.as_tensor(nxt[i : i + batch], device=dev))
+            out.append(torch.stack([g.argmax(-1) for g in lg.split(self.nvec, dim=-1)], dim=-1).cpu())
+        if not out:
+            return np.zeros((0, len(self.nvec)), np.int64)
+        return torch.cat(out).numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class IDMData:
+    """Training pairs: ``prev[i]`` -> ``nxt[i]`` under ``actions[i]``."""
+
+    prev: np.ndarray
+    nxt: np.ndarray
+    actions: np.ndarray
+
+
+def cache_key(env_id: str, env_kwargs: dict[str, Any], shape: tuple[int, int], policy: str, config: IDMConfig) -> str:
+    """A short hash of everything the trained IDM depends on."""
+    text = json.dumps(
+        {"env": env_id, "kwargs": env_kwargs, "shape": list(shape), "policy": policy, "config": asdict(config), "v": IDM_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$WORLDSIM_CACHE/idm``, else ``~/.cache/worldsim/idm``."""
+    root = os.environ.get("WORLDSIM_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "worldsim") / "idm"
+
+
+def train_idm(
+    data: IDMData, nvec: tuple[int, ...], config: IDMConfig, device: str = "cpu", seed: int = 0, log: Callable[[str], None] = print
+) -> tuple[InverseDynamics, dict[str, float]]:
+    """Train an IDM on ``data``; returns it (eval mode) and its final training accuracies."""
+    torch.manual_seed(seed)
+    shape = data.prev.shape[1:3]
+    model = InverseDynamics(nvec, shape, config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.train_steps, pct_start=0.1)
+    rng = np.random.default_rng(seed)
+    n = len(data.prev)
+    if n == 0:
+        raise WorldSimError("no frame pairs to train the inverse-dynamics model on")
+    start = time.perf_counter()
+    logs: dict[str, float] = {}
+    for step in range(config.train_steps):
+        idx = rng.integers(0, n, config.batch)
+        prev = torch.as_tensor(data.prev[idx], device=device)
+        nxt = torch.as_tensor(data.nxt[idx], device=device)
+        acts = torch.as_tensor(data.actions[idx], device=device)
+        loss, logs = model.loss(prev, nxt, acts)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(1, config.train_steps // 5) == 0:
+            log(f"  idm step {step + 1}/{config.train_steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)")
+    return model.eval(), logs
+
+
+def save_idm(path: Path, model: InverseDynamics, meta: dict[str, Any]) -> None:
+    atomic_save(model.state_dict(), path, {"format": IDM_FORMAT, "version": str(IDM_VERSION), "meta": json.dumps(meta)})
+
+
+def load_idm(path: Path, nvec: tuple[int, ...], shape: tuple[int, int], config: IDMConfig, device: str = "cpu") -> InverseDynamics | None:
+    """A cached IDM, or None when the file is missing or does not match."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
+        if meta.get("format") != IDM_FORMAT or meta.get("version") != str(IDM_VERSION):
+            return None
+        model = InverseDynamics(nvec, shape, config)
+        model.load_state_dict(tensors)
+    except Exception:  # a damaged cache entry is retrained, never trusted
+        return None
+    return model.to(device).eval()
+
+
+def load_or_train(
+    key: str,
+    collect: Callable[[], IDMData],
+    nvec: tuple[int, ...],
+    shape: tuple[int, int],
+    config: IDMConfig,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[InverseDynamics, dict[str, Any]]:
+    """The cached IDM for ``key``, or a new one trained on ``collect()`` and cached.
+
+    Returns the model and facts about it (cache path, whether it was cached, seconds).
+    """
+    path = (cache_dir or default_cache_dir()) / f"idm-{key}.safetensors"
+    model = load_idm(path, nvec, shape, config, device)
+    if model is not None:
+        return model, {"cache": str(path), "cached": True}
+    start = time.perf_counter()
+    log(f"training the inverse-dynamics model ({config.data_steps} reference steps, {config.train_steps} updates)")
+    data = collect()
+    collected = time.perf_counter() - start
+    model, logs = train_idm(data, nvec, config, device, log=log)
+    info = {"cache": str(path), "cached": False, "collect_seconds": collected,
+            "train_seconds": time.perf_counter() - start - collected, "train_accuracy": logs, "pairs": len(data.prev)}  # fmt: skip
+    save_idm(path, model, info)
+    return model, info
