@@ -1,0 +1,159 @@
+"""The dynamics transformer: learning, block-causality and the KV-cache path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from worldsim.presets import dynamics_config, get_preset
+from worldsim.spaces import ActionSpec
+from worldsim.transformer import MASKED, Dynamics
+
+LEVELS = (5, 5, 5)
+
+
+def make_model(spec: ActionSpec, context: int = 6, seed: int = 0) -> Dynamics:
+    torch.manual_seed(seed)
+    return Dynamics(dynamics_config(get_preset("tiny"), LEVELS, spec, context)).eval()
+
+
+def moving_world(batch: int, T: int, seed: int = 0, h: int = 8, w: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of a toy world: a random texture on a torus scrolls by the action (left/stay/right)."""
+    g = torch.Generator().manual_seed(seed)
+    frame = torch.randint(0, math.prod(LEVELS), (batch, h, w), generator=g)
+    actions = torch.randint(0, 3, (batch, T - 1, 1), generator=g)
+    frames = [frame]
+    for t in range(T - 1):
+        frame = torch.stack([f.roll(int(a) - 1, dims=-1) for f, a in zip(frame, actions[:, t, 0])])
+        frames.append(frame)
+    return torch.stack(frames, 1), actions  # (B, T, h, w), (B, T-1, 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread mostly waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def greedy_codes(logits: torch.Tensor) -> torch.Tensor:
+    """Per-channel argmax of ``[..., sum(levels)]`` packed into codes ``[...]``."""
+    code = torch.zeros(logits.shape[:-1], dtype=torch.long)
+    radix = 1
+    for i, part in enumerate(logits.split(list(LEVELS), -1)):
+        code += part.argmax(-1) * radix
+        radix *= LEVELS[i]
+    return code
+
+
+def full_pass(model: Dynamics, codes: torch.Tensor, actions: torch.Tensor):
+    B, T = codes.shape[:2]
+    level = torch.full((B, T), model.cfg.inference_corruption)
+    with torch.no_grad():
+        return model.teacher_forced(codes, actions, level, torch.full_like(codes[:, 1:], MASKED))
+
+
+def object_world(batch: int, T: int, seed: int = 0, h: int = 4, w: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of a toy world: a 2x2-cell object moves left/stays/moves right on a fixed texture."""
+    g = torch.Generator().manual_seed(seed)
+    bg = torch.randint(0, 100, (batch, h, w), generator=g)
+    pos = torch.randint(0, w // 2, (batch,), generator=g)
+    actions = torch.randint(0, 3, (batch, T - 1, 1), generator=g)
+    frames = []
+    for t in range(T):
+        if t:
+            pos = (pos + actions[:, t - 1, 0] - 1) % (w // 2)
+        f = bg.clone()
+        for b in range(batch):
+            f[b, :2, 2 * pos[b] : 2 * pos[b] + 2] = 124
+        frames.append(f)
+    return torch.stack(frames, 1), actions
+
+
+def test_overfits_a_short_sequence_and_predicts_it_greedily() -> None:
+    spec = ActionSpec("Discrete", (3,))
+    model = make_model(spec, context=6).train()
+    codes, actions = object_world(4, 6)
+    rewards, ends = torch.zeros(4, 5), torch.zeros(4, 5, dtype=torch.bool)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    first = None
+    for _ in range(450):
+        out = model(codes, actions, rewards, ends, generator=g)
+        first = first if first is not None else float(out.loss.detach())
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert float(out.loss.detach()) < 0.2 * first
+    model.eval()
+    pred = greedy_codes(full_pass(model, codes, actions).logits)
+    ok = pred == codes[:, 1:]
+    moved = codes[:, 1:] != codes[:, :-1]  # where the action moved the object
+    assert ok.float().mean() > 0.95, f"greedy one-step predictions match only {ok.float().mean():.1%} of cells"
+    assert ok[moved].float().mean() > 0.8, "the model does not follow the actions"
+
+
+def test_block_causal_future_frames_and_actions_do_not_change_the_past() -> None:
+    model = make_model(ActionSpec("MultiDiscrete", (3, 2)))
+    codes, _ = moving_world(2, 6)
+    actions = torch.randint(0, 2, (2, 5, 2))
+    base = full_pass(model, codes, actions)
+    codes2, actions2 = codes.clone(), actions.clone()
+    codes2[:, 4:] = (codes2[:, 4:] + 7) % math.prod(LEVELS)
+    actions2[:, 3:] = 1 - actions2[:, 3:]
+    changed = full_pass(model, codes2, actions2)
+    # Target frame t sees context frames < t and the action that led to it (actions[t-1]).
+    assert torch.equal(base.logits[:, :3], changed.logits[:, :3])
+    assert torch.equal(base.reward[:, :3], changed.reward[:, :3])
+    assert not torch.allclose(base.logits[:, 3:], changed.logits[:, 3:])
+
+
+def test_kv_cache_path_matches_the_full_forward_pass() -> None:
+    model = make_model(ActionSpec("MultiDiscrete", (3, 2)))
+    codes, _ = moving_world(2, 6, seed=1)
+    actions = torch.randint(0, 2, (2, 5, 2))
+    full = full_pass(model, codes, actions)
+    none = torch.full((2, 1, 2), -1)
+    prev = torch.cat([none, actions], 1)  # the action that led to each frame
+    lv = model.cfg.inference_corruption
+    masked = torch.full_like(codes[:, 0], MASKED)
+    with torch.no_grad():
+        for t in range(1, 6):
+            # Unfused: commit frames 0..t-1, then predict frame t.
+            kv = model.append(codes[:, :t], prev[:, :t], torch.tensor(0), lv, None)
+            pred, _ = model.predict(masked, actions[:, t - 1], torch.tensor(t), kv)
+            torch.testing.assert_close(pred.logits, full.logits[:, t - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(pred.reward, full.reward[:, t - 1], atol=1e-4, rtol=1e-4)
+            # Fused: frame t-1 committed in the same pass; its entries equal the unfused ones.
+            kv_old = None if t == 1 else kv[:, :, :, :, : (t - 1) * 16]
+            fused, entries = model.predict(
+                masked, actions[:, t - 1], torch.tensor(t), kv_old, None, codes[:, t - 1], prev[:, t - 1], lv
+            )
+            torch.testing.assert_close(fused.logits, full.logits[:, t - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(entries, kv[:, :, :, :, (t - 1) * 16 :], atol=1e-4, rtol=1e-4)
+
+
+def test_positions_are_relative_in_time_and_work_on_other_grid_sizes() -> None:
+    model = make_model(ActionSpec("Discrete", (3,)))
+    codes, actions = moving_world(1, 4, h=6, w=10)  # another aspect ratio than trained on
+    lv = model.cfg.inference_corruption
+    prev = torch.cat([torch.full((1, 1, 1), -1), actions], 1)
+    masked = torch.full_like(codes[:, 0], MASKED)
+    with torch.no_grad():
+        outs = []
+        for t0 in (0, 1000, 4096 * 50 + 3):  # far beyond the time period: taken modulo, exactly
+            kv = model.append(codes[:, :3], prev[:, :3], torch.tensor(t0), lv, None)
+            outs.append(model.predict(masked, actions[:, 2], torch.tensor(t0 + 3), kv)[0].logits)
+    assert outs[0].shape == (1, 6, 10, sum(LEVELS))
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], atol=1e-4, rtol=1e-4)
+
+
+def test_grid_not_a_multiple_of_the_patch_is_refused() -> None:
+    model = make_model(ActionSpec("Discrete", (3,)))
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        model.append(torch.zeros(1, 1, 5, 8, dtype=torch.long), torch.zeros(1, 1, 1, dtype=torch.long), torch.tensor(0), 0.0, None)

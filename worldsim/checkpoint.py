@@ -1,0 +1,206 @@
+"""Checkpoints: safetensors weights with the full model config as JSON metadata.
+
+A checkpoint rebuilds its model from the file alone. Its safetensors metadata holds
+``format`` (``"worldsim-checkpoint"``), ``version`` and ``config`` (JSON of
+:class:`ModelConfig`). A tokenizer checkpoint holds ``tokenizer.*`` tensors; a dynamics
+checkpoint holds ``tokenizer.*`` and ``dynamics.*``, so it alone is enough to generate.
+
+Training state for ``--resume`` (optimizer moments, step, RNG states, data position) is a
+second safetensors file whose JSON metadata describes the structure. Nothing here uses
+pickle: loading a file can never run code. Every write goes to a temporary file in the same
+folder, then ``os.replace`` moves it into place, so a kill never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from worldsim.errors import WorldSimError
+from worldsim.spaces import ActionSpec
+from worldsim.tokenizer import Tokenizer, TokenizerConfig
+from worldsim.transformer import Dynamics, DynamicsConfig
+
+FORMAT = "worldsim-checkpoint"
+STATE_FORMAT = "worldsim-train-state"
+VERSION = 1
+"""Bumped when a change makes older files unreadable; files of another version are refused."""
+
+
+class CheckpointError(WorldSimError):
+    """The file is not a WorldSim checkpoint, is damaged, or was made by an incompatible version."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a world model, stored inside its checkpoint."""
+
+    tokenizer: TokenizerConfig
+    dynamics: DynamicsConfig | None = None
+    """None in a tokenizer-only checkpoint."""
+    frame_shape: tuple[int, int] = (64, 64)
+    """(height, width) of the frames it was trained on."""
+    env_id: str | None = None
+    """The Gymnasium id of the env the training recordings came from, if known."""
+    env_kwargs: dict[str, Any] | None = None
+    preset: str | None = None
+    """The preset name it was built from, for the record."""
+
+    @property
+    def action_spec(self) -> ActionSpec | None:
+        if self.dynamics is None:
+            return None
+        return ActionSpec(self.dynamics.action_kind, self.dynamics.action_nvec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokenizer": self.tokenizer.to_dict(),
+            "dynamics": None if self.dynamics is None else self.dynamics.to_dict(),
+            "frame_shape": list(self.frame_shape),
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "preset": self.preset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(
+            tokenizer=TokenizerConfig.from_dict(d["tokenizer"]),
+            dynamics=None if d.get("dynamics") is None else DynamicsConfig.from_dict(d["dynamics"]),
+            frame_shape=tuple(d.get("frame_shape", (64, 64))),
+            env_id=d.get("env_id"),
+            env_kwargs=d.get("env_kwargs"),
+            preset=d.get("preset"),
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's modules, built and filled, in eval mode."""
+
+    config: ModelConfig
+    tokenizer: Tokenizer
+    dynamics: Dynamics | None
+    info: dict[str, Any] = field(default_factory=dict)
+    """Free-form training facts stored with the weights (steps, data, losses)."""
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write a safetensors file via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: str | os.PathLike, fmt: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
+    except Exception as e:  # safetensors raises its own types for bad headers and short files
+        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a WorldSim {fmt} file (metadata format={meta.get('format')!r})")
+    if meta.get("version") != str(VERSION):
+        raise CheckpointError(
+            f"{path}: made by an incompatible WorldSim version (file version {meta.get('version')}, "
+            f"this WorldSim reads version {VERSION}); retrain or use the matching WorldSim"
+        )
+    return meta, tensors
+
+
+def save_model(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    dynamics: Dynamics | None = None,
+    info: dict[str, Any] | None = None,
+) -> None:
+    """Save a tokenizer (and dynamics) checkpoint atomically."""
+    tensors = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
+    if dynamics is not None:
+        tensors.update({f"dynamics.{k}": v for k, v in dynamics.state_dict().items()})
+    meta = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "kind": "dynamics" if dynamics is not None else "tokenizer",
+        "config": json.dumps(config.to_dict()),
+        "info": json.dumps(info or {}),
+    }
+    atomic_save(tensors, path, meta)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the modules a checkpoint describes; bad files raise :class:`CheckpointError`."""
+    meta, tensors = _read(path, FORMAT)
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        info = json.loads(meta.get("info", "{}"))
+        tokenizer = Tokenizer(config.tokenizer)
+        tokenizer.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("tokenizer.")})
+        dynamics = None
+        if config.dynamics is not None:
+            dynamics = Dynamics(config.dynamics)
+            dynamics.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("dynamics.")})
+    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: config and weights do not match a WorldSim model ({e})") from None
+    tokenizer.to(device).eval()
+    if dynamics is not None:
+        dynamics.to(device).eval()
+    return LoadedModel(config=config, tokenizer=tokenizer, dynamics=dynamics, info=info)
+
+
+def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Save training state: named tensors plus a JSON-able structure, atomically."""
+    meta = {"format": STATE_FORMAT, "version": str(VERSION), "state": json.dumps(state)}
+    atomic_save(tensors, path, meta)
+
+
+def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read what :func:`save_state` wrote."""
+    meta, tensors = _read(path, STATE_FORMAT)
+    return tensors, json.loads(meta["state"])
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state dict split into safetensors tensors and a JSON structure."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{pid}.{key}"] = val
+            else:
+                scalars.setdefault(str(pid), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], struct: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        if name.startswith("opt."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = val
+    for pid, sc in struct["scalars"].items():
+        state.setdefault(int(pid), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": struct["param_groups"]})

@@ -1,0 +1,134 @@
+"""MaskGIT decoding of one frame in K chunks of patches, shared by every backend.
+
+The backend only has to answer "given these known patches (the rest masked), what are the
+logits for every cell?". This module decides how many patches each of the K passes fixes
+(a cosine schedule), which ones (the most confident), and what values they take (argmax
+at temperature 0, otherwise a seeded Gumbel draw). It works on numpy arrays so the torch
+and the ONNX Runtime backends share it unchanged: same seed, same draws.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+MASKED = -1
+"""Code value of a cell that is not generated yet (the dynamics model's mask)."""
+
+
+@dataclass(frozen=True)
+class PassOutput:
+    """What the backend returns for one pass over a partly masked frame."""
+
+    logits: np.ndarray
+    """float32 ``[B, h, w, sum(levels)]``, one block of logits per FSQ channel."""
+    reward: np.ndarray
+    """float32 ``[B]``."""
+    done_logit: np.ndarray
+    """float32 ``[B]``."""
+
+
+@dataclass(frozen=True)
+class FrameSample:
+    """A generated frame in codes, with the heads of the last pass."""
+
+    codes: np.ndarray
+    """int64 ``[B, h, w]``."""
+    reward: np.ndarray
+    done_logit: np.ndarray
+
+
+def chunk_sizes(num_patches: int, chunks: int) -> list[int]:
+    """Patches fixed at each of the K passes: a cosine schedule, each at least one.
+
+    The first passes fix few patches (the least-informed guesses), the last ones many.
+    ``chunks`` larger than ``num_patches`` is capped to one patch per pass.
+    """
+    if chunks < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
+    k = min(chunks, num_patches)
+    sizes, left = [], num_patches
+    for i in range(k):
+        r = 0 if i + 1 == k else math.floor(num_patches * math.cos(math.pi / 2 * (i + 1) / k))
+        r = max(min(r, left - 1), k - i - 1)  # fix at least one now, leave one per later pass
+        sizes.append(left - r)
+        left = r
+    return sizes
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+class MaskGitSampler:
+    """Generates a frame's codes with K passes of a backend's ``predict``.
+
+    Args:
+        levels: FSQ levels of the tokenizer (one categorical per channel per cell).
+        patch: cells per patch side; whole patches are fixed together.
+        chunks: K, the number of passes per frame (1 = one parallel pass).
+        temperature: 0 for greedy (deterministic); otherwise softmax temperature.
+        rng: the source of every random draw, so a seed reproduces a rollout.
+    """
+
+    def __init__(self, levels: tuple[int, ...], patch: int, chunks: int, temperature: float, rng: np.random.Generator) -> None:
+        if chunks < 1:
+            raise ValueError(f"chunks must be >= 1, got {chunks}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.levels = tuple(levels)
+        self.patch = patch
+        self.chunks = chunks
+        self.temperature = float(temperature)
+        self.rng = rng
+        self._radix = np.array([math.prod(levels[:i]) for i in range(len(levels))], dtype=np.int64)
+
+    def _choose(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """logits ``[B, h, w, sum(levels)]`` -> (codes ``[B, h, w]``, log-prob of the choice ``[B, h, w]``)."""
+        code = np.zeros(logits.shape[:-1], dtype=np.int64)
+        conf = np.zeros(logits.shape[:-1], dtype=np.float64)
+        start = 0
+        for lv, radix in zip(self.levels, self._radix):
+            lp = _log_softmax(logits[..., start : start + lv].astype(np.float64))
+            start += lv
+            if self.temperature == 0:
+                idx = lp.argmax(-1)
+            else:
+                g = self.rng.gumbel(size=lp.shape)
+                idx = (lp / self.temperature + g).argmax(-1)
+            code += idx * radix
+            conf += np.take_along_axis(lp, idx[..., None], -1)[..., 0]
+        return code, conf
+
+    def generate(self, predict: Callable[[np.ndarray], PassOutput], batch: int, h: int, w: int) -> FrameSample:
+        """Run K passes; ``predict(codes)`` sees the codes so far (MASKED where unknown)."""
+        p = self.patch
+        gh, gw = h // p, w // p
+        n = gh * gw
+        codes = np.full((batch, h, w), MASKED, dtype=np.int64)
+        fixed = np.zeros((batch, n), dtype=bool)
+        sizes = chunk_sizes(n, self.chunks)
+        out = None
+        for k, size in enumerate(sizes):
+            out = predict(codes)
+            choice, conf = self._choose(out.logits)
+            # Patch confidence: summed log-prob of its cells. (B, h, w) -> (B, gh*gw)
+            pconf = conf.reshape(batch, gh, p, gw, p).sum((2, 4)).reshape(batch, n)
+            if self.temperature > 0 and k + 1 < len(sizes):
+                # MaskGIT's annealed randomness in which patches go first.
+                anneal = self.temperature * (1.0 - (k + 1) / len(sizes))
+                pconf = pconf + anneal * self.rng.gumbel(size=pconf.shape)
+            pconf = np.where(fixed, -np.inf, pconf)
+            # Stable sort: ties are broken by patch index, so greedy decoding is deterministic.
+            pick = np.argsort(-pconf, axis=1, kind="stable")[:, :size]
+            newly = np.zeros_like(fixed)
+            np.put_along_axis(newly, pick, True, axis=1)
+            fixed |= newly
+            cell = np.repeat(np.repeat(newly.reshape(batch, gh, gw), p, 1), p, 2)  # (B, h, w)
+            codes = np.where(cell, choice, codes)
+        assert out is not None
+        return FrameSample(codes=codes, reward=out.reward, done_logit=out.done_logit)

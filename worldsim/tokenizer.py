@@ -1,0 +1,186 @@
+"""The frame tokenizer: a convolutional autoencoder with a finite scalar quantiser (FSQ).
+
+A frame ``uint8 [H, W, 3]`` becomes a grid of ``[H / stride, W / stride]`` integer codes and
+back. FSQ (Mentzer et al. 2023) rounds each of a few bounded latent channels to a fixed
+number of levels, so there is no codebook to collapse and no commitment loss to tune; the
+code of a cell is the mixed-radix number of its per-channel levels. The dynamics model
+predicts each channel's level separately (``levels`` small categoricals per cell instead of
+one huge one), which keeps its output head tiny.
+
+The encoder and decoder are plain convolutions without normalisation layers: GroupNorm
+costs as much as a convolution on a CPU at these sizes, and the autoencoder is small
+enough to train stably without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Sizes of the frame autoencoder."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    """Feature channels at full resolution and after each 2x downsampling (len - 1 downsamplings)."""
+    levels: tuple[int, ...] = (8, 8, 8, 5, 5)
+    """FSQ levels per latent channel; the codebook size is their product."""
+    res_blocks: tuple[int, ...] = (0, 1, 1)
+    """Residual blocks at each resolution (full first), in the encoder and in the decoder.
+
+    The decoder runs once per generated frame, so the blocks sit at the low resolutions
+    where a convolution costs 4-16x less than at full resolution."""
+
+    def __post_init__(self) -> None:
+        if len(self.res_blocks) != len(self.channels):
+            raise ValueError(f"res_blocks needs one count per resolution ({len(self.channels)}), got {self.res_blocks}")
+
+    @property
+    def stride(self) -> int:
+        """Pixels per latent cell along each axis."""
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenizerConfig:
+        return cls(
+            channels=tuple(d["channels"]), levels=tuple(d["levels"]), res_blocks=tuple(d["res_blocks"])
+        )
+
+
+@dataclass
+class TokenizerOutput:
+    """What one training forward pass of the tokenizer returns."""
+
+    loss: torch.Tensor
+    """Scalar reconstruction loss (mean squared error on pixels scaled to [-1, 1])."""
+    recon: torch.Tensor
+    """Reconstructed frames, float in [-1, 1], ``[B, 3, H, W]``."""
+    logs: dict[str, float] = field(default_factory=dict)
+    """Scalars worth logging: ``mse`` and ``psnr`` (dB, on the 0..255 scale)."""
+
+
+def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """``uint8 [..., H, W, 3]`` -> float ``[..., 3, H, W]`` in [-1, 1]."""
+    x = frames.float().div(127.5).sub(1.0)
+    return x.movedim(-1, -3)  # (..., 3, H, W)
+
+
+def float_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """float ``[..., 3, H, W]`` in [-1, 1] -> ``uint8 [..., H, W, 3]``, rounded and clamped."""
+    x = x.movedim(-3, -1)  # (..., H, W, 3)
+    return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def psnr(mse: float) -> float:
+    """PSNR in dB on the 0..255 scale from an MSE measured on the [-1, 1] scale."""
+    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        # Start as identity so a deep stack trains from the first step without normalisation.
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantisation of ``len(levels)`` channels, with a straight-through gradient."""
+
+    def __init__(self, levels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
+        radix = [math.prod(levels[:i]) for i in range(len(levels))]
+        self.register_buffer("radix", torch.tensor(radix, dtype=torch.int64), persistent=False)
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z [B, D, h, w]`` -> (values in [-1, 1] with STE gradient, level indices int64)."""
+        top = (self.levels - 1).view(1, -1, 1, 1).to(z.dtype)
+        u = (torch.tanh(z) + 1.0) * 0.5 * top  # in (0, L-1)
+        idx = u.round()
+        u = u + (idx - u).detach()  # straight-through rounding
+        return u / top * 2.0 - 1.0, idx.long()
+
+    def pack(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-channel levels ``[B, D, h, w]`` -> one code per cell ``[B, h, w]``."""
+        return (idx * self.radix.view(1, -1, 1, 1)).sum(1)
+
+    def unpack(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[..., h, w]`` -> per-channel levels ``[..., h, w, D]``."""
+        return (codes.unsqueeze(-1) // self.radix) % self.levels
+
+    def values(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-channel levels ``[..., D]`` -> values in [-1, 1] ``[..., D]``."""
+        return idx.float() / (self.levels - 1).float() * 2.0 - 1.0
+
+
+class Tokenizer(nn.Module):
+    """Frame <-> integer code grid.
+
+    ``encode`` and ``decode`` take and give the public forms (uint8 frames, int64 codes), so
+    the runtime and the ONNX export can call them directly.
+    """
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        dim = len(config.levels)
+        enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
+        for i, c in enumerate(ch):
+            enc += [ResBlock(c) for _ in range(config.res_blocks[i])]
+            if i + 1 < len(ch):
+                enc += [nn.Conv2d(c, ch[i + 1], 4, stride=2, padding=1)]
+        enc += [nn.SiLU(), nn.Conv2d(ch[-1], dim, 1)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [nn.Conv2d(dim, ch[-1], 3, padding=1)]
+        for i in range(len(ch) - 1, -1, -1):
+            dec += [ResBlock(ch[i]) for _ in range(config.res_blocks[i])]
+            if i > 0:
+                # Sub-pixel upsampling: a conv at the low resolution then a pixel shuffle,
+                # cheaper than a transposed conv and free of its checkerboard artefacts.
+                dec += [nn.SiLU(), nn.Conv2d(ch[i], ch[i - 1] * 4, 3, padding=1), nn.PixelShuffle(2)]
+        dec += [nn.SiLU(), nn.Conv2d(ch[0], 3, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+        self.fsq = FSQ(config.levels)
+
+    def check_frame_size(self, height: int, width: int) -> None:
+        s = self.config.stride
+        if height % s or width % s:
+            raise ValueError(f"frame height and width must be multiples of {s}, got {height}x{width}")
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames ``[B, H, W, 3]`` -> codes int64 ``[B, H/stride, W/stride]``."""
+        _, idx = self.fsq.quantize(self.encoder(frames_to_float(frames)))
+        return self.fsq.pack(idx)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes int64 ``[B, h, w]`` -> uint8 frames ``[B, h*stride, w*stride, 3]``."""
+        vals = self.fsq.values(self.fsq.unpack(codes)).movedim(-1, 1)  # (B, D, h, w)
+        return float_to_frames(self.decoder(vals))
+
+    def forward(self, frames: torch.Tensor) -> TokenizerOutput:
+        """Reconstruction loss of uint8 frames ``[B, H, W, 3]``."""
+        x = frames_to_float(frames)
+        vals, _ = self.fsq.quantize(self.encoder(x))
+        recon = self.decoder(vals)
+        loss = F.mse_loss(recon.float(), x)
+        mse = float(loss.detach())
+        return TokenizerOutput(loss=loss, recon=recon, logs={"mse": mse, "psnr": psnr(mse)})

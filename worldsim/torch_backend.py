@@ -1,0 +1,121 @@
+"""The torch backend of the runtime: the protocol of :mod:`worldsim.runtime` on torch modules."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from worldsim.checkpoint import CheckpointError, LoadedModel, ModelConfig, load_model
+from worldsim.errors import WorldSimError
+from worldsim.sampling import PassOutput
+from worldsim.tokenizer import Tokenizer
+from worldsim.transformer import Dynamics
+
+
+def pick_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else is checked and returned."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise WorldSimError(f"bad device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WorldSimError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    return dev
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 where matmuls are natively fast in it (CUDA, CPUs with AMX), fp32 elsewhere.
+
+    On a CPU without native bf16 (AVX2 only, such as the AMD EPYC machines this project
+    measures on) a bf16 matmul is emulated and runs ~60x slower than fp32.
+    """
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if "AMX" in torch.backends.cpu.get_cpu_capability().upper() else "fp32"
+
+
+class TorchBackend:
+    """Runs a :class:`Tokenizer` and a :class:`Dynamics` under ``torch.inference_mode``.
+
+    Args:
+        tokenizer, dynamics: the modules, already on ``device``.
+        config: their :class:`ModelConfig`.
+        device: where they run.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast for matmuls; the cache is kept in it).
+    """
+
+    name = "torch"
+
+    def __init__(self, tokenizer: Tokenizer, dynamics: Dynamics, config: ModelConfig, device: torch.device, precision: str) -> None:
+        self.tokenizer = tokenizer.eval()
+        self.dynamics = dynamics.eval()
+        self.config = config
+        self.device = str(device)
+        self.precision = precision
+        self._dev = device
+        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    @classmethod
+    def from_checkpoint(cls, path: str, *, device: str = "auto", precision: str | None = None) -> TorchBackend:
+        dev = pick_device(device)
+        loaded: LoadedModel = load_model(path, dev)
+        if loaded.dynamics is None:
+            raise CheckpointError(f"{path}: a tokenizer checkpoint; generating needs a dynamics checkpoint")
+        return cls(loaded.tokenizer, loaded.dynamics, loaded.config, dev, precision or default_precision(dev))
+
+    def _ctx(self) -> contextlib.AbstractContextManager:
+        if self._dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self._dev.type, dtype=self._dtype)
+
+    def _t(self, a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.as_tensor(np.ascontiguousarray(a), device=self._dev)
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        with self._ctx():
+            return self.tokenizer.encode(self._t(frames)).cpu().numpy()
+
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        with self._ctx():
+            return self.tokenizer.decode(self._t(codes)).cpu().numpy()
+
+    def empty_cache(self, batch: int, tokens: int) -> torch.Tensor:
+        c = self.config.dynamics
+        shape = (c.layers, 2, batch, c.heads, tokens, c.width // c.heads)
+        return torch.zeros(shape, dtype=self._dtype, device=self._dev)
+
+    @torch.inference_mode()
+    def append(self, codes: np.ndarray, actions: np.ndarray, t0: int, cache: torch.Tensor | None, valid: np.ndarray | None) -> torch.Tensor:
+        t0_ = torch.tensor(t0, device=self._dev)
+        with self._ctx():
+            new = self.dynamics.append(self._t(codes), self._t(actions), t0_, self.config.dynamics.inference_corruption, cache, self._t(valid))
+        return new.to(self._dtype)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        codes: np.ndarray,
+        actions: np.ndarray,
+        t: int,
+        cache: torch.Tensor | None,
+        valid: np.ndarray | None,
+        commit: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[PassOutput, torch.Tensor | None]:
+        cc, ca = (None, None) if commit is None else (self._t(commit[0]), self._t(commit[1]))
+        with self._ctx():
+            p, entries = self.dynamics.predict(
+                self._t(codes), self._t(actions), torch.tensor(t, device=self._dev), cache, self._t(valid),
+                cc, ca, self.config.dynamics.inference_corruption,
+            )
+        out = PassOutput(
+            logits=p.logits.float().cpu().numpy(),
+            reward=p.reward.float().cpu().numpy(),
+            done_logit=p.done_logit.float().cpu().numpy(),
+        )
+        return out, None if entries is None else entries.to(self._dtype)

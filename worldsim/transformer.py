@@ -1,0 +1,482 @@
+"""The dynamics model: an action-conditioned, block-causal transformer over spacetime patches.
+
+A frame's code grid ``[h, w]`` is cut into ``patch x patch`` cells, giving ``N = h*w/patch^2``
+tokens per frame. Training runs two streams over a window of ``T`` frames:
+
+* the **context stream**: every frame's (randomly corrupted) codes, conditioned on the action
+  that led to it; frame ``t`` attends to context frames ``<= t``;
+* the **target stream**: frames ``1..T-1`` with a random share of their patches replaced by a
+  mask token (MaskGIT); target frame ``t`` attends to context frames ``< t`` and to itself,
+  and predicts the masked patches, the reward and the episode end.
+
+This is exactly what generation does: the KV cache holds context-stream keys and values of
+the frames so far, and the frame being generated is a target-stream frame refined in K
+passes. The two streams cost twice the tokens in training, but there is no train/inference
+mismatch between "a frame being predicted" and "a frame serving as context".
+
+Positions are 3-D rotary embeddings over (frame, row, column) of the patch grid, so other
+frame sizes and aspect ratios run at inference. The time frequencies are integer multiples
+of ``2 pi / time_period`` so absolute frame indices can be taken modulo ``time_period``
+without changing any attention score: unbounded rollouts never lose float precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NO_ACTION = -1
+"""Action value that marks "no action" (the first frame of a recording or prompt)."""
+MASKED = -1
+"""Code value that marks a masked cell in the target-stream input."""
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    """Sizes and training knobs of the dynamics transformer."""
+
+    levels: tuple[int, ...]
+    """FSQ levels of the tokenizer this model predicts (one categorical per level set)."""
+    action_nvec: tuple[int, ...]
+    """Choices per action component (``(n,)`` for ``Discrete(n)``)."""
+    action_kind: str = "MultiDiscrete"
+    """``"Discrete"`` or ``"MultiDiscrete"``: how the runtime validates actions."""
+    width: int = 256
+    """Residual stream width."""
+    layers: int = 6
+    """Transformer blocks."""
+    heads: int = 4
+    """Attention heads (width / heads is the head size)."""
+    patch: int = 2
+    """Latent cells per patch side: a token covers ``patch x patch`` cells."""
+    context: int = 16
+    """Frames in the window, in training and in the runtime's sliding KV cache."""
+    mlp_ratio: int = 4
+    """MLP hidden width over residual width."""
+    max_corruption: float = 0.2
+    """Training: each context frame has a level c ~ U(0, max) of its cells replaced at random."""
+    inference_corruption: float = 0.05
+    """Runtime: the corruption level the model is told its (generated) context has."""
+    reward_weight: float = 1.0
+    done_weight: float = 0.1
+    time_period: int = 4096
+    """Frame positions are taken modulo this (exactly, see the module docstring)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DynamicsConfig:
+        d = dict(d)
+        d["levels"] = tuple(d["levels"])
+        d["action_nvec"] = tuple(d["action_nvec"])
+        return cls(**d)
+
+
+@dataclass
+class DynamicsOutput:
+    """A training forward pass: the loss to minimise and scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """One target-stream pass of the runtime."""
+
+    logits: torch.Tensor
+    """float ``[B, h, w, sum(levels)]``: per cell, one block of logits per FSQ channel."""
+    reward: torch.Tensor
+    """float ``[B]``: predicted reward of the step that leads to this frame."""
+    done_logit: torch.Tensor
+    """float ``[B]``: logit of "the episode terminated at this step"."""
+
+
+def _rope_freqs(head_dim: int, time_period: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pairs = head_dim // 2
+    nt = max(1, pairs // 3)
+    ns = (pairs - nt) // 2
+    # Time: integer multiples of 2*pi/P, from P/4 (a quarter turn per frame) down to 1.
+    k = torch.logspace(math.log10(time_period / 4), 0, nt).round().clamp(min=1)
+    ft = 2 * math.pi * k / time_period
+    fs = 1.0 / (64.0 ** (torch.arange(ns) / max(ns, 1)))  # rows and columns: integer grids
+    return ft, fs, torch.zeros(pairs - nt - 2 * ns)
+
+
+class Rope(nn.Module):
+    """3-D rotary position embedding over (frame, row, column)."""
+
+    def __init__(self, head_dim: int, time_period: int) -> None:
+        super().__init__()
+        ft, fs, fz = _rope_freqs(head_dim, time_period)
+        self.time_period = time_period
+        self.register_buffer("ft", ft, persistent=False)
+        self.register_buffer("fs", fs, persistent=False)
+        self.register_buffer("fz", fz, persistent=False)
+
+    def angles(self, t: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer positions ``[S]`` each -> (cos, sin) ``[S, head_dim]``."""
+        t = torch.remainder(t, self.time_period).float()
+        ang = torch.cat(
+            [
+                t[:, None] * self.ft,
+                y.float()[:, None] * self.fs,
+                x.float()[:, None] * self.fs,
+                t[:, None] * self.fz,
+            ],
+            dim=-1,
+        )  # (S, head_dim / 2)
+        ang = torch.cat([ang, ang], dim=-1)  # (S, head_dim)
+        return ang.cos(), ang.sin()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        d = cfg.width
+        self.heads = cfg.heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.mlp_ratio * d)
+        self.fc2 = nn.Linear(cfg.mlp_ratio * d, d)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, S, D]``, past ``[2, B, H, Sp, dh]`` -> (x, this block's new kv ``[2, B, H, S, dh]``)."""
+        B, S, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)  # (B, H, S, dh)
+        new_kv = torch.stack([k, v])
+        if past is not None:
+            k = torch.cat([past[0].to(k.dtype), k], dim=2)
+            v = torch.cat([past[1].to(v.dtype), v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, S, D))  # (B, S, D)
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return x, new_kv
+
+
+class Dynamics(nn.Module):
+    """The world model's transformer; ``forward`` is the training loss, the rest is the runtime's."""
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, p, nd = cfg.width, cfg.patch, len(cfg.levels)
+        self.register_buffer("levels", torch.tensor(cfg.levels), persistent=False)
+        radix = [math.prod(cfg.levels[:i]) for i in range(nd)]
+        self.register_buffer("radix", torch.tensor(radix), persistent=False)
+        offsets = [sum(cfg.action_nvec[:i]) for i in range(len(cfg.action_nvec))]
+        self.register_buffer("act_offsets", torch.tensor(offsets), persistent=False)
+        self.patch_in = nn.Linear(p * p * nd, d)
+        self.mask_emb = nn.Parameter(torch.randn(d) * 0.02)
+        self.act_emb = nn.Embedding(sum(cfg.action_nvec), d)
+        self.no_act = nn.Parameter(torch.randn(d) * 0.02)
+        self.level_emb = nn.Parameter(torch.zeros(d))
+        self.stream_emb = nn.Embedding(2, d)
+        self.rope = Rope(d // cfg.heads, cfg.time_period)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, p * p * sum(cfg.levels))
+        self.reward_head = nn.Linear(d, 1)
+        self.done_head = nn.Linear(d, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ----- pieces shared by training and the runtime -------------------------------------
+
+    def _patch_values(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes ``[..., h, w]`` (negative = masked) -> (FSQ values ``[..., N, p*p*D]``, masked ``[..., N]``)."""
+        p = self.cfg.patch
+        masked = codes < 0
+        lv = (codes.clamp(min=0).unsqueeze(-1) // self.radix) % self.levels  # (..., h, w, D)
+        vals = lv.float() / (self.levels - 1).float() * 2.0 - 1.0
+        *lead, h, w, nd = vals.shape
+        vals = vals.reshape(*lead, h // p, p, w // p, p, nd).transpose(-4, -3)  # (..., h/p, w/p, p, p, D)
+        vals = vals.reshape(*lead, (h // p) * (w // p), p * p * nd)  # (..., N, p*p*D)
+        m = masked.reshape(*lead, h // p, p, w // p, p).transpose(-3, -2)
+        return vals, m.reshape(*lead, (h // p) * (w // p), p * p).any(-1)
+
+    def _action(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions int64 ``[..., C]`` (all NO_ACTION = none) -> embedding ``[..., D]``."""
+        none = actions[..., 0] < 0
+        emb = self.act_emb(actions.clamp(min=0) + self.act_offsets).sum(-2)
+        return torch.where(none.unsqueeze(-1), self.no_act, emb)
+
+    def _embed(
+        self, codes: torch.Tensor, actions: torch.Tensor, stream: int, level: torch.Tensor | None
+    ) -> torch.Tensor:
+        """codes ``[B, F, h, w]``, actions ``[B, F, C]`` -> tokens ``[B, F, N, D]``."""
+        vals, masked = self._patch_values(codes)
+        x = self.patch_in(vals)
+        x = torch.where(masked.unsqueeze(-1), self.mask_emb, x)
+        x = x + self._spatial(*self._grid(codes), x.device)
+        cond = self._action(actions) + self.stream_emb.weight[stream]  # (B, F, D)
+        if level is not None:
+            cond = cond + level.unsqueeze(-1) * self.level_emb
+        return x + cond.unsqueeze(2)
+
+    def _spatial(self, gh: int, gw: int, device: torch.device) -> torch.Tensor:
+        """Fixed sinusoidal embedding of each token's (row, column), ``[N, D]``.
+
+        RoPE alone makes attention position-aware, but every token of a fully masked frame
+        then has the same input; this gives each its own, so the MLPs know where they are
+        (and training converges several times faster). It is a function of the integer
+        grid, so it exists for any frame size.
+        """
+        q = self.cfg.width // 4
+        f = 1.0 / (100.0 ** (torch.arange(q, device=device) / q))
+        y = torch.arange(gh, device=device).repeat_interleave(gw).float()[:, None] * f
+        x = torch.arange(gw, device=device).repeat(gh).float()[:, None] * f
+        emb = torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=-1)  # (N, 4q)
+        return F.pad(emb, (0, self.cfg.width - 4 * q))
+
+    def _positions(self, t: torch.Tensor, gh: int, gw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame indices ``[F]`` -> (cos, sin) ``[F*N, head_dim]`` for a ``gh x gw`` patch grid."""
+        dev = t.device
+        y = torch.arange(gh, device=dev).repeat_interleave(gw).repeat(t.numel())
+        x = torch.arange(gw, device=dev).repeat(gh * t.numel())
+        tt = t.repeat_interleave(gh * gw)
+        return self.rope.angles(tt, y, x)
+
+    def _run(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, S, D]``, kv ``[L, 2, B, H, Sp, dh]`` -> (normed x, new kv ``[L, 2, B, H, S, dh]``)."""
+        new = []
+        for i, blk in enumerate(self.blocks):
+            x, nkv = blk(x, cos, sin, None if kv is None else kv[i], mask)
+            new.append(nkv)
+        return self.ln_f(x), torch.stack(new)
+
+    def _heads(self, x: torch.Tensor, gh: int, gw: int) -> Prediction:
+        """Target tokens ``[B, F, N, D]`` -> logits ``[B, F, h, w, sum(levels)]``, reward, done ``[B, F]``."""
+        p = self.cfg.patch
+        B, Fr, N, _ = x.shape
+        logits = self.head(x).view(B, Fr, gh, gw, p, p, -1).transpose(3, 4)  # (B, F, gh, p, gw, p, V)
+        logits = logits.reshape(B, Fr, gh * p, gw * p, -1)  # (B, F, h, w, V)
+        pooled = x.mean(2)
+        return Prediction(logits, self.reward_head(pooled)[..., 0], self.done_head(pooled)[..., 0])
+
+    def _grid(self, codes: torch.Tensor) -> tuple[int, int]:
+        h, w = codes.shape[-2:]
+        p = self.cfg.patch
+        if h % p or w % p:
+            raise ValueError(f"code grid {h}x{w} is not a multiple of the patch size {p}")
+        return h // p, w // p
+
+    # ----- training ---------------------------------------------------------------------
+
+    def forward(
+        self,
+        codes: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        terminated: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> DynamicsOutput:
+        """Two-stream training loss on a window.
+
+        Args:
+            codes: int64 ``[B, T, h, w]`` tokenizer codes of T consecutive frames.
+            actions: int64 ``[B, T-1, C]``; ``actions[:, i]`` led from frame i to frame i+1.
+            rewards: float ``[B, T-1]``; terminated: bool ``[B, T-1]``, aligned with actions.
+            generator: the source of the masking and corruption draws.
+        """
+        cfg = self.cfg
+        B, T, h, w = codes.shape
+        gh, gw = self._grid(codes)
+        N = gh * gw
+        dev = codes.device
+        rand = lambda *s: torch.rand(*s, device=dev, generator=generator)  # noqa: E731
+        # Context stream: replace a share `level` of each frame's cells with random codes.
+        level = rand(B, T) * cfg.max_corruption
+        noise = (rand(B, T, h, w) * math.prod(cfg.levels)).long()
+        ctx_codes = torch.where(rand(B, T, h, w) < level[..., None, None], noise, codes)
+
+        # Target stream: MaskGIT cosine schedule, at least one masked patch per frame.
+        ratio = torch.cos(rand(B, T - 1) * math.pi / 2)
+        n_mask = (ratio * N).ceil().clamp(min=1)
+        rank = rand(B, T - 1, N).argsort(-1).argsort(-1)
+        pmask = rank < n_mask[..., None]  # (B, T-1, N)
+        cell_mask = pmask.view(B, T - 1, gh, 1, gw, 1).expand(B, T - 1, gh, cfg.patch, gw, cfg.patch)
+        cell_mask = cell_mask.reshape(B, T - 1, h, w)
+        tgt_codes = torch.where(cell_mask, MASKED, codes[:, 1:])
+
+        pred = self.teacher_forced(ctx_codes, actions, level, tgt_codes)
+        # Per-channel cross-entropy on the masked cells only.
+        target = (codes[:, 1:].unsqueeze(-1) // self.radix) % self.levels  # (B, T-1, h, w, D)
+        ce = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev)
+        sel = cell_mask.reshape(-1)
+        for i, lg in enumerate(pred.logits.float().split(list(cfg.levels), dim=-1)):
+            lg = lg.reshape(-1, cfg.levels[i])[sel]
+            tg = target[..., i].reshape(-1)[sel]
+            ce = ce + F.cross_entropy(lg, tg)
+            correct = correct + (lg.argmax(-1) == tg).float().mean()
+        ce = ce / len(cfg.levels)
+        r_loss = F.mse_loss(pred.reward.float(), rewards.float())
+        d_loss = F.binary_cross_entropy_with_logits(pred.done_logit.float(), terminated.float())
+        loss = ce + cfg.reward_weight * r_loss + cfg.done_weight * d_loss
+        logs = {
+            "ce": float(ce.detach()),
+            "acc": float(correct.detach()) / len(cfg.levels),
+            "reward_mse": float(r_loss.detach()),
+            "done_bce": float(d_loss.detach()),
+        }
+        return DynamicsOutput(loss=loss, logs=logs)
+
+    def teacher_forced(
+        self, codes: torch.Tensor, actions: torch.Tensor, level: torch.Tensor, target_codes: torch.Tensor
+    ) -> Prediction:
+        """Predictions for frames 1..T-1 of a window in one block-causal pass.
+
+        Args:
+            codes: int64 ``[B, T, h, w]``, the context frames (as the model should see them).
+            actions: int64 ``[B, T-1, C]``; ``actions[:, i]`` led from frame i to frame i+1.
+            level: float ``[B, T]``, the corruption level input of each context frame.
+            target_codes: int64 ``[B, T-1, h, w]``, frames 1..T-1 with MASKED cells to predict.
+
+        Returns:
+            logits ``[B, T-1, h, w, sum(levels)]``, reward and done logit ``[B, T-1]``.
+        """
+        B, T = codes.shape[:2]
+        gh, gw = self._grid(codes)
+        N = gh * gw
+        dev = codes.device
+        none = torch.full((B, 1, actions.shape[-1]), NO_ACTION, dtype=actions.dtype, device=dev)
+        prev_act = torch.cat([none, actions], dim=1)  # (B, T, C): the action that led to each frame
+        ctx = self._embed(codes, prev_act, 0, level)  # (B, T, N, D)
+        tgt = self._embed(target_codes, prev_act[:, 1:], 1, None)  # (B, T-1, N, D)
+        x = torch.cat([ctx.flatten(1, 2), tgt.flatten(1, 2)], dim=1)  # (B, (2T-1)N, D)
+        t_idx = torch.arange(T, device=dev)
+        cos, sin = self._positions(torch.cat([t_idx, t_idx[1:]]), gh, gw)
+        out, _ = self._run(x, cos, sin, None, self.train_mask(T, N, dev))
+        return self._heads(out[:, T * N :].reshape(B, T - 1, N, -1), gh, gw)
+
+    @staticmethod
+    def train_mask(T: int, N: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Allowed attention ``[S, S]`` (True = may attend) for the two-stream training layout."""
+        ft = torch.arange(T, device=device).repeat_interleave(N)  # frame of each context token
+        fg = torch.arange(1, T, device=device).repeat_interleave(N)  # frame of each target token
+        ctx_rows = torch.cat([ft[:, None] >= ft[None, :], torch.zeros(T * N, fg.numel(), dtype=torch.bool, device=device)], 1)
+        tgt_rows = torch.cat([fg[:, None] > ft[None, :], fg[:, None] == fg[None, :]], 1)
+        return torch.cat([ctx_rows, tgt_rows], 0)
+
+    # ----- runtime (the torch backend calls these) ----------------------------------------
+
+    @staticmethod
+    def _cache_mask(valid: torch.Tensor | None, new_mask: torch.Tensor | None, S: int) -> torch.Tensor | None:
+        """Per-world cache validity ``[B, Sp]`` and a mask among new tokens ``[S, S]`` -> ``[B, 1, S, Sp+S]``."""
+        if valid is None:
+            return new_mask
+        B = valid.shape[0]
+        new = torch.ones(S, S, dtype=torch.bool, device=valid.device) if new_mask is None else new_mask
+        return torch.cat([valid[:, None, None, :].expand(B, 1, S, valid.shape[1]), new.expand(B, 1, S, S)], dim=-1)
+
+    def append(
+        self,
+        codes: torch.Tensor,
+        actions: torch.Tensor,
+        t0: torch.Tensor,
+        level: float,
+        kv: torch.Tensor | None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Commit F frames to the context: their context-stream keys and values.
+
+        Args:
+            codes: int64 ``[B, F, h, w]``; actions: int64 ``[B, F, C]`` (NO_ACTION for none).
+            t0: int64 scalar, absolute index of the first of these frames.
+            level: the corruption level the model is told these frames have.
+            kv: ``[L, 2, B, H, Sp, dh]`` cache of earlier frames, or None.
+            valid: bool ``[B, Sp]``, which cache entries each world may see (None: all).
+
+        Returns:
+            The new entries ``[L, 2, B, H, F*N, dh]`` (the caller stores them).
+        """
+        B, Fr = codes.shape[:2]
+        gh, gw = self._grid(codes)
+        N = gh * gw
+        dev = codes.device
+        lv = torch.full((B, Fr), float(level), device=dev)
+        x = self._embed(codes, actions, 0, lv).flatten(1, 2)  # (B, F*N, D)
+        cos, sin = self._positions(t0 + torch.arange(Fr, device=dev), gh, gw)
+        ft = torch.arange(Fr, device=dev).repeat_interleave(N)
+        causal = (ft[:, None] >= ft[None, :]) if Fr > 1 else None
+        if causal is not None and kv is not None and valid is None:
+            causal = torch.cat([torch.ones(Fr * N, kv.shape[4], dtype=torch.bool, device=dev), causal], 1)
+        _, new_kv = self._run(x, cos, sin, kv, self._cache_mask(valid, causal, Fr * N))
+        return new_kv
+
+    def predict(
+        self,
+        codes: torch.Tensor,
+        actions: torch.Tensor,
+        t: torch.Tensor,
+        kv: torch.Tensor | None,
+        valid: torch.Tensor | None = None,
+        commit_codes: torch.Tensor | None = None,
+        commit_actions: torch.Tensor | None = None,
+        level: float = 0.0,
+    ) -> tuple[Prediction, torch.Tensor | None]:
+        """One target-stream pass for the frame at absolute index ``t``, optionally fused
+        with committing frame ``t - 1`` to the context.
+
+        Fusing matters on a CPU: at batch 1 a pass is bound by reading the weights, so
+        committing the previous frame in the same pass (2N tokens instead of N) is almost free.
+
+        Args:
+            codes: int64 ``[B, h, w]``, MASKED (-1) where not yet generated (whole patches).
+            actions: int64 ``[B, C]``, the action that leads to this frame.
+            t: int64 scalar frame index; kv: the context cache ``[L, 2, B, H, Sp, dh]``.
+            valid: bool ``[B, Sp]``, which cache entries each world may see (None: all).
+            commit_codes, commit_actions: ``[B, h, w]`` and ``[B, C]`` of frame ``t - 1``
+                when it is not in ``kv`` yet; ``level`` is its corruption level input.
+
+        Returns:
+            The prediction, and the committed frame's cache entries ``[L, 2, B, H, N, dh]``
+            (None without a commit).
+        """
+        gh, gw = self._grid(codes)
+        B, N = codes.shape[0], gh * gw
+        x = self._embed(codes[:, None], actions[:, None], 1, None).flatten(1, 2)  # (B, N, D)
+        tt = t.reshape(1)
+        if commit_codes is None:
+            cos, sin = self._positions(tt, gh, gw)
+            out, _ = self._run(x, cos, sin, kv, self._cache_mask(valid, None, N))
+            entries = None
+        else:
+            lv = torch.full((B, 1), float(level), device=codes.device)
+            xc = self._embed(commit_codes[:, None], commit_actions[:, None], 0, lv).flatten(1, 2)
+            x = torch.cat([xc, x], dim=1)  # (B, 2N, D): committed frame, then target
+            cos, sin = self._positions(torch.cat([tt - 1, tt]), gh, gw)
+            row = torch.arange(2 * N, device=codes.device)
+            new = ~((row[:, None] < N) & (row[None, :] >= N))  # the committed frame never sees the target
+            if kv is not None and valid is None:
+                new = torch.cat([torch.ones(2 * N, kv.shape[4], dtype=torch.bool, device=codes.device), new], 1)
+            out, new_kv = self._run(x, cos, sin, kv, self._cache_mask(valid, new, 2 * N))
+            out, entries = out[:, N:], new_kv[:, :, :, :, :N]
+        pred = self._heads(out.reshape(B, 1, N, -1), gh, gw)
+        return Prediction(pred.logits[:, 0], pred.reward[:, 0], pred.done_logit[:, 0]), entries
