@@ -28,6 +28,8 @@ FORWARD, BACK = 1, 2
 UP, DOWN = 1, 2
 PLACEABLE = frozenset(b.name for b in BLOCKS if b.placeable)
 HARDNESS = {b.name: b.hardness for b in BLOCKS}
+_DRY_ONLY = ("walk", "pause", "tunnel", "dig_down", "place", "pillar")
+"""Behaviours that falling into water interrupts (turning, looking, mining go on)."""
 PITCH_STEP = 5.0
 """Degrees per pitch step (the env's documented 5 degrees per step)."""
 
@@ -63,8 +65,10 @@ class ExplorerConfig:
     """Chance per walking step of starting a strafe run."""
     veer_chance: float = 0.04
     """Chance per walking step of starting a short turn while walking."""
-    backup_chance: float = 0.012
+    backup_chance: float = 0.025
     """Chance per walking step of backing up for a few steps."""
+    swim_share: float = 0.6
+    """In water, the chance that the next behaviour is swimming (else turn, look, mine...)."""
     swim_jump_share: float = 0.7
     """Share of swimming spent holding jump (rising); the rest sinks and looks around."""
     stuck_window: int = 4
@@ -157,7 +161,7 @@ class Explorer:
         elif name == "turn":
             self.left = self._draw(cfg.turn_steps)
             self.held[YAW] = self.rng.integers(1, 3)
-            self.held[MOVE] = FORWARD if self.rng.random() < 0.5 else 0
+            self.held[MOVE] = self.rng.choice([FORWARD, BACK, 0], p=[0.5, 0.15, 0.35])
         elif name == "look":
             self.left = self._draw(cfg.look_steps)
             pitch = float(info.get("pitch", 0.0))
@@ -216,7 +220,8 @@ class Explorer:
         self._reflexes(info)
         self.left -= 1
         if self.left <= 0 or self._finished(info):
-            self._start(info, "swim" if info.get("in_water") else None)
+            in_water = info.get("in_water") and self.rng.random() < self.config.swim_share
+            self._start(info, "swim" if in_water else None)
 
         a = self.held.copy()
         pitch = float(info.get("pitch", 0.0))
@@ -286,7 +291,7 @@ class Explorer:
         if health is not None and self.last_health is not None and health < self.last_health:
             self.jump_left = max(self.jump_left, 3)
         self.last_health = health
-        if info.get("in_water") and self.behaviour not in ("swim", "flee"):
+        if info.get("in_water") and self.behaviour in _DRY_ONLY:
             self._start(info, "swim")
             return
         walking = self.held[MOVE] == FORWARD and self.behaviour in (
