@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # name -> ("module:function", one-line help). Longest name wins ("bench engine" over "bench").
 COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("agents.human:main", "play the dream, the engine or both side by side with keyboard and mouse"),
+    "export onnx": ("export.onnx_export:main", "export a checkpoint to ONNX graphs with a manifest, verified against torch"),
     "bench engine": ("envs.blockworld.bench:main", "BlockWorld steps/s, single and vector, and reset time"),
     "record": ("agents.record:main", "roll out the random or explorer agent in a Gymnasium pixel env and write a recording"),
     "bench record": ("agents.bench_record:main", "recording steps/s (1 process and --num-envs) and PNG bytes/frame"),

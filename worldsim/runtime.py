@@ -49,7 +49,10 @@ DEFAULT_TEMPERATURE = 0.0
 """Greedy decoding by default: deterministic, and the sharpest frames for a near-deterministic world."""
 NO_ACTION = -1
 
-BACKENDS: dict[str, str] = {"torch": "worldsim.torch_backend:TorchBackend.from_checkpoint"}
+BACKENDS: dict[str, str] = {
+    "torch": "worldsim.torch_backend:TorchBackend.from_checkpoint",
+    "onnx": "export.ort_backend:OrtBackend.from_checkpoint",  # imported only when asked for
+}
 """Backend name -> ``"module:factory"``; ``factory(path, device=..., precision=...)``."""
 
 
@@ -289,8 +292,6 @@ def load(
     if precision not in (None, "fp32", "bf16"):
         raise WorldSimError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if backend not in BACKENDS:
-        if backend == "onnx":
-            raise WorldSimError("the ONNX Runtime backend is not available in this WorldSim yet; use backend='torch'")
         raise WorldSimError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     module, attr = BACKENDS[backend].split(":")
     factory: Any = importlib.import_module(module)

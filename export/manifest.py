@@ -1,0 +1,104 @@
+"""The manifest of an ONNX export: ``manifest.json`` beside the graphs.
+
+It records what a reader needs to use the graphs without WorldSim's torch code:
+
+* ``format`` (``"worldsim-onnx"``) and ``version``;
+* ``opset``, and ``precision`` of the graphs (``"fp32"``);
+* ``checkpoint``: the source checkpoint's file name, size and **sha256**, which is how the
+  runtime knows an export belongs to a checkpoint;
+* ``config``: the model config exactly as the checkpoint stores it;
+* ``graphs``: per graph its file, the file's sha256, and its inputs and outputs (name,
+  dtype, shape; a string in a shape is a dynamic axis);
+* ``verification``: the tolerances the export was checked against and the errors measured;
+* ``exported_with``: library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from worldsim.checkpoint import ModelConfig
+from worldsim.errors import WorldSimError
+
+FORMAT = "worldsim-onnx"
+VERSION = 1
+MANIFEST = "manifest.json"
+GRAPHS = ("encoder", "decoder", "dynamics")
+
+
+class ManifestError(WorldSimError):
+    """An export folder that is incomplete, damaged, or made from another checkpoint."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, Any]:
+    """Read and validate ``folder/manifest.json``.
+
+    Args:
+        folder: an export folder.
+        check_files: also check every graph file against the sha256 the manifest records.
+
+    Raises:
+        ManifestError: missing or malformed manifest, a missing or altered graph file.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{folder}: not a WorldSim ONNX export (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ManifestError(f"{path}: not a WorldSim ONNX manifest (format is not {FORMAT!r})")
+    if manifest.get("version") != VERSION:
+        raise ManifestError(
+            f"{path}: manifest version {manifest.get('version')!r}, this WorldSim reads version {VERSION}; "
+            "export again with `worldsim export onnx`"
+        )
+    try:
+        ModelConfig.from_dict(manifest["config"])
+        sha = manifest["checkpoint"]["sha256"]
+        graphs = {name: manifest["graphs"][name] for name in GRAPHS}
+        files = {name: (g["file"], g["sha256"]) for name, g in graphs.items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestError(f"{path}: manifest lacks a field the runtime needs ({e!r})") from None
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise ManifestError(f"{path}: manifest has no valid checkpoint sha256")
+    for name, (file, digest) in files.items():
+        graph = folder / file
+        if not graph.is_file() or Path(file).name != file:
+            raise ManifestError(f"{folder}: the {name} graph {file!r} is missing; export again with `worldsim export onnx`")
+        if check_files and sha256_file(graph) != digest:
+            raise ManifestError(f"{graph}: the file differs from the one the manifest describes (sha256 mismatch); export again")
+    return manifest
+
+
+def check_source(manifest: dict[str, Any], folder: str | Path, checkpoint: str | Path, checkpoint_sha: str) -> None:
+    """Refuse an export made from a different checkpoint than ``checkpoint``.
+
+    Raises:
+        ManifestError: the manifest's checkpoint sha256 is not ``checkpoint_sha``.
+    """
+    recorded = manifest["checkpoint"]["sha256"]
+    if recorded != checkpoint_sha:
+        raise ManifestError(
+            f"{folder} does not match {checkpoint}: it was exported from a checkpoint with sha256 "
+            f"{recorded[:16]}..., this checkpoint's is {checkpoint_sha[:16]}...; export again with "
+            f"`worldsim export onnx --checkpoint {checkpoint} --out {folder}`"
+        )
