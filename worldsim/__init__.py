@@ -8,6 +8,16 @@ from worldsim.errors import WorldSimError
 from worldsim.registration import register_envs
 
 __version__ = "0.1.0"
-__all__ = ["WorldSimError", "__version__", "register_envs"]
+__all__ = ["WorldSimError", "__version__", "load", "register_envs"]
+
+
+def __getattr__(name: str):
+    # `worldsim.load` imports the runtime (and torch) only when first used, so
+    # `import worldsim` and `worldsim --help` stay instant.
+    if name == "load":
+        from worldsim.runtime import load
+
+        return load
+    raise AttributeError(f"module 'worldsim' has no attribute {name!r}")
 
 register_envs()

@@ -203,4 +203,8 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
             state.setdefault(int(pid), {})[key] = val
     for pid, sc in struct["scalars"].items():
         state.setdefault(int(pid), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": struct["param_groups"]})
+    groups = []
+    for mine, saved in zip(opt.param_groups, struct["param_groups"]):
+        # JSON turned tuples (Adam's betas) into lists; give them back their type.
+        groups.append({k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in saved.items()})
+    opt.load_state_dict({"state": state, "param_groups": groups})

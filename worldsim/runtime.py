@@ -130,6 +130,11 @@ class WorldModel:
         """B of the last prompt (0 before the first)."""
         return 0 if self._shape is None else self._shape[0]
 
+    @property
+    def last_codes(self) -> np.ndarray | None:
+        """Tokenizer codes ``[B, h, w]`` of each world's newest frame (None before a prompt)."""
+        return None if self._pending is None else self._pending[0].copy()
+
     def reseed(self, seed: int | None) -> None:
         """Restart the random draws of sampling from ``seed`` (None: fresh entropy)."""
         self._rng = np.random.default_rng(seed)

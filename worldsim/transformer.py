@@ -295,6 +295,7 @@ class Dynamics(nn.Module):
         rewards: torch.Tensor,
         terminated: torch.Tensor,
         generator: torch.Generator | None = None,
+        first_action: torch.Tensor | None = None,
     ) -> DynamicsOutput:
         """Two-stream training loss on a window.
 
@@ -303,6 +304,9 @@ class Dynamics(nn.Module):
             actions: int64 ``[B, T-1, C]``; ``actions[:, i]`` led from frame i to frame i+1.
             rewards: float ``[B, T-1]``; terminated: bool ``[B, T-1]``, aligned with actions.
             generator: the source of the masking and corruption draws.
+            first_action: int64 ``[B, C]``, the action that led to frame 0, or NO_ACTION
+                (the default) where there was none. In a rollout the oldest frame of the
+                sliding window has one, so training should see it too.
         """
         cfg = self.cfg
         B, T, h, w = codes.shape
@@ -324,7 +328,7 @@ class Dynamics(nn.Module):
         cell_mask = cell_mask.reshape(B, T - 1, h, w)
         tgt_codes = torch.where(cell_mask, MASKED, codes[:, 1:])
 
-        pred = self.teacher_forced(ctx_codes, actions, level, tgt_codes)
+        pred = self.teacher_forced(ctx_codes, actions, level, tgt_codes, first_action)
         # Per-channel cross-entropy on the masked cells only.
         target = (codes[:, 1:].unsqueeze(-1) // self.radix) % self.levels  # (B, T-1, h, w, D)
         ce = torch.zeros((), device=dev)
@@ -348,7 +352,12 @@ class Dynamics(nn.Module):
         return DynamicsOutput(loss=loss, logs=logs)
 
     def teacher_forced(
-        self, codes: torch.Tensor, actions: torch.Tensor, level: torch.Tensor, target_codes: torch.Tensor
+        self,
+        codes: torch.Tensor,
+        actions: torch.Tensor,
+        level: torch.Tensor,
+        target_codes: torch.Tensor,
+        first_action: torch.Tensor | None = None,
     ) -> Prediction:
         """Predictions for frames 1..T-1 of a window in one block-causal pass.
 
@@ -357,6 +366,7 @@ class Dynamics(nn.Module):
             actions: int64 ``[B, T-1, C]``; ``actions[:, i]`` led from frame i to frame i+1.
             level: float ``[B, T]``, the corruption level input of each context frame.
             target_codes: int64 ``[B, T-1, h, w]``, frames 1..T-1 with MASKED cells to predict.
+            first_action: int64 ``[B, C]``, the action that led to frame 0 (None: NO_ACTION).
 
         Returns:
             logits ``[B, T-1, h, w, sum(levels)]``, reward and done logit ``[B, T-1]``.
@@ -365,8 +375,11 @@ class Dynamics(nn.Module):
         gh, gw = self._grid(codes)
         N = gh * gw
         dev = codes.device
-        none = torch.full((B, 1, actions.shape[-1]), NO_ACTION, dtype=actions.dtype, device=dev)
-        prev_act = torch.cat([none, actions], dim=1)  # (B, T, C): the action that led to each frame
+        if first_action is None:
+            first = torch.full((B, 1, actions.shape[-1]), NO_ACTION, dtype=actions.dtype, device=dev)
+        else:
+            first = first_action.to(actions.dtype).reshape(B, 1, -1)
+        prev_act = torch.cat([first, actions], dim=1)  # (B, T, C): the action that led to each frame
         ctx = self._embed(codes, prev_act, 0, level)  # (B, T, N, D)
         tgt = self._embed(target_codes, prev_act[:, 1:], 1, None)  # (B, T-1, N, D)
         x = torch.cat([ctx.flatten(1, 2), tgt.flatten(1, 2)], dim=1)  # (B, (2T-1)N, D)

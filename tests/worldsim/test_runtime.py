@@ -1,0 +1,171 @@
+"""The runtime: worldsim.load, prompt/step, chunked sampling, the sliding KV cache, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import worldsim
+from worldsim.checkpoint import ModelConfig, save_model
+from worldsim.errors import WorldSimError
+from worldsim.presets import dynamics_config, get_preset
+from worldsim.spaces import ActionSpec
+from worldsim.tokenizer import Tokenizer
+from worldsim.transformer import MASKED, Dynamics
+
+SPEC = ActionSpec("MultiDiscrete", (3, 2))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_checkpoint(path, spec: ActionSpec = SPEC, context: int = 4) -> str:
+    torch.manual_seed(0)
+    preset = get_preset("tiny")
+    tok = Tokenizer(preset.tokenizer)
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, spec, context))
+    # Larger output weights than the init, so greedy choices are clear-cut, not near-ties.
+    torch.nn.init.normal_(dyn.head.weight, std=0.5)
+    torch.nn.init.normal_(dyn.patch_in.weight, std=1.0)  # and outputs that depend on the context
+    cfg = ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn.cfg, frame_shape=(16, 16))
+    save_model(path, cfg, tok, dyn)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("rt") / "tiny.safetensors")
+
+
+def prompt_data(B: int = 2, T: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8), rng.integers(0, 2, (B, T - 1, 2))
+
+
+def rollout(model, steps: int = 5, seed: int = 1) -> list:
+    frames, actions = prompt_data()
+    model.prompt(frames, actions)
+    rng = np.random.default_rng(seed)
+    return [model.step(rng.integers(0, 2, (2, 2))) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_chunked_generation_gives_valid_frames(ckpt: str, chunks: int) -> None:
+    model = worldsim.load(ckpt, device="cpu", chunks=chunks)
+    for out in rollout(model):
+        assert out.frames.shape == (2, 16, 16, 3) and out.frames.dtype == np.uint8
+        assert out.reward.shape == (2,) and out.reward.dtype == np.float32
+        assert out.done.shape == (2,) and out.done.dtype == bool
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce_sampling(ckpt: str) -> None:
+    a = rollout(worldsim.load(ckpt, device="cpu", temperature=0, chunks=2))
+    b = rollout(worldsim.load(ckpt, device="cpu", temperature=0, chunks=2))
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b))
+    s1 = rollout(worldsim.load(ckpt, device="cpu", temperature=1.0, seed=7, chunks=2))
+    s2 = rollout(worldsim.load(ckpt, device="cpu", temperature=1.0, seed=7, chunks=2))
+    s3 = rollout(worldsim.load(ckpt, device="cpu", temperature=1.0, seed=8, chunks=2))
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(s1, s2))
+    assert not all(np.array_equal(x.frames, y.frames) for x, y in zip(s1, s3))
+
+
+def test_sliding_kv_cache_matches_a_full_forward_over_the_window(ckpt: str) -> None:
+    """Greedy K=1 steps, long past the window, equal the argmax of a fresh full pass."""
+    model = worldsim.load(ckpt, device="cpu", temperature=0, chunks=1)
+    dyn: Dynamics = model.backend.dynamics
+    frames, actions = prompt_data(T=3)
+    model.prompt(frames, actions)
+    codes = list(model.encode(frames.reshape(-1, 16, 16, 3)).reshape(2, 3, 8, 8).transpose(1, 0, 2, 3))
+    acts = list(actions.transpose(1, 0, 2))
+    rng = np.random.default_rng(3)
+    ctx = dyn.cfg.context
+    for _ in range(3 * ctx):
+        a = rng.integers(0, 2, (2, 2))
+        model.step(a)
+        acts.append(a)
+        codes.append(model.last_codes)
+        window = torch.as_tensor(np.stack(codes[-ctx:], 1))
+        win_acts = torch.as_tensor(np.stack(acts[-(ctx - 1) :], 1))
+        first = len(codes) - ctx  # index of the window's first frame; acts[first - 1] led to it
+        first_action = torch.as_tensor(acts[first - 1]) if first > 0 else None
+        level = torch.full(window.shape[:2], dyn.cfg.inference_corruption)
+        with torch.no_grad():
+            pred = dyn.teacher_forced(window, win_acts, level, torch.full_like(window[:, 1:], MASKED), first_action)
+        lg = pred.logits[:, -1]
+        want = sum(part.argmax(-1) * r for part, r in zip(lg.split(list(dyn.cfg.levels), -1), (1, 5, 25)))
+        assert np.array_equal(model.last_codes, want.numpy()), len(codes)
+    assert model._cache.shape[4] == (ctx - 1) * 16  # bounded: context - 1 frames of 16 tokens
+
+
+def test_restarting_some_worlds_leaves_the_others_untouched(ckpt: str) -> None:
+    frames, actions = prompt_data()
+    a = worldsim.load(ckpt, device="cpu")
+    b = worldsim.load(ckpt, device="cpu")
+    a.prompt(frames, actions)
+    b.prompt(frames, actions)
+    step = np.array([[1, 0], [2, 1]])
+    a.step(step)
+    b.step(step)
+    other, other_acts = prompt_data(B=1, T=2, seed=5)
+    b.prompt(other, other_acts, worlds=[1])
+    assert np.array_equal(b.last_codes[1], b.encode(other[:, -1])[0])
+    fresh = worldsim.load(ckpt, device="cpu")  # world 1 alone, prompted the same way
+    fresh.prompt(other, other_acts)
+    differs = []
+    for _ in range(3):
+        ra, rb, rf = a.step(step), b.step(step), fresh.step(step[1:])
+        assert np.array_equal(ra.frames[0], rb.frames[0])
+        assert np.array_equal(rb.frames[1], rf.frames[0])
+        assert np.array_equal(b.last_codes[1], fresh.last_codes[0])
+        differs.append(not np.array_equal(a.last_codes[1], b.last_codes[1]))
+    assert any(differs)
+
+
+def test_bad_inputs_raise_value_errors_that_say_what_was_expected(ckpt: str) -> None:
+    model = worldsim.load(ckpt, device="cpu")
+    frames, actions = prompt_data()
+    with pytest.raises(WorldSimError, match="prompt"):
+        model.step(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="uint8"):
+        model.prompt(frames.astype(np.float32), actions)
+    with pytest.raises(ValueError, match="shape"):
+        model.prompt(frames[0], actions)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model.prompt(frames[:, :, :15], actions)
+    with pytest.raises(ValueError, match=r"\(2, 2, 2\)"):
+        model.prompt(frames, actions[:, :1])
+    model.prompt(frames, actions)
+    with pytest.raises(ValueError, match="out of range"):
+        model.step(np.array([[3, 0], [0, 0]]))
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        model.step(np.zeros((3, 2), dtype=np.int64))
+
+
+def test_discrete_action_space_and_other_frame_sizes(tmp_path) -> None:
+    path = tiny_checkpoint(tmp_path / "d.safetensors", ActionSpec("Discrete", (5,)))
+    model = worldsim.load(path, device="cpu")
+    rng = np.random.default_rng(0)
+    model.prompt(rng.integers(0, 256, (3, 2, 12, 20, 3), dtype=np.uint8), rng.integers(0, 5, (3, 1)))
+    out = model.step(np.array([0, 4, 2]))
+    assert out.frames.shape == (3, 12, 20, 3)
+
+
+def test_load_errors(tmp_path, ckpt: str) -> None:
+    if not worldsim.runtime.DEFAULT_CHECKPOINT.exists():
+        with pytest.raises(WorldSimError, match="train"):
+            worldsim.load()
+    with pytest.raises(WorldSimError, match="backend"):
+        worldsim.load(ckpt, backend="nope")
+    with pytest.raises(WorldSimError, match="precision"):
+        worldsim.load(ckpt, precision="fp8")
+    preset = get_preset("tiny")
+    tok_only = tmp_path / "tok.safetensors"
+    save_model(tok_only, ModelConfig(tokenizer=preset.tokenizer), Tokenizer(preset.tokenizer))
+    with pytest.raises(WorldSimError, match="dynamics"):
+        worldsim.load(tok_only)
