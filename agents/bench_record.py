@@ -4,11 +4,12 @@ Figures, all from the same run on the same machine:
 
 1. End to end, one process, one env: explorer + BlockWorld + PNG + msgpack + write.
 2. End to end with ``--num-envs`` K envs (vector envs across worker processes).
-3. The split of one process's time: env step, agent, and writer (PNG + msgpack + write).
+3. How fast :class:`~worldsim.data.WindowDataset` serves training batches from run 2.
+4. The split of one process's time: env step, agent, and writer (PNG + msgpack + write).
    The writer alone sets the ceiling the format puts on throughput.
-4. Bytes per frame and encode time for this module's PNG (filter None, the default, and
+5. Bytes per frame and encode time for this module's PNG (filter None, the default, and
    Sub) against Pillow's encoder, on the same frames.
-5. The time a 1M-step dataset takes at the measured parallel rate.
+6. The time a 1M-step dataset takes at the measured parallel rate.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from agents.record import RecordConfig, record
 from agents.rollout import make_agent, make_env, small_info
+from worldsim.data import WindowDataset
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID
@@ -95,6 +97,19 @@ def _codecs(frames: list[np.ndarray]) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _read_rate(path: Path, window: int, batch: int, seconds: float = 3.0) -> dict[str, float]:
+    """Batches per second that :class:`WindowDataset` serves from a recording (one process)."""
+    ds = WindowDataset([path], window)
+    rng = np.random.default_rng(0)
+    ds.sample(rng, batch)  # open the memory maps outside the timing
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ds.sample(rng, batch)
+        n += 1
+    rate = n / (time.perf_counter() - t0)
+    return {"batches_per_s": rate, "frames_per_s": rate * batch * window}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim bench record", description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default=BLOCKWORLD_ID)
@@ -104,6 +119,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
     p.add_argument("--size", type=int, default=64, help="frame width and height")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=16, help="frames per window for the read rate")
+    p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
@@ -122,11 +139,19 @@ def main(argv: list[str]) -> int:
             r = record(cfg, progress_bar=False)
             results[label] = {
                 "steps_per_s": r.steps_per_second,
+                "steady_steps_per_s": r.steady_steps_per_second,
                 "bytes_per_frame": r.bytes_per_frame,
             }
             print(
-                f"{label:>28}: {r.steps_per_second:7.0f} steps/s  {r.bytes_per_frame:6.0f} bytes/frame"
+                f"{label:>22}: {r.steps_per_second:6.0f} steps/s wall clock, "
+                f"{r.steady_steps_per_second:6.0f} after start-up, {r.bytes_per_frame:5.0f} bytes/frame"
             )
+        reading = _read_rate(Path(cfg.out), args.window, args.batch)
+        results["window_reading"] = reading
+        print(
+            f"\nWindowDataset on that recording: {reading['batches_per_s']:.1f} batches/s of "
+            f"{args.batch} windows x {args.window} frames = {reading['frames_per_s']:.0f} frames/s, one core"
+        )
 
     split = _split(args.env, args.agent, min(args.steps, 1000), args.size, args.seed)
     total = split["env_ms"] + split["agent_ms"] + split["writer_ms"]
