@@ -253,7 +253,7 @@ class _Session:
     def __init__(self, pygame: Any, world: World, config: PlayConfig, keymap: Keymap, script: Iterator | None):
         self.pg, self.world, self.cfg, self.script = pygame, world, config, script
         self.keymap = keymap
-        pygame.init()
+        pygame.display.init()  # not pygame.init(): the viewer needs no audio device
         scale = config.scale or max(1, WINDOW_TARGET_PX // config.height)
         self.overlay = Overlay(pygame, world.titles, (config.width, config.height), scale, keymap.help_lines())
         pygame.display.set_caption(f"WorldSim: {config.world}")

@@ -1,0 +1,179 @@
+"""The native batched dream env: N worlds, one batched model call per step.
+
+``gymnasium.make_vec("worldsim/Dream-v0", num_envs=N, vectorization_mode="vector_entry_point")``
+builds this class. It does not wrap N single envs: all N worlds live in one runtime batch,
+so a step is one forward pass over N frames, which is what makes thousands of steps per
+second possible on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.dream import RENDER_FPS, check_prompt, engine_context, load_setup, prompt_from_recording
+from worldsim.errors import WorldSimError
+
+
+class DreamVectorEnv(VectorEnv):
+    """``num_envs`` dream worlds stepped together; see :class:`envs.dream.DreamEnv`.
+
+    Autoreset is ``NEXT_STEP``, Gymnasium's default: the step after an episode ends
+    ignores that world's action, restarts it from a fresh engine context (a seed drawn
+    from ``np_random``) and returns its first frame with reward 0.
+
+    ``reset(seed=s)`` starts world ``i`` as ``DreamEnv.reset(seed=s + i)`` would, so at
+    ``temperature=0`` a vector env and single envs with those seeds give the same frames.
+    A list of seeds sets each world's seed. ``options={"frames": uint8[N,T,H,W,3],
+    "actions": [N,T-1,...]}`` or ``{"recording": PATH, "episode": e, "t": t}`` (every
+    world starts there) prompt from frames instead.
+
+    Args:
+        num_envs: Number of worlds N.
+        checkpoint, backend, chunks, temperature, width, height, context, device: as for
+            :class:`~envs.dream.DreamEnv`.
+        render_mode: ``rgb_array`` (the N frames as a tuple) or None.
+        max_episode_steps: Truncate each world's episode after this many steps (None: never).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": RENDER_FPS, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        checkpoint: str | None = None,
+        backend: str = "torch",
+        chunks: int | None = None,
+        temperature: float | None = None,
+        width: int = 64,
+        height: int = 64,
+        context: int | None = None,
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+        device: str = "auto",
+    ):
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise WorldSimError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise WorldSimError(f"the vector dream env renders 'rgb_array' or None, got {render_mode!r}")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise WorldSimError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
+        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device)
+        self.model = self.setup.model
+        self.num_envs = int(num_envs)
+        self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps
+        self.single_action_space = self.setup.action_spec.to_space()
+        self.single_observation_space = self.setup.observation_space
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.context_length = self.setup.context
+        self._engine: gym.Env | None = None
+        self._frames: np.ndarray | None = None
+        self._steps = np.zeros(self.num_envs, dtype=np.int64)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+
+    def _engine_env(self) -> gym.Env:
+        if self._engine is None:
+            if self.setup.source_env is None:
+                raise WorldSimError(
+                    "this checkpoint does not name the env it was trained on; reset with "
+                    "options={'frames': ...} or {'recording': ...} instead of seeds"
+                )
+            env_id, kwargs = self.setup.source_env
+            self._engine = gym.make(env_id, **kwargs)
+        return self._engine
+
+    def _engine_prompts(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Engine contexts for ``seeds``, stacked: frames ``[n, T, H, W, 3]``, actions ``[n, T-1, C]``."""
+        contexts = [engine_context(self._engine_env(), s, self.context_length) for s in seeds]
+        t = min(f.shape[0] for f, _ in contexts)
+        # An episode that ended inside the context is shorter; keep every world's last t frames.
+        frames = np.stack([f[-t:] for f, _ in contexts])
+        actions = np.stack([a[a.shape[0] - (t - 1) :] for _, a in contexts])
+        return frames, actions
+
+    def _seeds(self, seed: int | list[int] | None) -> list[int]:
+        if seed is None:
+            return [int(s) for s in self.np_random.integers(2**31 - 1, size=self.num_envs)]
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed) + i for i in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise WorldSimError(f"reset got {len(seeds)} seeds for {self.num_envs} envs")
+        return [int(s) for s in seeds]
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        first = seed if isinstance(seed, (int, np.integer)) or seed is None else int(list(seed)[0])
+        super().reset(seed=first)
+        options = options or {}
+        n, shape, spec = self.num_envs, self.single_observation_space.shape, self.setup.action_spec
+        if "frames" in options:
+            frames = np.asarray(options["frames"])
+            if frames.ndim != 5 or frames.shape[0] != n:
+                raise ValueError(f"prompt frames must have shape [{n}, T, H, W, 3], got {list(frames.shape)}")
+            acts = options.get("actions")
+            pairs = [check_prompt(frames[i], None if acts is None else np.asarray(acts)[i], spec, shape) for i in range(n)]
+            frames = np.stack([f for f, _ in pairs])
+            actions = np.stack([a for _, a in pairs])
+        elif "recording" in options:
+            f, a, rec_spec = prompt_from_recording(
+                options["recording"], options.get("episode", 0), options.get("t", 0), self.context_length
+            )
+            if rec_spec != spec:
+                raise WorldSimError(f"{options['recording']}: its action space differs from the model's")
+            f, a = check_prompt(f, a, spec, shape)
+            frames, actions = np.repeat(f[None], n, axis=0), np.repeat(a[None], n, axis=0)
+        else:
+            frames, actions = self._engine_prompts(self._seeds(seed))
+        self.model.reseed(int(self.np_random.integers(2**31 - 1)))
+        self.model.prompt(frames, actions)
+        self._frames = frames[:, -1].copy()
+        self._steps[:] = 0
+        self._autoreset[:] = False
+        return self._frames.copy(), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._frames is None:
+            raise WorldSimError("call reset() before step()")
+        acts = self.setup.action_spec.as_array(actions, (self.num_envs,))
+        out = self.model.step(acts)  # all N worlds in one batched call
+        frames = np.array(out.frames, dtype=np.uint8, copy=True)
+        rewards = np.asarray(out.reward, dtype=np.float64).copy()
+        terminated = np.asarray(out.done, dtype=bool).copy()
+        self._steps += 1
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        if self.max_episode_steps is not None:
+            truncated = self._steps >= self.max_episode_steps
+        restart = np.flatnonzero(self._autoreset)
+        if restart.size:
+            seeds = [int(s) for s in self.np_random.integers(2**31 - 1, size=restart.size)]
+            ctx_frames, ctx_actions = self._engine_prompts(seeds)
+            # Only these worlds restart; the others keep their KV cache.
+            self.model.prompt(ctx_frames, ctx_actions, worlds=restart)
+            frames[restart] = ctx_frames[:, -1]
+            rewards[restart] = 0.0
+            terminated[restart] = False
+            truncated[restart] = False
+            self._steps[restart] = 0
+        self._autoreset = terminated | truncated
+        self._frames = frames
+        return frames.copy(), rewards, terminated, truncated, {}
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        if self.render_mode is None:
+            return None
+        if self._frames is None:
+            raise WorldSimError("call reset() before render()")
+        return tuple(f.copy() for f in self._frames)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

@@ -1,0 +1,220 @@
+"""The dream env's Gymnasium contract: check_env, seeding, spaces, prompts, copies and errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import worldsim  # noqa: F401  (registers the ids)
+from envs.dream import DreamEnv
+from tests.envs.dream_checkpoint import SIDE, blockworld_checkpoint, toy_checkpoint
+from worldsim.errors import WorldSimError
+from worldsim.registration import BLOCKWORLD_ID, DREAM_ID
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread mostly spins."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    return str(blockworld_checkpoint(tmp_path_factory.mktemp("dream")))
+
+
+def make(checkpoint, **kwargs):
+    kwargs.setdefault("width", SIDE)
+    kwargs.setdefault("height", SIDE)
+    return gym.make(DREAM_ID, checkpoint=checkpoint, **kwargs)
+
+
+def rollout(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [obs], []
+    for a in actions:
+        obs, r, *_ = env.step(a)
+        frames.append(obs)
+        rewards.append(r)
+    return np.stack(frames), np.asarray(rewards)
+
+
+def test_check_env(checkpoint):
+    check_env(make(checkpoint, render_mode="rgb_array").unwrapped, skip_render_check=False)
+
+
+def test_spaces_come_from_the_checkpoint(checkpoint):
+    env = make(checkpoint)
+    engine = gym.make(BLOCKWORLD_ID, width=SIDE, height=SIDE)
+    assert env.action_space == engine.action_space
+    assert env.observation_space == gym.spaces.Box(0, 255, (SIDE, SIDE, 3), np.uint8)
+    obs, _ = env.reset(seed=0)
+    assert obs in env.observation_space
+    for _ in range(3):
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        assert obs in env.observation_space
+        assert isinstance(reward, float) and isinstance(terminated, bool) and truncated is False
+
+
+def test_reset_seed_prompts_with_the_engine(checkpoint):
+    env = make(checkpoint)
+    obs, info = env.reset(seed=7)
+    engine = gym.make(BLOCKWORLD_ID, width=SIDE, height=SIDE)
+    first, _ = engine.reset(seed=7)
+    assert info["prompt"] == "engine" and info["engine_seed"] == 7
+    assert info["context_actions"].shape == (info["context_frames"] - 1, 8)
+    for a in info["context_actions"]:
+        last, *_ = engine.step(a)
+    # The dream's first frame is the real engine's frame after the recorded context actions.
+    np.testing.assert_array_equal(obs, last if len(info["context_actions"]) else first)
+
+
+def test_same_seed_same_dream_even_when_sampling(checkpoint):
+    env = make(checkpoint, temperature=1.0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(6)]
+    a, ra = rollout(env, 3, actions)
+    b, rb = rollout(env, 3, actions)
+    c, _ = rollout(env, 4, actions)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ra, rb)
+    assert not np.array_equal(a, c)
+
+
+def test_reset_from_frames(checkpoint):
+    env = make(checkpoint)
+    frames = np.random.default_rng(0).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    actions = np.zeros((2, 8), np.int64)
+    obs, info = env.reset(options={"frames": frames, "actions": actions})
+    np.testing.assert_array_equal(obs, frames[-1])
+    assert info["prompt"] == "frames" and info["context_frames"] == 3
+    obs, info = env.reset(options={"frames": frames[0]})  # one picture is a prompt too
+    np.testing.assert_array_equal(obs, frames[0])
+    assert env.step(env.action_space.sample())[0].shape == (SIDE, SIDE, 3)
+
+
+def test_reset_from_a_recording(checkpoint, tmp_path):
+    from worldsim.recording_writer import RecordingWriter
+
+    engine = gym.make(BLOCKWORLD_ID, width=SIDE, height=SIDE)
+    engine.action_space.seed(1)
+    path = tmp_path / "rec.msgpack"
+    frames = []
+    with RecordingWriter(path, env_id=BLOCKWORLD_ID, env_kwargs={}, observation_shape=(SIDE, SIDE, 3),
+                         action_space=engine.action_space, agent="random") as w:  # fmt: skip
+        for ep in range(2):
+            obs, _ = engine.reset(seed=ep)
+            w.reset(ep, ep, obs)
+            frames.append(obs)
+            for t in range(1, 8):
+                a = engine.action_space.sample()
+                obs, r, term, trunc, _ = engine.step(a)
+                w.step(ep, t, a, r, term, trunc, obs)
+                frames.append(obs)
+    env = make(checkpoint)
+    obs, info = env.reset(options={"recording": str(path), "episode": 1, "t": 5})
+    np.testing.assert_array_equal(obs, frames[8 + 5])
+    assert info["prompt"] == "recording" and info["context_frames"] == env.unwrapped.context_length
+    with pytest.raises(WorldSimError, match="episode 1 has no step t=9"):
+        env.reset(options={"recording": str(path), "episode": 1, "t": 9})
+    with pytest.raises(WorldSimError, match="episode 4 has no step"):
+        env.reset(options={"recording": str(path), "episode": 4, "t": 0})
+
+
+def test_returned_arrays_are_never_reused(checkpoint):
+    env = make(checkpoint, render_mode="rgb_array")
+    obs0, _ = env.reset(seed=0)
+    keep = obs0.copy()
+    obs1, *_ = env.step(env.action_space.sample())
+    obs2, *_ = env.step(env.action_space.sample())
+    np.testing.assert_array_equal(obs0, keep)
+    assert not np.shares_memory(obs1, obs2)
+    frame = env.render()
+    np.testing.assert_array_equal(frame, obs2)
+    obs2[:] = 0  # a caller scribbling on its copy does not reach the env
+    assert env.render().any()
+
+
+def test_truncates_at_max_episode_steps(checkpoint):
+    env = make(checkpoint, max_episode_steps=3)
+    env.reset(seed=0)
+    truncated = [env.step(env.action_space.sample())[3] for _ in range(3)]
+    assert truncated == [False, False, True]
+
+
+def test_human_render_mode_opens_a_window(checkpoint, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    env = make(checkpoint, render_mode="human")
+    env.reset(seed=0)
+    assert env.render() is None
+    env.step(env.action_space.sample())
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ([1, 0, 0], "actions must have shape \\(8,\\)"),
+        ([3, 0, 0, 0, 0, 0, 0, 0], "out of range"),
+        ([0.5, 0, 0, 0, 0, 0, 0, 0], "must be integers"),
+    ],
+)
+def test_bad_actions_say_what_was_expected(checkpoint, action, message):
+    env = make(checkpoint)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+
+
+def test_bad_prompts_and_options(checkpoint):
+    env = make(checkpoint)
+    good = np.zeros((2, SIDE, SIDE, 3), np.uint8)
+    with pytest.raises(ValueError, match="must be uint8"):
+        env.reset(options={"frames": good.astype(np.float32)})
+    with pytest.raises(ValueError, match=f"shape \\[T, {SIDE}, {SIDE}, 3\\]"):
+        env.reset(options={"frames": np.zeros((2, 8, 8, 3), np.uint8)})
+    with pytest.raises(ValueError, match="actions must have shape \\(1, 8\\)"):
+        env.reset(options={"frames": good, "actions": np.zeros((2, 8), np.int64)})
+    with pytest.raises(WorldSimError, match="unknown reset options"):
+        env.reset(options={"frame": good})
+    with pytest.raises(WorldSimError, match="multiples of 4"):
+        make(checkpoint, width=18)
+    with pytest.raises(WorldSimError, match="render_mode"):
+        DreamEnv(checkpoint=checkpoint, width=SIDE, height=SIDE, render_mode="ansi")
+
+
+def test_step_before_reset_is_an_error(checkpoint):
+    env = make(checkpoint).unwrapped
+    with pytest.raises(WorldSimError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+def test_a_non_blockworld_model_never_imports_blockworld(tmp_path):
+    """A checkpoint of another env (Discrete actions) uses that env for its prompts."""
+    ckpt = toy_checkpoint(tmp_path)
+    code = f"""
+import sys, gymnasium as gym, numpy as np, torch, worldsim
+torch.set_num_threads(1)
+env = gym.make("{DREAM_ID}", checkpoint="{ckpt}", width=16, height=16)
+assert env.action_space == gym.spaces.Discrete(5), env.action_space
+obs, info = env.reset(seed=0)
+assert info["context_actions"].shape[1] == 1
+obs, r, term, trunc, _ = env.step(3)
+assert obs.shape == (16, 16, 3)
+assert not any(m.startswith("envs.blockworld") for m in sys.modules), "imported BlockWorld"
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")

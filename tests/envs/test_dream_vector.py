@@ -1,0 +1,101 @@
+"""The native batched dream env: one batched model call, equal to single envs, autoreset."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import worldsim  # noqa: F401  (registers the ids)
+from tests.envs.dream_checkpoint import SIDE, blockworld_checkpoint
+from worldsim.errors import WorldSimError
+from worldsim.registration import DREAM_ID
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    return str(blockworld_checkpoint(tmp_path_factory.mktemp("dream")))
+
+
+def make_vec(checkpoint, n, **kwargs):
+    return gym.make_vec(DREAM_ID, num_envs=n, vectorization_mode="vector_entry_point", checkpoint=checkpoint,
+                        width=SIDE, height=SIDE, **kwargs)  # fmt: skip
+
+
+def test_vector_env_equals_single_envs_at_temperature_zero(checkpoint):
+    n, steps = 3, 8
+    venv = make_vec(checkpoint, n, temperature=0.0)
+    actions = np.stack([venv.action_space.sample() for _ in range(steps)])  # (steps, n, 8)
+    obs, _ = venv.reset(seed=10)
+    vec_frames, vec_rewards = [obs], []
+    for a in actions:
+        obs, r, *_ = venv.step(a)
+        vec_frames.append(obs)
+        vec_rewards.append(r)
+    vec_frames = np.stack(vec_frames, 1)  # (n, steps + 1, H, W, 3)
+    single = gym.make(DREAM_ID, checkpoint=checkpoint, width=SIDE, height=SIDE, temperature=0.0)
+    for i in range(n):
+        obs, _ = single.reset(seed=10 + i)
+        frames, rewards = [obs], []
+        for a in actions[:, i]:
+            obs, r, *_ = single.step(a)
+            frames.append(obs)
+            rewards.append(r)
+        np.testing.assert_array_equal(np.stack(frames), vec_frames[i])
+        np.testing.assert_allclose(rewards, np.asarray(vec_rewards)[:, i], rtol=1e-4, atol=1e-4)
+
+
+def test_one_batch_for_all_worlds_and_spaces(checkpoint):
+    venv = make_vec(checkpoint, 4)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    assert venv.single_observation_space.shape == (SIDE, SIDE, 3)
+    obs, _ = venv.reset(seed=0)
+    assert venv.unwrapped.model.batch_size == 4  # all worlds in one runtime batch
+    assert obs in venv.observation_space
+    obs, rewards, terminated, truncated, _ = venv.step(venv.action_space.sample())
+    assert obs in venv.observation_space
+    assert rewards.shape == terminated.shape == truncated.shape == (4,)
+    assert terminated.dtype == truncated.dtype == bool
+
+
+def test_autoreset_next_step(checkpoint):
+    venv = make_vec(checkpoint, 2, max_episode_steps=3)
+    venv.reset(seed=0)
+    for _ in range(2):
+        assert not venv.step(venv.action_space.sample())[3].any()
+    obs3, _, _, truncated, _ = venv.step(venv.action_space.sample())
+    assert truncated.all()
+    # The next step restarts both worlds from fresh engine contexts: reward 0, not done.
+    obs4, rewards, terminated, truncated, _ = venv.step(venv.action_space.sample())
+    assert not terminated.any() and not truncated.any() and np.all(rewards == 0)
+    assert not np.array_equal(obs4, obs3)
+    # and the episode clock restarted: three more steps to the next truncation.
+    assert [venv.step(venv.action_space.sample())[3].all() for _ in range(3)] == [False, False, True]
+
+
+def test_reset_with_seed_list_and_frames(checkpoint):
+    venv = make_vec(checkpoint, 2)
+    a, _ = venv.reset(seed=[5, 6])
+    b, _ = venv.reset(seed=5)
+    np.testing.assert_array_equal(a, b)  # an int seed s seeds world i with s + i
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, SIDE, SIDE, 3), dtype=np.uint8)
+    obs, _ = venv.reset(options={"frames": frames})
+    np.testing.assert_array_equal(obs, frames[:, -1])
+    with pytest.raises(ValueError, match="prompt frames must have shape \\[2, T, H, W, 3\\]"):
+        venv.reset(options={"frames": frames[0]})
+    with pytest.raises(WorldSimError, match="2 seeds for 3|3 seeds for 2"):
+        venv.reset(seed=[1, 2, 3])
+
+
+def test_bad_actions(checkpoint):
+    venv = make_vec(checkpoint, 2)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="actions must have shape \\(2, 8\\)"):
+        venv.step(np.zeros((3, 8), np.int64))
