@@ -1,0 +1,143 @@
+"""`worldsim train tokenizer|dynamics`: smoke runs, metrics, exact resume after a kill, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+import worldsim
+from worldsim.checkpoint import load_model
+from worldsim.cli import main as cli
+from worldsim.recording_writer import RecordingWriter
+from worldsim.spaces import ActionSpec
+from worldsim.train import state_path
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--preset", "tiny", "--batch", "4", "--log-every", "1", "--val-batches", "1", "--device", "cpu"]
+
+
+def toy_recording(path: Path, episodes: int = 6, steps: int = 12) -> Path:
+    """A world that is not BlockWorld: a square moved left/right by a Discrete(3) action."""
+    rng = np.random.default_rng(0)
+    spec = ActionSpec("Discrete", (3,))
+    with RecordingWriter(path, env_id="Toy-v0", env_kwargs={}, observation_shape=(16, 16, 3),
+                         action_space=spec, agent="random", seed=0) as w:  # fmt: skip
+        for ep in range(episodes):
+            x, colour = int(rng.integers(0, 12)), rng.integers(60, 255, 3)
+
+            def frame(x: int) -> np.ndarray:
+                f = np.full((16, 16, 3), 20, dtype=np.uint8)
+                f[6:10, x : x + 4] = colour
+                return f
+
+            w.reset(ep, ep, frame(x))
+            for t in range(1, steps + 1):
+                a = int(rng.integers(0, 3))
+                x = min(12, max(0, x + a - 1))
+                w.step(ep, t, a, float(a == 2), t == steps, False, frame(x))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return toy_recording(tmp_path_factory.mktemp("data") / "toy.wsrec")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "tok.safetensors"
+    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "3", *FAST]) == 0
+    return out
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out.parent / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tokenizer_training_writes_checkpoint_metrics_and_validation(tokenizer: Path) -> None:
+    loaded = load_model(tokenizer)
+    assert loaded.dynamics is None and loaded.config.frame_shape == (16, 16) and loaded.info["steps"] == 3
+    rows = metrics(tokenizer)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert all(r["kind"] == "tokenizer" and r["frames_per_s"] > 0 for r in rows if "loss" in r)
+    assert any("val_loss" in r for r in rows)
+    assert state_path(tokenizer).is_file()
+
+
+def test_dynamics_training_gives_a_checkpoint_that_generates(data: Path, tokenizer: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dyn.safetensors"
+    args = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(out)]
+    assert cli([*args, "--steps", "2", "--context", "4", *FAST]) == 0
+    rows = metrics(out)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and rows[-1]["val_loss"] > 0
+    model = worldsim.load(out, device="cpu")
+    assert model.config.env_id == "Toy-v0" and model.action_spec == ActionSpec("Discrete", (3,))
+    model.prompt(np.zeros((1, 2, 16, 16, 3), dtype=np.uint8), np.array([[1]]))
+    assert model.step(np.array([2])).frames.shape == (1, 16, 16, 3)
+
+
+def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.safetensors"
+    assert cli(["train", "tokenizer", "--data", str(tmp_path / "none"), "--out", str(out), *FAST]) == 2
+    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "0", *FAST]) == 2
+    assert cli(["train", "dynamics", "--data", str(data), "--tokenizer", str(data), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err
+
+
+def _train(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "worldsim", "train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+def _weights(path: Path) -> dict:
+    with safe_open(str(path), framework="np") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+def test_resume_after_kill_continues_exactly(data: Path, tmp_path: Path) -> None:
+    args = ["tokenizer", "--data", str(data), "--steps", "12", "--ckpt-every", "3", *FAST]
+    full = tmp_path / "full" / "t.safetensors"
+    straight = _train([*args, "--out", str(full)])
+    killed = tmp_path / "killed" / "t.safetensors"
+    proc = _train([*args, "--out", str(killed)])
+    deadline = time.time() + 120
+    while not state_path(killed).is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with safe_open(str(state_path(killed)), framework="np") as f:
+        at = json.loads(f.metadata()["state"])["step"]
+    assert at < 12, "the run finished before it could be killed; the test proves nothing"
+    resumed = _train([*args, "--out", str(killed), "--resume"])
+    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    assert straight.wait() == 0, straight.stderr.read().decode()
+    a, b = _weights(full), _weights(killed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in metrics(killed) if "loss" in r]
+    assert steps == list(range(1, 13))  # no step lost or logged twice
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp.safetensors"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "worldsim", "train", "dynamics", "--data", str(data),
+           "--tokenizer", str(tokenizer), "--out", str(out), "--steps", "2", "--context", "4", *FAST]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert load_model(out).info["steps"] == 2
+    rows = [r for r in metrics(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes

@@ -1,0 +1,401 @@
+"""``worldsim train tokenizer`` and ``worldsim train dynamics``: one generic loop, two tasks.
+
+The loop is the same for both models (each model computes its own loss):
+
+* every random draw of step ``s`` (which windows, which patches are masked, how the context
+  is corrupted) comes from generators seeded with ``(seed, rank, s)``, so ``--resume``
+  continues exactly where a killed run stopped, knowing only the step counter;
+* the checkpoint (``--out``) and the training state beside it (``<out>.state.safetensors``:
+  optimizer moments and step) are written atomically every ``--ckpt-every`` steps;
+* ``metrics.jsonl`` beside the checkpoint gets one JSON object per logged step, and the
+  held-out validation loss every ``--val-every`` steps;
+* under ``torchrun --nproc_per_node=N -m worldsim train ...`` it runs DDP (gloo on CPU,
+  nccl on GPU); rank 0 alone writes files.
+
+The dynamics task encodes every frame of the data once with the frozen tokenizer at start,
+then trains on code windows: the tokenizer's encoder never runs inside the training loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from worldsim.checkpoint import (
+    ModelConfig,
+    load_model,
+    load_state,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_model,
+    save_state,
+)
+from worldsim.errors import WorldSimError
+from worldsim.presets import PRESETS, dynamics_config, get_preset
+from worldsim.torch_backend import default_precision, pick_device
+from worldsim.train_data import CodeWindows, open_split
+from worldsim.transformer import NO_ACTION
+
+
+@dataclass
+class LoopConfig:
+    """What every training run shares (the CLI flags of both commands)."""
+
+    out: Path
+    steps: int
+    batch: int
+    lr: float
+    warmup: int
+    seed: int
+    resume: bool
+    device: str
+    precision: str
+    log_every: int
+    ckpt_every: int
+    val_every: int
+    val_batches: int
+    kind: str = "tokenizer"
+
+
+def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
+    p.add_argument("--data", nargs="+", required=True, help="recording files and/or shard folders")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model size (see docs/model.md)")
+    p.add_argument("--steps", type=int, default=10_000, help="optimizer steps in total (default 10000)")
+    p.add_argument("--batch", type=int, default=batch, help=f"windows per step and process (default {batch})")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, masking and init (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from --out and its .state file if present")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="autocast dtype; auto = bf16 where it is native (CUDA, AMX CPUs), else fp32")
+    p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)")
+    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--val-every", type=int, default=500, help="steps between validation losses (default 500)")
+    p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default 4)")
+
+
+def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
+    for name in ("steps", "batch", "log_every", "ckpt_every", "val_every", "val_batches"):
+        if getattr(a, name) < 1:
+            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    return LoopConfig(
+        out=Path(a.out), steps=a.steps, batch=a.batch, lr=a.lr, warmup=a.warmup, seed=a.seed, resume=a.resume,
+        device=a.device, precision=a.precision, log_every=a.log_every, ckpt_every=a.ckpt_every,
+        val_every=a.val_every, val_batches=a.val_batches, kind=kind,
+    )
+
+
+def state_path(out: Path) -> Path:
+    """Where the training state of checkpoint ``out`` lives."""
+    return out.with_name(out.name.removesuffix(".safetensors") + ".state.safetensors")
+
+
+class _Dist:
+    """Rank and world size; DDP is on when torchrun set WORLD_SIZE > 1."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1:
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def close(self) -> None:
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
+class Task:
+    """One model to train: it draws batches and computes losses. Subclasses below."""
+
+    module: nn.Module
+    kind: str
+
+    def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
+        raise AttributeError  # every subclass defines it; a plain Task is never used
+
+    def loss(self, module: nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        raise AttributeError
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(frames, tokens) one batch trains on, for the throughput figures."""
+        raise AttributeError
+
+    def save(self, path: Path, info: dict[str, Any]) -> None:
+        raise AttributeError
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "auto":
+        precision = default_precision(device)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _lr(cfg: LoopConfig, step: int) -> float:
+    # Warm-up then cosine decay to 10%. A function of the step alone, so resume is exact.
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
+    """The training loop; returns the last logged metrics."""
+    module = task.module.to(dd.device)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    step = 0
+    spath = state_path(cfg.out)
+    if cfg.resume and spath.is_file() and cfg.out.is_file():
+        tensors, st = load_state(spath)
+        if st.get("kind") != task.kind:
+            raise WorldSimError(f"{spath}: training state of a {st.get('kind')} run, not of a {task.kind} run")
+        loaded = load_model(cfg.out, dd.device)
+        src = loaded.tokenizer if task.kind == "tokenizer" else loaded.dynamics
+        module.load_state_dict(src.state_dict())
+        optimizer_from_tensors(opt, tensors, st["opt"])
+        step = int(st["step"])
+    metrics_path = cfg.out.parent / "metrics.jsonl"
+    if dd.main:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(metrics_path, task.kind, step)
+    model = module
+    if dd.world > 1:
+        ids = [dd.device.index] if dd.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    val_rng = np.random.default_rng([cfg.seed, 10_007])
+    val = [task.batch(val_rng, cfg.batch, "val") for _ in range(cfg.val_batches)] if dd.main else []
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.kind}", disable=not dd.main, dynamic_ncols=True)
+    last: dict[str, Any] = {}
+    t_log, frames, tokens = time.perf_counter(), 0, 0
+    while step < cfg.steps:
+        module.train()
+        rng = np.random.default_rng([cfg.seed, dd.rank, step])
+        gen = torch.Generator(device=dd.device).manual_seed(hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF)
+        batch = task.batch(rng, cfg.batch, "train")
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        with _autocast(dd.device, cfg.precision):
+            loss, logs = task.loss(model, batch, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        step += 1
+        f, k = task.counts(batch)
+        frames, tokens = frames + f * dd.world, tokens + k * dd.world
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            dt = time.perf_counter() - t_log
+            last = {"kind": task.kind, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
+                    **{k2: round(v, 5) for k2, v in logs.items()},
+                    "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1)}  # fmt: skip
+            t_log, frames, tokens = time.perf_counter(), 0, 0
+            bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.1f}")
+            if dd.main:
+                _append(metrics_path, last)
+        if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
+            v = _validate(task, module, val, cfg)
+            last["val_loss"] = v
+            _append(metrics_path, {"kind": task.kind, "step": step, "val_loss": v})
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if dd.main:
+                task.save(cfg.out, {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")})
+                tensors, struct = optimizer_to_tensors(opt)
+                save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct})
+            if dd.world > 1:
+                dist.barrier()
+    bar.close()
+    return last
+
+
+@torch.no_grad()
+def _validate(task: Task, module: nn.Module, batches: list, cfg: LoopConfig) -> float | None:
+    if not batches:
+        return None
+    module.eval()
+    losses = []
+    for i, b in enumerate(batches):
+        gen = torch.Generator(device=next(module.parameters()).device).manual_seed(i)
+        with _autocast(next(module.parameters()).device, cfg.precision):
+            losses.append(float(task.loss(module, b, gen)[0]))
+    return float(np.mean(losses))
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _trim_metrics(path: Path, kind: str, step: int) -> None:
+    """On (re)start, drop this kind's lines past the checkpointed step: they will be redone."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a kill
+        if row.get("kind") != kind or row.get("step", 0) <= step:
+            keep.append(line)
+    path.write_text("".join(x + "\n" for x in keep))
+
+
+class TokenizerTask(Task):
+    kind = "tokenizer"
+
+    def __init__(self, data: list[str], preset: str, seed: int) -> None:
+        from worldsim.tokenizer import Tokenizer
+
+        self.train_set = open_split(data, 1, "train", seed)
+        self.val_set = open_split(data, 1, "val", seed, required=False)
+        self.preset = preset
+        p = get_preset(preset)
+        torch.manual_seed(seed)
+        self.module = Tokenizer(p.tokenizer)
+        h, w = self.train_set.observation_shape[:2]
+        self.module.check_frame_size(h, w)
+        self.config = ModelConfig(tokenizer=p.tokenizer, frame_shape=(h, w), preset=preset, **_env(self.train_set))
+
+    def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
+        ds = self.train_set if split == "train" or self.val_set is None else self.val_set
+        return {"frames": torch.from_numpy(ds.sample(rng, n).frames[:, 0])}
+
+    def loss(self, module, batch, gen):
+        out = module(batch["frames"].to(next(self.module.parameters()).device))
+        return out.loss, out.logs
+
+    def counts(self, batch):
+        f = batch["frames"]
+        s = self.module.config.stride
+        return f.shape[0], f.shape[0] * (f.shape[1] // s) * (f.shape[2] // s)
+
+    def save(self, path: Path, info: dict[str, Any]) -> None:
+        save_model(path, self.config, self.module, None, info)
+
+
+class DynamicsTask(Task):
+    kind = "dynamics"
+
+    def __init__(self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device) -> None:
+        from worldsim.transformer import Dynamics
+
+        tok = load_model(tokenizer, device)
+        p = get_preset(preset)
+        ctx = p.context if context is None else context
+        # Windows of context + 1 frames: the extra first frame gives the action that led to
+        # the window's first frame, which a sliding-window rollout has too.
+        self.train_set = CodeWindows(open_split(data, ctx + 1, "train", seed), tok.tokenizer, device)
+        val = open_split(data, ctx + 1, "val", seed, required=False)
+        self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device)
+        spec = self.train_set.action_spec
+        torch.manual_seed(seed)
+        self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context))
+        h, w = self.train_set.frame_shape
+        self.config = ModelConfig(
+            tokenizer=tok.config.tokenizer, dynamics=self.module.cfg, frame_shape=(h, w), preset=preset,
+            **_env(self.train_set.windows),
+        )
+        self.tokenizer = tok.tokenizer
+
+    def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
+        ds = self.train_set if split == "train" or self.val_set is None else self.val_set
+        b = ds.sample(rng, n)
+        first = b["actions"][:, 0].clone()
+        # A quarter of the windows start as if at an episode start: no action led to them.
+        first[torch.from_numpy(rng.random(n) < 0.25)] = NO_ACTION
+        return {"codes": b["codes"][:, 1:], "actions": b["actions"][:, 1:], "first": first,
+                "rewards": b["rewards"][:, 1:], "terminated": b["terminated"][:, 1:]}  # fmt: skip
+
+    def loss(self, module, batch, gen):
+        dev = next(self.module.parameters()).device
+        b = {k: v.to(dev) for k, v in batch.items()}
+        out = module(b["codes"], b["actions"], b["rewards"], b["terminated"], generator=gen, first_action=b["first"])
+        return out.loss, out.logs
+
+    def counts(self, batch):
+        B, T, h, w = batch["codes"].shape
+        p = self.module.cfg.patch
+        return B * T, B * (2 * T - 1) * (h // p) * (w // p)
+
+    def save(self, path: Path, info: dict[str, Any]) -> None:
+        save_model(path, self.config, self.tokenizer, self.module, info)
+
+
+def _env(ds: Any) -> dict[str, Any]:
+    header = getattr(ds, "header", {}) or {}
+    return {"env_id": header.get("env_id"), "env_kwargs": header.get("env_kwargs")}
+
+
+def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
+    dev = pick_device(a.device)
+    return dev, _Dist(dev)
+
+
+def tokenizer_main(argv: list[str]) -> int:
+    """``worldsim train tokenizer``: fit the frame autoencoder on recordings."""
+    p = argparse.ArgumentParser(prog="worldsim train tokenizer", description=tokenizer_main.__doc__)
+    _common_args(p, batch=32)
+    a = p.parse_args(argv)
+    cfg = _loop_config(a, "tokenizer")
+    _, dd = _setup(a)
+    try:
+        task = TokenizerTask(a.data, a.preset, a.seed)
+        last = run(task, cfg, dd)
+    finally:
+        dd.close()
+    if dd.main:
+        print(f"tokenizer checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
+              f"psnr {last.get('psnr')} dB, val_loss {last.get('val_loss')})")  # fmt: skip
+    return 0
+
+
+def dynamics_main(argv: list[str]) -> int:
+    """``worldsim train dynamics``: fit the world model's transformer on tokenized recordings."""
+    p = argparse.ArgumentParser(prog="worldsim train dynamics", description=dynamics_main.__doc__)
+    _common_args(p, batch=8)
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint from `worldsim train tokenizer`")
+    p.add_argument("--context", type=int, default=None, help="frames per window (default: the preset's)")
+    a = p.parse_args(argv)
+    cfg = _loop_config(a, "dynamics")
+    dev, dd = _setup(a)
+    try:
+        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device)
+        last = run(task, cfg, dd)
+    finally:
+        dd.close()
+    if dd.main:
+        print(f"dynamics checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
+              f"val_loss {last.get('val_loss')})")  # fmt: skip
+    return 0
