@@ -35,7 +35,7 @@ def toy_recording(path: Path, episodes: int = 6, steps: int = 12) -> Path:
         for ep in range(episodes):
             x, colour = int(rng.integers(0, 12)), rng.integers(60, 255, 3)
 
-            def frame(x: int) -> np.ndarray:
+            def frame(x: int, colour: np.ndarray = colour) -> np.ndarray:
                 f = np.full((16, 16, 3), 20, dtype=np.uint8)
                 f[6:10, x : x + 4] = colour
                 return f
