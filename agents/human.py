@@ -42,6 +42,8 @@ WINDOW_TARGET_PX = 512
 """Default window height: the scale is picked so the frames fill about this many pixels."""
 RENDER_FPS = 60.0
 """Redraw rate between ticks (mouse, pause screen, help), independent of the tick rate."""
+SLOW_FRACTION = 0.9
+"""The game counts as slowed when it reaches less than this share of the tick rate."""
 HELP_SECONDS = 6.0
 """How long the controls stay on screen at start (F1 shows them again)."""
 
@@ -261,6 +263,7 @@ class _Session:
         self.input = _Input(pygame, keymap)
         self.state = OverlayState(world=config.world, backend=world.backend, tick_rate=config.tick_rate)
         self.gen_times: deque[float] = deque(maxlen=2 * int(config.tick_rate))
+        self.tick_times: deque[float] = deque(maxlen=2 * int(config.tick_rate))
         self.psnrs: list[float] = []
         self.screenshots: list[str] = []
         self.episode_seed = config.seed
@@ -295,7 +298,12 @@ class _Session:
             self.psnrs.append(out.psnr)
             st.psnr, st.mean_psnr = out.psnr, float(np.mean(self.psnrs))
         st.gen_fps = len(self.gen_times) / max(sum(self.gen_times), 1e-9)
-        st.behind = st.gen_fps < self.cfg.tick_rate
+        self.tick_times.append(time.perf_counter())
+        if len(self.tick_times) == self.tick_times.maxlen:
+            # The rate the player gets: generation plus drawing, over the last ~2 s of ticks.
+            st.game_rate = (len(self.tick_times) - 1) / max(self.tick_times[-1] - self.tick_times[0], 1e-9)
+        slow_game = st.game_rate is not None and st.game_rate < SLOW_FRACTION * self.cfg.tick_rate
+        st.behind = st.gen_fps < self.cfg.tick_rate or slow_game
         st.ever_behind |= st.behind
         return out.done
 
@@ -377,12 +385,13 @@ class _Session:
                     # Behind schedule: run on from now instead of bursting to catch up, and say so.
                     next_tick = max(next_tick, time.perf_counter())
                     if self.state.behind and not warned:
-                        print(f"warning: generation runs at {self.state.gen_fps:.1f} frames/s, below the "
+                        print(f"warning: generation {self.state.gen_fps:.1f} frames/s cannot keep the "
                               f"{cfg.tick_rate:g} steps/s tick rate; the game runs slower than real time", flush=True)
                         warned = True
                     next_draw = 0.0
                 elif self.state.paused:
                     next_tick = now + interval
+                    self.tick_times.clear()  # a pause is not slowness
                 if time.perf_counter() >= next_draw:
                     self._draw()
                     next_draw = time.perf_counter() + 1.0 / RENDER_FPS

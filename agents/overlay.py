@@ -39,8 +39,10 @@ class OverlayState:
     slot: int = 1
     psnr: float | None = None
     mean_psnr: float | None = None
+    game_rate: float | None = None
+    """Steps per second the game actually reached over the last ~2 s (None until measured)."""
     behind: bool = False
-    """Generation is slower than the tick rate right now."""
+    """Generation, or the whole loop, is slower than the tick rate right now."""
     ever_behind: bool = False
     paused: bool = False
     message: str = ""
@@ -88,7 +90,8 @@ class Overlay:
         if third:
             lines.append((third, TEXT))
         if s.behind:
-            lines.append((f"SLOW: generation {s.gen_fps:.1f} fps < {s.tick_rate:g} steps/s, game slowed", WARN))
+            rate = s.gen_fps if s.game_rate is None else min(s.gen_fps, s.game_rate)
+            lines.append((f"SLOW: {rate:.1f} steps/s < {s.tick_rate:g} steps/s, game slowed down", WARN))
         elif s.message:
             lines.append((s.message, TEXT))
         return lines

@@ -132,3 +132,36 @@ def test_engine_headless_screenshot_and_recording(tmp_path, headless):
     assert records[0].seed == 3
     actions = [r.action.tolist() for r in records[1:]]
     assert actions == [FORWARD] * 4 + [TURN_RIGHT] * 3 + [[0, 0, 0, 0, 0, 0, 0, 3]] * 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tests.envs.dream_checkpoint import blockworld_checkpoint
+
+    return str(blockworld_checkpoint(tmp_path_factory.mktemp("dream")))
+
+
+@pytest.mark.parametrize(("world", "panes"), [("dream", 1), ("side-by-side", 2)])
+def test_dream_worlds_headless_with_screenshot(tmp_path, headless, checkpoint, world, panes):
+    from tests.envs.dream_checkpoint import SIDE
+
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        shot = tmp_path / f"{world}.png"
+        result = play(PlayConfig(
+            world=world, checkpoint=checkpoint, actions=script(tmp_path), screenshot=str(shot), seed=1,
+            width=SIDE, height=SIDE, scale=8, max_steps=8, screenshot_dir=str(tmp_path),
+        ))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert result.steps == 8
+    image = np.asarray(Image.open(shot))
+    assert image.shape[:2][::-1] == window_size(panes, 8, SIDE)
+    assert image[TITLE_PX : TITLE_PX + SIDE * 8].std() > 5
+    if world == "side-by-side":
+        # PSNR of the dream against the engine is measured on every step and is finite.
+        assert result.mean_psnr is not None and 0 < result.mean_psnr <= PSNR_CAP_DB
+    else:
+        assert result.mean_psnr is None
