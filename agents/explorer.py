@@ -42,9 +42,9 @@ class ExplorerConfig:
         ("walk", 3.0),
         ("turn", 2.0),
         ("look", 1.5),
-        ("mine", 2.0),
-        ("tunnel", 0.6),
-        ("dig_down", 0.4),
+        ("mine", 1.3),
+        ("tunnel", 0.4),
+        ("dig_down", 0.25),
         ("place", 2.0),
         ("pillar", 0.3),
         ("pause", 0.3),
@@ -118,6 +118,7 @@ class Explorer:
         self.yaw_run = self.strafe_run = self.back_run = 0  # runs held inside a walk
         self.yaw_dir = self.strafe_dir = 1
         self.hotbar_once = 0  # a hotbar key to press on the next step (0: none)
+        self.dig_blocks = 0  # blocks still to dig through when digging down
         self.jump_left = 0
         self.stuck_jumps = 0
         self.mine_ticks = 0
@@ -176,7 +177,8 @@ class Explorer:
             self.target_pitch = float(self.rng.uniform(-15, 5))
             self.held[MOVE], self.held[ATTACK] = FORWARD, 1
         elif name == "dig_down":
-            self.left = int(self.rng.integers(2, 5)) * 45
+            self.dig_blocks = int(self.rng.integers(2, 5))
+            self.left = self.dig_blocks * 40  # gives up on bedrock or an endless fall
             self.target_pitch = -85.0
             self.held[ATTACK] = 1
         elif name == "place":
@@ -280,6 +282,9 @@ class Explorer:
             return self._placeable_slot(info) is None and self.hotbar_once == 0
         if b == "swim":
             return not info.get("in_water", False)
+        if b == "dig_down" and info.get("mined") is not None:
+            self.dig_blocks -= 1
+            return self.dig_blocks <= 0
         return False
 
     def _reflexes(self, info: dict[str, Any]) -> None:
