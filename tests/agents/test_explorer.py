@@ -70,6 +70,7 @@ def test_placing_selects_a_block_slot_and_aims_down():
     info = _info(inventory=inv, target_block="grass", target_distance=2.0)
     ex.reset(None, info)
     ex._start(info, "place")
+    ex.left = 40  # long enough to aim (up to 14 steps) and then place
     acts = []
     pitch = 0.0
     for _ in range(20):
