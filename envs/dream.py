@@ -77,6 +77,17 @@ def load_setup(
     )
 
 
+def make_source_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """Make the env a model was trained on, for prompts; an unknown id is a clear error."""
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        raise WorldSimError(
+            f"cannot make {env_id!r}, the env this model was trained on ({e}); import the package that "
+            "registers it, or reset with options={'frames': ...} instead of a seed"
+        ) from None
+
+
 def noop_actions(spec: ActionSpec, n: int) -> np.ndarray:
     """``n`` all-zero actions, int64 ``[n, C]``: for BlockWorld, standing still."""
     return np.zeros((n, spec.num_components), dtype=np.int64)
@@ -243,8 +254,7 @@ class DreamEnv(gym.Env):
 
     def _engine_env(self) -> gym.Env:
         if self._engine is None:
-            env_id, kwargs = self.source_env
-            self._engine = gym.make(env_id, **kwargs)
+            self._engine = make_source_env(*self.source_env)
         return self._engine
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:

@@ -15,7 +15,14 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.dream import RENDER_FPS, check_prompt, engine_context, load_setup, prompt_from_recording
+from envs.dream import (
+    RENDER_FPS,
+    check_prompt,
+    engine_context,
+    load_setup,
+    make_source_env,
+    prompt_from_recording,
+)
 from worldsim.errors import WorldSimError
 
 
@@ -84,8 +91,7 @@ class DreamVectorEnv(VectorEnv):
                     "this checkpoint does not name the env it was trained on; reset with "
                     "options={'frames': ...} or {'recording': ...} instead of seeds"
                 )
-            env_id, kwargs = self.setup.source_env
-            self._engine = gym.make(env_id, **kwargs)
+            self._engine = make_source_env(*self.setup.source_env)
         return self._engine
 
     def _engine_prompts(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:

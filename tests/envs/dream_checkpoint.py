@@ -1,52 +1,66 @@
-"""A tiny world model checkpoint for the dream env and viewer tests, built once per process.
+"""Tiny world model checkpoints for the dream env and viewer tests, trained once per process.
 
-The frames are 16x16 so that the ``tiny`` preset generates fast enough for long rollouts on
-a shared 2-core CPU; the checkpoint names BlockWorld as its source env, as the shipped
-model does. A second checkpoint names a toy env with a ``Discrete`` action space, to show
-the dream env is not tied to BlockWorld.
+Each is trained in the test run itself, with the same commands a user runs: ``worldsim
+record`` (explorer agent), ``worldsim train tokenizer`` and ``worldsim train dynamics``, with
+the ``tiny`` preset and a few dozen steps. The frames are 16x16 so that the tiny model
+generates fast enough for long rollouts on a shared 2-core CPU. One checkpoint is of
+BlockWorld, as the shipped model is; the other of a toy env with a ``Discrete`` action
+space, to show the dream env is not tied to BlockWorld.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import torch
 
-from worldsim.checkpoint import ModelConfig, save_model
-from worldsim.presets import dynamics_config, get_preset
 from worldsim.registration import BLOCKWORLD_ID
-from worldsim.spaces import ActionSpec
-from worldsim.tokenizer import Tokenizer
-from worldsim.transformer import Dynamics
 
 SIDE = 16
 """Frame height and width the tests run the dream at."""
-BLOCKWORLD_SPEC = ActionSpec("MultiDiscrete", (3, 3, 2, 3, 3, 2, 2, 10))
 TOY_ID = "tests.worldsim.toy_env:ToyImage-v0"
-TOY_SPEC = ActionSpec("Discrete", (5,))
+RECORD_STEPS = 300
+TOKENIZER_STEPS = 40
+DYNAMICS_STEPS = 40
 
 _cache: dict[str, Path] = {}
 
 
-def _build(path: Path, spec: ActionSpec, env_id: str, env_kwargs: dict) -> Path:
-    torch.manual_seed(0)
-    preset = get_preset("tiny")
-    dyn = dynamics_config(preset, preset.tokenizer.levels, spec)
-    config = ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn, frame_shape=(SIDE, SIDE),
-                         env_id=env_id, env_kwargs=env_kwargs, preset="tiny")  # fmt: skip
-    save_model(path, config, Tokenizer(preset.tokenizer), Dynamics(dyn))
-    return path
+def _train(folder: Path, env_id: str, agent: str, env_kwargs: str | None) -> Path:
+    from agents.record import main as record
+    from worldsim.train import dynamics_main, tokenizer_main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data, tok, dyn = folder / "data.msgpack", folder / "tokenizer.safetensors", folder / "dynamics.safetensors"
+    common = ["--preset", "tiny", "--device", "cpu", "--precision", "fp32", "--warmup", "5", "--log-every", "10",
+              "--val-every", "1000", "--ckpt-every", "1000"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine a second thread mostly spins
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            extra = ["--env-kwargs", env_kwargs] if env_kwargs else []
+            record(["--env", env_id, "--agent", agent, "--steps", str(RECORD_STEPS), "--out", str(data),
+                    "--width", str(SIDE), "--height", str(SIDE), "--workers", "1", "--quiet", *extra])  # fmt: skip
+            tokenizer_main(["--data", str(data), "--out", str(tok), "--steps", str(TOKENIZER_STEPS),
+                            "--batch", "16", "--lr", "3e-3", *common])  # fmt: skip
+            dynamics_main(["--data", str(data), "--tokenizer", str(tok), "--out", str(dyn),
+                           "--steps", str(DYNAMICS_STEPS), "--batch", "4", "--lr", "1e-3", *common])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return dyn
 
 
 def blockworld_checkpoint(folder: Path) -> Path:
-    """The path of a tiny BlockWorld dream checkpoint (built on first use)."""
+    """A tiny BlockWorld dream checkpoint, trained on first use (cached for the process)."""
     if "blockworld" not in _cache:
-        _cache["blockworld"] = _build(folder / "tiny-blockworld.safetensors", BLOCKWORLD_SPEC, BLOCKWORLD_ID, {})
+        _cache["blockworld"] = _train(folder / "blockworld", BLOCKWORLD_ID, "explorer", None)
     return _cache["blockworld"]
 
 
 def toy_checkpoint(folder: Path) -> Path:
-    """The path of a tiny checkpoint of the toy env (``Discrete(5)``), built on first use."""
+    """A tiny checkpoint of the toy env (``Discrete(5)`` actions), trained on first use."""
     if "toy" not in _cache:
-        _cache["toy"] = _build(folder / "tiny-toy.safetensors", TOY_SPEC, TOY_ID, {"discrete": True})
+        _cache["toy"] = _train(folder / "toy", TOY_ID, "random", '{"discrete": true}')
     return _cache["toy"]

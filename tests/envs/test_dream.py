@@ -203,6 +203,7 @@ def test_a_non_blockworld_model_never_imports_blockworld(tmp_path):
     ckpt = toy_checkpoint(tmp_path)
     code = f"""
 import sys, gymnasium as gym, numpy as np, torch, worldsim
+import tests.worldsim.toy_env  # registers ToyImage-v0, as a third-party env's package would
 torch.set_num_threads(1)
 env = gym.make("{DREAM_ID}", checkpoint="{ckpt}", width=16, height=16)
 assert env.action_space == gym.spaces.Discrete(5), env.action_space
