@@ -168,159 +168,173 @@ def record_part(
     n = cfg.num_envs // parts + (part < cfg.num_envs % parts)
     env = make_env(cfg.env, n, cfg.make_kwargs())
     try:
-        return _run(env, n, cfg, part, parts, steps, progress)
+        return _Rollout(env, n, cfg, part, parts).run(steps, progress)
     finally:
         env.close()
 
 
-def _run(
-    env: Any,
-    n: int,
-    cfg: RecordConfig,
-    part: int,
-    parts: int,
-    steps: int,
-    progress: Callable[[int], None],
-) -> dict[str, Any]:
-    vector = isinstance(env, gym.vector.VectorEnv)
-    obs_space = env.single_observation_space if vector else env.observation_space
-    act_space = env.single_action_space if vector else env.action_space
-    shape = getattr(obs_space, "shape", None)
+def image_shape(space: gym.Space, env_id: str) -> tuple[int, int, int]:
+    """The [H, W, 3] of an image observation space; anything else is a :class:`WorldSimError`."""
+    shape = getattr(space, "shape", None)
     if not (
-        isinstance(obs_space, gym.spaces.Box)
-        and obs_space.dtype == np.uint8
-        and shape
+        isinstance(space, gym.spaces.Box)
+        and space.dtype == np.uint8
+        and shape is not None
         and len(shape) == 3
         and shape[2] == 3
     ):
-        raise WorldSimError(
-            f"{cfg.env}: observations must be uint8 images [H, W, 3], got {obs_space}"
+        raise WorldSimError(f"{env_id}: observations must be uint8 images [H, W, 3], got {space}")
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+class _Rollout:
+    """One process's envs, agents and writer, and the bookkeeping of their episodes."""
+
+    def __init__(self, env: Any, n: int, cfg: RecordConfig, part: int, parts: int) -> None:
+        self.env, self.n, self.cfg, self.part, self.parts = env, n, cfg, part, parts
+        self.vector = isinstance(env, gym.vector.VectorEnv)
+        obs_space = env.single_observation_space if self.vector else env.observation_space
+        shape = image_shape(obs_space, cfg.env)
+        self.spec = ActionSpec.from_space(
+            env.single_action_space if self.vector else env.action_space
         )
-    spec = ActionSpec.from_space(act_space)
-    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) if vector else None
-    names = getattr(env.unwrapped if not vector else env, "action_names", None)
-    if names is None and env_name(cfg.env) == BLOCKWORLD_ID:
-        from envs.blockworld import ACTION_NAMES as names  # noqa: N811
-    coverage = Coverage.for_spec(spec, tuple(names) if names else None)
-    agents = [
-        make_agent(cfg.agent, cfg.env, spec, np.random.default_rng([cfg.seed, part, i]))
-        for i in range(n)
-    ]
+        self.mode = (
+            env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) if self.vector else None
+        )
+        names = getattr(env if self.vector else env.unwrapped, "action_names", None)
+        if names is None and env_name(cfg.env) == BLOCKWORLD_ID:
+            from envs.blockworld import ACTION_NAMES as names  # noqa: N811
+        self.coverage = Coverage.for_spec(self.spec, tuple(names) if names else None)
+        self.agents = [
+            make_agent(cfg.agent, cfg.env, self.spec, np.random.default_rng([cfg.seed, part, i]))
+            for i in range(n)
+        ]
+        self.writer = RecordingWriter(
+            cfg.out, env_id=env_name(cfg.env), env_kwargs=cfg.make_kwargs(), observation_shape=shape,
+            action_space=self.spec, agent=cfg.agent, seed=cfg.seed, created=cfg.created,
+            shard_records=None if str(cfg.out).endswith(".msgpack") else cfg.shard_steps,
+            shard_prefix=f"shard-{part:02d}-" if parts > 1 else "shard-", write_index=parts == 1,
+            extra_header={"action_names": list(self.coverage.names)} if names else None,
+        )  # fmt: skip
+        self.episode = np.zeros(n, dtype=np.int64)
+        self.t = np.zeros(n, dtype=np.int64)
+        self.last_action: list[np.ndarray | None] = [None] * n
+        self.next_episode = part
+        self.pending = np.zeros(n, dtype=bool)  # NEXT_STEP autoreset: next obs is a reset
 
-    single_file = str(cfg.out).endswith(".msgpack")
-    writer = RecordingWriter(
-        cfg.out, env_id=env_name(cfg.env), env_kwargs=cfg.make_kwargs(), observation_shape=shape,
-        action_space=spec, agent=cfg.agent, seed=cfg.seed, created=cfg.created,
-        shard_records=None if single_file else cfg.shard_steps,
-        shard_prefix=f"shard-{part:02d}-" if parts > 1 else "shard-", write_index=parts == 1,
-        extra_header={"action_names": list(coverage.names)} if names else None,
-    )  # fmt: skip
-    episode = np.zeros(n, dtype=np.int64)
-    t = np.zeros(n, dtype=np.int64)
-    last_action: list[np.ndarray | None] = [None] * n
-    next_episode = part
+    def start(self, i: int, frame: np.ndarray, info: dict[str, Any], seed: int | None) -> None:
+        """Begin a new episode in env ``i`` with its first frame."""
+        self.episode[i], self.t[i], self.last_action[i] = self.next_episode, 0, None
+        self.next_episode += self.parts
+        self.coverage.episodes += 1
+        self.writer.reset(int(self.episode[i]), seed, frame, small_info(info))
+        self.agents[i].reset(frame, info)
 
-    def start(i: int, frame: np.ndarray, info: dict[str, Any], seed: int | None) -> None:
-        nonlocal next_episode
-        episode[i], t[i], last_action[i] = next_episode, 0, None
-        next_episode += parts
-        coverage.episodes += 1
-        writer.reset(int(episode[i]), seed, frame, small_info(info))
-        agents[i].reset(frame, info)
-
-    start_time = time.perf_counter()
-    # Steady-state timing starts after the first steps: env start-up and JIT loading are
-    # paid once per process, not per step.
-    warmup = min(WARMUP_STEPS, steps // 5)
-    warm_at: tuple[int, float] | None = None
-    with writer:
-        if vector:
-            seeds = [cfg.seed + part * n + i for i in range(n)]
-            obs, info = env.reset(seed=seeds)
-            infos = unbatch_info(info, n)
-            for i in range(n):
-                start(i, obs[i], infos[i], seeds[i])
+    def reset(self, mask: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Reset every env (or those in ``mask``) and start their episodes."""
+        if not self.vector:
+            seed = episode_seed(self.cfg.seed, self.next_episode)
+            o, inf = self.env.reset(seed=seed)
+            self.start(0, o, inf, seed)
+            return o[None], [inf]
+        if mask is None:
+            seeds = [self.cfg.seed + self.part * self.n + i for i in range(self.n)]
+            obs, info = self.env.reset(seed=seeds)
         else:
-            seed = episode_seed(cfg.seed, next_episode)
-            o, inf = env.reset(seed=seed)
-            obs, infos = o[None], [inf]
-            start(0, obs[0], infos[0], seed)
-        pending = np.zeros(n, dtype=bool)  # NEXT_STEP: this env's next obs is a reset
-        done_steps = reported = 0
-        while done_steps < steps:
-            actions = np.stack([agents[i].act(obs[i], infos[i]) for i in range(n)])  # [n, C]
-            if vector:
-                step_actions = actions[:, 0] if spec.kind == "Discrete" else actions
-                obs, rew, term, trunc, info = env.step(step_actions)
-                infos = unbatch_info(info, n)
+            seeds = [None] * self.n
+            obs, info = self.env.reset(options={"reset_mask": mask})
+        infos = unbatch_info(info, self.n)
+        for i in range(self.n) if mask is None else np.flatnonzero(mask):
+            self.start(int(i), obs[i], infos[i], seeds[i])
+        return obs, infos
+
+    def step(
+        self, obs: np.ndarray, infos: list[dict[str, Any]], budget: int
+    ) -> tuple[Any, Any, int]:
+        """Step every env once and write at most ``budget`` step records.
+
+        Returns:
+            The next observations [n, H, W, 3], their infos, and the step records written.
+        """
+        actions = np.stack([self.agents[i].act(obs[i], infos[i]) for i in range(self.n)])  # [n, C]
+        discrete = self.spec.kind == "Discrete"
+        info: dict[str, Any] = {}
+        if self.vector:
+            obs, rew, term, trunc, info = self.env.step(actions[:, 0] if discrete else actions)
+            infos = unbatch_info(info, self.n)
+        else:
+            o, r, te, tr, inf = self.env.step(int(actions[0, 0]) if discrete else actions[0])
+            obs, rew, term, trunc, infos = o[None], [r], [te], [tr], [inf]
+        written = 0
+        reset_mask = np.zeros(self.n, dtype=bool)
+        for i in range(self.n):
+            if written == budget:  # a vector step may hold more records than are left
+                break
+            if self.pending[i]:  # NEXT_STEP: the env ignored the action and reset itself
+                self.pending[i] = False
+                self.start(i, obs[i], infos[i], None)
+                continue
+            done = bool(term[i]) or bool(trunc[i])
+            frame, final_info = obs[i], infos[i]
+            if done and self.mode == AutoresetMode.SAME_STEP:
+                # The env already reset: its final frame and info are kept aside (the info
+                # batched like any vector info).
+                frame = info["final_obs"][i]
+                final_info = unbatch_info(info["final_info"], self.n)[i]
+            self.t[i] += 1
+            self.writer.step(
+                int(self.episode[i]), int(self.t[i]), actions[i], float(rew[i]), bool(term[i]),
+                bool(trunc[i]), frame, small_info(final_info),
+            )  # fmt: skip
+            self.coverage.add(actions[i], self.last_action[i], final_info)
+            self.last_action[i] = actions[i]
+            written += 1
+            if not done:
+                continue
+            if not self.vector or self.mode == AutoresetMode.DISABLED:
+                reset_mask[i] = True
+            elif self.mode == AutoresetMode.SAME_STEP:
+                self.start(i, obs[i], infos[i], None)
             else:
-                a = int(actions[0, 0]) if spec.kind == "Discrete" else actions[0]
-                o, r, te, tr, inf = env.step(a)
-                obs, rew, term, trunc, infos = o[None], [r], [te], [tr], [inf]
-            reset_mask = np.zeros(n, dtype=bool)
-            for i in range(n):
-                if done_steps == steps:  # a vector step may hold more records than are left
-                    break
-                if pending[i]:
-                    pending[i] = False
-                    start(i, obs[i], infos[i], None)
-                    continue
-                done = bool(term[i]) or bool(trunc[i])
-                frame, finfo = obs[i], infos[i]
-                if done and mode == AutoresetMode.SAME_STEP:
-                    frame, finfo = info["final_obs"][i], info["final_info"][i]
-                t[i] += 1
-                writer.step(
-                    int(episode[i]),
-                    int(t[i]),
-                    actions[i],
-                    float(rew[i]),
-                    bool(term[i]),
-                    bool(trunc[i]),
-                    frame,
-                    small_info(finfo),
-                )
-                coverage.add(actions[i], last_action[i], finfo)
-                last_action[i] = actions[i]
-                done_steps += 1
-                if done:
-                    if not vector or mode == AutoresetMode.DISABLED:
-                        reset_mask[i] = True
-                    elif mode == AutoresetMode.SAME_STEP:
-                        start(i, obs[i], infos[i], None)
-                    else:
-                        pending[i] = True
-            if reset_mask.any():
-                if vector:
-                    obs, info = env.reset(options={"reset_mask": reset_mask})
-                    infos = unbatch_info(info, n)
-                    for i in np.flatnonzero(reset_mask):
-                        start(int(i), obs[i], infos[i], None)
-                else:
-                    seed = episode_seed(cfg.seed, next_episode)
-                    o, inf = env.reset(seed=seed)
-                    obs, infos = o[None], [inf]
-                    start(0, obs[0], infos[0], seed)
-            if done_steps - reported >= PROGRESS_EVERY:
-                progress(done_steps - reported)
-                reported = done_steps
-                if warm_at is None and done_steps >= warmup:
-                    warm_at = (done_steps, time.perf_counter())
-        progress(done_steps - reported)
-    end_time = time.perf_counter()
-    warm_steps, warm_time = warm_at or (0, start_time)
-    return {
-        "steps": writer.steps_written,
-        "records": writer.records_written,
-        "frame_bytes": writer.frame_bytes,
-        "bytes": writer.bytes_written,
-        "seconds": end_time - start_time,
-        "steady_steps": writer.steps_written - warm_steps,
-        "steady_seconds": end_time - warm_time,
-        "files": [f.to_json() for f in writer.file_indexes],
-        "header": writer.header,
-        "coverage": coverage.__dict__,
-    }
+                self.pending[i] = True
+        if reset_mask.any():
+            obs, infos = self.reset(reset_mask)
+        return obs, infos, written
+
+    def run(self, steps: int, progress: Callable[[int], None]) -> dict[str, Any]:
+        """Write ``steps`` step records; returns counts, timings, index entries and coverage."""
+        start_time = time.perf_counter()
+        # Steady-state timing starts after the first steps: env start-up and JIT loading
+        # are paid once per process, not per step.
+        warmup = min(WARMUP_STEPS, steps // 5)
+        warm_at: tuple[int, float] | None = None
+        done = reported = 0
+        with self.writer:
+            obs, infos = self.reset()
+            while done < steps:
+                obs, infos, k = self.step(obs, infos, steps - done)
+                done += k
+                if done - reported >= PROGRESS_EVERY:
+                    progress(done - reported)
+                    reported = done
+                    if warm_at is None and done >= warmup:
+                        warm_at = (done, time.perf_counter())
+            progress(done - reported)
+        end_time = time.perf_counter()
+        warm_steps, warm_time = warm_at or (0, start_time)
+        w = self.writer
+        return {
+            "steps": w.steps_written,
+            "records": w.records_written,
+            "frame_bytes": w.frame_bytes,
+            "bytes": w.bytes_written,
+            "seconds": end_time - start_time,
+            "steady_steps": w.steps_written - warm_steps,
+            "steady_seconds": end_time - warm_time,
+            "files": [f.to_json() for f in w.file_indexes],
+            "header": w.header,
+            "coverage": self.coverage.__dict__,
+        }
 
 
 def output_path(out: str | Path) -> Path:

@@ -136,3 +136,27 @@ def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
     assert got[0].shape[:2] == (12 * 4 + 24, 16 * 4)  # frame scaled 4x, two overlay lines
     assert cli(["replay", str(rec), "--out", str(tmp_path / "x.avi")]) == 2
     assert "must end in .mp4 or .gif" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep", "Disabled"])
+def test_every_vector_autoreset_mode_records_the_frames_the_env_returned(tmp_path, mode):
+    from gymnasium.vector import AutoresetMode
+
+    from agents.rollout import _Rollout, env_name
+
+    env = gym.make_vec(
+        env_name(FULL_ID), num_envs=3, vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode(mode)}, end_prob=0.15,
+    )  # fmt: skip
+    out = tmp_path / "modes"
+    cfg = RecordConfig(env=FULL_ID, steps=200, out=str(out), num_envs=3, shard_steps=1000)
+    result = _Rollout(env, 3, cfg, 0, 1).run(200, lambda k: None)
+    env.close()
+    assert result["steps"] == 200
+    eps = _episodes(out)
+    assert sum(r[-1].terminated or r[-1].truncated for r in eps.values()) >= 5
+    for recs in eps.values():
+        assert [r.t for r in recs] == list(range(len(recs)))
+        # The toy env writes its step counter into pixel (0, 0): a reset frame in place of
+        # an episode's final frame would show 0 here.
+        assert [int(r.image()[0, 0, 0]) for r in recs] == [r.t for r in recs]
