@@ -7,6 +7,8 @@ exposes reset, step and render. ``BlockWorldEnv`` is an engine with one world an
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,8 @@ class EngineConfig:
     """Blocks to the fog wall."""
     hud: bool = True
     """Draw the crosshair, health bar and hotbar."""
+    render_threads: int = 0
+    """Threads rendering a batch of worlds; 0 uses one per CPU. One world uses one thread."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.width, int) and isinstance(self.height, int)) or min(self.width, self.height) < 8:
@@ -73,6 +77,10 @@ class Engine:
         self.players = np.zeros(num_worlds, dtype=PLAYER_DTYPE)
         self.regions = Regions(num_worlds)
         self.frames = np.zeros((num_worlds, config.height, config.width, 3), dtype=np.uint8)
+        threads = config.render_threads or os.cpu_count() or 1
+        self._threads = range(min(threads, num_worlds))
+        # Kernels release the GIL, so plain threads render slices of the batch in parallel.
+        self._pool = ThreadPoolExecutor(len(self._threads)) if len(self._threads) > 1 else None
 
     def reset_world(self, w: int, world_seed: int, time_of_day: float) -> None:
         """Generate world ``w`` from ``world_seed`` and put a fresh player at its spawn."""
@@ -109,17 +117,34 @@ class Engine:
     def step(self, actions: np.ndarray) -> None:
         """Advance every world one tick with int64 ``actions`` (num_worlds, 8)."""
         r = self.regions
-        step_players(self.players, r.blocks, r.dirty, r.top, r.occ, actions)
-        for w in r.centers_changed(self.players["pos"][:, [0, 2]]):
+        step_players(self.players, r.blocks, r.dirty, r.top, r.occ, r.clear, actions)
+        margin = self.config.view_distance + 1.0
+        for w in r.near_edge(self.players["pos"][:, ::2], margin):
             r.follow(int(w), float(self.players["pos"][w, 0]), float(self.players["pos"][w, 2]))
 
     def render(self) -> np.ndarray:
         """Render all worlds into ``self.frames`` (num_worlds, H, W, 3) and return it."""
-        r = self.regions
-        render_worlds(self.players, r.blocks, r.occ, r.top, float(self.config.view_distance), self.frames)
-        if self.config.hud:
-            draw_hud(self.players, self.frames)
+        if self._pool is None:
+            self._render_slice(0, self.num_worlds)
+        else:
+            bounds = np.linspace(0, self.num_worlds, len(self._threads) + 1).astype(int)
+            jobs = [self._pool.submit(self._render_slice, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+            for job in jobs:
+                job.result()
         return self.frames
+
+    def _render_slice(self, a: int, b: int) -> None:
+        r = self.regions
+        view = float(self.config.view_distance)
+        render_worlds(self.players[a:b], r.blocks[a:b], r.clear[a:b], r.top[a:b], view, self.frames[a:b])
+        if self.config.hud:
+            draw_hud(self.players[a:b], self.frames[a:b])
+
+    def close(self) -> None:
+        """Stop the render threads (the engine still works, single-threaded)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def time_of_day(self, w: int) -> float:
         """World ``w``'s time of day: 0 sunrise, 0.25 noon, 0.5 sunset, 0.75 midnight."""
@@ -128,28 +153,30 @@ class Engine:
 
     def info(self, w: int) -> dict:
         """JSON-able description of world ``w``'s player, for ``info`` dicts."""
-        p = self.players[w]
-        inventory = [
-            (BLOCK_NAMES[int(i)], int(n)) if n > 0 else (None, 0)
-            for i, n in zip(p["inv_id"], p["inv_count"])
-        ]
-        has_target = int(p["target_block"]) != AIR
+        # One .item() turns the record into Python values at once; field-by-field numpy
+        # scalar access cost more than the physics of a step.
+        rec = dict(zip(PLAYER_DTYPE.names, self.players[w].item()))
+        target = rec["target_block"]
+        has_target = target != AIR
         return {
-            "inventory": inventory,
-            "selected_slot": int(p["selected"]),
-            "achievements": [ACHIEVEMENT_NAMES[i] for i in np.flatnonzero(p["achieved"])],
-            "health": int(p["health"]),
-            "position": tuple(float(v) for v in p["pos"]),
-            "yaw": float(p["yaw"]),
-            "pitch": float(p["pitch"]),
-            "on_ground": bool(p["on_ground"]),
-            "in_water": bool(p["in_fluid"]),
-            "time_of_day": self.time_of_day(w),
-            "biome": BIOME_NAMES[int(p["biome"])],
-            "target_block": BLOCK_NAMES[int(p["target_block"])] if has_target else None,
-            "target_position": tuple(int(v) for v in p["target_pos"]) if has_target else None,
-            "target_distance": float(p["target_dist"]) if has_target else None,
-            "mined": BLOCK_NAMES[int(p["mined_block"])] if p["mined_block"] != AIR else None,
-            "placed": BLOCK_NAMES[int(p["placed"])] if p["placed"] != AIR else None,
-            "tick": int(p["tick"]),
+            "inventory": [
+                (BLOCK_NAMES[i], n) if n > 0 else (None, 0)
+                for i, n in zip(rec["inv_id"].tolist(), rec["inv_count"].tolist())
+            ],
+            "selected_slot": rec["selected"],
+            "achievements": [name for name, got in zip(ACHIEVEMENT_NAMES, rec["achieved"].tolist()) if got],
+            "health": rec["health"],
+            "position": tuple(rec["pos"].tolist()),
+            "yaw": rec["yaw"],
+            "pitch": rec["pitch"],
+            "on_ground": bool(rec["on_ground"]),
+            "in_water": bool(rec["in_fluid"]),
+            "time_of_day": (rec["time0"] + rec["tick"] / rec["day_length"]) % 1.0,
+            "biome": BIOME_NAMES[rec["biome"]],
+            "target_block": BLOCK_NAMES[target] if has_target else None,
+            "target_position": tuple(rec["target_pos"].tolist()) if has_target else None,
+            "target_distance": rec["target_dist"] if has_target else None,
+            "mined": BLOCK_NAMES[rec["mined_block"]] if rec["mined_block"] != AIR else None,
+            "placed": BLOCK_NAMES[rec["placed"]] if rec["placed"] != AIR else None,
+            "tick": rec["tick"],
         }

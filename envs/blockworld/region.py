@@ -30,10 +30,14 @@ REGION_CHUNKS = 8
 REGION = REGION_CHUNKS * CHUNK
 """Blocks per side of the loaded square (128)."""
 REGION_HALF = REGION_CHUNKS // 2
-MAX_VIEW_DISTANCE = REGION_HALF * CHUNK - CHUNK
-"""Furthest a ray may travel: the player stands at least this far from an unloaded block."""
+MAX_VIEW_DISTANCE = 40
+"""Furthest a ray may travel. The square recentres when the player comes within this
+distance (+1) of its edge, which leaves room for hysteresis up to this view distance:
+a player pacing across a chunk border does not reload chunks every few steps."""
 BRICK_SHIFT = 2
-"""Occupancy bricks are 4x4x4 blocks (1 << BRICK_SHIFT): rays cross empty ones in one jump."""
+"""Occupancy bricks are 4x4x4 blocks (1 << BRICK_SHIFT)."""
+CLEAR_CAP = 8
+"""Largest brick clearance stored (32 blocks: a ray leaps at most that far at once)."""
 
 
 @njit(cache=True, nogil=True)
@@ -65,6 +69,62 @@ def fill_occupancy(blocks, occ, x0: int, z0: int) -> None:
                 occ[gx, gz, by] = full
 
 
+@njit(cache=True, nogil=True)
+def compute_clearance(occ, clear) -> None:
+    """Chebyshev distance, in bricks, from each brick to the nearest non-empty one.
+
+    ``clear[b] = d`` means every brick within ``d - 1`` bricks of ``b`` (a cube) is empty,
+    so a ray can cross that whole cube in one leap. Capped at ``CLEAR_CAP``. The x and z
+    axes wrap like the ring buffer, which only ever underestimates the distance. Computed
+    by dilating the occupancy one brick per round (three separable 1-D passes).
+    """
+    nx, nz, ny = occ.shape
+    cur = occ.copy()
+    tmp = np.empty_like(occ)
+    for x in range(nx):
+        for z in range(nz):
+            for y in range(ny):
+                clear[x, z, y] = 0 if occ[x, z, y] else CLEAR_CAP
+    for r in range(1, CLEAR_CAP):
+        for x in range(nx):
+            for z in range(nz):
+                for y in range(ny):
+                    tmp[x, z, y] = cur[(x - 1) % nx, z, y] | cur[x, z, y] | cur[(x + 1) % nx, z, y]
+        for x in range(nx):
+            for z in range(nz):
+                for y in range(ny):
+                    cur[x, z, y] = tmp[x, (z - 1) % nz, y] | tmp[x, z, y] | tmp[x, (z + 1) % nz, y]
+        for x in range(nx):
+            for z in range(nz):
+                for y in range(ny):
+                    v = cur[x, z, y]
+                    if y > 0:
+                        v |= cur[x, z, y - 1]
+                    if y < ny - 1:
+                        v |= cur[x, z, y + 1]
+                    tmp[x, z, y] = v
+        cur[:] = tmp
+        for x in range(nx):
+            for z in range(nz):
+                for y in range(ny):
+                    if cur[x, z, y] and clear[x, z, y] > r:
+                        clear[x, z, y] = r
+
+
+@njit(cache=True, nogil=True)
+def mark_filled(clear, gx: int, gz: int, gy: int) -> None:
+    """Update ``clear`` after brick (gx, gz, gy) (ring-buffer indices) gained a block."""
+    nx, nz, ny = clear.shape
+    for dx in range(-(CLEAR_CAP - 1), CLEAR_CAP):
+        for dz in range(-(CLEAR_CAP - 1), CLEAR_CAP):
+            for y in range(max(gy - CLEAR_CAP + 1, 0), min(gy + CLEAR_CAP, ny)):
+                d = max(abs(dx), abs(dz), abs(y - gy))
+                x = (gx + dx) % nx
+                z = (gz + dz) % nz
+                if clear[x, z, y] > d:
+                    clear[x, z, y] = d
+
+
 class Regions:
     """Loaded blocks of ``num_worlds`` worlds, plus the bookkeeping to stream chunks.
 
@@ -73,6 +133,7 @@ class Regions:
         dirty: bool (num_worlds, REGION_CHUNKS, REGION_CHUNKS): slot edited since loaded.
         top: int32 (num_worlds,): y above which every loaded column is air (rays skip it).
         occ: uint8 (num_worlds, REGION/4, REGION/4, WORLD_HEIGHT/4): non-empty 4^3 bricks.
+        clear: uint8, same shape: each brick's clearance (see ``compute_clearance``).
     """
 
     def __init__(self, num_worlds: int) -> None:
@@ -81,6 +142,7 @@ class Regions:
         self.top = np.zeros(num_worlds, dtype=np.int32)
         nb = REGION >> BRICK_SHIFT
         self.occ = np.zeros((num_worlds, nb, nb, WORLD_HEIGHT >> BRICK_SHIFT), dtype=np.uint8)
+        self.clear = np.zeros_like(self.occ)
         self._slot_key = np.full((num_worlds, REGION_CHUNKS, REGION_CHUNKS, 2), 2**62, dtype=np.int64)
         self._slot_top = np.zeros((num_worlds, REGION_CHUNKS, REGION_CHUNKS), dtype=np.int32)
         self._center = np.zeros((num_worlds, 2), dtype=np.int64)
@@ -97,16 +159,18 @@ class Regions:
         self._load_around(w, int(np.floor(x)) // CHUNK, int(np.floor(z)) // CHUNK)
 
     def follow(self, w: int, x: float, z: float) -> None:
-        """Stream chunks so that world ``w``'s loaded square is centred on (x, z)'s chunk."""
+        """Recentre world ``w``'s loaded square on the chunk of (x, z)."""
         cx = int(np.floor(x)) // CHUNK
         cz = int(np.floor(z)) // CHUNK
         if cx != self._center[w, 0] or cz != self._center[w, 1]:
             self._load_around(w, cx, cz)
 
-    def centers_changed(self, xz: np.ndarray) -> np.ndarray:
-        """Indices of worlds whose player (xz: float (num_worlds, 2)) left the centre chunk."""
-        chunk = np.floor(xz).astype(np.int64) // CHUNK
-        return np.flatnonzero(np.any(chunk != self._center, axis=1))
+    def near_edge(self, xz: np.ndarray, margin: float) -> np.ndarray:
+        """Indices of worlds whose player (xz: float (num_worlds, 2)) is within ``margin``
+        blocks of the loaded square's edge, and so must be recentred."""
+        lo = (self._center - REGION_HALF) * CHUNK  # (num_worlds, 2)
+        near = (xz - lo <= margin) | (lo + REGION - xz <= margin)
+        return np.flatnonzero(np.any(near, axis=1))
 
     def _load_around(self, w: int, cx: int, cz: int) -> None:
         self._center[w] = (cx, cz)
@@ -132,9 +196,25 @@ class Regions:
                     self.dirty[w, sx, sz] = False
                 self._slot_key[w, sx, sz] = (kx, kz)
                 fill_occupancy(self.blocks[w], self.occ[w], kx * CHUNK, kz * CHUNK)
+        compute_clearance(self.occ[w], self.clear[w])
         # Never lowered here: the kernel raises ``top`` when it places blocks, and an upper
         # bound is all the renderer needs.
         self.top[w] = max(int(self.top[w]), int(self._slot_top[w].max()))
+
+    def refresh(self, w: int) -> None:
+        """Rebuild world ``w``'s bookkeeping after its ``blocks`` were edited directly.
+
+        Marks every loaded chunk as edited (so the edits persist) and recomputes the
+        bricks, clearance and sky limit. For building test scenes, not for stepping.
+        """
+        self.dirty[w] = True
+        for sx in range(REGION_CHUNKS):
+            for sz in range(REGION_CHUNKS):
+                fill_occupancy(self.blocks[w], self.occ[w], sx * CHUNK, sz * CHUNK)
+        compute_clearance(self.occ[w], self.clear[w])
+        filled = np.flatnonzero(self.blocks[w].any(axis=(0, 1)))
+        self.top[w] = min(int(filled[-1]) + 2, WORLD_HEIGHT) if filled.size else 0
+        self._slot_top[w] = self.top[w]
 
     def set_block(self, w: int, x: int, y: int, z: int, block: int) -> None:
         """Set one loaded block of world ``w`` by world coordinates (for building scenes)."""
@@ -142,7 +222,9 @@ class Regions:
             raise ValueError(f"y must be in [0, {WORLD_HEIGHT}), got {y}")
         self.blocks[w, x % REGION, z % REGION, y] = block
         if block != 0:
-            self.occ[w, (x % REGION) >> BRICK_SHIFT, (z % REGION) >> BRICK_SHIFT, y >> BRICK_SHIFT] = 1
+            g = ((x % REGION) >> BRICK_SHIFT, (z % REGION) >> BRICK_SHIFT, y >> BRICK_SHIFT)
+            self.occ[w][g] = 1
+            mark_filled(self.clear[w], *g)
         self.dirty[w, (x % REGION) // CHUNK, (z % REGION) // CHUNK] = True
         self.top[w] = max(int(self.top[w]), min(y + 2, WORLD_HEIGHT))
 

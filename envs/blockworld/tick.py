@@ -32,7 +32,7 @@ from envs.blockworld.physics import (
     move_player,
     raycast_target,
 )
-from envs.blockworld.region import BRICK_SHIFT
+from envs.blockworld.region import BRICK_SHIFT, mark_filled
 from envs.blockworld.worldgen import CHUNK, WORLD_HEIGHT, column
 
 # Action components, in the order of the MultiDiscrete space.
@@ -77,13 +77,16 @@ def add_item(p, item: int) -> bool:
 
 @njit(cache=True, nogil=True)
 def _set_block(world, w: int, x: int, y: int, z: int, b: int) -> None:
-    blocks, dirty, top, occ = world
+    blocks, dirty, top, occ, clear = world
     m = blocks.shape[1] - 1
     blocks[w, x & m, z & m, y] = b
     dirty[w, (x & m) // CHUNK, (z & m) // CHUNK] = True
     if b != AIR:
         # Mining leaves the brick marked: occupancy only has to over-approximate.
-        occ[w, (x & m) >> BRICK_SHIFT, (z & m) >> BRICK_SHIFT, y >> BRICK_SHIFT] = 1
+        gx, gz, gy = (x & m) >> BRICK_SHIFT, (z & m) >> BRICK_SHIFT, y >> BRICK_SHIFT
+        if not occ[w, gx, gz, gy]:
+            occ[w, gx, gz, gy] = 1
+            mark_filled(clear[w], gx, gz, gy)
         top[w] = max(top[w], min(y + 2, WORLD_HEIGHT))
 
 
@@ -198,7 +201,7 @@ def _achievements(p, blocks, head_in_water: bool, dawn: bool) -> int:
 
 
 @njit(cache=True, nogil=True)
-def step_players(players, blocks, dirty, top, occ, actions) -> None:
+def step_players(players, blocks, dirty, top, occ, clear, actions) -> None:
     """Advance every world one tick.
 
     Args:
@@ -208,9 +211,10 @@ def step_players(players, blocks, dirty, top, occ, actions) -> None:
         dirty: bool (B, R/16, R/16) chunk edit flags, set where blocks change.
         top: int32 (B,) sky limits, raised where blocks are placed.
         occ: uint8 (B, R/4, R/4, WORLD_HEIGHT/4) brick occupancy, set where blocks are placed.
+        clear: uint8, same shape, brick clearance, lowered around placed blocks.
         actions: int64 (B, 8), already validated against the action space.
     """
-    world = (blocks, dirty, top, occ)
+    world = (blocks, dirty, top, occ, clear)
     for w in range(players.shape[0]):
         p = players[w]
         a = actions[w]

@@ -121,6 +121,9 @@ class BlockWorldVectorEnv(VectorEnv):
             return self.engine.frames.copy()
         return None
 
+    def close_extras(self, **kwargs: Any) -> None:
+        self.engine.close()
+
     def _info(self) -> dict[str, Any]:
         p = self.engine.players
         e = self.engine

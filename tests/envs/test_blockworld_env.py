@@ -1,0 +1,150 @@
+"""Contract tests of the single BlockWorld env: Gymnasium API, spaces, determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import worldsim  # noqa: F401  (registers the ids)
+from envs.blockworld import ACTION_NAMES, ACTION_NVEC, BlockWorldEnv, DiscreteActions
+
+INFO_KEYS = {
+    "inventory", "selected_slot", "achievements", "health", "position", "yaw", "pitch",
+    "time_of_day", "target_block", "target_distance", "mined", "placed",
+}  # fmt: skip
+
+
+def _rollout(env: gym.Env, seed: int, steps: int) -> tuple[list[np.ndarray], list[float]]:
+    rng = np.random.default_rng(123)
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [obs], []
+    for _ in range(steps):
+        action = (rng.random(len(ACTION_NVEC)) * np.array(ACTION_NVEC)).astype(np.int64)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        frames.append(obs)
+        rewards.append(reward)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            frames.append(obs)
+    return frames, rewards
+
+
+def test_check_env_passes_without_warnings(monkeypatch):
+    # check_env also tries the other render modes (human), so pygame needs a dummy display.
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    env = gym.make("worldsim/BlockWorld-v0", width=32, height=24, render_mode="rgb_array").unwrapped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=False)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_make_by_id_with_size_and_spaces():
+    env = gym.make("worldsim/BlockWorld-v0", width=48, height=32, render_mode="rgb_array")
+    obs, info = env.reset(seed=3)
+    assert env.observation_space == gym.spaces.Box(0, 255, (32, 48, 3), np.uint8)
+    assert env.action_space == gym.spaces.MultiDiscrete(list(ACTION_NVEC))
+    assert obs.shape == (32, 48, 3) and obs.dtype == np.uint8
+    assert env.observation_space.contains(obs)
+    assert np.array_equal(env.render(), obs)
+    assert len(ACTION_NAMES) == len(ACTION_NVEC) == 8
+
+
+def test_same_seed_and_actions_give_identical_frames():
+    a, ra = _rollout(BlockWorldEnv(width=32, height=32), seed=7, steps=120)
+    b, rb = _rollout(BlockWorldEnv(width=32, height=32), seed=7, steps=120)
+    assert len(a) == len(b)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert ra == rb
+    c, _ = _rollout(BlockWorldEnv(width=32, height=32), seed=8, steps=5)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_frames_change_every_step_of_turning():
+    env = BlockWorldEnv(width=32, height=32)
+    obs, _ = env.reset(seed=1)
+    for _ in range(3):
+        nxt, *_ = env.step(np.array([0, 0, 0, 2, 0, 0, 0, 0]))
+        assert not np.array_equal(obs, nxt)
+        obs = nxt
+
+
+@pytest.mark.parametrize(
+    "action, expected",
+    [
+        ([0] * 7, "shape (8,)"),
+        ([0, 0, 0, 3, 0, 0, 0, 0], "nvec=[3, 3, 2, 3, 3, 2, 2, 10]"),
+        ([0, 0, 0, 0, 0, 0, 0, -1], "out of range"),
+        ([0.5] * 8, "integers"),
+    ],
+)
+def test_bad_actions_raise_value_error_naming_the_space(action, expected):
+    env = BlockWorldEnv(width=16, height=16)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        env.step(action)
+
+
+def test_info_is_json_and_has_the_contract_keys():
+    env = BlockWorldEnv(width=16, height=16)
+    _, info = env.reset(seed=2)
+    assert INFO_KEYS <= set(info)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert INFO_KEYS <= set(info)
+    json.dumps(info)
+    assert len(info["inventory"]) == 9 and 0 <= info["time_of_day"] < 1
+    assert info["health"] == 20 and len(info["position"]) == 3
+
+
+def test_time_of_day_option_and_night_is_darker():
+    env = BlockWorldEnv(width=32, height=32)
+    day, info = env.reset(seed=4, options={"time_of_day": 0.25})
+    assert info["time_of_day"] == pytest.approx(0.25)
+    night, _ = env.reset(seed=4, options={"time_of_day": 0.75})
+    assert night.mean() < 0.5 * day.mean()
+    with pytest.raises(ValueError, match="time_of_day"):
+        env.reset(seed=4, options={"time_of_day": 1.5})
+
+
+def test_default_start_time_is_drawn_from_the_seed():
+    env = BlockWorldEnv(width=16, height=16)
+    times = {round(env.reset(seed=s)[1]["time_of_day"], 6) for s in range(6)}
+    assert len(times) == 6
+    assert env.reset(seed=3)[1]["time_of_day"] == env.reset(seed=3)[1]["time_of_day"]
+
+
+def test_truncates_at_max_steps():
+    env = BlockWorldEnv(width=16, height=16, max_steps=5)
+    env.reset(seed=0)
+    ends = [env.step(np.zeros(8, dtype=np.int64))[3] for _ in range(5)]
+    assert ends == [False, False, False, False, True]
+
+
+def test_discrete_actions_wrapper_walks_forward():
+    env = DiscreteActions(BlockWorldEnv(width=16, height=16))
+    assert isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.n >= 10
+    _, info = env.reset(seed=0)
+    start = np.array(info["position"])
+    for _ in range(10):
+        _, _, _, _, info = env.step(1)  # forward
+    assert np.linalg.norm(np.array(info["position"])[[0, 2]] - start[[0, 2]]) > 0.5
+    with pytest.raises(ValueError, match="Discrete|int in"):
+        env.step(99)
+
+
+def test_human_render_opens_a_window(monkeypatch):
+    pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    env = BlockWorldEnv(width=16, height=16, render_mode="human")
+    env.reset(seed=0)
+    env.step(np.zeros(8, dtype=np.int64))
+    assert env._window is not None
+    env.close()

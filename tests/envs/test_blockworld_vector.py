@@ -1,0 +1,58 @@
+"""The vector env: Gymnasium's vector API, autoreset, and equality with single envs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+import worldsim  # noqa: F401  (registers the ids)
+from envs.blockworld import ACTION_NVEC, BlockWorldEnv, BlockWorldVectorEnv
+
+
+def test_make_vec_uses_the_native_vector_env():
+    venv = gym.make_vec("worldsim/BlockWorld-v0", num_envs=2, vectorization_mode="vector_entry_point", width=24, height=16)
+    assert isinstance(venv.unwrapped, BlockWorldVectorEnv)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    obs, info = venv.reset(seed=0)
+    assert obs.shape == (2, 16, 24, 3) and obs.dtype == np.uint8
+    assert info["health"].shape == (2,) and info["achievements"].shape[0] == 2
+    venv.close()
+
+
+def test_frames_equal_single_envs_with_same_seeds_and_actions():
+    n, steps = 3, 40
+    venv = BlockWorldVectorEnv(n, width=32, height=24, max_steps=15)
+    singles = [BlockWorldEnv(width=32, height=24, max_steps=15) for _ in range(n)]
+    rng = np.random.default_rng(0)
+    obs, _ = venv.reset(seed=10)
+    for i, env in enumerate(singles):
+        single_obs, _ = env.reset(seed=10 + i)
+        assert np.array_equal(obs[i], single_obs)
+    done = [False] * n
+    ends = 0
+    for _ in range(steps):
+        actions = (rng.random((n, len(ACTION_NVEC))) * np.array(ACTION_NVEC)).astype(np.int64)
+        actions[:, 0] = 1  # walk, so that worlds drift apart and chunks stream
+        obs, rewards, terminated, truncated, _ = venv.step(actions)
+        for i, env in enumerate(singles):
+            if done[i]:  # NEXT_STEP autoreset: this step is the reset
+                single_obs, _ = env.reset()
+                r, te, tr = 0.0, False, False
+            else:
+                single_obs, r, te, tr, _ = env.step(actions[i])
+            assert np.array_equal(obs[i], single_obs)
+            assert (rewards[i], terminated[i], truncated[i]) == (r, te, tr)
+            done[i] = te or tr
+            ends += done[i]
+    assert ends >= n, "every world should have crossed an episode end and autoreset"
+    venv.close()
+
+
+def test_vector_bad_actions_raise_value_error():
+    venv = BlockWorldVectorEnv(2, width=16, height=16)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(2, 8\)"):
+        venv.step(np.zeros((3, 8), dtype=np.int64))
+    venv.close()
