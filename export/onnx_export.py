@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from export.graphs import DecoderGraph, DynamicsStepGraph, EncoderGraph, GraphSpec, graph_specs
@@ -98,6 +99,23 @@ def _export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, path: P
             dynamic_axes=spec.dynamic_axes(),
             do_constant_folding=True,
         )
+    _name_output_dims(path, spec)
+
+
+def _name_output_dims(path: Path, spec: GraphSpec) -> None:
+    """Write the spec's output shapes into the graph: the tracer names computed dimensions
+    after the op that made them (``Gatherlogits_dim_3``) even where the size is fixed."""
+    model = onnx.load(str(path))
+    for value, want in zip(model.graph.output, spec.outputs):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(want.shape):
+            continue
+        for dim, size in zip(dims, want.shape):
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+    onnx.save(model, str(path))
 
 
 class _Inputs:

@@ -1,0 +1,103 @@
+"""``worldsim export onnx``: the files it writes, its self-verification and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import export.onnx_export as onnx_export
+from export.manifest import ManifestError, read_manifest, sha256_file
+from export.ort_session import CPU_EP, Placement, open_session, require_onnxruntime
+from worldsim import cli
+from worldsim.checkpoint import ModelConfig, load_model
+from worldsim.errors import WorldSimError
+from worldsim.runtime import load
+
+
+def test_export_writes_three_verified_graphs_and_a_manifest_that_describes_them(tiny_checkpoint: Path, tiny_export: Path) -> None:
+    manifest = read_manifest(tiny_export)  # validates the graph files' hashes too
+    assert sorted(p.name for p in tiny_export.iterdir()) == ["decoder.onnx", "dynamics.onnx", "encoder.onnx", "manifest.json"]
+    assert manifest["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
+    assert ModelConfig.from_dict(manifest["config"]) == load_model(tiny_checkpoint).config
+    assert manifest["opset"] == onnx_export.DEFAULT_OPSET
+    checks = manifest["verification"]["checks"]
+    assert {c["graph"] for c in checks} == {"encoder", "decoder", "dynamics"}
+    assert all(c["error"] <= c["limit"] for c in checks)
+    # The manifest's tensor names and shapes are the graphs' own.
+    ort = require_onnxruntime()
+    cpu = Placement([CPU_EP], "cpu", required=True)
+    for name, g in manifest["graphs"].items():
+        sess = open_session(tiny_export / g["file"], cpu, ort)
+        for spec, real in zip(g["inputs"] + g["outputs"], sess.get_inputs() + sess.get_outputs()):
+            assert (spec["name"], spec["shape"]) == (real.name, list(real.shape)), name
+
+
+def test_graphs_run_at_other_batch_sizes_and_frame_sizes(tiny_export: Path) -> None:
+    model = load(tiny_export, backend="onnx", precision="fp32")
+    frames = np.random.default_rng(0).integers(0, 256, (3, 1, 24, 32, 3), dtype=np.uint8)
+    model.prompt(frames, None)
+    out = model.step(np.zeros((3, 3), dtype=np.int64))
+    assert out.frames.shape == (3, 24, 32, 3) and out.frames.dtype == np.uint8
+
+
+def test_cli_exports_and_prints_the_verification(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli-export"
+    assert cli.main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--opset", "18"]) == 0
+    printed = capsys.readouterr().out
+    assert "dynamics.onnx" in printed and "verified against torch" in printed
+    assert read_manifest(out)["opset"] == 18
+
+
+def test_a_graph_that_disagrees_with_torch_fails_loudly_and_writes_nothing(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    class Skewed(onnx_export.DynamicsStepGraph):
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logits, reward, done, entries = super().forward(*args)
+            return logits + 0.01, reward, done, entries
+
+    monkeypatch.setattr(onnx_export, "DynamicsStepGraph", Skewed)
+    out = tmp_path / "bad-export"
+    with pytest.raises(onnx_export.ExportVerificationError, match="dynamics logits"):
+        onnx_export.export_onnx(tiny_checkpoint, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
+
+
+def test_export_refuses_a_folder_that_is_not_an_export_and_bad_opsets(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(WorldSimError, match="not a WorldSim ONNX export"):
+        onnx_export.export_onnx(tiny_checkpoint, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(WorldSimError, match="opset must be in 14..20"):
+        onnx_export.export_onnx(tiny_checkpoint, tmp_path / "out", opset=12)
+
+
+def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export, broken)
+    with open(broken / "dynamics.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="sha256 mismatch"):
+        load(broken, backend="onnx")
+    (broken / "decoder.onnx").unlink()
+    with pytest.raises(ManifestError, match="decoder graph"):
+        load(broken, backend="onnx")
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(ManifestError, match="version 99"):
+        load(broken, backend="onnx")
+
+
+def test_missing_onnxruntime_says_how_to_install_it(tiny_export: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an absent package looks like to import
+    with pytest.raises(WorldSimError, match="pip install onnxruntime"):
+        load(tiny_export, backend="onnx")
+    assert cli.main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install onnxruntime" in err and "onnxruntime-gpu" in err and "Traceback" not in err
