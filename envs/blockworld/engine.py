@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.blockworld.achievements import ACHIEVEMENT_NAMES
-from envs.blockworld.blocks import AIR, BLOCK_NAMES, SOLID
+from envs.blockworld.blocks import AIR, BLOCK_NAMES
 from envs.blockworld.physics import AIR_TICKS, MAX_HEALTH, PLAYER_DTYPE
 from envs.blockworld.region import MAX_VIEW_DISTANCE, Regions, find_spawn
 from envs.blockworld.render import draw_hud, render_worlds
 from envs.blockworld.tick import refresh_targets, step_players
-from envs.blockworld.worldgen import BIOME_NAMES, WORLD_HEIGHT, column
+from envs.blockworld.worldgen import BIOME_NAMES, column
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,7 @@ class Engine:
         """Generate world ``w`` from ``world_seed`` and put a fresh player at its spawn."""
         x, z = find_spawn(world_seed)
         self.regions.reset_world(w, world_seed, x, z)
-        ground = WORLD_HEIGHT - 1
-        while ground > 0 and not SOLID[self.regions.get_block(w, int(np.floor(x)), ground, int(np.floor(z)))]:
-            ground -= 1
+        x, z, ground = self.regions.open_ground(w, x, z)
         p = np.zeros((), dtype=PLAYER_DTYPE)
         p["pos"] = (x, ground + 1.0, z)
         p["spawn"] = p["pos"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from envs.blockworld.blocks import GRASS, SAND, SNOW
 from envs.blockworld.worldgen import (
     CHUNK,
     OCEAN,
@@ -34,6 +35,7 @@ MAX_VIEW_DISTANCE = 40
 """Furthest a ray may travel. The square recentres when the player comes within this
 distance (+1) of its edge, which leaves room for hysteresis up to this view distance:
 a player pacing across a chunk border does not reload chunks every few steps."""
+_OPEN_GROUND = (GRASS, SAND, SNOW)
 BRICK_SHIFT = 2
 """Occupancy bricks are 4x4x4 blocks (1 << BRICK_SHIFT)."""
 CLEAR_CAP = 8
@@ -215,6 +217,32 @@ class Regions:
         filled = np.flatnonzero(self.blocks[w].any(axis=(0, 1)))
         self.top[w] = min(int(filled[-1]) + 2, WORLD_HEIGHT) if filled.size else 0
         self._slot_top[w] = self.top[w]
+
+    def open_ground(self, w: int, x: float, z: float, radius: int = 24) -> tuple[float, float, int]:
+        """The open spot nearest (x, z): a column whose top is terrain (not a tree) with
+        air above it and its eight neighbours for three blocks, so a player placed there
+        sees the world rather than the inside of a canopy. Returns (x, z, ground y)."""
+        x0, z0 = int(np.floor(x)), int(np.floor(z))
+        offsets = sorted(
+            ((dx, dz) for dx in range(-radius, radius + 1) for dz in range(-radius, radius + 1)),
+            key=lambda o: (o[0] * o[0] + o[1] * o[1], o),
+        )
+        blocks = self.blocks[w]
+        for dx, dz in offsets:
+            cx, cz = (x0 + dx) % REGION, (z0 + dz) % REGION
+            col = blocks[cx, cz]
+            filled = np.flatnonzero(col)
+            if not filled.size:
+                continue
+            ground = int(filled[-1])
+            if col[ground] not in _OPEN_GROUND or ground + 4 >= WORLD_HEIGHT:
+                continue
+            xs = [(cx + i) % REGION for i in (-1, 0, 1)]
+            zs = [(cz + i) % REGION for i in (-1, 0, 1)]
+            if not blocks[np.ix_(xs, zs, range(ground + 1, ground + 4))].any():
+                return x0 + dx + 0.5, z0 + dz + 0.5, ground
+        filled = np.flatnonzero(blocks[x0 % REGION, z0 % REGION])
+        return x + 0.0, z + 0.0, int(filled[-1]) if filled.size else 0
 
     def set_block(self, w: int, x: int, y: int, z: int, block: int) -> None:
         """Set one loaded block of world ``w`` by world coordinates (for building scenes)."""

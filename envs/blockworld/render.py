@@ -34,7 +34,7 @@ FOG_START = 0.6
 """Fog begins at this fraction of the view distance and is total at the view distance."""
 UNDERWATER_VIEW = 10.0
 """View distance, in blocks, with the eye under water."""
-NIGHT_LIGHT = 0.22
+NIGHT_LIGHT = 0.35
 """Brightness of lit faces at midnight, relative to noon."""
 FACE_SHADE = np.array([0.80, 1.00, 0.68, 0.55], dtype=np.float64)
 """Brightness of x-facing, top, z-facing and bottom faces: fixed sun-from-above shading."""
@@ -313,7 +313,7 @@ def _fill(img, y0: int, y1: int, x0: int, x1: int, r: int, g: int, b: int) -> No
 def draw_hud(players, out) -> None:
     """Draw crosshair, health bar and hotbar over each frame of ``out`` (B, H, W, 3)."""
     height, width = out.shape[1], out.shape[2]
-    s = max(1, min(width, height) // 64)  # HUD pixel scale: 1 up to 127 px, then 2...
+    s = max(1, (min(width, height) + 32) // 64)  # HUD pixel scale: 1 below 96 px, then 2...
     cell = 5 * s
     bar_w = HOTBAR_SLOTS * cell + s
     x0 = (width - bar_w) // 2

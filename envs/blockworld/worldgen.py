@@ -139,14 +139,14 @@ def column(seed: int, x: int, z: int) -> tuple[int, int]:
     temperature = fbm2(seed + 37, x / 200.0, z / 200.0, 2)
     moisture = fbm2(seed + 41, x / 160.0, z / 160.0, 2)
     base = SEA_LEVEL + 3.0 + continent * 24.0 + detail * 4.0
-    if temperature < -0.15 and detail > 0.0:
+    if temperature < -0.22 and detail > 0.0:
         base += detail * 24.0  # cold lands get hills
     h = min(max(int(base), 4), 50)
     if h < SEA_LEVEL:
         return h, OCEAN
     if temperature > 0.15 and moisture < 0.1:
         return h, DESERT
-    if temperature < -0.15:
+    if temperature < -0.22:
         return h, SNOWY
     if moisture > 0.0:
         return h, FOREST
@@ -157,7 +157,7 @@ def column(seed: int, x: int, z: int) -> tuple[int, int]:
 def _tree_at(seed: int, x: int, z: int, h: int, biome: int) -> int:
     """Trunk height of a tree rooted on column (x, z), or 0 for no tree."""
     if biome == FOREST:
-        p = 0.045
+        p = 0.02
     elif biome == PLAINS:
         p = 0.006
     elif biome == SNOWY:
