@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="reset seed (default 0)")
-    parser.add_argument("--turns", type=int, default=9, help="turning steps before the shot")
+    parser.add_argument("--turns", type=int, default=54, help="turning steps before the shot")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
