@@ -1,0 +1,233 @@
+"""``worldsim bench train`` and ``worldsim bench dream``: throughput, FLOPs and share of peak.
+
+Both measure the machine's matmul peak in the same run (a large fp32 and a bf16 matmul), so
+every share-of-peak figure is a ratio taken under the same load. FLOPs are counted by
+``torch.utils.flop_counter.FlopCounterMode`` on the real forward (and backward) passes, not
+estimated. ``bench dream`` runs random weights unless given a checkpoint: speed does not
+depend on what the weights say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from worldsim.checkpoint import ModelConfig, save_model
+from worldsim.errors import WorldSimError
+from worldsim.presets import PRESETS, dynamics_config, get_preset
+from worldsim.runtime import DEFAULT_CHUNKS, WorldModel, load
+from worldsim.spaces import ActionSpec
+from worldsim.tokenizer import Tokenizer
+from worldsim.torch_backend import TorchBackend, default_precision, pick_device
+from worldsim.transformer import Dynamics
+
+BLOCKWORLD_ACTIONS = ActionSpec("MultiDiscrete", (3, 3, 2, 3, 3, 2, 2, 10))
+"""BlockWorld's action space: the default for random-weight benchmarks."""
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
+    """FLOP/s of repeated ``n x n`` matmuls for about ``seconds``."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if dt > seconds:
+            return 2 * n**3 * reps / dt
+
+
+def _peaks(device: torch.device) -> dict[str, float]:
+    big = 4096 if device.type == "cuda" else 1024
+    # bf16 on a CPU without native support is ~60x slower: a smaller matrix keeps this short.
+    small = big if default_precision(device) == "bf16" else 256
+    return {"fp32": matmul_peak(device, torch.float32, big), "bf16": matmul_peak(device, torch.bfloat16, small)}
+
+
+def _random_model(preset: str, spec: ActionSpec, context: int | None, device: torch.device, precision: str) -> TorchBackend:
+    p = get_preset(preset)
+    torch.manual_seed(0)
+    tok = Tokenizer(p.tokenizer).to(device)
+    dyn = Dynamics(dynamics_config(p, p.tokenizer.levels, spec, context)).to(device)
+    cfg = ModelConfig(tokenizer=p.tokenizer, dynamics=dyn.cfg, preset=preset)
+    return TorchBackend(tok, dyn, cfg, device, precision)
+
+
+def _params(m: torch.nn.Module) -> int:
+    return sum(x.numel() for x in m.parameters())
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: the device's fastest accurate one")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def _finish(rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
+
+
+def dream_main(argv: list[str]) -> int:
+    """``worldsim bench dream``: generation frames/s at B=1 and B=64, K=1 and the default K."""
+    ap = argparse.ArgumentParser(prog="worldsim bench dream", description=dream_main.__doc__)
+    ap.add_argument("--preset", default="small", choices=sorted(PRESETS), help="random-weight model size (default small)")
+    ap.add_argument("--checkpoint", default=None, help="time this checkpoint instead of a random preset")
+    ap.add_argument("--backend", nargs="+", default=["torch"], help="runtime backends, timed side by side in one run (torch onnx)")
+    ap.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)")
+    ap.add_argument("--chunks", type=int, nargs="+", default=sorted({1, DEFAULT_CHUNKS}), help="K values (default 1 and the default K)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per setting (default 3)")
+    _common(ap)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = pick_device(a.device)
+    precision = a.precision or default_precision(dev)
+    peaks = _peaks(dev)
+    rows = []
+    H, W = a.size
+    checkpoint, scratch = a.checkpoint, None
+    if checkpoint is None and set(a.backend) != {"torch"}:
+        # Every backend must time the same weights: save the random model once for all of them.
+        scratch = tempfile.TemporaryDirectory()
+        be = _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision)
+        checkpoint = str(Path(scratch.name) / f"{a.preset}-random.safetensors")
+        save_model(checkpoint, replace(be.config, frame_shape=(H, W)), be.tokenizer, be.dynamics)
+
+    def make(backend: str, K: int) -> WorldModel:
+        if checkpoint:
+            return load(checkpoint, backend=backend, device=a.device, precision=a.precision, chunks=K, seed=0)
+        return WorldModel(_random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision), chunks=K, seed=0)
+
+    for K in a.chunks:
+        models = {backend: make(backend, K) for backend in a.backend}
+        for B, (backend, model) in itertools.product(a.batch, models.items()):
+            spec = model.action_spec
+            rng = np.random.default_rng(0)
+            frames = rng.integers(0, 256, (B, 4, H, W, 3), dtype=np.uint8)
+            acts = lambda n, rng=rng, spec=spec, B=B: rng.integers(0, spec.nvec, (B, n, len(spec.nvec)))  # noqa: E731
+            model.prompt(frames, acts(3))
+            model.step(acts(1)[:, 0])
+            # Time the steady state of a long rollout: a full window. What the cache holds
+            # does not change the cost, so mark it all valid rather than step 20+ times.
+            model._valid[:] = True
+            flops = None
+            if getattr(model.backend, "name", "") == "torch":
+                with FlopCounterMode(display=False) as fc:
+                    model.step(acts(1)[:, 0])
+                flops = fc.get_total_flops() / B
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < a.seconds or n < 2:
+                model.step(acts(1)[:, 0])
+                n += 1
+            dt = time.perf_counter() - t0
+            fps = B * n / dt
+            row = {"backend": backend, "device": model.backend.device, "precision": model.backend.precision, "batch": B, "chunks": K, "frames_per_s": round(fps, 2),
+                   "ms_per_step": round(1e3 * dt / n, 2), "gflop_per_frame": None if flops is None else round(flops / 1e9, 4)}  # fmt: skip
+            if flops is not None:
+                row["share_of_peak"] = round(flops * fps / peaks[precision], 4)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for r in rows[1:]:
+        base = next(b for b in rows if b["backend"] == a.backend[0] and (b["batch"], b["chunks"]) == (r["batch"], r["chunks"]))
+        if r is not base:
+            print(f"{r['backend']} / {base['backend']}: {r['frames_per_s'] / base['frames_per_s']:.2f}x frames/s at B={r['batch']}, K={r['chunks']}")
+    what = a.checkpoint or f"preset {a.preset} (random weights)"
+    print(f"model: {what}; {H}x{W}; device {dev}, precision {precision}, threads {torch.get_num_threads()}; "
+          f"matmul peak fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")  # fmt: skip
+    _finish(rows, peaks, a.json, {"model": what, "device": str(dev), "precision": precision})
+    return 0
+
+
+def _train_step(kind: str, backend: TorchBackend, B: int, T: int, H: int, W: int, opt: torch.optim.Optimizer, dev: torch.device, precision: str):
+    rng = torch.Generator().manual_seed(0)
+    if kind == "tokenizer":
+        frames = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8, generator=rng).to(dev)
+
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = backend.tokenizer(frames).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        s = backend.tokenizer.config.stride
+        return step, B, B * (H // s) * (W // s)
+    cfg = backend.dynamics.cfg
+    s = backend.config.tokenizer.stride
+    h, w = H // s, W // s
+    codes = torch.randint(0, int(np.prod(cfg.levels)), (B, T, h, w), generator=rng).to(dev)
+    acts = torch.zeros(B, T - 1, len(cfg.action_nvec), dtype=torch.long, device=dev)
+    rew, term = torch.zeros(B, T - 1, device=dev), torch.zeros(B, T - 1, dtype=torch.bool, device=dev)
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = backend.dynamics(codes, acts, rew, term).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    n_tok = (h // cfg.patch) * (w // cfg.patch)
+    return step, B * T, B * (2 * T - 1) * n_tok
+
+
+def train_main(argv: list[str]) -> int:
+    """``worldsim bench train``: training frames/s and tokens/s per preset and model, share of peak."""
+    ap = argparse.ArgumentParser(prog="worldsim bench train", description=train_main.__doc__)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time")
+    ap.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
+    ap.add_argument("--batch", type=int, default=8, help="windows (dynamics) or frames x4 (tokenizer) per step (default 8)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (default 3)")
+    _common(ap)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = pick_device(a.device)
+    precision = a.precision or default_precision(dev)
+    peaks = _peaks(dev)
+    H, W = a.size
+    rows = []
+    for name in a.presets:
+        if name not in PRESETS:
+            raise WorldSimError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        be = _random_model(name, BLOCKWORLD_ACTIONS, None, dev, precision)
+        for kind, module in (("tokenizer", be.tokenizer), ("dynamics", be.dynamics)):
+            module.train()
+            opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+            B = a.batch * 4 if kind == "tokenizer" else a.batch
+            step, frames, tokens = _train_step(kind, be, B, be.dynamics.cfg.context, H, W, opt, dev, precision)
+            step()  # warm-up (allocations, first-call dispatch)
+            with FlopCounterMode(display=False) as fc:
+                step()
+            flops = fc.get_total_flops()
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / a.steps
+            row = {"preset": name, "model": kind, "params_m": round(_params(module) / 1e6, 3), "batch": B,
+                   "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1),
+                   "gflop_per_step": round(flops / 1e9, 2), "share_of_peak": round(flops / dt / peaks[precision], 4)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"{H}x{W}; device {dev}, precision {precision}, threads {torch.get_num_threads()}; "
+          f"matmul peak fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")  # fmt: skip
+    _finish(rows, peaks, a.json, {"device": str(dev), "precision": precision})
+    return 0
