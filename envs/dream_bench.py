@@ -1,0 +1,163 @@
+"""`worldsim bench dream-env`: dream steps/s through the Gymnasium API, single and vector.
+
+``worldsim bench dream`` measures the runtime (``WorldModel.step``) alone. This benchmark
+measures what an RL user gets: ``env.step`` of ``worldsim/Dream-v0`` (validation, copies,
+the TimeLimit wrapper) and the native vector env at N = 16 and N = 64. Each Gymnasium
+figure is printed beside the bare runtime's rate at the same batch size, measured in the
+same run, so the ratio shows the API's overhead even on a noisy shared machine.
+
+Without a trained checkpoint, ``--preset`` benchmarks a randomly initialised model of that
+size: generation costs the same whatever the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from worldsim.errors import WorldSimError
+
+TARGET_SINGLE = 30.0
+"""Issue 5's target: single-env steps/s at 64x64 on the project's 2-core CPU."""
+TARGET_VECTOR_64 = 500.0
+"""Issue 5's target: total steps/s of the vector env with N = 64."""
+BLOCKWORLD_ID = "worldsim/BlockWorld-v0"
+BLOCKWORLD_NVEC = (3, 3, 2, 3, 3, 2, 2, 10)
+
+
+@dataclass
+class Rate:
+    """One measured configuration."""
+
+    name: str
+    batch: int
+    gym_steps_per_s: float
+    """Total env steps per second through the Gymnasium API (N steps per vector step)."""
+    runtime_steps_per_s: float
+    """Total steps per second of ``WorldModel.step`` alone, same batch, same run."""
+    episode_ends: int
+    """Episodes that ended during the timed Gymnasium steps; each restart costs an engine reset."""
+
+
+def random_checkpoint(preset: str, folder: Path) -> Path:
+    """A randomly initialised BlockWorld model of ``preset``, for speed measurements only."""
+    import torch
+
+    from worldsim.checkpoint import ModelConfig, save_model
+    from worldsim.presets import dynamics_config, get_preset
+    from worldsim.spaces import ActionSpec
+    from worldsim.tokenizer import Tokenizer
+    from worldsim.transformer import Dynamics
+
+    torch.manual_seed(0)
+    p = get_preset(preset)
+    dyn = dynamics_config(p, p.tokenizer.levels, ActionSpec("MultiDiscrete", BLOCKWORLD_NVEC))
+    cfg = ModelConfig(tokenizer=p.tokenizer, dynamics=dyn, env_id=BLOCKWORLD_ID, env_kwargs={}, preset=preset)
+    path = folder / f"random-{preset}.safetensors"
+    save_model(path, cfg, Tokenizer(p.tokenizer), Dynamics(dyn))
+    return path
+
+
+def _time_steps(step, actions: np.ndarray, warmup: int) -> tuple[float, int]:
+    """Seconds per call of ``step`` over ``actions`` after ``warmup`` untimed calls, and the
+    number of episode ends among the timed calls (0 for the bare runtime)."""
+    for a in actions[:warmup]:
+        step(a)
+    ends = 0
+    t0 = time.perf_counter()
+    for a in actions[warmup:]:
+        out = step(a)
+        if isinstance(out, tuple):
+            ends += int(np.sum(np.asarray(out[2]) | np.asarray(out[3])))
+    return (time.perf_counter() - t0) / max(1, len(actions) - warmup), ends
+
+
+def measure(kwargs: dict, batch: int, steps: int, warmup: int, seed: int) -> Rate:
+    """Gymnasium and bare-runtime steps/s for one batch size (1 = the single env)."""
+    rng = np.random.default_rng(seed)
+    if batch == 1:
+        env = gym.make("worldsim/Dream-v0", max_episode_steps=-1, **kwargs)
+        nvec = np.asarray(env.unwrapped.setup.action_spec.nvec)
+        env.reset(seed=seed)
+        actions = rng.integers(0, nvec, size=(steps + warmup, len(nvec)))
+
+        def step(a: np.ndarray) -> tuple:
+            out = env.step(a)
+            if out[2] or out[3]:  # as an RL loop would: a new episode after each end
+                env.reset()
+            return out
+
+        per_step, ends = _time_steps(step, actions, warmup)
+        model = env.unwrapped.model
+    else:
+        env = gym.make_vec("worldsim/Dream-v0", num_envs=batch, vectorization_mode="vector_entry_point", **kwargs)
+        nvec = np.asarray(env.unwrapped.setup.action_spec.nvec)
+        env.reset(seed=seed)
+        actions = rng.integers(0, nvec, size=(steps + warmup, batch, len(nvec)))
+        per_step, ends = _time_steps(env.step, actions, warmup)
+        model = env.unwrapped.model
+    # The same model and batch, stepped directly: the rate without the Gymnasium layer.
+    raw = actions if batch > 1 else actions[:, None]
+    raw_per_step, _ = _time_steps(model.step, raw, warmup)
+    env.close()
+    name = "single env" if batch == 1 else f"vector env N={batch}"
+    return Rate(name, batch, batch / per_step, batch / raw_per_step, ends)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``worldsim bench dream-env``."""
+    p = argparse.ArgumentParser(prog="worldsim bench dream-env", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="dream checkpoint (default: the shipped model)")
+    p.add_argument("--preset", help="benchmark a randomly initialised model of this preset instead")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--chunks", type=int, help="chunks per frame (default: the model's)")
+    p.add_argument("--nums", default="16,64", help="vector sizes, comma-separated (default 16,64)")
+    p.add_argument("--steps", type=int, default=60, help="timed steps per configuration (default 60)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    a = p.parse_args(argv)
+    if a.checkpoint and a.preset:
+        raise WorldSimError("give --checkpoint or --preset, not both")
+    try:
+        nums = [int(n) for n in a.nums.split(",") if n.strip()]
+    except ValueError:
+        raise WorldSimError(f"--nums must be comma-separated integers, got {a.nums!r}") from None
+    if a.steps < 1 or a.warmup < 0 or any(n < 1 for n in nums):
+        raise WorldSimError("--steps and every --nums entry must be at least 1, --warmup at least 0")
+    import torch
+
+    import worldsim  # noqa: F401  (registers the ids)
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = str(random_checkpoint(a.preset, Path(tmp))) if a.preset else a.checkpoint
+        kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
+                      chunks=a.chunks)  # fmt: skip
+        what = f"preset {a.preset} (random weights)" if a.preset else (a.checkpoint or "the shipped model")
+        print(f"dream env benchmark: {what}, {a.width}x{a.height}, backend {a.backend}, "
+              f"torch threads {torch.get_num_threads()}, {a.steps} timed steps each")  # fmt: skip
+        rates = []
+        for batch in [1, *nums]:
+            r = measure(kwargs, batch, a.steps, a.warmup, seed=0)
+            rates.append(r)
+            print(f"  {r.name:<16} {r.gym_steps_per_s:9.1f} steps/s through Gymnasium   "
+                  f"(runtime alone {r.runtime_steps_per_s:9.1f}; Gymnasium keeps "
+                  f"{r.gym_steps_per_s / r.runtime_steps_per_s:.0%}; {r.episode_ends} episode ends)",
+                  flush=True)  # fmt: skip
+    single = rates[0].gym_steps_per_s
+    print(f"target single env >= {TARGET_SINGLE:g} steps/s: {'met' if single >= TARGET_SINGLE else 'NOT met'} ({single:.1f})")
+    for r in rates[1:]:
+        if r.batch == 64:
+            ok = r.gym_steps_per_s >= TARGET_VECTOR_64
+            print(f"target vector N=64 >= {TARGET_VECTOR_64:g} steps/s: {'met' if ok else 'NOT met'} ({r.gym_steps_per_s:.1f})")
+    return 0
