@@ -210,14 +210,15 @@ def parse_record(
     t, action, reward = obj["t"], obj["action"], obj["reward"]
     if not _is_int(t) or t < 1:
         raise bad(f"t must be an int >= 1, got {t!r}")
-    if isinstance(action, bool) or not (_is_int(action) or isinstance(action, list)):
-        raise bad(f"action must be an int or a list of ints, got {action!r}")
-    if isinstance(action, list) and not all(_is_int(a) for a in action):
-        raise bad(f"action must be a list of ints, got {action!r}")
-    try:
-        arr = spec.as_array(action if isinstance(action, list) else [action], ())
-    except ValueError as e:
-        raise bad(f"action {action!r}: {e}") from None
+    values = action if isinstance(action, list) else [action]
+    # Plain-Python checks: this runs for every frame a training batch reads.
+    if (
+        len(values) != len(spec.nvec)
+        or not all(_is_int(a) and 0 <= a < n for a, n in zip(values, spec.nvec))
+        or (spec.kind == "Discrete") != _is_int(action)
+    ):
+        raise bad(f"action {action!r} does not fit {spec.kind}{list(spec.nvec)}")
+    arr = np.array(values, dtype=np.int64)
     if (
         isinstance(reward, bool)
         or not isinstance(reward, (int, float))

@@ -23,7 +23,7 @@ from worldsim.png import encode_png
 from worldsim.recording import RecordingError, RecordingReader, RecordingTruncatedWarning
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=80,
     deadline=2000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
