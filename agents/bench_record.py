@@ -125,6 +125,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
     results: dict[str, Any] = {"cpu_cores": os.cpu_count(), "size": args.size, "agent": args.agent}
+    # Other processes share these cores; the load average says how much of them we had.
+    print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} before the run")
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -171,6 +173,8 @@ def main(argv: list[str]) -> int:
     minutes = 1e6 / parallel / 60
     print(f"\n1M steps at {parallel:.0f} steps/s: {minutes:.1f} minutes")
     results["minutes_per_million_steps"] = minutes
+    results["load_average_after"] = os.getloadavg()[0]
+    print(f"load average {results['load_average_after']:.1f} after the run")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
