@@ -238,7 +238,8 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
     )
     try:
         spec = ActionSpec.from_space(world.action_space)
-        script = iter(read_script(config.actions, spec)) if config.actions else None
+        # Read the whole script first: a bad line is an error before the window opens.
+        script = iter(list(read_script(config.actions, spec))) if config.actions else None
         if script is None and spec.nvec != NVEC:
             raise WorldSimError(
                 f"the keyboard controls drive BlockWorld's MultiDiscrete{list(NVEC)}, but this world's "

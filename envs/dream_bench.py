@@ -110,6 +110,54 @@ def measure(kwargs: dict, batch: int, steps: int, warmup: int, seed: int) -> Rat
     return Rate(name, batch, batch / per_step, batch / raw_per_step, ends)
 
 
+@dataclass
+class RolloutReport:
+    """A long single-env rollout: memory and frame health."""
+
+    steps: int
+    rss_after_warmup_mb: float
+    rss_end_mb: float
+    blank_frames: int
+    """Frames of a single colour."""
+    frozen_windows: int
+    """Windows of 100 steps in which the picture never changed."""
+    steps_per_s: float
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux /proc; NaN elsewhere)."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def rollout(kwargs: dict, steps: int, seed: int, warmup: int = 200) -> RolloutReport:
+    """Step one dream env ``steps`` times with random actions, never resetting."""
+    env = gym.make("worldsim/Dream-v0", max_episode_steps=-1, **kwargs)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    blank = frozen = 0
+    window: list[np.ndarray] = []
+    base = rss_mb()
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        obs = env.step(env.action_space.sample())[0]
+        blank += int(obs.reshape(-1, 3).std(axis=0).max() == 0)
+        window.append(obs)
+        if len(window) == 100:
+            frozen += int(all(np.array_equal(window[0], f) for f in window[1:]))
+            window.clear()
+        if step == min(warmup, steps):
+            base = rss_mb()
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return RolloutReport(steps, base, rss_mb(), blank, frozen, rate)
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``worldsim bench dream-env``."""
     p = argparse.ArgumentParser(prog="worldsim bench dream-env", description=__doc__.split("\n\n")[0])
@@ -124,6 +172,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=60, help="timed steps per configuration (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--rollout", type=int, metavar="N",
+                   help="instead: one env for N steps, reporting memory growth and blank/frozen frames")
     a = p.parse_args(argv)
     if a.checkpoint and a.preset:
         raise WorldSimError("give --checkpoint or --preset, not both")
@@ -131,8 +181,8 @@ def main(argv: list[str]) -> int:
         nums = [int(n) for n in a.nums.split(",") if n.strip()]
     except ValueError:
         raise WorldSimError(f"--nums must be comma-separated integers, got {a.nums!r}") from None
-    if a.steps < 1 or a.warmup < 0 or any(n < 1 for n in nums):
-        raise WorldSimError("--steps and every --nums entry must be at least 1, --warmup at least 0")
+    if a.steps < 1 or a.warmup < 0 or any(n < 1 for n in nums) or (a.rollout is not None and a.rollout < 1):
+        raise WorldSimError("--steps, --rollout and every --nums entry must be at least 1, --warmup at least 0")
     import torch
 
     import worldsim  # noqa: F401  (registers the ids)
@@ -144,6 +194,13 @@ def main(argv: list[str]) -> int:
         kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
                       chunks=a.chunks)  # fmt: skip
         what = f"preset {a.preset} (random weights)" if a.preset else (a.checkpoint or "the shipped model")
+        if a.rollout:
+            r = rollout(kwargs, a.rollout, seed=0)
+            print(f"dream rollout: {what}, {a.width}x{a.height}, {r.steps} steps at {r.steps_per_s:.1f} steps/s; "
+                  f"RSS {r.rss_after_warmup_mb:.1f} MiB after warm-up, {r.rss_end_mb:.1f} MiB at the end "
+                  f"({r.rss_end_mb - r.rss_after_warmup_mb:+.1f}); {r.blank_frames} blank frames, "
+                  f"{r.frozen_windows} frozen 100-step windows")  # fmt: skip
+            return 0
         print(f"dream env benchmark: {what}, {a.width}x{a.height}, backend {a.backend}, "
               f"torch threads {torch.get_num_threads()}, {a.steps} timed steps each")  # fmt: skip
         rates = []
