@@ -24,6 +24,11 @@ test: setup
 demo: setup
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/worldsim demo --out demo
 
+# Reproduce the shipped model from nothing (record, tokenizer, dynamics) and install it as
+# the package default. Resumable: run it again after an interruption.
+model: setup
+	$(BIN)/worldsim train recipe blockworld-64 --dir runs/blockworld-64 --install
+
 play: setup
 	$(BIN)/worldsim play
 

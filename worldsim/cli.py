@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("worldsim.video:main", "turn a recording (file or shard folder) into an MP4 or GIF, with an optional overlay"),
     "eval": ("worldsim.evaluate:main", "measure a world model against its reference env: PSNR/SSIM, controllability, permanence, stability"),
     "demo": ("worldsim.demo:main", "dream BlockWorld with the shipped model: GIFs, frames/s and PSNR against copy-last"),
+    "train recipe": ("worldsim.recipe:main", "reproduce a shipped model from nothing (record, tokenizer, dynamics), resumable"),
 }
 
 

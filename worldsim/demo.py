@@ -31,16 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which held-out world (and the explorer's choices)")
     p.add_argument("--scale", type=int, default=3, help="GIF upscaling factor")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return p
 
 
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     from worldsim.errors import WorldSimError
+    from worldsim.evaluate import set_threads
     from worldsim.runtime import load
 
     if a.steps < 1 or a.scale < 1:
         raise WorldSimError("--steps and --scale must be at least 1")
+    set_threads(a.threads)
     model = load(a.checkpoint, device=a.device, seed=a.seed)
     env_id = model.config.env_id
     if env_id is None:

@@ -17,7 +17,7 @@ of standing still,
 * *walk*: walk away for ``walk_steps`` steps and back as many; the final dream frame is
   compared with the frame before the walk, and the farthest point as above.
 
-Each probe runs on up to four held-out worlds at once.
+Each probe runs in ``probe_worlds`` held-out worlds at once (4 by default).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from worldsim.evaluate import Evaluation
 
 PROBE_SEED_BASE = HELDOUT_SEED_BASE + 90_000
-PROBE_WORLDS = 4
 
 
 def action_names(ref: ReferenceEnv) -> list[str]:
@@ -106,16 +105,17 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
 
 
 def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str) -> dict[str, Any] | None:
-    """Run ``script`` (after ``P - 1`` still steps) in up to four worlds; compare frames."""
+    """Run ``script`` (after ``P - 1`` still steps) in ``probe_worlds`` worlds; compare frames."""
     P, model, ref = ev.P, ev.model, ev.ref
     still = np.zeros((P - 1, ref.spec.num_components), np.int64)
     full = np.concatenate([still, script])
     trajs = []
-    for k in range(4 * PROBE_WORLDS):
+    want = ev.cfg.probe_worlds
+    for k in range(4 * want):
         tr = ref.rollout(PROBE_SEED_BASE + k, len(full), script=full)
         if not tr.resets.any():
             trajs.append(tr)
-        if len(trajs) == PROBE_WORLDS:
+        if len(trajs) == want:
             break
     if not trajs:
         return None

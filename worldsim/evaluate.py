@@ -74,6 +74,8 @@ class EvalConfig:
     context: int | None = None
     """Real prompt frames; None = as many as the model's context holds (context - 1)."""
     stability_steps: int = 2000
+    probe_worlds: int = 4
+    """Held-out worlds each object-permanence probe runs in (one batch)."""
     idm: IDMConfig = field(default_factory=IDMConfig)
     chunks: int | None = None
     temperature: float | None = None
@@ -151,7 +153,8 @@ class Evaluation:
         if config.env_kwargs is not None:
             kwargs = dict(config.env_kwargs)
         else:
-            kwargs = dict(mc.env_kwargs or {}) if self.env_id.split(":")[-1] == mc.env_id else {}
+            same = mc.env_id in (self.env_id, self.env_id.split(":")[-1])
+            kwargs = dict(mc.env_kwargs or {}) if same else {}
         self.env_kwargs = kwargs
         self.ref = ReferenceEnv(self.env_id, kwargs)
         if self.ref.spec != self.model.action_spec:
@@ -337,12 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=32, help="open-loop steps per episode")
     p.add_argument("--context", type=int, default=None, help="real prompt frames (default: the model's context - 1)")
     p.add_argument("--stability-steps", type=int, default=2000, help="length of the long open-loop rollout")
+    p.add_argument("--probe-worlds", type=int, default=4, help="worlds per object-permanence probe")
     p.add_argument("--idm-data-steps", type=int, default=IDMConfig.data_steps, help="reference steps to train the IDM on")
     p.add_argument("--idm-train-steps", type=int, default=IDMConfig.train_steps, help="IDM optimizer steps")
     p.add_argument("--chunks", type=int, default=None, help="passes per frame (default: the runtime's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the runtime's)")
     p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help="seeds the policies and the sampling")
     p.add_argument("--reward-threshold", type=float, default=0.5, help="|reward| that counts as a reward event")
     p.add_argument("--cache-dir", default=None, help="IDM cache (default: $WORLDSIM_CACHE/idm or ~/.cache/worldsim/idm)")
@@ -361,12 +366,13 @@ def main(argv: list[str]) -> int:
             raise WorldSimError(f"--env-kwargs is not JSON: {e}") from None
         if not isinstance(kwargs, dict):
             raise WorldSimError("--env-kwargs must be a JSON object")
-    for name in ("episodes", "horizon", "stability_steps", "idm_data_steps", "idm_train_steps"):
+    for name in ("episodes", "horizon", "stability_steps", "probe_worlds", "idm_data_steps", "idm_train_steps"):
         if getattr(a, name) < 1:
             raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
+    set_threads(a.threads)
     cfg = EvalConfig(
         checkpoint=a.checkpoint, out=a.out, env=a.env, env_kwargs=kwargs, episodes=a.episodes, horizon=a.horizon,
-        context=a.context, stability_steps=a.stability_steps, chunks=a.chunks, temperature=a.temperature,
+        context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks, temperature=a.temperature,
         idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps), backend=a.backend,
         device=a.device, seed=a.seed, reward_threshold=a.reward_threshold, cache_dir=a.cache_dir, videos=not a.no_videos,
     )  # fmt: skip
@@ -374,6 +380,17 @@ def main(argv: list[str]) -> int:
     print(summary(m))
     print(f"wrote {Path(a.out) / 'metrics.json'}")
     return 0
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise WorldSimError("--threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def summary(m: dict[str, Any]) -> str:

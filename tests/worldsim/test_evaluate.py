@@ -1,0 +1,174 @@
+"""``worldsim eval`` end to end on tiny models trained here, on BlockWorld and on an env
+WorldSim has never seen (with a ``Discrete`` action space)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import worldsim  # noqa: F401  (registers the ids)
+from tests.worldsim.toy_env import FULL_ID
+from worldsim.checkpoint import ModelConfig, save_model
+from worldsim.cli import main as cli
+from worldsim.metrics import psnr
+from worldsim.presets import dynamics_config, get_preset
+from worldsim.reference import HELDOUT_SEED_BASE, ReferenceEnv, Trajectory, make_policy
+from worldsim.tokenizer import Tokenizer
+from worldsim.transformer import Dynamics
+
+BLOCKWORLD = "worldsim/BlockWorld-v0"
+BW_KWARGS = {"width": 16, "height": 16}
+TOY_KWARGS = {"discrete": True, "width": 16, "height": 12}
+CONTEXT = 3
+HORIZON = 4
+SMALL = ["--episodes", "2", "--horizon", str(HORIZON), "--context", str(CONTEXT), "--stability-steps", "30",
+         "--probe-worlds", "1", "--idm-data-steps", "200", "--idm-train-steps", "20", "--threads", "1"]  # fmt: skip
+
+
+def _train_tiny(trajs: list[Trajectory], spec, env_id: str, kwargs: dict, path: Path) -> None:
+    """A tiny tokenizer and dynamics model, trained for a few hundred steps on ``trajs``."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    preset = get_preset("tiny")
+    frames = torch.from_numpy(np.concatenate([t.frames for t in trajs]))
+    tok = Tokenizer(preset.tokenizer)
+    opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
+    for _ in range(150):
+        out = tok(frames[torch.randint(0, len(frames), (32,))])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    tok.eval()
+    dcfg = dynamics_config(preset, preset.tokenizer.levels, spec)
+    dyn = Dynamics(dcfg)
+    opt = torch.optim.Adam(dyn.parameters(), lr=2e-3)
+    with torch.no_grad():
+        codes = [tok.encode(torch.from_numpy(t.frames)) for t in trajs]  # each (T+1, h, w)
+    T = dcfg.context
+    for _ in range(100):
+        i = int(rng.integers(len(trajs)))
+        s = rng.integers(0, len(trajs[i].actions) - T + 2, size=8)
+        tr = trajs[i]
+        out = dyn(
+            torch.stack([codes[i][j : j + T] for j in s]),
+            torch.from_numpy(np.stack([tr.actions[j : j + T - 1] for j in s])),
+            torch.from_numpy(np.stack([tr.rewards[j : j + T - 1] for j in s])),
+            torch.from_numpy(np.stack([tr.terminated[j : j + T - 1] for j in s])),
+        )
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    shape = tuple(trajs[0].frames.shape[1:3])
+    save_model(path, ModelConfig(preset.tokenizer, dcfg, shape, env_id, kwargs, "tiny"), tok, dyn.eval())
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, far faster than on two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with _one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_blockworld(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BlockWorld 16x16 model trained on explorer data from training-range seeds."""
+    path = tmp_path_factory.mktemp("models") / "blockworld-tiny.safetensors"
+    ref = ReferenceEnv(BLOCKWORLD, BW_KWARGS)
+    trajs = [ref.rollout(seed, 150, make_policy(BLOCKWORLD, ref.spec, np.random.default_rng(seed))[0]) for seed in range(3)]
+    with _one_thread():
+        _train_tiny(trajs, ref.spec, BLOCKWORLD, BW_KWARGS, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "toy-tiny.safetensors"
+    ref = ReferenceEnv(FULL_ID, TOY_KWARGS)
+    rng = np.random.default_rng(0)
+    trajs = [ref.rollout(seed, 60, make_policy(FULL_ID, ref.spec, rng)[0]) for seed in range(6)]
+    with _one_thread():
+        _train_tiny(trajs, ref.spec, "ToyImage-v0", TOY_KWARGS, path)
+    return path
+
+
+def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "eval"
+    rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *SMALL])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "teacher-forced next frame" in printed and "copy-last" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    for name in ("metrics.json", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png", "side_by_side.gif",
+                 "stability.mp4", "permanence_turn.gif", "permanence_walk.gif"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+
+    # held-out seeds, and the copy-last baseline really is the last real frame repeated
+    assert m["seeds"]["episodes"] == [HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 1]
+    ref = ReferenceEnv(BLOCKWORLD, BW_KWARGS)
+    rng = np.random.default_rng([0, 0])
+    tr = ref.rollout(HELDOUT_SEED_BASE, CONTEXT - 1 + HORIZON, make_policy(BLOCKWORLD, ref.spec, rng)[0])
+    tr2 = ref.rollout(HELDOUT_SEED_BASE + 1, CONTEXT - 1 + HORIZON, make_policy(BLOCKWORLD, ref.spec, np.random.default_rng([0, 1]))[0])
+    want = np.mean([psnr(t.frames[CONTEXT - 1], t.frames[CONTEXT - 1 + HORIZON]) for t in (tr, tr2)])
+    assert m["open_loop"]["horizons"][str(HORIZON)]["copy_last_psnr"] == pytest.approx(want, abs=1e-6)
+
+    # the tokenizer learned something in 150 steps; its figure is the measured one, not a constant
+    assert 12 < m["tokenizer"]["psnr"] < 60
+    assert set(m["open_loop"]["horizons"]) == {"1", "4"}
+    assert len(m["open_loop"]["per_step"]["psnr"]) == HORIZON
+    comps = m["controllability"]["components"]
+    assert list(comps) == ["move", "strafe", "jump", "yaw", "pitch", "attack", "use", "hotbar"]
+    assert 0 <= comps["yaw"]["f1_real"] <= 1 and 0 <= comps["yaw"]["f1_dream"] <= 1
+    turn = m["permanence"]["turn"]
+    assert turn["steps"] == 72 and turn["half_step"] == 36 and turn["worlds"] == 1
+    # a full turn comes back to (nearly) the same real view; half-way it does not
+    assert turn["real_final_vs_start_psnr"] > turn["half_copy_last_psnr"]
+    assert m["stability"]["frames"] == 30 and isinstance(m["stability"]["collapsed"], bool)
+    assert m["speed"]["fps_single"] > 0 and m["speed"]["batch"] == 2
+    assert "precision" in m["reward"]["teacher_forced"] and "recall" in m["termination"]["open_loop"]
+
+    # the second run finds the inverse-dynamics model in the cache
+    assert m["controllability"]["idm"]["cached"] is False
+    rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(tmp_path / "again"), "--no-videos",
+              "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["controllability"]["idm"]["cached"] is True
+    assert again["open_loop"] == m["open_loop"]  # greedy decoding: the same seeds give the same dream
+    assert not (tmp_path / "again" / "side_by_side.gif").exists()
+
+
+def test_eval_generic_env_discrete_actions(tiny_toy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out),
+              "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["env_kwargs"] == TOY_KWARGS and m["frame_shape"] == [12, 16] and m["policy"] == "random"
+    assert "no object-permanence probe" in m["permanence"]["skipped"]
+    assert list(m["controllability"]["components"]) == ["a0"]
+
+
+def test_eval_user_errors(tiny_toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # the toy model's actions do not fit BlockWorld
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", BLOCKWORLD, "--env-kwargs", json.dumps(BW_KWARGS),
+              "--out", str(tmp_path / "x"), *SMALL])  # fmt: skip
+    assert rc == 2 and "the checkpoint was trained on" in capsys.readouterr().err
+    rc = cli(["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "y")])
+    assert rc == 2 and "no such file" in capsys.readouterr().err
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--horizon", "0", "--out", str(tmp_path / "z")])
+    assert rc == 2 and "--horizon must be at least 1" in capsys.readouterr().err

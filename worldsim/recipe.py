@@ -1,0 +1,237 @@
+"""``worldsim train recipe NAME``: reproduce a shipped world model from nothing, resumably.
+
+A recipe is data (:data:`RECIPES`): the env and frame size, the agent and amount of data,
+the preset and the training steps. Running it performs, in order:
+
+1. **data**: ``worldsim record`` in parts (``data/part-NNN``), each with its own seed
+   range, so an interrupted collection redoes only the part it was in. A part is complete
+   when its ``.done.json`` marker exists; a part folder without one is recorded again;
+2. **tokenizer**: ``worldsim train tokenizer --resume`` into ``tokenizer.safetensors``;
+3. **dynamics**: ``worldsim train dynamics --resume`` into ``model.safetensors``;
+4. with ``--install``: the model is checked to load and copied (atomically) to the
+   package's default checkpoint, the file ``worldsim.load()`` opens with no argument.
+
+A training stage is complete when its checkpoint's ``info.steps`` reaches the recipe's
+steps; otherwise it resumes from the checkpoint and its ``.state.safetensors`` (exactly:
+see docs/model.md). So the command can be killed at any moment and run again, in the
+background across sessions, and it only ever does the work that is left. ``recipe.json``
+in the folder pins the recipe: a folder holding another recipe's work is refused.
+``recipe_log.jsonl`` records how long each stage took, which documents the training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from worldsim.errors import WorldSimError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a trained model, from data collection to the last step."""
+
+    env: str
+    env_kwargs: dict[str, Any]
+    agent: str
+    data_parts: int
+    """Recording parts; part i records with ``--seed 1000 * i`` (reset seeds below 10^5)."""
+    part_steps: int
+    num_envs: int
+    """Vector envs per part (their seeds are ``1000 * i + j``)."""
+    preset: str
+    tokenizer_steps: int
+    tokenizer_batch: int
+    dynamics_steps: int
+    dynamics_batch: int
+    context: int | None
+    """Dynamics context frames; None = the preset's."""
+    asset: str | None
+    """File name under ``worldsim/assets/`` that ``--install`` writes; None = not installable."""
+    summary: str
+    extra_train_args: tuple[str, ...] = field(default=())
+
+    @property
+    def data_steps(self) -> int:
+        return self.data_parts * self.part_steps
+
+
+RECIPES: dict[str, Recipe] = {
+    "blockworld-64": Recipe(
+        env="worldsim/BlockWorld-v0", env_kwargs={"width": 64, "height": 64}, agent="explorer",
+        data_parts=12, part_steps=10_000, num_envs=8, preset="small",
+        tokenizer_steps=6_000, tokenizer_batch=32, dynamics_steps=20_000, dynamics_batch=8, context=None,
+        asset="blockworld-64.safetensors",
+        summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset",
+    ),
+    "blockworld-16-smoke": Recipe(
+        env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
+        data_parts=2, part_steps=200, num_envs=2, preset="tiny",
+        tokenizer_steps=20, tokenizer_batch=16, dynamics_steps=20, dynamics_batch=4, context=None, asset=None,
+        summary="every stage of the recipe in about a minute, at 16x16 with the `tiny` preset (for tests)",
+        extra_train_args=("--log-every", "5", "--val-every", "10", "--val-batches", "1", "--ckpt-every", "10"),
+    ),
+}  # fmt: skip
+
+
+def checkpoint_steps(path: Path) -> int | None:
+    """``info.steps`` of a checkpoint, or None when the file is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+        return int(info.get("steps", 0))
+    except Exception:  # a damaged file is not a finished stage; training --resume decides what to do
+        return None
+
+
+def _cli(argv: list[str]) -> None:
+    from worldsim.cli import main as cli
+
+    rc = cli(argv)
+    if rc != 0:
+        raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` failed (exit {rc}); fix the cause and run the recipe again to resume")
+
+
+@dataclass
+class RecipeRun:
+    """One run of a recipe in a folder."""
+
+    name: str
+    root: Path
+    device: str = "auto"
+    threads: int | None = None
+    log: Any = print
+
+    def __post_init__(self) -> None:
+        if self.name not in RECIPES:
+            raise WorldSimError(f"unknown recipe {self.name!r}; choose one of {sorted(RECIPES)}")
+        self.recipe = RECIPES[self.name]
+        self.root = Path(self.root)
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / "tokenizer.safetensors"
+
+    def part_dir(self, i: int) -> Path:
+        return self.root / "data" / f"part-{i:03d}"
+
+    def _pin(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        pin = self.root / "recipe.json"
+        want = {"name": self.name, "recipe": asdict(self.recipe)}
+        want = json.loads(json.dumps(want))  # tuples -> lists, as they read back
+        if pin.is_file():
+            have = json.loads(pin.read_text())
+            if have != want:
+                raise WorldSimError(f"{self.root} holds the work of another recipe ({have.get('name')}); choose another --dir")
+        else:
+            pin.write_text(json.dumps(want, indent=2) + "\n")
+
+    def _stage(self, name: str, fn: Any) -> None:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        with open(self.root / "recipe_log.jsonl", "a") as f:
+            f.write(json.dumps({"stage": name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        self.log(f"recipe {self.name}: {name} done in {seconds:.0f}s")
+
+    def _record(self, i: int) -> None:
+        r, out = self.recipe, self.part_dir(i)
+        argv = ["record", "--env", r.env, "--agent", r.agent, "--steps", str(r.part_steps), "--num-envs", str(r.num_envs),
+                "--seed", str(1000 * i), "--env-kwargs", json.dumps(r.env_kwargs), "--out", str(out), "--overwrite", "--quiet"]  # fmt: skip
+        _cli(argv)
+        (out.parent / f"{out.name}.done.json").write_text(json.dumps({"steps": r.part_steps, "seed": 1000 * i}) + "\n")
+
+    def _train(self, kind: str) -> None:
+        r = self.recipe
+        out = self.tokenizer_path if kind == "tokenizer" else self.model_path
+        steps, batch = (r.tokenizer_steps, r.tokenizer_batch) if kind == "tokenizer" else (r.dynamics_steps, r.dynamics_batch)
+        data = [str(self.part_dir(i)) for i in range(r.data_parts)]
+        argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
+                "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
+        if kind == "dynamics":
+            argv += ["--tokenizer", str(self.tokenizer_path)]
+            if r.context is not None:
+                argv += ["--context", str(r.context)]
+        _cli(argv)
+
+    def run(self, install: bool = False) -> Path:
+        """Do the work that is left; returns the model checkpoint."""
+        r = self.recipe
+        self._pin()
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        for i in range(r.data_parts):
+            if (self.part_dir(i).parent / f"part-{i:03d}.done.json").is_file():
+                self.log(f"recipe {self.name}: data part {i + 1}/{r.data_parts} complete, skipped")
+                continue
+            self.log(f"recipe {self.name}: recording data part {i + 1}/{r.data_parts} ({r.part_steps} {r.agent} steps)")
+            self._stage(f"data part {i}", lambda i=i: self._record(i))
+        for kind, path, steps in (("tokenizer", self.tokenizer_path, r.tokenizer_steps), ("dynamics", self.model_path, r.dynamics_steps)):
+            done = checkpoint_steps(path)
+            if done is not None and done >= steps:
+                self.log(f"recipe {self.name}: {kind} complete ({done} steps), skipped")
+                continue
+            self.log(f"recipe {self.name}: training the {kind} ({'from step ' + str(done) if done else 'from scratch'} to {steps})")
+            self._stage(kind, lambda kind=kind: self._train(kind))
+        if install:
+            self.install()
+        return self.model_path
+
+    def install(self) -> Path:
+        """Copy the finished model to the package's default checkpoint, atomically."""
+        from worldsim.checkpoint import load_model
+        from worldsim.runtime import DEFAULT_CHECKPOINT
+
+        if self.recipe.asset is None:
+            raise WorldSimError(f"recipe {self.name} is not a shipped model; it cannot be installed")
+        if (checkpoint_steps(self.model_path) or 0) < self.recipe.dynamics_steps:
+            raise WorldSimError(f"{self.model_path} is not finished; run the recipe without --install first")
+        load_model(self.model_path)  # refuse to ship a file that does not load
+        dest = DEFAULT_CHECKPOINT.parent / self.recipe.asset
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        os.close(fd)
+        shutil.copyfile(self.model_path, tmp)
+        os.replace(tmp, dest)
+        self.log(f"recipe {self.name}: installed {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+        return dest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {k}: {v.summary}" for k, v in RECIPES.items())
+    p = argparse.ArgumentParser(prog="worldsim train recipe", description=__doc__.split("\n\n")[0],
+                                epilog=f"recipes:\n{lines}", formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("name", help="the recipe (see below)")
+    p.add_argument("--dir", default=None, help="working folder (default: runs/NAME); run again to resume")
+    p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--install", action="store_true", help="when finished, make it the package's default model")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    a = build_parser().parse_args(argv)
+    root = Path(a.dir or Path("runs") / a.name)
+    run = RecipeRun(a.name, root, device=a.device, threads=a.threads)
+    model = run.run(install=a.install)
+    print(f"recipe {a.name}: model {model} ({model.stat().st_size / 1e6:.1f} MB); evaluate it with "
+          f"`worldsim eval --checkpoint {model} --out {root / 'eval'}`")  # fmt: skip
+    return 0
