@@ -112,6 +112,9 @@ def make_agent(name: str, env_id: str, spec: ActionSpec, rng: np.random.Generato
     raise WorldSimError(f"unknown agent {name!r}; choose from {', '.join(AGENTS)}")
 
 
+_SCALARS = (bool, int, float, str)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -124,10 +127,15 @@ def small_info(info: dict[str, Any]) -> dict[str, Any]:
     """
     out = {}
     for key, value in info.items():
-        value = _plain(value)
-        if value is None or isinstance(value, (bool, int, float, str)):
+        kind = type(value)
+        if value is None or kind in _SCALARS:
             out[key] = value
-        elif isinstance(value, (tuple, list, np.ndarray)) and len(value) <= 4:
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        elif kind is np.ndarray:
+            if value.ndim == 1 and value.size <= 4 and value.dtype.kind in "biuf":
+                out[key] = value.tolist()
+        elif kind in (tuple, list) and 0 < len(value) <= 4:
             items = [_plain(v) for v in value]
             if all(isinstance(v, (int, float)) for v in items):
                 out[key] = items
