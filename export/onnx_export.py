@@ -338,7 +338,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--checkpoint", help="dynamics checkpoint (.safetensors); default: the shipped model")
     ap.add_argument("--out", required=True, help="folder to write the graphs and manifest.json into")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 14..20 (default {DEFAULT_OPSET})")
+    ap.add_argument("--parity", type=int, default=0, metavar="STEPS",
+                    help="then roll out torch and ONNX Runtime side by side for STEPS open-loop steps and print how they agree")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.parity < 0:
+        raise WorldSimError(f"--parity takes a number of steps >= 0, got {args.parity}")
     result = export_onnx(args.checkpoint, args.out, opset=args.opset)
     tol = result.manifest["verification"]["tolerance"]
     print(f"exported {result.manifest['checkpoint']['file']} to {result.folder} in {result.seconds:.1f} s (opset {args.opset})")
@@ -351,4 +355,13 @@ def main(argv: list[str]) -> int:
     )
     for c in result.checks:
         print(f"  ok  {c.graph:<8} {c.output:<10} error {c.error:<10.3g} limit {c.limit:<10.3g} {c.case}")
+    if args.parity:
+        from export.parity import measure_parity
+
+        p = measure_parity(args.checkpoint or DEFAULT_CHECKPOINT, result.folder, steps=args.parity)
+        print(
+            f"parity over {p.steps} open-loop steps, {p.batch} worlds, fp32 on the CPU: greedy {p.pixels_within_1:.2%} of pixels "
+            f"within 1 level, {p.greedy_tokens_equal:.2%} of tokens identical; sampled (temperature 1, same seed) "
+            f"{p.sampled_tokens_equal:.2%} of tokens identical"
+        )
     return 0
