@@ -121,6 +121,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=16, help="frames per window for the read rate")
     p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate")
+    p.add_argument("--read-seconds", type=float, default=3.0, help="how long to time reading")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
@@ -148,7 +149,7 @@ def main(argv: list[str]) -> int:
                 f"{label:>22}: {r.steps_per_second:6.0f} steps/s wall clock, "
                 f"{r.steady_steps_per_second:6.0f} after start-up, {r.bytes_per_frame:5.0f} bytes/frame"
             )
-        reading = _read_rate(Path(cfg.out), args.window, args.batch)
+        reading = _read_rate(Path(cfg.out), args.window, args.batch, args.read_seconds)
         results["window_reading"] = reading
         print(
             f"\nWindowDataset on that recording: {reading['batches_per_s']:.1f} batches/s of "

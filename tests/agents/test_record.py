@@ -160,3 +160,18 @@ def test_every_vector_autoreset_mode_records_the_frames_the_env_returned(tmp_pat
         # The toy env writes its step counter into pixel (0, 0): a reset frame in place of
         # an episode's final frame would show 0 here.
         assert [int(r.image()[0, 0, 0]) for r in recs] == [r.t for r in recs]
+
+
+def test_bench_record_reports_rates_sizes_and_codecs(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "record", "--env", FULL_ID, "--agent", "random", "--steps", "60",
+            "--num-envs", "2", "--size", "16", "--window", "4", "--batch", "2",
+            "--read-seconds", "0.2", "--json", str(out)]  # fmt: skip
+    assert cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "steps/s wall clock" in text and "bytes/frame" in text and "1M steps at" in text
+    figures = json.loads(out.read_text())
+    assert figures["1 process, 1 env"]["steps_per_s"] > 0
+    assert figures["window_reading"]["frames_per_s"] > 0
+    assert set(figures["cpu_ms_per_step"]) == {"env_ms", "agent_ms", "writer_ms"}
+    assert len(figures["codecs"]) == 3
