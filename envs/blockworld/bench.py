@@ -28,6 +28,12 @@ class EngineBench:
     reset_seconds: float
     width: int
     height: int
+    single_cpu_us: float
+    """Process CPU time per step of the single env, in microseconds."""
+    vector_cpu_us: float
+    """Process CPU time (all threads) per world-step of the vector env, in microseconds."""
+    load_average: float
+    """1-minute load average when the run started: other work competing for the CPUs."""
 
     @property
     def ratio(self) -> float:
@@ -46,6 +52,7 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
     from envs.blockworld.env import BlockWorldEnv
     from envs.blockworld.vector import BlockWorldVectorEnv
 
+    load = os.getloadavg()[0]
     rng = np.random.default_rng(seed)
     env = BlockWorldEnv(width=width, height=height)
     env.reset(seed=seed)
@@ -61,6 +68,7 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
     actions = _random_actions(rng, 4096, 1)
     env.reset(seed=seed)
     steps = 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     while True:
         for a in actions[:256, 0]:
@@ -72,6 +80,7 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
         if time.perf_counter() - t0 >= seconds:
             break
     single = steps / (time.perf_counter() - t0)
+    single_cpu = (time.process_time() - c0) / steps * 1e6
     env.close()
 
     venv = BlockWorldVectorEnv(num_envs, width=width, height=height)
@@ -79,13 +88,17 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
     batch_actions = _random_actions(rng, 64, num_envs)
     venv.step(batch_actions[0])
     batches = 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         venv.step(batch_actions[batches % len(batch_actions)])
         batches += 1
     vector = batches * num_envs / (time.perf_counter() - t0)
+    vector_cpu = (time.process_time() - c0) / (batches * num_envs) * 1e6
     venv.close()
-    return EngineBench(single, vector, num_envs, float(np.median(resets)), width, height)
+    return EngineBench(
+        single, vector, num_envs, float(np.median(resets)), width, height, single_cpu, vector_cpu, load
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -99,9 +112,14 @@ def main(argv: list[str]) -> int:
     if args.seconds <= 0 or args.num_envs < 1:
         raise WorldSimError("--seconds must be positive and --num-envs at least 1")
     r = run_bench(args.seconds, args.num_envs, args.width, args.height)
-    print(f"BlockWorld engine, {r.width}x{r.height}, random actions, resets included ({os.cpu_count()} CPUs)")
-    print(f"  {'single env':<28} {r.single_steps_per_s:>10,.0f} steps/s")
-    print(f"  {f'vector env ({r.num_envs} worlds)':<28} {r.vector_steps_per_s:>10,.0f} steps/s")
-    print(f"  {'vector / single':<28} {r.ratio:>10.2f} x")
+    print(
+        f"BlockWorld engine, {r.width}x{r.height}, random actions, resets included "
+        f"({os.cpu_count()} CPUs, load average {r.load_average:.1f} at start)"
+    )
+    print(f"  {'':<28} {'steps/s':>10} {'CPU us/step':>12}")
+    print(f"  {'single env':<28} {r.single_steps_per_s:>10,.0f} {r.single_cpu_us:>12,.0f}")
+    vec = f"vector env ({r.num_envs} worlds)"
+    print(f"  {vec:<28} {r.vector_steps_per_s:>10,.0f} {r.vector_cpu_us:>12,.0f}")
+    print(f"  {'vector / single':<28} {r.ratio:>10.2f}x")
     print(f"  {'reset (new world)':<28} {r.reset_seconds:>10.3f} s")
     return 0
