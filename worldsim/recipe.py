@@ -76,9 +76,9 @@ RECIPES: dict[str, Recipe] = {
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
         data_parts=2, part_steps=200, num_envs=2, preset="tiny",
-        tokenizer_steps=20, tokenizer_batch=16, dynamics_steps=20, dynamics_batch=4, context=None, asset=None,
+        tokenizer_steps=100, tokenizer_batch=16, dynamics_steps=40, dynamics_batch=4, context=None, asset=None,
         summary="every stage of the recipe in about a minute, at 16x16 with the `tiny` preset (for tests)",
-        extra_train_args=("--log-every", "5", "--val-every", "10", "--val-batches", "1", "--ckpt-every", "10"),
+        extra_train_args=("--warmup", "10", "--lr", "3e-3", "--log-every", "10", "--val-every", "50", "--val-batches", "1", "--ckpt-every", "20"),
     ),
 }  # fmt: skip
 

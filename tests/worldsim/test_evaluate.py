@@ -16,9 +16,12 @@ import worldsim  # noqa: F401  (registers the ids)
 from tests.worldsim.toy_env import FULL_ID
 from worldsim.checkpoint import ModelConfig, save_model
 from worldsim.cli import main as cli
-from worldsim.metrics import psnr
+from worldsim.errors import WorldSimError
+from worldsim.metrics import detect_collapse, psnr
 from worldsim.presets import dynamics_config, get_preset
+from worldsim.recipe import RecipeRun, checkpoint_steps
 from worldsim.reference import HELDOUT_SEED_BASE, ReferenceEnv, Trajectory, make_policy
+from worldsim.runtime import DEFAULT_CHECKPOINT, load
 from worldsim.tokenizer import Tokenizer
 from worldsim.transformer import Dynamics
 
@@ -39,8 +42,8 @@ def _train_tiny(trajs: list[Trajectory], spec, env_id: str, kwargs: dict, path: 
     frames = torch.from_numpy(np.concatenate([t.frames for t in trajs]))
     tok = Tokenizer(preset.tokenizer)
     opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
-    for _ in range(150):
-        out = tok(frames[torch.randint(0, len(frames), (32,))])
+    for _ in range(100):
+        out = tok(frames[torch.randint(0, len(frames), (16,))])
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -51,7 +54,7 @@ def _train_tiny(trajs: list[Trajectory], spec, env_id: str, kwargs: dict, path: 
     with torch.no_grad():
         codes = [tok.encode(torch.from_numpy(t.frames)) for t in trajs]  # each (T+1, h, w)
     T = dcfg.context
-    for _ in range(100):
+    for _ in range(50):
         i = int(rng.integers(len(trajs)))
         s = rng.integers(0, len(trajs[i].actions) - T + 2, size=8)
         tr = trajs[i]
@@ -86,14 +89,16 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_blockworld(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BlockWorld 16x16 model trained on explorer data from training-range seeds."""
-    path = tmp_path_factory.mktemp("models") / "blockworld-tiny.safetensors"
-    ref = ReferenceEnv(BLOCKWORLD, BW_KWARGS)
-    trajs = [ref.rollout(seed, 150, make_policy(BLOCKWORLD, ref.spec, np.random.default_rng(seed))[0]) for seed in range(3)]
-    with _one_thread():
-        _train_tiny(trajs, ref.spec, BLOCKWORLD, BW_KWARGS, path)
-    return path
+def smoke_recipe(tmp_path_factory: pytest.TempPathFactory) -> RecipeRun:
+    """The smoke recipe run from nothing: explorer data, tokenizer, dynamics (BlockWorld 16x16)."""
+    run = RecipeRun("blockworld-16-smoke", tmp_path_factory.mktemp("recipe") / "run", threads=1, log=lambda s: None)
+    run.run()
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_blockworld(smoke_recipe: RecipeRun) -> Path:
+    return smoke_recipe.model_path
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +132,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     want = np.mean([psnr(t.frames[CONTEXT - 1], t.frames[CONTEXT - 1 + HORIZON]) for t in (tr, tr2)])
     assert m["open_loop"]["horizons"][str(HORIZON)]["copy_last_psnr"] == pytest.approx(want, abs=1e-6)
 
-    # the tokenizer learned something in 150 steps; its figure is the measured one, not a constant
+    # the tokenizer learned something in 100 steps; its figure is the measured one, not a constant
     assert 12 < m["tokenizer"]["psnr"] < 60
     assert set(m["open_loop"]["horizons"]) == {"1", "4"}
     assert len(m["open_loop"]["per_step"]["psnr"]) == HORIZON
@@ -172,3 +177,51 @@ def test_eval_user_errors(tiny_toy: Path, tmp_path: Path, capsys: pytest.Capture
     assert rc == 2 and "no such file" in capsys.readouterr().err
     rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--horizon", "0", "--out", str(tmp_path / "z")])
     assert rc == 2 and "--horizon must be at least 1" in capsys.readouterr().err
+
+
+def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recipe: RecipeRun, tmp_path: Path) -> None:
+    r = smoke_recipe.recipe
+    assert checkpoint_steps(smoke_recipe.tokenizer_path) == r.tokenizer_steps
+    assert checkpoint_steps(smoke_recipe.model_path) == r.dynamics_steps
+    stages = [json.loads(line)["stage"] for line in (smoke_recipe.root / "recipe_log.jsonl").read_text().splitlines()]
+    assert stages == ["data part 0", "data part 1", "tokenizer", "dynamics"]
+    model_bytes = smoke_recipe.model_path.read_bytes()
+
+    # an interrupted recording (its folder but no marker) is recorded again; finished stages are not redone
+    (smoke_recipe.root / "data" / "part-001.done.json").unlink()
+    logs: list[str] = []
+    again = RecipeRun(smoke_recipe.name, smoke_recipe.root, threads=1, log=logs.append)
+    again.run()
+    assert any("data part 1/2 complete, skipped" in s for s in logs)
+    assert any("recording data part 2/2" in s for s in logs)
+    assert any("tokenizer complete (100 steps), skipped" in s for s in logs)
+    assert any("dynamics complete (40 steps), skipped" in s for s in logs)
+    assert smoke_recipe.model_path.read_bytes() == model_bytes
+    assert (smoke_recipe.root / "data" / "part-001.done.json").is_file()
+
+    # a folder pinned to another recipe is refused; a test recipe cannot be installed as the default
+    pinned = tmp_path / "other"
+    pinned.mkdir()
+    (pinned / "recipe.json").write_text(json.dumps({"name": "blockworld-64", "recipe": {}}))
+    with pytest.raises(WorldSimError, match="another recipe"):
+        RecipeRun(smoke_recipe.name, pinned, log=logs.append).run()
+    with pytest.raises(WorldSimError, match="cannot be installed"):
+        again.install()
+    assert cli(["train", "recipe", "no-such-recipe", "--dir", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no model shipped yet (make model installs one)")
+def test_shipped_model_plays_and_beats_copy_last() -> None:
+    """The shipped checkpoint loads, plays 100 valid steps, and beats copy-last at horizon 4."""
+    model = load()
+    env_id, kwargs = model.config.env_id, dict(model.config.env_kwargs or {})
+    ref = ReferenceEnv(env_id, kwargs)
+    P = model.context_frames - 1
+    tr = ref.rollout(HELDOUT_SEED_BASE, P - 1 + 100, make_policy(env_id, ref.spec, np.random.default_rng(0))[0])
+    assert not tr.resets.any()
+    model.prompt(tr.frames[None, :P], tr.actions[None, : P - 1])
+    dream = np.stack([model.step(tr.actions[None, P - 1 + i]).frames[0] for i in range(100)])
+    assert dream.dtype == np.uint8 and dream.shape == (100, *tr.frames.shape[1:])
+    assert not detect_collapse(dream, tr.frames[P:]).collapsed
+    h = 4
+    assert psnr(dream[h - 1], tr.frames[P - 1 + h]) > psnr(tr.frames[P - 1], tr.frames[P - 1 + h])
