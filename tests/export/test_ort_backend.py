@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -99,3 +100,18 @@ def test_the_dream_env_runs_on_the_onnx_backend(tiny_export: Path) -> None:
         obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
     assert obs.shape == (16, 16, 3) and obs.dtype == np.uint8 and np.isfinite(reward)
     env.close()
+
+
+def test_bench_dream_times_both_backends_side_by_side(tmp_path: Path, private_cache: Path, capsys) -> None:
+    from worldsim.cli import main as cli
+
+    out = tmp_path / "dream.json"
+    args = ["bench", "dream", "--preset", "tiny", "--size", "16", "16", "--batch", "1", "2", "--chunks", "1",
+            "--seconds", "0.1", "--device", "cpu", "--backend", "torch", "onnx", "--json", str(out)]  # fmt: skip
+    assert cli(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["backend"], r["batch"]) for r in rows) == [("onnx", 1), ("onnx", 2), ("torch", 1), ("torch", 2)]
+    assert all(r["frames_per_s"] > 0 and r["device"] == "cpu" for r in rows)
+    printed = capsys.readouterr().out
+    assert "onnx / torch" in printed and "at B=2, K=1" in printed
+    assert any(private_cache.iterdir()), "the random model should have been exported into the cache"
