@@ -225,3 +225,17 @@ def test_shipped_model_plays_and_beats_copy_last() -> None:
     assert not detect_collapse(dream, tr.frames[P:]).collapsed
     h = 4
     assert psnr(dream[h - 1], tr.frames[P - 1 + h]) > psnr(tr.frames[P - 1], tr.frames[P - 1 + h])
+
+
+def test_demo_writes_gifs_and_prints_psnr(tiny_blockworld: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    assert cli(["demo", "--checkpoint", str(tiny_blockworld), "--steps", "12", "--scale", "2", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "frames/s" in printed and "copy-last" in printed and "steps 1-12" in printed
+    from PIL import Image
+
+    with Image.open(out / "side_by_side.gif") as im:
+        # the model's context - 1 real frames, then the dream (GIF merges identical neighbours)
+        assert 1 < im.n_frames <= 7 + 12
+        assert im.size == (2 * (3 * 16 + 2), 2 * 16)
+    assert (out / "dream.gif").stat().st_size > 0
