@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,24 +135,27 @@ class _Dist:
             dist.destroy_process_group()
 
 
-class Task:
-    """One model to train: it draws batches and computes losses. Subclasses below."""
+class Task(ABC):
+    """One model to train: it draws batches, computes its loss, and saves itself."""
 
     module: nn.Module
     kind: str
 
+    @abstractmethod
     def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
-        raise AttributeError  # every subclass defines it; a plain Task is never used
+        """``n`` examples of ``split`` (``"train"`` or ``"val"``), every draw from ``rng``."""
 
+    @abstractmethod
     def loss(self, module: nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        raise AttributeError
+        """The loss of ``batch`` through ``module`` (the DDP wrapper or the bare module)."""
 
+    @abstractmethod
     def counts(self, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
         """(frames, tokens) one batch trains on, for the throughput figures."""
-        raise AttributeError
 
+    @abstractmethod
     def save(self, path: Path, info: dict[str, Any]) -> None:
-        raise AttributeError
+        """Write the checkpoint atomically."""
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
