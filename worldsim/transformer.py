@@ -203,6 +203,9 @@ class Dynamics(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
+        # Episode ends are rare: start from a prior of about 2% rather than a coin flip, so an
+        # untrained or briefly trained model does not end every dream episode at once.
+        nn.init.constant_(self.done_head.bias, -4.0)
 
     # ----- pieces shared by training and the runtime -------------------------------------
 
