@@ -65,7 +65,9 @@ def load_setup(
     source = None
     if cfg.env_id:
         kwargs = dict(cfg.env_kwargs or {})
-        kwargs.update(width=width, height=height)
+        # Ask the source env for the dream's size if it takes a size (BlockWorld renders any).
+        if {"width", "height"} & set(kwargs) or (height, width) != tuple(cfg.frame_shape):
+            kwargs.update(width=width, height=height)
         source = (cfg.env_id, kwargs)
     return DreamSetup(
         model=model,
@@ -291,6 +293,10 @@ class DreamEnv(gym.Env):
             raise WorldSimError(f"unknown reset options {sorted(unknown)}; expected 'frames' or 'recording'")
         engine_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         frames, actions = engine_context(self._engine_env(), engine_seed, self.context_length)
+        if frames.shape[1:] != shape:
+            raise WorldSimError(
+                f"{self.source_env[0]} renders {list(frames.shape[1:])} frames but the dream runs at {list(shape)}"
+            )
         return frames, actions, {"prompt": "engine", "engine_seed": engine_seed}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:

@@ -27,6 +27,8 @@ TARGET_SINGLE = 30.0
 """Issue 5's target: single-env steps/s at 64x64 on the project's 2-core CPU."""
 TARGET_VECTOR_64 = 500.0
 """Issue 5's target: total steps/s of the vector env with N = 64."""
+RANDOM_DONE_LOGIT = -20.0
+"""Episode-end logit of ``--preset`` models: they never end an episode (see random_checkpoint)."""
 BLOCKWORLD_ID = "worldsim/BlockWorld-v0"
 BLOCKWORLD_NVEC = (3, 3, 2, 3, 3, 2, 2, 10)
 
@@ -59,8 +61,15 @@ def random_checkpoint(preset: str, folder: Path) -> Path:
     p = get_preset(preset)
     dyn = dynamics_config(p, p.tokenizer.levels, ActionSpec("MultiDiscrete", BLOCKWORLD_NVEC))
     cfg = ModelConfig(tokenizer=p.tokenizer, dynamics=dyn, env_id=BLOCKWORLD_ID, env_kwargs={}, preset=preset)
+    dynamics = Dynamics(dyn)
+    # A random done head predicts an episode end on about half the steps, and every end
+    # restarts a world (an engine reset and a prompt), which would time restarts instead of
+    # steps. A trained model predicts ends as rarely as they happen: make this one never.
+    with torch.no_grad():
+        dynamics.done_head.weight.zero_()
+        dynamics.done_head.bias.fill_(RANDOM_DONE_LOGIT)
     path = folder / f"random-{preset}.safetensors"
-    save_model(path, cfg, Tokenizer(p.tokenizer), Dynamics(dyn))
+    save_model(path, cfg, Tokenizer(p.tokenizer), dynamics)
     return path
 
 

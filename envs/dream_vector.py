@@ -97,6 +97,12 @@ class DreamVectorEnv(VectorEnv):
     def _engine_prompts(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Engine contexts for ``seeds``, stacked: frames ``[n, T, H, W, 3]``, actions ``[n, T-1, C]``."""
         contexts = [engine_context(self._engine_env(), s, self.context_length) for s in seeds]
+        shape = self.single_observation_space.shape
+        if contexts[0][0].shape[1:] != shape:
+            raise WorldSimError(
+                f"{self.setup.source_env[0]} renders {list(contexts[0][0].shape[1:])} frames "
+                f"but the dream runs at {list(shape)}"
+            )
         t = min(f.shape[0] for f, _ in contexts)
         # An episode that ended inside the context is shorter; keep every world's last t frames.
         frames = np.stack([f[-t:] for f, _ in contexts])

@@ -1,0 +1,34 @@
+"""Smoke runs of `worldsim bench dream-env` with tiny budgets."""
+
+import re
+
+import pytest
+
+from envs.dream_bench import main
+from worldsim.errors import WorldSimError
+
+TINY = ["--preset", "tiny", "--width", "16", "--height", "16", "--threads", "1"]
+
+
+def test_bench_reports_single_and_vector_rates(capsys):
+    assert main([*TINY, "--steps", "3", "--warmup", "1", "--nums", "2"]) == 0
+    out = capsys.readouterr().out
+    single = re.search(r"single env\s+([\d.]+) steps/s through Gymnasium .*runtime alone\s+([\d.]+).*0 episode ends", out)
+    vector = re.search(r"vector env N=2\s+([\d.]+) steps/s", out)
+    assert single and vector, out
+    assert float(single.group(1)) > 0 and float(vector.group(1)) > 0
+    assert "target single env >= 30 steps/s" in out
+
+
+def test_rollout_reports_memory_and_frame_health(capsys):
+    assert main([*TINY, "--rollout", "20"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"20 steps at [\d.]+ steps/s; RSS [\d.]+ MiB after warm-up", out), out
+    assert "0 blank frames" in out
+
+
+def test_bad_options():
+    with pytest.raises(WorldSimError, match="not both"):
+        main(["--preset", "tiny", "--checkpoint", "x.safetensors"])
+    with pytest.raises(WorldSimError, match="comma-separated"):
+        main([*TINY, "--nums", "a,b"])
