@@ -46,6 +46,7 @@ from worldsim.checkpoint import (
 )
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
+from worldsim.tokenizer import psnr
 from worldsim.torch_backend import default_precision, pick_device
 from worldsim.train_data import CodeWindows, open_split
 from worldsim.transformer import NO_ACTION
@@ -230,8 +231,11 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
                 _append(metrics_path, last)
         if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
             v = _validate(task, module, val, cfg)
-            last["val_loss"] = v
-            _append(metrics_path, {"kind": task.kind, "step": step, "val_loss": v})
+            row = {"kind": task.kind, "step": step, "val_loss": v}
+            if task.kind == "tokenizer" and v is not None:
+                row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
+            last.update(row)
+            _append(metrics_path, row)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             if dd.main:
                 task.save(cfg.out, {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")})
@@ -381,7 +385,7 @@ def tokenizer_main(argv: list[str]) -> int:
         dd.close()
     if dd.main:
         print(f"tokenizer checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
-              f"psnr {last.get('psnr')} dB, val_loss {last.get('val_loss')})")  # fmt: skip
+              f"val_loss {last.get('val_loss')}, held-out PSNR {last.get('val_psnr')} dB)")  # fmt: skip
     return 0
 
 

@@ -60,7 +60,8 @@ class CodeWindows:
         self.frame_shape = (h, w)
         n = windows.num_frames
         s = tokenizer.config.stride
-        self.codes = np.zeros((n, h // s, w // s), dtype=np.int64)
+        # int32 halves the memory of int64; codebooks stay far below 2**31 codes.
+        self.codes = np.zeros((n, h // s, w // s), dtype=np.int32)
         self.actions = np.zeros((n, self.action_spec.num_components), dtype=np.int64)
         self.rewards = np.zeros(n, dtype=np.float32)
         self.terminated = np.zeros(n, dtype=bool)
@@ -94,7 +95,7 @@ class CodeWindows:
         rew = np.stack([self.rewards[a + 1 : b] for a, b in spans])
         term = np.stack([self.terminated[a + 1 : b] for a, b in spans])
         return {
-            "codes": torch.from_numpy(codes),
+            "codes": torch.from_numpy(codes).long(),
             "actions": torch.from_numpy(acts),
             "rewards": torch.from_numpy(rew),
             "terminated": torch.from_numpy(term),
