@@ -87,7 +87,8 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     band = Band.from_frames(tr.frames)
     report = detect_collapse(dream, real, band=band)
     metrics = {**report.summary(), "steps": S, "real_resets": int(tr.resets[P - 1 :].sum()),
-               "mean_psnr_vs_real": float(np.mean(psnr(dream, real)))}  # fmt: skip
+               "mean_psnr_vs_real": float(np.mean(psnr(dream, real))),
+               "copy_last_mean_psnr_vs_real": float(np.mean(psnr(np.broadcast_to(tr.frames[P - 1], real.shape), real)))}  # fmt: skip
     from worldsim.eval_media import plot_stability, side_by_side, write_mp4
 
     plot_stability(ev.out / "stability.png", report, frame_stats(real),
