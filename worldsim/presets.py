@@ -38,17 +38,17 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         tokenizer=TokenizerConfig(channels=(16, 32), levels=(5, 5, 5), res_blocks=(0, 1)),
         width=64, layers=2, heads=2, patch=2, context=8,
-        summary="tokenizer stride 2, 125 codes; dynamics 2 layers x 64 wide, 8-frame context (~0.1M params; for tests)",
+        summary="tokenizer stride 2, 125 codes; dynamics 2 layers x 64 wide, 8-frame context (0.07M + 0.11M params; for tests)",
     ),
     "small": Preset(
         tokenizer=TokenizerConfig(channels=(24, 48, 96), levels=(8, 8, 8, 5, 5), res_blocks=(0, 1, 1)),
         width=256, layers=6, heads=4, patch=4, context=24,
-        summary="tokenizer stride 4, 12800 codes; dynamics 6 layers x 256 wide, 4x4-cell patches, 24-frame context (~5M params)",
+        summary="tokenizer stride 4, 12800 codes; dynamics 6 layers x 256 wide, 4x4-cell patches, 24-frame context (0.72M + 4.9M params)",
     ),
     "base": Preset(
         tokenizer=TokenizerConfig(channels=(32, 64, 128), levels=(8, 8, 8, 5, 5), res_blocks=(0, 1, 2)),
         width=384, layers=10, heads=6, patch=2, context=32,
-        summary="tokenizer stride 4, 12800 codes; dynamics 10 layers x 384 wide, 2x2-cell patches, 32-frame context (~18M params)",
+        summary="tokenizer stride 4, 12800 codes; dynamics 10 layers x 384 wide, 2x2-cell patches, 32-frame context (1.9M + 17.8M params)",
     ),
 }
 

@@ -75,7 +75,8 @@ class LoopConfig:
 def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--data", nargs="+", required=True, help="recording files and/or shard folders")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model size (see docs/model.md)")
+    sizes = "; ".join(f"{k}: {v.summary}" for k, v in PRESETS.items())
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help=f"model size (default small). {sizes}")
     p.add_argument("--steps", type=int, default=10_000, help="optimizer steps in total (default 10000)")
     p.add_argument("--batch", type=int, default=batch, help=f"windows per step and process (default {batch})")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
