@@ -265,6 +265,7 @@ class _Rollout:
             The next observations [n, H, W, 3], their infos, and the step records written.
         """
         actions = np.stack([self.agents[i].act(obs[i], infos[i]) for i in range(self.n)])  # [n, C]
+        prev_obs = np.array(obs)  # a copy: some envs render into the same buffer every step
         discrete = self.spec.kind == "Discrete"
         info: dict[str, Any] = {}
         if self.vector:
@@ -294,7 +295,9 @@ class _Rollout:
                 int(self.episode[i]), int(self.t[i]), actions[i], float(rew[i]), bool(term[i]),
                 bool(trunc[i]), frame, small_info(final_info),
             )  # fmt: skip
-            self.coverage.add(actions[i], self.last_action[i], final_info)
+            before = prev_obs[i]  # [H, W, 3]
+            change = float(np.abs(frame.astype(np.int16) - before).mean())
+            self.coverage.add(actions[i], self.last_action[i], final_info, change)
             self.last_action[i] = actions[i]
             written += 1
             if not done:

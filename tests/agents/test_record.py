@@ -175,3 +175,14 @@ def test_bench_record_reports_rates_sizes_and_codecs(tmp_path, capsys):
     assert figures["window_reading"]["frames_per_s"] > 0
     assert set(figures["cpu_ms_per_step"]) == {"env_ms", "agent_ms", "writer_ms"}
     assert len(figures["codecs"]) == 3
+
+
+def test_coverage_reports_how_much_each_action_changes_the_frame(tmp_path):
+    out = tmp_path / "cov.msgpack"
+    kwargs = {"end_prob": 0.0, "discrete": True}
+    cfg = RecordConfig(env=FULL_ID, steps=400, out=str(out), env_kwargs=kwargs)
+    cov = record(cfg, progress_bar=False).coverage.to_json()
+    # Toy env, Discrete(5): action 0 stays put (only the step counter pixel changes), 1-4 move.
+    change = cov["components"]["a0"]["mean_frame_change"]
+    assert cov["idle_frame_change"] == change[0]
+    assert min(change[1:]) > 2 * change[0]
