@@ -87,7 +87,8 @@ def _example_args(inp: ModelInputs) -> dict[str, tuple]:
     h, w = H // inp.stride, W // inp.stride
     cache = inp.cache(2, 2, h, w, 0)
     valid = torch.ones(2, cache.shape[4], dtype=torch.bool)
-    dyn_args = (inp.codes((2, 2, h, w)), inp.actions((2, 2)), inp.codes((2, h, w), 0.5), inp.actions((2,)), torch.tensor(4), cache, valid)
+    dyn_args = (inp.codes((2, 2, h, w)), inp.actions((2, 2)), inp.codes((2, h, w), 0.5), inp.actions((2,)), torch.tensor(4), valid)
+    dyn_args += tuple(cache[i, j].clone() for i in range(cache.shape[0]) for j in (0, 1))  # per-layer keys, values
     return {"encoder": (inp.frames(2, H, W),), "decoder": (inp.codes((2, h, w)),), "dynamics": dyn_args}
 
 

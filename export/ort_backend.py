@@ -4,8 +4,8 @@ on the graphs of :mod:`export.graphs`.
 It is selected with ``worldsim.load(path, backend="onnx")``. Everything above the backend
 (prompt and step validation, the sliding-window cache, MaskGIT sampling and its random
 draws) is :class:`worldsim.runtime.WorldModel` and :mod:`worldsim.sampling`, the same code
-the torch backend runs under. The KV cache is a float32 numpy array, which ONNX Runtime
-reads in place on the CPU.
+the torch backend runs under. The KV cache is a float32 numpy array; ONNX Runtime reads its
+per-layer slices in place on the CPU (:func:`export.graphs.cache_feed`).
 
 On CUDA the cache makes a round trip through host memory on every pass (the WorldModel
 writes into it with numpy slicing); that costs bandwidth at large batches.
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from export.cache import resolve_export
+from export.graphs import cache_feed
 from export.ort_session import choose_placement, open_session, require_onnxruntime, session_device
 from worldsim.checkpoint import ModelConfig
 from worldsim.errors import WorldSimError
@@ -103,8 +104,8 @@ class OrtBackend:
             "codes": np.ascontiguousarray(codes, dtype=np.int64),
             "actions": np.ascontiguousarray(actions, dtype=np.int64),
             "t": np.array(t, dtype=np.int64),
-            "cache": np.ascontiguousarray(cache, dtype=np.float32),
             "valid": np.ascontiguousarray(valid, dtype=bool),
+            **cache_feed(cache),
         }
         return self._dynamics.run(None, feed)
 

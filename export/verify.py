@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.graphs import cache_feed
 from export.ort_session import CPU_EP, Placement, open_session, require_onnxruntime
 from worldsim.checkpoint import LoadedModel
 from worldsim.errors import WorldSimError
@@ -148,7 +149,7 @@ def _verify_dynamics(session: Any, loaded: LoadedModel, inp: ModelInputs, tol: T
         codes, acts = inp.codes((B, h, w), 0.5), inp.actions((B,))
         feed = {
             "context_codes": ctx.numpy(), "context_actions": ctx_act.numpy(), "codes": codes.numpy(),
-            "actions": acts.numpy(), "t": np.array(t, dtype=np.int64), "cache": cache.numpy(), "valid": valid.numpy(),
+            "actions": acts.numpy(), "t": np.array(t, dtype=np.int64), "valid": valid.numpy(), **cache_feed(cache.numpy()),
         }
         logits, reward, done, entries = session.run(None, feed)
         tt = torch.tensor(t)
