@@ -14,9 +14,11 @@ from envs.blockworld.achievements import ACHIEVEMENT_NAMES
 from envs.blockworld.blocks import AIR, BLOCK_NAMES
 from envs.blockworld.engine import Engine, EngineConfig, draw_start
 from envs.blockworld.env import ACTION_SPEC, DEFAULT_MAX_STEPS, TICKS_PER_SECOND
+from envs.blockworld.worldgen import BIOME_NAMES
 
 _NAMES = np.array(list(BLOCK_NAMES) , dtype=object)
 _NAMES[AIR] = None  # "nothing mined/placed/targeted" reads as None, as in the single env
+_BIOMES = np.array(list(BIOME_NAMES), dtype=object)
 
 
 class BlockWorldVectorEnv(VectorEnv):
@@ -31,15 +33,20 @@ class BlockWorldVectorEnv(VectorEnv):
     (ignoring its action) and returns its first observation, with reward 0.
 
     ``info`` holds arrays with one row per world: ``health``, ``position`` (N, 3),
-    ``yaw``, ``pitch``, ``time_of_day``, ``selected_slot``, ``achievements`` (bool
-    (N, 13), columns in ``ACHIEVEMENT_NAMES`` order), ``inventory_items`` (object
-    (N, 9): names or None), ``inventory_counts`` (N, 9), and object arrays ``mined``,
-    ``placed`` and ``target_block`` (block names or None).
+    ``yaw``, ``pitch``, ``time_of_day``, ``tick``, ``selected_slot``, ``on_ground`` and
+    ``in_water`` (bool), ``achievements`` (bool (N, 13), columns in
+    ``ACHIEVEMENT_NAMES`` order), ``inventory_items`` (object (N, 9): names or None),
+    ``inventory_counts`` (N, 9), ``target_position`` (int (N, 3)) and
+    ``target_distance`` (float; NaN where nothing is targeted), and object arrays
+    ``mined``, ``placed``, ``target_block`` (block names or None) and ``biome``.
 
     Args:
         num_envs: Number of worlds.
         width, height, render_mode, max_steps, day_length, view_distance, hud: As for
             :class:`BlockWorldEnv`; ``render()`` returns the (N, H, W, 3) frames.
+        render_threads: Threads that render (and step) the batch; 0 (the default) uses
+            ``min(os.cpu_count(), num_envs)``. Pass 1 when several processes record at
+            once, so that they do not oversubscribe the CPUs.
     """
 
     metadata = {
@@ -58,15 +65,18 @@ class BlockWorldVectorEnv(VectorEnv):
         day_length: int = 2400,
         view_distance: float = 32.0,
         hud: bool = True,
+        render_threads: int = 0,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        if not isinstance(render_threads, int) or render_threads < 0:
+            raise ValueError(f"render_threads must be an int >= 0 (0: one per CPU), got {render_threads!r}")
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_steps = int(max_steps)
-        self.engine = Engine(num_envs, EngineConfig(width, height, day_length, view_distance, hud))
+        self.engine = Engine(num_envs, EngineConfig(width, height, day_length, view_distance, hud, render_threads))
         self.single_observation_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.single_action_space = ACTION_SPEC.to_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -126,17 +136,23 @@ class BlockWorldVectorEnv(VectorEnv):
 
     def _info(self) -> dict[str, Any]:
         p = self.engine.players
-        e = self.engine
         counts = p["inv_count"].copy()
         items = _NAMES[p["inv_id"]]
         items[counts == 0] = None
+        has_target = p["target_block"] != AIR
         info: dict[str, Any] = {
             "health": p["health"].copy(),
             "position": p["pos"].copy(),
             "yaw": p["yaw"].copy(),
             "pitch": p["pitch"].copy(),
-            "time_of_day": np.array([e.time_of_day(w) for w in range(self.num_envs)]),
+            "time_of_day": (p["time0"] + p["tick"] / p["day_length"]) % 1.0,
+            "tick": p["tick"].copy(),
             "selected_slot": p["selected"].copy(),
+            "on_ground": p["on_ground"].astype(np.bool_),
+            "in_water": p["in_fluid"].astype(np.bool_),
+            "biome": _BIOMES[p["biome"]],
+            "target_position": p["target_pos"].astype(np.int64),
+            "target_distance": np.where(has_target, p["target_dist"], np.nan),
             "achievements": p["achieved"].astype(np.bool_),
             "inventory_items": items,
             "inventory_counts": counts,

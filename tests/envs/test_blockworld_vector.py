@@ -35,19 +35,47 @@ def test_frames_equal_single_envs_with_same_seeds_and_actions():
     for _ in range(steps):
         actions = (rng.random((n, len(ACTION_NVEC))) * np.array(ACTION_NVEC)).astype(np.int64)
         actions[:, 0] = 1  # walk, so that worlds drift apart and chunks stream
-        obs, rewards, terminated, truncated, _ = venv.step(actions)
+        obs, rewards, terminated, truncated, info = venv.step(actions)
         for i, env in enumerate(singles):
             if done[i]:  # NEXT_STEP autoreset: this step is the reset
-                single_obs, _ = env.reset()
+                single_obs, single_info = env.reset()
                 r, te, tr = 0.0, False, False
             else:
-                single_obs, r, te, tr, _ = env.step(actions[i])
+                single_obs, r, te, tr, single_info = env.step(actions[i])
             assert np.array_equal(obs[i], single_obs)
             assert (rewards[i], terminated[i], truncated[i]) == (r, te, tr)
+            _assert_same_info(info, i, single_info)
             done[i] = te or tr
             ends += done[i]
     assert ends >= n, "every world should have crossed an episode end and autoreset"
     venv.close()
+
+
+def _assert_same_info(info: dict, i: int, single: dict) -> None:
+    """World ``i``'s row of the vector info says what the single env's info says."""
+    for key in ("in_water", "on_ground", "target_block", "health", "selected_slot", "mined", "placed", "biome", "tick"):
+        assert info[key][i] == single[key], key
+    assert info["time_of_day"][i] == pytest.approx(single["time_of_day"])
+    assert tuple(info["position"][i]) == single["position"]
+    if single["target_block"] is None:
+        assert np.isnan(info["target_distance"][i])
+    else:
+        assert info["target_distance"][i] == single["target_distance"]
+        assert tuple(info["target_position"][i]) == single["target_position"]
+
+
+def test_render_threads_give_the_same_frames():
+    """One render thread or several: the same frames, and a bad count is a clear error."""
+    frames = []
+    for threads in (1, 2):
+        venv = BlockWorldVectorEnv(3, width=24, height=16, render_threads=threads)
+        obs, _ = venv.reset(seed=3)
+        obs, *_ = venv.step(np.ones((3, len(ACTION_NVEC)), dtype=np.int64))
+        frames.append(obs)
+        venv.close()
+    assert np.array_equal(frames[0], frames[1])
+    with pytest.raises(ValueError, match="render_threads"):
+        BlockWorldVectorEnv(2, render_threads=-1)
 
 
 def test_vector_bad_actions_raise_value_error():
