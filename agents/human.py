@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, compose_action
+from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, check_keymap, compose_action
 from agents.overlay import Overlay, OverlayState
 from agents.worlds import World, make_world
 from worldsim.errors import WorldSimError
@@ -218,6 +218,7 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
     Raises:
         WorldSimError: Bad options, a bad action file or a checkpoint that cannot be loaded.
     """
+    check_keymap(keymap)
     if not MIN_TICK_RATE <= config.tick_rate <= MAX_TICK_RATE:
         raise WorldSimError(f"--tick-rate must be within {MIN_TICK_RATE:g}-{MAX_TICK_RATE:g} steps/s, got {config.tick_rate:g}")
     if config.scale is not None and not 1 <= config.scale <= 32:

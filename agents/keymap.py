@@ -106,7 +106,11 @@ DEFAULT_KEYMAP = Keymap(
 
 
 def check_keymap(keymap: Keymap) -> None:
-    """Raise ``ValueError`` if a binding names an unknown component or an out-of-range value."""
+    """Raise ``ValueError`` for an unknown component, an out-of-range value, or a key that is
+    both an action binding and a viewer command (the command would swallow it)."""
+    both = {b.input for b in keymap.bindings} & set(keymap.commands)
+    if both:
+        raise ValueError(f"keys {sorted(both)} are bound to both an action and a viewer command")
     for b in keymap.bindings:
         if b.component not in COMPONENTS:
             raise ValueError(f"binding {b.input!r} names unknown component {b.component!r}; expected one of {COMPONENTS}")

@@ -84,3 +84,5 @@ def test_bad_binding_is_rejected():
         check_keymap(Keymap((Binding("x", "fly", 1),)))
     with pytest.raises(ValueError, match="expected 1..2"):
         check_keymap(Keymap((Binding("x", "move", 3),)))
+    with pytest.raises(ValueError, match="both an action and a viewer command"):
+        check_keymap(Keymap((Binding("r", "move", 1),), commands={"r": "reset"}))
