@@ -219,3 +219,15 @@ print("ok")
                          env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_onnx_backend_dreams_the_same_frames(checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("WORLDSIM_ONNX_CACHE", str(tmp_path / "onnx"))
+    onnx, ref = make(checkpoint, backend="onnx"), make(checkpoint, backend="torch")
+    onnx.action_space.seed(0)
+    actions = [onnx.action_space.sample() for _ in range(6)]
+    a, ra = rollout(onnx, 2, actions)
+    b, rb = rollout(ref, 2, actions)
+    assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1
+    np.testing.assert_allclose(ra, rb, atol=1e-3)
