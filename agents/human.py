@@ -280,6 +280,7 @@ class _Session:
             self.recorder.reset(self.episode_seed, self.frames[0])
         self.episode_seed = None if self.episode_seed is None else self.episode_seed + 1
         self.episodes += 1
+        self.state.episode = self.episodes
         self.state.slot = 1
         self.state.episode_step = 0
 

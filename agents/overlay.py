@@ -14,11 +14,14 @@ import numpy as np
 
 TITLE_PX = 22
 """Height of the title row above the panes."""
-PANEL_PX = 82
-"""Height of the status panel below the panes."""
+STATUS_LINES = 6
+"""At most: world, episode, generation, reward, PSNR/pause, warning or message."""
 GAP_PX = 8
 """Space between two panes."""
 FONT_PX = 20
+"""Text size in a window at least ``FONT_FULL_WIDTH_PX`` wide; narrower windows get smaller text."""
+FONT_FULL_WIDTH_PX = 480
+LINE_GAP_PX = 1
 TEXT = (235, 235, 235)
 WARN = (255, 80, 60)
 BACKGROUND = (24, 24, 28)
@@ -32,6 +35,7 @@ class OverlayState:
     backend: str
     tick_rate: float
     step: int = 0
+    episode: int = 0
     episode_step: int = 0
     gen_fps: float = 0.0
     """Frames generated per second of generation time, over the last ~2 s of ticks."""
@@ -65,9 +69,14 @@ class Overlay:
         self.titles = titles
         self.pane = (frame_size[0] * scale, frame_size[1] * scale)
         n = len(titles)
-        self.window_size = (n * self.pane[0] + (n - 1) * GAP_PX, TITLE_PX + self.pane[1] + PANEL_PX)
+        width = n * self.pane[0] + (n - 1) * GAP_PX
+        # Shrink the text with the window so the status lines still fit a small --scale.
+        self.font_px = max(12, min(FONT_PX, FONT_PX * width // FONT_FULL_WIDTH_PX))
+        self.line_px = self.font_px - 2 + LINE_GAP_PX
+        panel = STATUS_LINES * self.line_px + 6
+        self.window_size = (width, TITLE_PX + self.pane[1] + panel)
         pygame.font.init()
-        self.font = pygame.font.Font(None, FONT_PX)
+        self.font = pygame.font.Font(None, self.font_px)
         self.help_lines = help_lines
 
     def _text(self, screen: Any, text: str, pos: tuple[int, int], color: tuple[int, int, int] = TEXT) -> None:
@@ -79,19 +88,22 @@ class Overlay:
         reward_label = "reward (real / predicted)" if len(self.titles) == 2 else (
             "reward" if s.world == "engine" else "predicted reward"
         )
-        first = f"{s.world} | backend {s.backend} | step {s.step} (episode {s.episode_step}) | hotbar slot {s.slot}"
-        second = f"generation {s.gen_fps:.1f} fps | tick {s.tick_rate:g}/s | {reward_label} {rewards}"
-        third = ""
+        lines = [
+            (f"{s.world} | backend {s.backend} | hotbar slot {s.slot}", TEXT),
+            (f"episode {s.episode}, step {s.episode_step} (total {s.step})", TEXT),
+            (f"generation {s.gen_fps:.1f} fps | tick {s.tick_rate:g}/s", TEXT),
+            (f"{reward_label} {rewards}", TEXT),
+        ]
+        extra = ""
         if s.psnr is not None:
-            third = f"PSNR dream vs engine {s.psnr:.1f} dB (mean {s.mean_psnr:.1f} dB)"
+            extra = f"PSNR vs engine {s.psnr:.1f} dB (mean {s.mean_psnr:.1f})"
         if s.paused:
-            third += ("  " if third else "") + "PAUSED (P to resume)"
-        lines = [(first, TEXT), (second, TEXT)]
-        if third:
-            lines.append((third, TEXT))
+            extra += ("  " if extra else "") + "PAUSED (P)"
+        if extra:
+            lines.append((extra, TEXT))
         if s.behind:
             rate = s.gen_fps if s.game_rate is None else min(s.gen_fps, s.game_rate)
-            lines.append((f"SLOW: {rate:.1f} steps/s < {s.tick_rate:g} steps/s, game slowed down", WARN))
+            lines.append((f"SLOW: {rate:.1f} < {s.tick_rate:g} steps/s, game slowed", WARN))
         elif s.message:
             lines.append((s.message, TEXT))
         return lines
@@ -109,17 +121,17 @@ class Overlay:
         y = TITLE_PX + self.pane[1] + 3
         for text, color in self.status_lines(state):
             self._text(screen, text, (4, y), color)
-            y += FONT_PX - 1
+            y += self.line_px
         if state.show_help:
             self._draw_help(screen)
 
     def _draw_help(self, screen: Any) -> None:
         pg = self.pg
         lines = ["controls (F1 toggles)", *self.help_lines]
-        h = len(lines) * (FONT_PX - 2) + 8
+        h = len(lines) * self.line_px + 8
         w = min(self.window_size[0] - 16, 300)
         box = pg.Surface((w, h), pg.SRCALPHA)
         box.fill((0, 0, 0, 170))
         screen.blit(box, (8, TITLE_PX + 8))
         for j, line in enumerate(lines):
-            self._text(screen, line, (14, TITLE_PX + 12 + j * (FONT_PX - 2)))
+            self._text(screen, line, (14, TITLE_PX + 12 + j * self.line_px))

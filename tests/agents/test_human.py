@@ -8,7 +8,7 @@ from PIL import Image
 
 from agents.human import PlayConfig, main, play, read_script
 from agents.keymap import NVEC
-from agents.overlay import GAP_PX, PANEL_PX, TITLE_PX
+from agents.overlay import GAP_PX, TITLE_PX
 from agents.worlds import PSNR_CAP_DB, psnr
 from worldsim.errors import WorldSimError
 from worldsim.spaces import ActionSpec
@@ -97,8 +97,11 @@ def test_psnr():
     assert psnr(a, b) == pytest.approx(10 * np.log10(192), abs=1e-4)
 
 
-def window_size(panes: int, scale: int, side: int = 64) -> tuple[int, int]:
-    return panes * side * scale + (panes - 1) * GAP_PX, TITLE_PX + side * scale + PANEL_PX
+def check_window(image: np.ndarray, panes: int, scale: int, side: int = 64) -> None:
+    """The screenshot is the whole window: titles, the upscaled panes, the status panel."""
+    h, w = image.shape[:2]
+    assert w == panes * side * scale + (panes - 1) * GAP_PX
+    assert TITLE_PX + side * scale + 60 <= h <= TITLE_PX + side * scale + 160
 
 
 def script(tmp_path) -> str:
@@ -119,7 +122,7 @@ def test_engine_headless_screenshot_and_recording(tmp_path, headless):
     assert result.steps == 10 and result.episodes == 1
     assert len(result.screenshots) == 2 and str(shot) in result.screenshots
     image = np.asarray(Image.open(shot))
-    assert image.shape[:2][::-1] == window_size(1, 4)
+    check_window(image, 1, 4)
     # The frame area is a picture of the world, not a blank window.
     assert image[TITLE_PX : TITLE_PX + 256].std() > 5
 
@@ -158,7 +161,7 @@ def test_dream_worlds_headless_with_screenshot(tmp_path, headless, checkpoint, w
         torch.set_num_threads(threads)
     assert result.steps == 8
     image = np.asarray(Image.open(shot))
-    assert image.shape[:2][::-1] == window_size(panes, 8, SIDE)
+    check_window(image, panes, 8, SIDE)
     assert image[TITLE_PX : TITLE_PX + SIDE * 8].std() > 5
     if world == "side-by-side":
         # PSNR of the dream against the engine is measured on every step and is finite.
