@@ -8,6 +8,7 @@ overwrite the other, so WorldSim's extras pick one: ``pip install 'worldsim[cpu]
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,9 @@ from typing import Any
 
 from worldsim.errors import WorldSimError
 
+THREADS_ENV = "WORLDSIM_ORT_THREADS"
+"""Intra-op threads of every session (unset: ONNX Runtime's default, one per physical core).
+``worldsim bench dream --threads N`` sets it, so both backends run on N threads."""
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 INSTALL_HINT = (
@@ -86,6 +90,11 @@ def open_session(path: str | Path, placement: Placement, ort: ModuleType) -> Any
     # threads would take the cores it needs. Measured on the small model, 2 vCPUs: without
     # spinning 5.2-6.4 frames/s at B=1 and 9.1-10.4 at B=16, with it 2.5-2.6 and 5.9-6.7.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = os.environ.get(THREADS_ENV, "")
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise WorldSimError(f"{THREADS_ENV} must be a number of threads >= 1, got {threads!r}")
+        opts.intra_op_num_threads = int(threads)
     try:
         sess = ort.InferenceSession(str(path), opts, providers=placement.providers)
     except Exception as e:  # onnxruntime raises its own pybind exception types

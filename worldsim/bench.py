@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -97,6 +98,7 @@ def dream_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+        os.environ["WORLDSIM_ORT_THREADS"] = str(a.threads)  # the ONNX backend's sessions: same thread count
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)
