@@ -33,7 +33,9 @@ from worldsim.checkpoint import atomic_save
 from worldsim.errors import WorldSimError
 
 IDM_FORMAT = "worldsim-idm"
-IDM_VERSION = 1
+IDM_VERSION = 2
+AUG_SHIFT = 4
+"""Pixels of random translation (the same for both frames of a pair) in training."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,29 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "worldsim") / "idm"
 
 
+def augment(prev: torch.Tensor, nxt: torch.Tensor, gen: torch.Generator, shift: int = AUG_SHIFT) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random colour permutation, contrast/brightness change and translation for both
+    frames of each pair: what a pair *looks like* changes, how it *moves* does not.
+
+    Without it the IDM memorises the training worlds' appearance (train F1 0.92, held-out F1
+    0.56 for BlockWorld's yaw at 8,000 steps) instead of learning motion.
+    """
+    B, H, W, _ = prev.shape
+    x = torch.stack([prev, nxt], dim=1).float()  # (B, 2, H, W, 3)
+    perm = torch.argsort(torch.rand(B, 3, generator=gen), dim=-1)  # (B, 3)
+    x = torch.gather(x, -1, perm[:, None, None, None, :].expand_as(x))
+    gain = 0.6 + 0.8 * torch.rand(B, 1, 1, 1, 1, generator=gen)
+    bias = 60 * (torch.rand(B, 1, 1, 1, 1, generator=gen) - 0.5)
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    x = ((x - mean) * gain + mean + bias).clamp(0, 255)
+    if shift:
+        pad = torch.nn.functional.pad(x.permute(0, 1, 4, 2, 3).reshape(B, 6, H, W), (shift,) * 4, mode="replicate")
+        dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
+        x = pad[:, :, dy : dy + H, dx : dx + W].reshape(B, 2, 3, H, W).permute(0, 1, 3, 4, 2)  # (B, 2, H, W, 3)
+    x = x.round().to(torch.uint8)
+    return x[:, 0], x[:, 1]
+
+
 def train_idm(
     data: IDMData, nvec: tuple[int, ...], config: IDMConfig, device: str = "cpu", seed: int = 0, log: Callable[[str], None] = print
 ) -> tuple[InverseDynamics, dict[str, float]]:
@@ -135,6 +160,7 @@ def train_idm(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.train_steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     n = len(data.prev)
     if n == 0:
         raise WorldSimError("no frame pairs to train the inverse-dynamics model on")
@@ -142,8 +168,8 @@ def train_idm(
     logs: dict[str, float] = {}
     for step in range(config.train_steps):
         idx = rng.integers(0, n, config.batch)
-        prev = torch.as_tensor(data.prev[idx], device=device)
-        nxt = torch.as_tensor(data.nxt[idx], device=device)
+        prev, nxt = augment(torch.as_tensor(data.prev[idx]), torch.as_tensor(data.nxt[idx]), gen)
+        prev, nxt = prev.to(device), nxt.to(device)
         acts = torch.as_tensor(data.actions[idx], device=device)
         loss, logs = model.loss(prev, nxt, acts)
         opt.zero_grad(set_to_none=True)

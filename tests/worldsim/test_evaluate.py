@@ -239,3 +239,16 @@ def test_demo_writes_gifs_and_prints_psnr(tiny_blockworld: Path, tmp_path: Path,
         assert 1 < im.n_frames <= 7 + 12
         assert im.size == (2 * (3 * 16 + 2), 2 * 16)
     assert (out / "dream.gif").stat().st_size > 0
+
+
+def test_idm_augmentation_changes_looks_not_motion() -> None:
+    """Both frames of a pair get the same colour change and shift, so the motion between them survives."""
+    from worldsim.idm import augment
+
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8))
+    b = torch.roll(a, 3, dims=2)  # the view moved 3 pixels right
+    x, y = augment(a, b, torch.Generator().manual_seed(1))
+    inner = (slice(None), slice(6, 18), slice(9, 15))  # away from borders, shift padding and wrap-around
+    assert torch.equal(torch.roll(x, 3, dims=2)[inner], y[inner])
+    assert not torch.equal(x, a)  # the looks did change
