@@ -11,16 +11,19 @@ folder unless they agree within :class:`~export.verify.Tolerance`.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
+from torch.onnx import symbolic_helper
 
 from export.graphs import DecoderGraph, DynamicsStepGraph, EncoderGraph, GraphSpec, graph_specs
 from export.manifest import FORMAT, MANIFEST, VERSION, sha256_file, write_manifest
@@ -46,7 +49,46 @@ class ExportResult:
     seconds: float
 
 
-def _export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, path: Path, opset: int) -> None:
+SDPA = "aten::scaled_dot_product_attention"
+
+
+def _attention_symbolic(head_dim: int) -> Callable:
+    """``scaled_dot_product_attention`` as plain ``softmax(q k^T / sqrt(head_dim) + bias) v``.
+
+    The exporter's own decomposition scales q and k^T separately and adds a NaN guard for
+    fully masked rows; the Mul between Transpose and MatMul keeps ONNX Runtime from fusing
+    them into one transposed MatMul, and it cost ~25 % of a batched pass. No row of this
+    model is ever fully masked (every token sees itself), and the mask's "no" is the most
+    negative float rather than -inf, so the guard has nothing to guard. The head size comes
+    from the model config: with dynamic axes the traced shapes do not carry it.
+    """
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
+    def attention(g: Any, query: Any, key: Any, value: Any, mask: Any = None, dropout_p: float = 0.0,
+                  is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:  # fmt: skip
+        if is_causal or enable_gqa or dropout_p or not symbolic_helper._is_none(scale):
+            raise WorldSimError("the ONNX export expects attention without is_causal, scale, dropout or GQA")
+        scores = g.op("MatMul", query, g.op("Transpose", key, perm_i=[0, 1, 3, 2]))
+        scores = g.op("Mul", scores, g.op("Constant", value_t=torch.tensor(1.0 / math.sqrt(head_dim))))
+        if not symbolic_helper._is_none(mask):
+            no = torch.tensor(torch.finfo(torch.float32).min)
+            bias = g.op("Where", mask, g.op("Constant", value_t=torch.tensor(0.0)), g.op("Constant", value_t=no))
+            scores = g.op("Add", scores, bias)
+        return g.op("MatMul", g.op("Softmax", scores, axis_i=-1), value)
+
+    return attention
+
+
+def _export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, path: Path, opset: int, head_dim: int) -> None:
+    torch.onnx.register_custom_op_symbolic(SDPA, _attention_symbolic(head_dim), opset)
+    try:
+        _trace(module, args, spec, path, opset)
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(SDPA, opset)
+    _name_output_dims(path, spec)
+
+
+def _trace(module: torch.nn.Module, args: tuple, spec: GraphSpec, path: Path, opset: int) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns at every shape it reads as a Python int; verification at other
         # shapes (export.verify) is what proves those reads stay symbolic.
@@ -62,7 +104,6 @@ def _export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, path: P
             dynamic_axes=spec.dynamic_axes(),
             do_constant_folding=True,
         )
-    _name_output_dims(path, spec)
 
 
 def _name_output_dims(path: Path, spec: GraphSpec) -> None:
@@ -108,6 +149,7 @@ def write_export(checkpoint: Path, folder: Path, *, opset: int = DEFAULT_OPSET, 
     if loaded.dynamics is None:
         raise WorldSimError(f"{checkpoint}: a tokenizer checkpoint; the ONNX export needs a dynamics checkpoint")
     specs = graph_specs(loaded.config)
+    dyn = loaded.config.dynamics
     modules = {
         "encoder": EncoderGraph(loaded.tokenizer),
         "decoder": DecoderGraph(loaded.tokenizer),
@@ -115,7 +157,7 @@ def write_export(checkpoint: Path, folder: Path, *, opset: int = DEFAULT_OPSET, 
     }
     examples = _example_args(ModelInputs(loaded))
     for name, spec in specs.items():
-        _export_graph(modules[name], examples[name], spec, folder / spec.file, opset)
+        _export_graph(modules[name], examples[name], spec, folder / spec.file, opset, dyn.width // dyn.heads)
     checks = verify_export(folder, loaded, tolerance)
     failed = [c for c in checks if not c.passed]
     if failed:
