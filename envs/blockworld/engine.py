@@ -116,9 +116,9 @@ class Engine:
         """Advance every world one tick with int64 ``actions`` (num_worlds, 8)."""
         r = self.regions
         step_players(self.players, r.blocks, r.dirty, r.top, r.occ, r.clear, actions)
-        margin = self.config.view_distance + 1.0
-        for w in r.near_edge(self.players["pos"][:, ::2], margin):
-            r.follow(int(w), float(self.players["pos"][w, 0]), float(self.players["pos"][w, 2]))
+        pos = self.players["pos"]  # (num_worlds, 3)
+        for w in r.near_edge(pos, self.config.view_distance + 1.0).tolist():
+            r.follow(w, float(pos[w, 0]), float(pos[w, 2]))
 
     def render(self) -> np.ndarray:
         """Render all worlds into ``self.frames`` (num_worlds, H, W, 3) and return it."""

@@ -127,6 +127,26 @@ def mark_filled(clear, gx: int, gz: int, gy: int) -> None:
                     clear[x, z, y] = d
 
 
+@njit(cache=True, nogil=True)
+def _near_edge(pos, center, margin: float):
+    """Indices of worlds whose player is within ``margin`` of its square's edge.
+
+    A kernel rather than numpy: the five temporaries numpy needed cost 20 us per step,
+    as much as the whole tick of a world.
+    """
+    out = np.empty(pos.shape[0], dtype=np.int64)
+    n = 0
+    for w in range(pos.shape[0]):
+        for axis, col in ((0, 0), (1, 2)):
+            lo = (center[w, axis] - REGION_HALF) * CHUNK
+            x = pos[w, col]
+            if x - lo <= margin or lo + REGION - x <= margin:
+                out[n] = w
+                n += 1
+                break
+    return out[:n]
+
+
 class Regions:
     """Loaded blocks of ``num_worlds`` worlds, plus the bookkeeping to stream chunks.
 
@@ -167,12 +187,10 @@ class Regions:
         if cx != self._center[w, 0] or cz != self._center[w, 1]:
             self._load_around(w, cx, cz)
 
-    def near_edge(self, xz: np.ndarray, margin: float) -> np.ndarray:
-        """Indices of worlds whose player (xz: float (num_worlds, 2)) is within ``margin``
-        blocks of the loaded square's edge, and so must be recentred."""
-        lo = (self._center - REGION_HALF) * CHUNK  # (num_worlds, 2)
-        near = (xz - lo <= margin) | (lo + REGION - xz <= margin)
-        return np.flatnonzero(np.any(near, axis=1))
+    def near_edge(self, pos: np.ndarray, margin: float) -> np.ndarray:
+        """Indices of worlds whose player (pos: float (num_worlds, 3), feet x, y, z) is
+        within ``margin`` blocks of the loaded square's edge, and so must be recentred."""
+        return _near_edge(pos, self._center, float(margin))
 
     def _load_around(self, w: int, cx: int, cz: int) -> None:
         self._center[w] = (cx, cz)
