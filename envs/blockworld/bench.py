@@ -34,6 +34,9 @@ class EngineBench:
     """Process CPU time (all threads) per world-step of the vector env, in microseconds."""
     load_average: float
     """1-minute load average when the run started: other work competing for the CPUs."""
+    render_cpu_us: float
+    """CPU time of rendering one frame (world view and HUD), in microseconds: the part of
+    a single-env step that is not Python or game logic."""
 
     @property
     def ratio(self) -> float:
@@ -81,6 +84,11 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
             break
     single = steps / (time.perf_counter() - t0)
     single_cpu = (time.process_time() - c0) / steps * 1e6
+    # The render alone, on the view the walk ended with: how much of a step it takes.
+    c0 = time.thread_time()
+    for _ in range(200):
+        env.engine.render()
+    render_cpu = (time.thread_time() - c0) / 200 * 1e6
     env.close()
 
     venv = BlockWorldVectorEnv(num_envs, width=width, height=height)
@@ -97,7 +105,7 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
     vector_cpu = (time.process_time() - c0) / (batches * num_envs) * 1e6
     venv.close()
     return EngineBench(
-        single, vector, num_envs, float(np.median(resets)), width, height, single_cpu, vector_cpu, load
+        single, vector, num_envs, float(np.median(resets)), width, height, single_cpu, vector_cpu, load, render_cpu
     )
 
 
@@ -121,5 +129,6 @@ def main(argv: list[str]) -> int:
     vec = f"vector env ({r.num_envs} worlds)"
     print(f"  {vec:<28} {r.vector_steps_per_s:>10,.0f} {r.vector_cpu_us:>12,.0f}")
     print(f"  {'vector / single':<28} {r.ratio:>10.2f}x")
+    print(f"  {'render only (one frame)':<28} {'':>10} {r.render_cpu_us:>12,.0f}")
     print(f"  {'reset (new world)':<28} {r.reset_seconds:>10.3f} s")
     return 0
