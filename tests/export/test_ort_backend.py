@@ -82,7 +82,7 @@ def test_an_export_beside_the_checkpoint_is_used_and_must_match_it(tiny_export: 
         load(other, backend="onnx")
 
 
-def test_precision_and_device_errors(tiny_export: Path) -> None:
+def test_precision_device_and_thread_errors(tiny_export: Path, monkeypatch) -> None:
     with pytest.raises(WorldSimError, match="fp32"):
         load(tiny_export, backend="onnx", precision="bf16")
     with pytest.raises(WorldSimError, match="expected 'auto', 'cpu'"):
@@ -90,6 +90,11 @@ def test_precision_and_device_errors(tiny_export: Path) -> None:
     if CUDA_EP not in require_onnxruntime().get_available_providers():
         with pytest.raises(WorldSimError, match="onnxruntime-gpu"):
             load(tiny_export, backend="onnx", device="cuda")
+    monkeypatch.setenv("WORLDSIM_ORT_THREADS", "0")
+    with pytest.raises(WorldSimError, match="WORLDSIM_ORT_THREADS must be a number of threads >= 1"):
+        load(tiny_export, backend="onnx")
+    monkeypatch.setenv("WORLDSIM_ORT_THREADS", "1")
+    assert load(tiny_export, backend="onnx").backend.device == "cpu" or CUDA_EP in require_onnxruntime().get_available_providers()
 
 
 def test_the_dream_env_runs_on_the_onnx_backend(tiny_export: Path) -> None:
