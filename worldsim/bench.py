@@ -92,7 +92,7 @@ def dream_main(argv: list[str]) -> int:
     ap.add_argument("--backend", nargs="+", default=["torch"], help="runtime backends, timed side by side in one run (torch onnx)")
     ap.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)")
-    ap.add_argument("--chunks", type=int, nargs="+", default=sorted({1, DEFAULT_CHUNKS}), help="K values (default 1 and the default K)")
+    ap.add_argument("--chunks", type=int, nargs="+", default=sorted({1, 2, DEFAULT_CHUNKS}), help="K values (default 1 and 2, and the default K)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per setting (default 3)")
     _common(ap)
     a = ap.parse_args(argv)
