@@ -8,7 +8,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 
 import worldsim  # noqa: F401  (registers the ids)
@@ -16,15 +15,6 @@ from envs.dream import DreamEnv
 from tests.envs.dream_checkpoint import SIDE, blockworld_checkpoint, toy_checkpoint
 from worldsim.errors import WorldSimError
 from worldsim.registration import BLOCKWORLD_ID, DREAM_ID
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,6 @@ sb3 = pytest.importorskip("stable_baselines3")
 CNN_SIDE = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     ckpt = blockworld_checkpoint(tmp_path_factory.mktemp("dream"))

@@ -3,20 +3,11 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import worldsim  # noqa: F401  (registers the ids)
 from tests.envs.dream_checkpoint import SIDE, blockworld_checkpoint
 from worldsim.errors import WorldSimError
 from worldsim.registration import DREAM_ID
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import export.cache as cache_mod
 import worldsim  # noqa: F401  (registers the dream env)
@@ -21,15 +20,6 @@ from worldsim.errors import WorldSimError
 from worldsim.runtime import load
 
 STEPS = 50
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine a second thread mostly waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_rollouts_of_both_backends_agree_greedy_and_sampled(tiny_export: Path, tiny_checkpoint: Path) -> None:

@@ -3,9 +3,7 @@ WorldSim has never seen (with a ``Discrete`` action space)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,23 +69,6 @@ def _train_tiny(trajs: list[Trajectory], spec, env_id: str, kwargs: dict, path: 
     save_model(path, ModelConfig(preset.tokenizer, dcfg, shape, env_id, kwargs, "tiny"), tok, dyn.eval())
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, far faster than on two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    with _one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def smoke_recipe(tmp_path_factory: pytest.TempPathFactory) -> RecipeRun:
     """The smoke recipe run from nothing: explorer data, tokenizer, dynamics (BlockWorld 16x16)."""
@@ -107,8 +88,7 @@ def tiny_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ref = ReferenceEnv(FULL_ID, TOY_KWARGS)
     rng = np.random.default_rng(0)
     trajs = [ref.rollout(seed, 60, make_policy(FULL_ID, ref.spec, rng)[0]) for seed in range(6)]
-    with _one_thread():
-        _train_tiny(trajs, ref.spec, "ToyImage-v0", TOY_KWARGS, path)
+    _train_tiny(trajs, ref.spec, "ToyImage-v0", TOY_KWARGS, path)
     return path
 
 

@@ -17,14 +17,6 @@ from worldsim.transformer import MASKED, Dynamics
 SPEC = ActionSpec("MultiDiscrete", (3, 2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_checkpoint(path, spec: ActionSpec = SPEC, context: int = 4) -> str:
     torch.manual_seed(0)
     preset = get_preset("tiny")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
 
 import worldsim
@@ -25,15 +24,6 @@ from worldsim.train import state_path
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--preset", "tiny", "--batch", "4", "--log-every", "1", "--val-batches", "1", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread here as in the subprocesses (OMP_NUM_THREADS=1): float sums then agree bit for bit."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def toy_recording(path: Path, episodes: int = 6, steps: int = 12) -> Path:

@@ -31,15 +31,6 @@ def moving_world(batch: int, T: int, seed: int = 0, h: int = 8, w: int = 8) -> t
     return torch.stack(frames, 1), actions  # (B, T, h, w), (B, T-1, 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def greedy_codes(logits: torch.Tensor) -> torch.Tensor:
     """Per-channel argmax of ``[..., sum(levels)]`` packed into codes ``[...]``."""
     code = torch.zeros(logits.shape[:-1], dtype=torch.long)

@@ -1,0 +1,19 @@
+"""Settings shared by the whole suite."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for the whole suite.
+
+    The tests run tiny models, whose per-op cost is dominated by thread synchronisation: on
+    a 2-core machine that is doing anything else, a second OpenMP thread mostly spins, and
+    a tiny-model step took ~1 s on two threads against ~14 ms on one. One thread also makes
+    float sums reproducible bit for bit, as the resume test needs.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
