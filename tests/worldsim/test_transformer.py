@@ -73,7 +73,7 @@ def test_overfits_a_short_sequence_and_predicts_it_greedily() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     first = None
-    for _ in range(450):
+    for _ in range(750):  # both init seeds 0 and 1 reach >= 99% of cells by 750 steps; 450 was marginal
         out = model(codes, actions, rewards, ends, generator=g)
         first = first if first is not None else float(out.loss.detach())
         opt.zero_grad()
