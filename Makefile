@@ -21,8 +21,10 @@ test: setup
 	$(BIN)/ruff check .
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest -q
 
+# One torch thread: a one-world rollout is many small ops, and on a busy 2-core machine a
+# second OpenMP thread mostly spins (docs/model.md).
 demo: setup
-	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/worldsim demo --out demo
+	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/worldsim demo --out demo --threads 1
 
 # Reproduce the shipped model from nothing (record, tokenizer, dynamics) and install it as
 # the package default. Resumable: run it again after an interruption.
