@@ -11,7 +11,6 @@ printed and written beside the recording as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import queue
@@ -23,6 +22,7 @@ from typing import Any
 
 from agents.coverage import Coverage
 from agents.rollout import AGENTS, RecordConfig, output_path, record_part
+from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
 from worldsim.recording_writer import now_iso
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="frame width, passed to the env")
     p.add_argument("--height", type=int, default=None, help="frame height, passed to the env")
     p.add_argument("--shard-steps", type=int, default=4096, help="records per shard file")
-    p.add_argument("--env-kwargs", default="{}", help="JSON object of more env keyword arguments")
+    p.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of more env keyword arguments")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing recording at --out"
     )
@@ -230,12 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        env_kwargs = json.loads(args.env_kwargs)
-    except ValueError as e:
-        raise WorldSimError(f"--env-kwargs is not JSON: {e}") from None
-    if not isinstance(env_kwargs, dict):
-        raise WorldSimError("--env-kwargs must be a JSON object")
+    env_kwargs = args.env_kwargs
     workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
     cfg = RecordConfig(
         env=args.env, agent=args.agent, steps=args.steps, out=args.out, num_envs=args.num_envs,

@@ -7,7 +7,9 @@ keeps the core free of imports from ``envs/``, ``agents/`` and ``export/``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +30,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("worldsim.demo:main", "dream BlockWorld with the shipped model: GIFs, frames/s and PSNR against copy-last"),
     "train recipe": ("worldsim.recipe:main", "reproduce a shipped model from nothing (record, tokenizer, dynamics), resumable"),
 }
+
+
+def json_object(text: str) -> dict:
+    """An argparse ``type`` for options such as ``--env-kwargs``: a JSON object, or a usage error."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def _usage() -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
 from worldsim.eval_probes import action_names, permanence, stability
 from worldsim.idm import IDMConfig, IDMData, cache_key, load_or_train
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldsim eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="dynamics checkpoint (default: the shipped model)")
     p.add_argument("--env", default=None, help="reference Gymnasium id (default: the checkpoint's env)")
-    p.add_argument("--env-kwargs", default=None, help="JSON object of env kwargs (default: the checkpoint's)")
+    p.add_argument("--env-kwargs", type=json_object, default=None, help="JSON object of env kwargs (default: the checkpoint's)")
     p.add_argument("--episodes", type=int, default=8, help="held-out episodes (one batch)")
     p.add_argument("--horizon", type=int, default=32, help="open-loop steps per episode")
     p.add_argument("--context", type=int, default=None, help="real prompt frames (default: the model's context - 1)")
@@ -358,14 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
-    kwargs = None
-    if a.env_kwargs is not None:
-        try:
-            kwargs = json.loads(a.env_kwargs)
-        except ValueError as e:
-            raise WorldSimError(f"--env-kwargs is not JSON: {e}") from None
-        if not isinstance(kwargs, dict):
-            raise WorldSimError("--env-kwargs must be a JSON object")
+    kwargs = a.env_kwargs
     for name in ("episodes", "horizon", "stability_steps", "probe_worlds", "idm_data_steps", "idm_train_steps"):
         if getattr(a, name) < 1:
             raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
