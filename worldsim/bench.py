@@ -10,7 +10,6 @@ depend on what the weights say.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import tempfile
@@ -56,10 +55,15 @@ def _peaks(device: torch.device) -> dict[str, float]:
     big = 4096 if device.type == "cuda" else 1024
     # bf16 on a CPU without native support is ~60x slower: a smaller matrix keeps this short.
     small = big if default_precision(device) == "bf16" else 256
-    return {"fp32": matmul_peak(device, torch.float32, big), "bf16": matmul_peak(device, torch.bfloat16, small)}
+    return {
+        "fp32": matmul_peak(device, torch.float32, big),
+        "bf16": matmul_peak(device, torch.bfloat16, small),
+    }
 
 
-def _random_model(preset: str, spec: ActionSpec, context: int | None, device: torch.device, precision: str) -> TorchBackend:
+def _random_model(
+    preset: str, spec: ActionSpec, context: int | None, device: torch.device, precision: str
+) -> TorchBackend:
     p = get_preset(preset)
     torch.manual_seed(0)
     tok = Tokenizer(p.tokenizer).to(device)
@@ -74,12 +78,21 @@ def _params(m: torch.nn.Module) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: the device's fastest accurate one")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="default: the device's fastest accurate one",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
-def _finish(rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]) -> None:
+def _finish(
+    rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]
+) -> None:
     if path:
         Path(path).write_text(json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
 
@@ -87,18 +100,60 @@ def _finish(rows: list[dict[str, Any]], peaks: dict[str, float], path: str | Non
 def dream_main(argv: list[str]) -> int:
     """``worldsim bench dream``: generation frames/s at B=1 and B=64, K=1 and the default K."""
     ap = argparse.ArgumentParser(prog="worldsim bench dream", description=dream_main.__doc__)
-    ap.add_argument("--preset", default="small", choices=sorted(PRESETS), help="random-weight model size (default small)")
-    ap.add_argument("--checkpoint", default=None, help="time this checkpoint instead of a random preset")
-    ap.add_argument("--backend", nargs="+", default=["torch"], help="runtime backends, timed side by side in one run (torch onnx)")
-    ap.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)")
-    ap.add_argument("--chunks", type=int, nargs="+", default=sorted({1, 2, DEFAULT_CHUNKS}), help="K values (default 1 and 2, and the default K)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per setting (default 3)")
+    ap.add_argument(
+        "--preset",
+        default="small",
+        choices=sorted(PRESETS),
+        help="random-weight model size (default small)",
+    )
+    ap.add_argument(
+        "--checkpoint", default=None, help="time this checkpoint instead of a random preset"
+    )
+    ap.add_argument(
+        "--backend",
+        nargs="+",
+        default=["torch"],
+        help="runtime backends, timed side by side in one run (torch onnx)",
+    )
+    ap.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("H", "W"),
+        help="frame size (default 64 64)",
+    )
+    ap.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)"
+    )
+    ap.add_argument(
+        "--chunks",
+        type=int,
+        nargs="+",
+        default=sorted({1, 2, DEFAULT_CHUNKS}),
+        help="K values (default 1 and 2, and the default K)",
+    )
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="timed seconds per setting and backend (default 3)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternate the backends this many times per setting (default 3)",
+    )
     _common(ap)
     a = ap.parse_args(argv)
+    if a.rounds < 1:
+        raise WorldSimError(f"--rounds must be at least 1, got {a.rounds}")
     if a.threads:
         torch.set_num_threads(a.threads)
-        os.environ["WORLDSIM_ORT_THREADS"] = str(a.threads)  # the ONNX backend's sessions: same thread count
+        os.environ["WORLDSIM_ORT_THREADS"] = str(
+            a.threads
+        )  # the ONNX backend's sessions: same thread count
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)
@@ -114,42 +169,26 @@ def dream_main(argv: list[str]) -> int:
 
     def make(backend: str, K: int) -> WorldModel:
         if checkpoint:
-            return load(checkpoint, backend=backend, device=a.device, precision=a.precision, chunks=K, seed=0)
-        return WorldModel(_random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision), chunks=K, seed=0)
+            return load(
+                checkpoint,
+                backend=backend,
+                device=a.device,
+                precision=a.precision,
+                chunks=K,
+                seed=0,
+            )
+        return WorldModel(
+            _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision), chunks=K, seed=0
+        )
 
     for K in a.chunks:
         models = {backend: make(backend, K) for backend in a.backend}
-        for B, (backend, model) in itertools.product(a.batch, models.items()):
-            spec = model.action_spec
-            rng = np.random.default_rng(0)
-            frames = rng.integers(0, 256, (B, 4, H, W, 3), dtype=np.uint8)
-            acts = lambda n, rng=rng, spec=spec, B=B: rng.integers(0, spec.nvec, (B, n, len(spec.nvec)))  # noqa: E731
-            model.prompt(frames, acts(3))
-            model.step(acts(1)[:, 0])
-            # Time the steady state of a long rollout: a full window. What the cache holds
-            # does not change the cost, so mark it all valid rather than step 20+ times.
-            model._valid[:] = True
-            flops = None
-            if getattr(model.backend, "name", "") == "torch":
-                with FlopCounterMode(display=False) as fc:
-                    model.step(acts(1)[:, 0])
-                flops = fc.get_total_flops() / B
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < a.seconds or n < 2:
-                model.step(acts(1)[:, 0])
-                n += 1
-            dt = time.perf_counter() - t0
-            fps = B * n / dt
-            row = {"backend": backend, "device": model.backend.device, "precision": model.backend.precision, "batch": B, "chunks": K, "frames_per_s": round(fps, 2),
-                   "ms_per_step": round(1e3 * dt / n, 2), "gflop_per_frame": None if flops is None else round(flops / 1e9, 4)}  # fmt: skip
-            if flops is not None:
-                row["share_of_peak"] = round(flops * fps / peaks[precision], 4)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    for r in rows[1:]:
-        base = next(b for b in rows if b["backend"] == a.backend[0] and (b["batch"], b["chunks"]) == (r["batch"], r["chunks"]))
-        if r is not base:
-            print(f"{r['backend']} / {base['backend']}: {r['frames_per_s'] / base['frames_per_s']:.2f}x frames/s at B={r['batch']}, K={r['chunks']}")
+        for B in a.batch:
+            rows += _time_backends(models, B, H, W, a.seconds, a.rounds, peaks, precision)
+    for r in rows:
+        if r["backend"] != a.backend[0]:
+            print(f"{r['backend']} / {a.backend[0]}: {r['ratio']:.2f}x frames/s at B={r['batch']}, K={r['chunks']} "
+                  f"(per-round ratios {', '.join(f'{x:.2f}' for x in r['round_ratios'])})")  # fmt: skip
     what = a.checkpoint or f"preset {a.preset} (random weights)"
     print(f"model: {what}; {H}x{W}; device {dev}, precision {precision}, threads {torch.get_num_threads()}; "
           f"matmul peak fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")  # fmt: skip
@@ -157,7 +196,86 @@ def dream_main(argv: list[str]) -> int:
     return 0
 
 
-def _train_step(kind: str, backend: TorchBackend, B: int, T: int, H: int, W: int, opt: torch.optim.Optimizer, dev: torch.device, precision: str):
+def _prime(model: WorldModel, B: int, H: int, W: int):
+    """Prompt ``model`` with B random worlds and a full window; returns an action sampler."""
+    spec = model.action_spec
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (B, 4, H, W, 3), dtype=np.uint8)
+    acts = lambda n: rng.integers(0, spec.nvec, (B, n, len(spec.nvec)))  # noqa: E731
+    model.prompt(frames, acts(3))
+    model.step(acts(1)[:, 0])
+    # Time the steady state of a long rollout: a full window. What the cache holds does not
+    # change the cost, so mark it all valid rather than step 20+ times.
+    model._valid[:] = True
+    return acts
+
+
+def _time_backends(
+    models: dict[str, WorldModel],
+    B: int,
+    H: int,
+    W: int,
+    seconds: float,
+    rounds: int,
+    peaks: dict[str, float],
+    precision: str,
+) -> list[dict[str, Any]]:
+    """Frames/s of each backend at batch B, timed in ``rounds`` alternating rounds.
+
+    On a shared machine the load changes from second to second. Alternating the backends
+    in short rounds and taking the median of the per-round ratios against the first backend
+    compares them under the same conditions; one long run each would compare two moments.
+    """
+    acts = {name: _prime(m, B, H, W) for name, m in models.items()}
+    flops: dict[str, float | None] = {}
+    for name, m in models.items():
+        flops[name] = None
+        if getattr(m.backend, "name", "") == "torch":
+            with FlopCounterMode(display=False) as fc:
+                m.step(acts[name](1)[:, 0])
+            flops[name] = fc.get_total_flops() / B
+    fps: dict[str, list[float]] = {name: [] for name in models}
+    steps = {name: 0 for name in models}
+    total = {name: 0.0 for name in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / rounds or n < 2:
+                m.step(acts[name](1)[:, 0])
+                n += 1
+            dt = time.perf_counter() - t0
+            fps[name].append(B * n / dt)
+            steps[name] += n
+            total[name] += dt
+    first = next(iter(models))
+    rows = []
+    for name, m in models.items():
+        rate = B * steps[name] / total[name]
+        row = {"backend": name, "device": m.backend.device, "precision": m.backend.precision, "batch": B, "chunks": m.chunks,
+               "frames_per_s": round(rate, 2), "ms_per_step": round(1e3 * total[name] / steps[name], 2),
+               "gflop_per_frame": None if flops[name] is None else round(flops[name] / 1e9, 4)}  # fmt: skip
+        if flops[name] is not None:
+            row["share_of_peak"] = round(flops[name] * rate / peaks[precision], 4)
+        if name != first:
+            ratios = [x / y for x, y in zip(fps[name], fps[first])]
+            row["round_ratios"] = [round(x, 3) for x in ratios]
+            row["ratio"] = round(float(np.median(ratios)), 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _train_step(
+    kind: str,
+    backend: TorchBackend,
+    B: int,
+    T: int,
+    H: int,
+    W: int,
+    opt: torch.optim.Optimizer,
+    dev: torch.device,
+    precision: str,
+):
     rng = torch.Generator().manual_seed(0)
     if kind == "tokenizer":
         frames = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8, generator=rng).to(dev)
@@ -176,7 +294,10 @@ def _train_step(kind: str, backend: TorchBackend, B: int, T: int, H: int, W: int
     h, w = H // s, W // s
     codes = torch.randint(0, int(np.prod(cfg.levels)), (B, T, h, w), generator=rng).to(dev)
     acts = torch.zeros(B, T - 1, len(cfg.action_nvec), dtype=torch.long, device=dev)
-    rew, term = torch.zeros(B, T - 1, device=dev), torch.zeros(B, T - 1, dtype=torch.bool, device=dev)
+    rew, term = (
+        torch.zeros(B, T - 1, device=dev),
+        torch.zeros(B, T - 1, dtype=torch.bool, device=dev),
+    )
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -192,9 +313,23 @@ def _train_step(kind: str, backend: TorchBackend, B: int, T: int, H: int, W: int
 def train_main(argv: list[str]) -> int:
     """``worldsim bench train``: training frames/s and tokens/s per preset and model, share of peak."""
     ap = argparse.ArgumentParser(prog="worldsim bench train", description=train_main.__doc__)
-    ap.add_argument("--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time")
-    ap.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
-    ap.add_argument("--batch", type=int, default=8, help="windows (dynamics) or frames x4 (tokenizer) per step (default 8)")
+    ap.add_argument(
+        "--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time"
+    )
+    ap.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("H", "W"),
+        help="frame size (default 64 64)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="windows (dynamics) or frames x4 (tokenizer) per step (default 8)",
+    )
     ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (default 3)")
     _common(ap)
     a = ap.parse_args(argv)
@@ -213,7 +348,9 @@ def train_main(argv: list[str]) -> int:
             module.train()
             opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
             B = a.batch * 4 if kind == "tokenizer" else a.batch
-            step, frames, tokens = _train_step(kind, be, B, be.dynamics.cfg.context, H, W, opt, dev, precision)
+            step, frames, tokens = _train_step(
+                kind, be, B, be.dynamics.cfg.context, H, W, opt, dev, precision
+            )
             step()  # warm-up (allocations, first-call dispatch)
             with FlopCounterMode(display=False) as fc:
                 step()

@@ -102,11 +102,14 @@ def test_bench_dream_times_both_backends_side_by_side(tmp_path: Path, private_ca
 
     out = tmp_path / "dream.json"
     args = ["bench", "dream", "--preset", "tiny", "--size", "16", "16", "--batch", "1", "2", "--chunks", "1",
-            "--seconds", "0.1", "--device", "cpu", "--backend", "torch", "onnx", "--json", str(out)]  # fmt: skip
+            "--seconds", "0.1", "--rounds", "2", "--device", "cpu", "--backend", "torch", "onnx", "--json", str(out)]  # fmt: skip
     assert cli(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert sorted((r["backend"], r["batch"]) for r in rows) == [("onnx", 1), ("onnx", 2), ("torch", 1), ("torch", 2)]
     assert all(r["frames_per_s"] > 0 and r["device"] == "cpu" for r in rows)
+    # The ratio is the median of rounds that alternate the backends, one per round.
+    for r in (r for r in rows if r["backend"] == "onnx"):
+        assert len(r["round_ratios"]) == 2 and min(r["round_ratios"]) <= r["ratio"] <= max(r["round_ratios"])
     printed = capsys.readouterr().out
     assert "onnx / torch" in printed and "at B=2, K=1" in printed
     assert any(private_cache.iterdir()), "the random model should have been exported into the cache"
