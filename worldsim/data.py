@@ -191,6 +191,21 @@ class WindowDataset:
         """Frames (records) in this split."""
         return len(self._rec_off)
 
+    def fingerprint(self) -> str:
+        """A hex digest that changes when the frames this dataset yields could change.
+
+        It covers each file's resolved path, size and modification time, and the exact
+        records of this split in order (file and offset). A cache keyed by it is reused only
+        for the same recordings, split and seed.
+        """
+        h = hashlib.sha256()
+        for f in self._files:
+            st = os.stat(f)
+            h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(self._rec_file.tobytes())
+        h.update(self._rec_off.tobytes())
+        return h.hexdigest()
+
     def __len__(self) -> int:
         return int(self._cum[-1]) if len(self._cum) else 0
 

@@ -76,30 +76,68 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--data", nargs="+", required=True, help="recording files and/or shard folders")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     sizes = "; ".join(f"{k}: {v.summary}" for k, v in PRESETS.items())
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help=f"model size (default small). {sizes}")
-    p.add_argument("--steps", type=int, default=10_000, help="optimizer steps in total (default 10000)")
-    p.add_argument("--batch", type=int, default=batch, help=f"windows per step and process (default {batch})")
+    p.add_argument(
+        "--preset",
+        default="small",
+        choices=sorted(PRESETS),
+        help=f"model size (default small). {sizes}",
+    )
+    p.add_argument(
+        "--steps", type=int, default=10_000, help="optimizer steps in total (default 10000)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=batch, help=f"windows per step and process (default {batch})"
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seeds data order, masking and init (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue from --out and its .state file if present")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds data order, masking and init (default 0)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from --out and its .state file if present"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="autocast dtype; auto = bf16 where it is native (CUDA, AMX CPUs), else fp32")
-    p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)")
-    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (default 500)")
-    p.add_argument("--val-every", type=int, default=500, help="steps between validation losses (default 500)")
-    p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default 4)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="autocast dtype; auto = bf16 where it is native (CUDA, AMX CPUs), else fp32",
+    )
+    p.add_argument(
+        "--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)"
+    )
+    p.add_argument(
+        "--ckpt-every", type=int, default=500, help="steps between checkpoints (default 500)"
+    )
+    p.add_argument(
+        "--val-every", type=int, default=500, help="steps between validation losses (default 500)"
+    )
+    p.add_argument(
+        "--val-batches", type=int, default=4, help="held-out batches per validation (default 4)"
+    )
 
 
 def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
     for name in ("steps", "batch", "log_every", "ckpt_every", "val_every", "val_batches"):
         if getattr(a, name) < 1:
-            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+            raise WorldSimError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}"
+            )
     return LoopConfig(
-        out=Path(a.out), steps=a.steps, batch=a.batch, lr=a.lr, warmup=a.warmup, seed=a.seed, resume=a.resume,
-        device=a.device, precision=a.precision, log_every=a.log_every, ckpt_every=a.ckpt_every,
-        val_every=a.val_every, val_batches=a.val_batches, kind=kind,
+        out=Path(a.out),
+        steps=a.steps,
+        batch=a.batch,
+        lr=a.lr,
+        warmup=a.warmup,
+        seed=a.seed,
+        resume=a.resume,
+        device=a.device,
+        precision=a.precision,
+        log_every=a.log_every,
+        ckpt_every=a.ckpt_every,
+        val_every=a.val_every,
+        val_batches=a.val_batches,
+        kind=kind,
     )
 
 
@@ -148,7 +186,9 @@ class Task(ABC):
         """``n`` examples of ``split`` (``"train"`` or ``"val"``), every draw from ``rng``."""
 
     @abstractmethod
-    def loss(self, module: nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, module: nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of ``batch`` through ``module`` (the DDP wrapper or the bare module)."""
 
     @abstractmethod
@@ -185,7 +225,9 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
     if cfg.resume and spath.is_file() and cfg.out.is_file():
         tensors, st = load_state(spath)
         if st.get("kind") != task.kind:
-            raise WorldSimError(f"{spath}: training state of a {st.get('kind')} run, not of a {task.kind} run")
+            raise WorldSimError(
+                f"{spath}: training state of a {st.get('kind')} run, not of a {task.kind} run"
+            )
         loaded = load_model(cfg.out, dd.device)
         src = loaded.tokenizer if task.kind == "tokenizer" else loaded.dynamics
         module.load_state_dict(src.state_dict())
@@ -201,13 +243,21 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
     val_rng = np.random.default_rng([cfg.seed, 10_007])
     val = [task.batch(val_rng, cfg.batch, "val") for _ in range(cfg.val_batches)] if dd.main else []
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.kind}", disable=not dd.main, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc=f"train {task.kind}",
+        disable=not dd.main,
+        dynamic_ncols=True,
+    )
     last: dict[str, Any] = {}
     t_log, frames, tokens = time.perf_counter(), 0, 0
     while step < cfg.steps:
         module.train()
         rng = np.random.default_rng([cfg.seed, dd.rank, step])
-        gen = torch.Generator(device=dd.device).manual_seed(hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF)
+        gen = torch.Generator(device=dd.device).manual_seed(
+            hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF
+        )
         batch = task.batch(rng, cfg.batch, "train")
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
@@ -239,7 +289,10 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
             _append(metrics_path, row)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             if dd.main:
-                task.save(cfg.out, {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")})
+                task.save(
+                    cfg.out,
+                    {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
+                )
                 tensors, struct = optimizer_to_tensors(opt)
                 save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct})
             if dd.world > 1:
@@ -295,7 +348,9 @@ class TokenizerTask(Task):
         self.module = Tokenizer(p.tokenizer)
         h, w = self.train_set.observation_shape[:2]
         self.module.check_frame_size(h, w)
-        self.config = ModelConfig(tokenizer=p.tokenizer, frame_shape=(h, w), preset=preset, **_env(self.train_set))
+        self.config = ModelConfig(
+            tokenizer=p.tokenizer, frame_shape=(h, w), preset=preset, **_env(self.train_set)
+        )
 
     def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
         ds = self.train_set if split == "train" or self.val_set is None else self.val_set
@@ -317,7 +372,10 @@ class TokenizerTask(Task):
 class DynamicsTask(Task):
     kind = "dynamics"
 
-    def __init__(self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
+        code_cache: Path | None = None,
+    ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
         tok = load_model(tokenizer, device)
@@ -325,15 +383,20 @@ class DynamicsTask(Task):
         ctx = p.context if context is None else context
         # Windows of context + 1 frames: the extra first frame gives the action that led to
         # the window's first frame, which a sliding-window rollout has too.
-        self.train_set = CodeWindows(open_split(data, ctx + 1, "train", seed), tok.tokenizer, device)
+        self.train_set = CodeWindows(
+            open_split(data, ctx + 1, "train", seed), tok.tokenizer, device, code_cache
+        )
         val = open_split(data, ctx + 1, "val", seed, required=False)
-        self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device)
+        self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
         spec = self.train_set.action_spec
         torch.manual_seed(seed)
         self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context))
         h, w = self.train_set.frame_shape
         self.config = ModelConfig(
-            tokenizer=tok.config.tokenizer, dynamics=self.module.cfg, frame_shape=(h, w), preset=preset,
+            tokenizer=tok.config.tokenizer,
+            dynamics=self.module.cfg,
+            frame_shape=(h, w),
+            preset=preset,
             **_env(self.train_set.windows),
         )
         self.tokenizer = tok.tokenizer
@@ -350,7 +413,14 @@ class DynamicsTask(Task):
     def loss(self, module, batch, gen):
         dev = next(self.module.parameters()).device
         b = {k: v.to(dev) for k, v in batch.items()}
-        out = module(b["codes"], b["actions"], b["rewards"], b["terminated"], generator=gen, first_action=b["first"])
+        out = module(
+            b["codes"],
+            b["actions"],
+            b["rewards"],
+            b["terminated"],
+            generator=gen,
+            first_action=b["first"],
+        )
         return out.loss, out.logs
 
     def counts(self, batch):
@@ -394,13 +464,27 @@ def dynamics_main(argv: list[str]) -> int:
     """``worldsim train dynamics``: fit the world model's transformer on tokenized recordings."""
     p = argparse.ArgumentParser(prog="worldsim train dynamics", description=dynamics_main.__doc__)
     _common_args(p, batch=8)
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint from `worldsim train tokenizer`")
-    p.add_argument("--context", type=int, default=None, help="frames per window (default: the preset's)")
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer checkpoint from `worldsim train tokenizer`"
+    )
+    p.add_argument(
+        "--context", type=int, default=None, help="frames per window (default: the preset's)"
+    )
+    p.add_argument("--code-cache", default=None, metavar="DIR",
+                   help="keep the encoded training codes here between runs, so --resume skips encoding "
+                        "(default: code-cache/ beside --out; 'none' to encode every time)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = _loop_config(a, "dynamics")
+    cache = (
+        cfg.out.parent / "code-cache"
+        if a.code_cache is None
+        else None
+        if a.code_cache == "none"
+        else Path(a.code_cache)
+    )
     dev, dd = _setup(a)
     try:
-        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device)
+        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache)
         last = run(task, cfg, dd)
     finally:
         dd.close()

@@ -5,17 +5,28 @@ every window at every step: on a CPU that costs more than the transformer itself
 :class:`CodeWindows` encodes each recorded frame once, keeps the codes (a few hundred bytes
 a frame) and the actions, rewards and ends in memory, and cuts windows from those arrays
 using the :class:`~worldsim.data.WindowDataset` index.
+
+Encoding is the slow part of starting a run (about 160 frames/s on one CPU core: 10 minutes
+for 100,000 frames), and a long run on a CPU is many ``--resume`` sessions. So the codes are
+also written to a cache file, keyed by the recordings, the split and the tokenizer's
+weights, and a later start with the same three loads them instead of encoding again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from worldsim.checkpoint import atomic_save
 from worldsim.errors import WorldSimError
 from worldsim.tokenizer import Tokenizer
 
@@ -23,7 +34,9 @@ ENCODE_BATCH = 256
 """Frames per tokenizer call while encoding a dataset."""
 
 
-def open_split(paths: Sequence[str | Path], window: int, split: str, seed: int, required: bool = True):
+def open_split(
+    paths: Sequence[str | Path], window: int, split: str, seed: int, required: bool = True
+):
     """The ``split`` (``"train"`` / ``"val"``) windows of ``window`` frames, or None when empty
     and not ``required``.
 
@@ -43,6 +56,18 @@ def open_split(paths: Sequence[str | Path], window: int, split: str, seed: int, 
     return ds
 
 
+_ARRAYS = ("codes", "actions", "rewards", "terminated")
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """A hex digest of a tokenizer's config and weights: equal digests encode alike."""
+    h = hashlib.sha256(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(tokenizer.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class CodeWindows:
     """Windows of tokenizer codes cut from a :class:`~worldsim.data.WindowDataset`.
 
@@ -50,14 +75,77 @@ class CodeWindows:
         windows: the dataset (its window length and split are kept).
         tokenizer: encodes every frame once, here.
         device: where the tokenizer runs.
+        cache_dir: where to keep the encoded codes between runs (None: do not). The file is
+            ``codes-<key>.safetensors``, with the key a digest of the recordings (paths,
+            sizes, modification times), the split's records and the tokenizer's weights.
+            A missing, stale or unreadable cache file is simply encoded again.
     """
 
-    def __init__(self, windows, tokenizer: Tokenizer, device: torch.device) -> None:
+    def __init__(
+        self,
+        windows,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.windows = windows
         self.action_spec = windows.action_spec
         h, w = windows.observation_shape[:2]
         tokenizer.check_frame_size(h, w)
         self.frame_shape = (h, w)
+        self.cache_file: Path | None = None
+        if cache_dir is not None:
+            key = hashlib.sha256(
+                f"{windows.fingerprint()} {tokenizer_digest(tokenizer)} {h}x{w}".encode()
+            ).hexdigest()
+            self.cache_file = Path(cache_dir) / f"codes-{key[:24]}.safetensors"
+            if self._load_cache(windows.num_frames, tokenizer.config.stride):
+                return
+        self._encode(windows, tokenizer, device)
+        if self.cache_file is not None:
+            tensors = {name: torch.from_numpy(getattr(self, name)) for name in _ARRAYS}
+            atomic_save(
+                tensors,
+                self.cache_file,
+                {"format": "worldsim-codes-1", "frames": str(windows.num_frames)},
+            )
+
+    def _load_cache(self, n: int, stride: int) -> bool:
+        """Take the arrays from ``self.cache_file`` if it holds this dataset's; else False."""
+        assert self.cache_file is not None
+        if not self.cache_file.is_file():
+            return False
+        h, w = self.frame_shape
+        want = {"codes": (n, h // stride, w // stride), "actions": (n, self.action_spec.num_components),
+                "rewards": (n,), "terminated": (n,)}  # fmt: skip
+        try:
+            loaded = load_file(str(self.cache_file))
+        except (OSError, SafetensorError) as e:
+            print(
+                f"worldsim: ignoring unreadable code cache {self.cache_file} ({e}); encoding again",
+                file=sys.stderr,
+            )
+            return False
+        dtypes = {
+            "codes": torch.int32,
+            "actions": torch.int64,
+            "rewards": torch.float32,
+            "terminated": torch.bool,
+        }
+        if set(loaded) != set(_ARRAYS) or any(
+            tuple(loaded[k].shape) != want[k] or loaded[k].dtype != dtypes[k] for k in _ARRAYS
+        ):
+            print(
+                f"worldsim: code cache {self.cache_file} does not fit this dataset; encoding again",
+                file=sys.stderr,
+            )
+            return False
+        for name in _ARRAYS:
+            setattr(self, name, loaded[name].numpy())
+        return True
+
+    def _encode(self, windows, tokenizer: Tokenizer, device: torch.device) -> None:
+        h, w = self.frame_shape
         n = windows.num_frames
         s = tokenizer.config.stride
         # int32 halves the memory of int64; codebooks stay far below 2**31 codes.

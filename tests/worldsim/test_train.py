@@ -23,7 +23,18 @@ from worldsim.spaces import ActionSpec
 from worldsim.train import state_path
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--preset", "tiny", "--batch", "4", "--log-every", "1", "--val-batches", "1", "--device", "cpu"]
+FAST = [
+    "--preset",
+    "tiny",
+    "--batch",
+    "4",
+    "--log-every",
+    "1",
+    "--val-batches",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def toy_recording(path: Path, episodes: int = 6, steps: int = 12) -> Path:
@@ -56,7 +67,10 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tokenizer(data: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok") / "tok.safetensors"
-    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "3", *FAST]) == 0
+    assert (
+        cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "3", *FAST])
+        == 0
+    )
     return out
 
 
@@ -66,7 +80,11 @@ def metrics(out: Path) -> list[dict]:
 
 def test_tokenizer_training_writes_checkpoint_metrics_and_validation(tokenizer: Path) -> None:
     loaded = load_model(tokenizer)
-    assert loaded.dynamics is None and loaded.config.frame_shape == (16, 16) and loaded.info["steps"] == 3
+    assert (
+        loaded.dynamics is None
+        and loaded.config.frame_shape == (16, 16)
+        and loaded.info["steps"] == 3
+    )
     rows = metrics(tokenizer)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert all(r["kind"] == "tokenizer" and r["frames_per_s"] > 0 for r in rows if "loss" in r)
@@ -74,9 +92,20 @@ def test_tokenizer_training_writes_checkpoint_metrics_and_validation(tokenizer: 
     assert state_path(tokenizer).is_file()
 
 
-def test_dynamics_training_gives_a_checkpoint_that_generates(data: Path, tokenizer: Path, tmp_path: Path) -> None:
+def test_dynamics_training_gives_a_checkpoint_that_generates(
+    data: Path, tokenizer: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "dyn.safetensors"
-    args = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(out)]
+    args = [
+        "train",
+        "dynamics",
+        "--data",
+        str(data),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(out),
+    ]
     assert cli([*args, "--steps", "2", "--context", "4", *FAST]) == 0
     rows = metrics(out)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2] and rows[-1]["val_loss"] > 0
@@ -86,11 +115,76 @@ def test_dynamics_training_gives_a_checkpoint_that_generates(data: Path, tokeniz
     assert model.step(np.array([2])).frames.shape == (1, 16, 16, 3)
 
 
+def test_encoded_codes_are_cached_and_reused_only_for_the_same_data_and_tokenizer(
+    data: Path, tokenizer: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from worldsim.tokenizer import Tokenizer
+
+    def train(name: str, *extra: str) -> None:
+        args = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(tmp_path / name),
+                "--steps", "1", "--context", "4", *FAST, *extra]  # fmt: skip
+        assert cli(args) == 0
+
+    encoded = []
+    real_encode = Tokenizer.encode
+    monkeypatch.setattr(
+        Tokenizer,
+        "encode",
+        lambda self, frames: encoded.append(len(frames)) or real_encode(self, frames),
+    )
+    cache = tmp_path / "code-cache"
+    train("a.safetensors")
+    first = sum(encoded)
+    assert (
+        first > 0 and len(list(cache.glob("codes-*.safetensors"))) == 2
+    )  # the train and the val split
+
+    # A second start on the same data and tokenizer (a resume, or another run beside it)
+    # loads the codes and encodes nothing.
+    encoded.clear()
+    train("a.safetensors", "--steps", "2", "--resume")
+    assert encoded == []
+
+    # Changed recordings are encoded again, into new cache files; so is a broken cache.
+    os.utime(data, ns=(time.time_ns(), time.time_ns() + 10**9))
+    train("b.safetensors")
+    assert sum(encoded) == first and len(list(cache.glob("codes-*.safetensors"))) == 4
+    for f in cache.glob("codes-*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
+    encoded.clear()
+    train("c.safetensors")
+    assert sum(encoded) == first and "unreadable code cache" in capsys.readouterr().err
+
+    # --code-cache none writes nothing.
+    train("d/d.safetensors", "--code-cache", "none")
+    assert not (tmp_path / "d" / "code-cache").exists()
+
+
 def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "x.safetensors"
-    assert cli(["train", "tokenizer", "--data", str(tmp_path / "none"), "--out", str(out), *FAST]) == 2
-    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "0", *FAST]) == 2
-    assert cli(["train", "dynamics", "--data", str(data), "--tokenizer", str(data), "--out", str(out), *FAST]) == 2
+    assert (
+        cli(["train", "tokenizer", "--data", str(tmp_path / "none"), "--out", str(out), *FAST]) == 2
+    )
+    assert (
+        cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "0", *FAST])
+        == 2
+    )
+    assert (
+        cli(
+            [
+                "train",
+                "dynamics",
+                "--data",
+                str(data),
+                "--tokenizer",
+                str(data),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
 
@@ -127,7 +221,9 @@ def test_resume_after_kill_continues_exactly(data: Path, tmp_path: Path) -> None
     assert steps == list(range(1, 13))  # no step lost or logged twice
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
+)
 def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp.safetensors"
     torchrun = str(Path(sys.executable).parent / "torchrun")
