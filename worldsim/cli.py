@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench engine": ("envs.blockworld.bench:main", "BlockWorld steps/s, single and vector, and reset time"),
     "train tokenizer": ("worldsim.train:tokenizer_main", "fit the frame tokenizer (FSQ autoencoder) on recordings"),
     "train dynamics": ("worldsim.train:dynamics_main", "fit the world model's transformer on recordings, given a tokenizer"),
+    "train swap-decoder": ("worldsim.train:swap_decoder_main", "give a world model the decoder of a tokenizer fine-tuned with --decoder-only"),
     "bench train": ("worldsim.bench:train_main", "training frames/s and tokens/s per preset, and the share of the matmul peak"),
     "bench dream-env": ("envs.dream_bench:main", "dream env steps/s through Gymnasium: single, and vector at N=16 and N=64"),
     "bench dream": ("worldsim.bench:dream_main", "generation frames/s at B=1 and B=64, K=1 and default K, FLOPs/frame"),

@@ -176,10 +176,15 @@ class Tokenizer(nn.Module):
         vals = self.fsq.values(self.fsq.unpack(codes)).movedim(-1, 1)  # (B, D, h, w)
         return float_to_frames(self.decoder(vals))
 
-    def forward(self, frames: torch.Tensor) -> TokenizerOutput:
-        """Reconstruction loss of uint8 frames ``[B, H, W, 3]``."""
+    def forward(self, frames: torch.Tensor, train_encoder: bool = True) -> TokenizerOutput:
+        """Reconstruction loss of uint8 frames ``[B, H, W, 3]``.
+
+        ``train_encoder=False`` runs the encoder without gradients: decoder fine-tuning,
+        which leaves every code (and so every model trained on them) unchanged.
+        """
         x = frames_to_float(frames)
-        vals, _ = self.fsq.quantize(self.encoder(x))
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            vals, _ = self.fsq.quantize(self.encoder(x))
         recon = self.decoder(vals)
         loss = F.mse_loss(recon.float(), x)
         mse = float(loss.detach())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -337,27 +338,40 @@ def _trim_metrics(path: Path, kind: str, step: int) -> None:
 class TokenizerTask(Task):
     kind = "tokenizer"
 
-    def __init__(self, data: list[str], preset: str, seed: int) -> None:
+    def __init__(self, data: list[str], preset: str, seed: int, init: str | None = None, decoder_only: bool = False) -> None:
         from worldsim.tokenizer import Tokenizer
 
         self.train_set = open_split(data, 1, "train", seed)
         self.val_set = open_split(data, 1, "val", seed, required=False)
         self.preset = preset
-        p = get_preset(preset)
+        self.decoder_only = decoder_only
+        self.info: dict[str, Any] = {}
         torch.manual_seed(seed)
-        self.module = Tokenizer(p.tokenizer)
+        if init is None:
+            if decoder_only:
+                raise WorldSimError("--decoder-only fine-tunes an existing tokenizer: give it with --init CKPT")
+            tok_config = get_preset(preset).tokenizer
+            self.module = Tokenizer(tok_config)
+        else:
+            # The tokenizer of a tokenizer or a dynamics checkpoint; its config wins over --preset.
+            start = load_model(init)
+            tok_config, self.module = start.config.tokenizer, start.tokenizer
+            self.preset = start.config.preset or preset
+            self.info = {"init": str(init), "encoder_sha256": encoder_digest(self.module)}
+        if decoder_only:
+            for q in [*self.module.encoder.parameters(), *self.module.fsq.parameters()]:
+                q.requires_grad_(False)
+            self.info["decoder_only"] = True
         h, w = self.train_set.observation_shape[:2]
         self.module.check_frame_size(h, w)
-        self.config = ModelConfig(
-            tokenizer=p.tokenizer, frame_shape=(h, w), preset=preset, **_env(self.train_set)
-        )
+        self.config = ModelConfig(tokenizer=tok_config, frame_shape=(h, w), preset=self.preset, **_env(self.train_set))
 
     def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
         ds = self.train_set if split == "train" or self.val_set is None else self.val_set
         return {"frames": torch.from_numpy(ds.sample(rng, n).frames[:, 0])}
 
     def loss(self, module, batch, gen):
-        out = module(batch["frames"].to(next(self.module.parameters()).device))
+        out = module(batch["frames"].to(next(self.module.parameters()).device), train_encoder=not self.decoder_only)
         return out.loss, out.logs
 
     def counts(self, batch):
@@ -366,7 +380,7 @@ class TokenizerTask(Task):
         return f.shape[0], f.shape[0] * (f.shape[1] // s) * (f.shape[2] // s)
 
     def save(self, path: Path, info: dict[str, Any]) -> None:
-        save_model(path, self.config, self.module, None, info)
+        save_model(path, self.config, self.module, None, {**self.info, **info})
 
 
 class DynamicsTask(Task):
@@ -446,11 +460,16 @@ def tokenizer_main(argv: list[str]) -> int:
     """``worldsim train tokenizer``: fit the frame autoencoder on recordings."""
     p = argparse.ArgumentParser(prog="worldsim train tokenizer", description=tokenizer_main.__doc__)
     _common_args(p, batch=32)
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from the tokenizer in this checkpoint (tokenizer or dynamics) instead of random weights")  # fmt: skip
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train only the decoder (needs --init): every code stays the same, so a dynamics model "
+                        "trained on them keeps working; `worldsim train swap-decoder` puts the result into it")  # fmt: skip
     a = p.parse_args(argv)
     cfg = _loop_config(a, "tokenizer")
     _, dd = _setup(a)
     try:
-        task = TokenizerTask(a.data, a.preset, a.seed)
+        task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only)
         last = run(task, cfg, dd)
     finally:
         dd.close()
@@ -491,4 +510,44 @@ def dynamics_main(argv: list[str]) -> int:
     if dd.main:
         print(f"dynamics checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')})")  # fmt: skip
+    return 0
+
+
+def encoder_digest(tokenizer: torch.nn.Module) -> str:
+    """sha256 of a tokenizer's encoder and quantiser weights: equal digests give equal codes."""
+    h = hashlib.sha256()
+    for prefix, part in (("encoder.", tokenizer.encoder), ("fsq.", tokenizer.fsq)):
+        for name, t in sorted(part.state_dict().items()):
+            h.update((prefix + name).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def swap_decoder_main(argv: list[str]) -> int:
+    """``worldsim train swap-decoder``: give a world model the decoder of a fine-tuned tokenizer.
+
+    The tokenizer must have the same config, encoder and quantiser weights as the world
+    model's own (``worldsim train tokenizer --init WORLD_MODEL --decoder-only`` makes one), so
+    every code means what the dynamics learned it to mean; only the pixels it decodes to
+    change. Anything else is refused.
+    """
+    p = argparse.ArgumentParser(prog="worldsim train swap-decoder", description=swap_decoder_main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="the world model (a dynamics checkpoint)")
+    p.add_argument("--tokenizer", required=True, help="the fine-tuned tokenizer whose decoder to take")
+    p.add_argument("--out", required=True, help="the new world model checkpoint to write")
+    a = p.parse_args(argv)
+    world, tok = load_model(a.checkpoint), load_model(a.tokenizer)
+    if world.dynamics is None:
+        raise WorldSimError(f"{a.checkpoint} holds no dynamics model: give the world model checkpoint")
+    if tok.config.tokenizer != world.config.tokenizer:
+        raise WorldSimError(f"{a.tokenizer}: its tokenizer config differs from the world model's")
+    if encoder_digest(tok.tokenizer) != encoder_digest(world.tokenizer):
+        raise WorldSimError(
+            f"{a.tokenizer}: its encoder differs from the world model's, so its codes would mean other things; "
+            "fine-tune one with `worldsim train tokenizer --init WORLD_MODEL --decoder-only`"
+        )
+    world.tokenizer.decoder.load_state_dict(tok.tokenizer.decoder.state_dict())
+    kept = {k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}
+    save_model(a.out, world.config, world.tokenizer, world.dynamics, {**world.info, "decoder": {"from": str(a.tokenizer), **kept}})
+    print(f"world model with the decoder of {a.tokenizer}: {a.out}")
     return 0

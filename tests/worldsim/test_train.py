@@ -160,6 +160,44 @@ def test_encoded_codes_are_cached_and_reused_only_for_the_same_data_and_tokenize
     assert not (tmp_path / "d" / "code-cache").exists()
 
 
+def test_decoder_fine_tuning_keeps_the_codes_and_swaps_into_a_world_model(
+    data: Path, tokenizer: Path, tmp_path: Path, capsys
+) -> None:
+    from worldsim.train import encoder_digest
+
+    tuned = tmp_path / "tuned.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(tuned), "--steps", "3", "--lr", "1e-2", *FAST]
+    assert cli([*args, "--init", str(tokenizer), "--decoder-only"]) == 0
+    before, after = load_model(tokenizer), load_model(tuned)
+    assert encoder_digest(after.tokenizer) == encoder_digest(before.tokenizer)
+    assert after.info["decoder_only"] and after.info["init"] == str(tokenizer)
+    dec_a, dec_b = before.tokenizer.decoder.state_dict(), after.tokenizer.decoder.state_dict()
+    assert any(not np.array_equal(dec_a[k].numpy(), dec_b[k].numpy()) for k in dec_a), "the decoder did not train"
+
+    world = tmp_path / "dyn.safetensors"
+    assert cli(["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(world),
+                "--steps", "1", "--context", "4", *FAST]) == 0  # fmt: skip
+    swapped = tmp_path / "swapped.safetensors"
+    assert cli(["train", "swap-decoder", "--checkpoint", str(world), "--tokenizer", str(tuned), "--out", str(swapped)]) == 0
+    w0, w1 = load_model(world), load_model(swapped)
+    for k, v in w0.dynamics.state_dict().items():
+        assert np.array_equal(v.numpy(), w1.dynamics.state_dict()[k].numpy())
+    for k, v in after.tokenizer.decoder.state_dict().items():
+        assert np.array_equal(v.numpy(), w1.tokenizer.decoder.state_dict()[k].numpy())
+    # Same codes for the same frames: the dynamics model still means what it learned.
+    frames = np.random.default_rng(0).integers(0, 256, (2, 1, 16, 16, 3), dtype=np.uint8)
+    m0, m1 = worldsim.load(world, device="cpu"), worldsim.load(swapped, device="cpu")
+    assert np.array_equal(m0.encode(frames[:, 0]), m1.encode(frames[:, 0]))
+
+    # A tokenizer with another encoder is refused, and so is --decoder-only without --init.
+    other = tmp_path / "other.safetensors"
+    assert cli([*args[:5], str(other), "--steps", "1", "--seed", "7", *FAST]) == 0
+    assert cli(["train", "swap-decoder", "--checkpoint", str(world), "--tokenizer", str(other), "--out", str(tmp_path / "x")]) == 2
+    assert cli([*args, "--decoder-only"]) == 2
+    err = capsys.readouterr().err
+    assert "encoder differs" in err and "--init" in err
+
+
 def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "x.safetensors"
     assert (
