@@ -77,6 +77,7 @@ def _params(m: torch.nn.Module) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     p.add_argument(
         "--precision",
@@ -114,14 +115,6 @@ def dream_main(argv: list[str]) -> int:
         nargs="+",
         default=["torch"],
         help="runtime backends, timed side by side in one run (torch onnx)",
-    )
-    ap.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(64, 64),
-        metavar=("H", "W"),
-        help="frame size (default 64 64)",
     )
     ap.add_argument(
         "--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)"
@@ -315,14 +308,6 @@ def train_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="worldsim bench train", description=train_main.__doc__)
     ap.add_argument(
         "--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time"
-    )
-    ap.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(64, 64),
-        metavar=("H", "W"),
-        help="frame size (default 64 64)",
     )
     ap.add_argument(
         "--batch",
