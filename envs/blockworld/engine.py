@@ -115,7 +115,7 @@ class Engine:
     def step(self, actions: np.ndarray) -> None:
         """Advance every world one tick with int64 ``actions`` (num_worlds, 8)."""
         r = self.regions
-        step_players(self.players, r.blocks, r.dirty, r.top, r.occ, r.clear, actions)
+        step_players(self.players, r.blocks, r.dirty, r.top, r.occ, r.clear, r.peaks, actions)
         pos = self.players["pos"]  # (num_worlds, 3)
         for w in r.near_edge(pos, self.config.view_distance + 1.0).tolist():
             r.follow(w, float(pos[w, 0]), float(pos[w, 2]))
@@ -134,9 +134,10 @@ class Engine:
     def _render_slice(self, a: int, b: int) -> None:
         r = self.regions
         view = float(self.config.view_distance)
-        render_worlds(self.players[a:b], r.blocks[a:b], r.clear[a:b], r.top[a:b], view, self.frames[a:b])
+        frames = self.frames[a:b]
+        render_worlds(self.players[a:b], r.blocks[a:b], r.clear[a:b], r.peaks[a:b], r.top[a:b], view, frames)
         if self.config.hud:
-            draw_hud(self.players[a:b], self.frames[a:b])
+            draw_hud(self.players[a:b], frames)
 
     def close(self) -> None:
         """Stop the render threads (the engine still works, single-threaded)."""

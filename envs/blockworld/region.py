@@ -40,6 +40,9 @@ BRICK_SHIFT = 2
 """Occupancy bricks are 4x4x4 blocks (1 << BRICK_SHIFT)."""
 CLEAR_CAP = 8
 """Largest brick clearance stored (32 blocks: a ray leaps at most that far at once)."""
+PEAK_LEVELS = 3
+"""Levels of the column peak map: tiles of 2x2, 4x4, ... up to 2**PEAK_LEVELS columns
+(at most a chunk, so that loading a chunk rebuilds whole tiles)."""
 
 
 @njit(cache=True, nogil=True)
@@ -128,6 +131,48 @@ def mark_filled(clear, gx: int, gz: int, gy: int) -> None:
 
 
 @njit(cache=True, nogil=True)
+def fill_peaks(blocks, peaks, x0: int, z0: int) -> None:
+    """Recompute the column peaks of the chunk whose corner is world (x0, z0).
+
+    Args:
+        blocks: uint8 (R, R, WORLD_HEIGHT) one world's region.
+        peaks: uint8 (PEAK_LEVELS, R/2, R/2) that world's peak map: ``peaks[l, i, k]`` is
+            1 + the highest non-air y over the tile of 2**(l+1) x 2**(l+1) columns at ring
+            tile index (i, k) (0 for all-air columns); level l uses the first R >> (l+1)
+            rows and columns. Kept conservative like ``occ``: raised when a block is placed,
+            never lowered when one is mined. Every cell of a tile at or above its peak is
+            air, so a ray there can leap out of the tile's air box in one go.
+        x0: World x of the chunk's corner (a multiple of 16).
+        z0: World z of the chunk's corner.
+    """
+    m = blocks.shape[0] - 1
+    cx, cz = x0 & m, z0 & m
+    for lv in range(peaks.shape[0]):
+        s = lv + 1
+        for i in range(cx >> s, (cx + CHUNK) >> s):
+            for k in range(cz >> s, (cz + CHUNK) >> s):
+                peaks[lv, i, k] = 0
+    for x in range(cx, cx + CHUNK):
+        for z in range(cz, cz + CHUNK):
+            h = blocks.shape[2]
+            while h > 0 and blocks[x, z, h - 1] == 0:
+                h -= 1
+            for lv in range(peaks.shape[0]):
+                s = lv + 1
+                if peaks[lv, x >> s, z >> s] < h:
+                    peaks[lv, x >> s, z >> s] = h
+
+
+@njit(cache=True, nogil=True)
+def raise_peaks(peaks, x: int, z: int, y: int) -> None:
+    """Update ``peaks`` after a non-air block was put at ring indices (x, z), height y."""
+    for lv in range(peaks.shape[0]):
+        s = lv + 1
+        if peaks[lv, x >> s, z >> s] <= y:
+            peaks[lv, x >> s, z >> s] = y + 1
+
+
+@njit(cache=True, nogil=True)
 def _near_edge(pos, center, margin: float):
     """Indices of worlds whose player is within ``margin`` of its square's edge.
 
@@ -156,6 +201,8 @@ class Regions:
         top: int32 (num_worlds,): y above which every loaded column is air (rays skip it).
         occ: uint8 (num_worlds, REGION/4, REGION/4, WORLD_HEIGHT/4): non-empty 4^3 bricks.
         clear: uint8, same shape: each brick's clearance (see ``compute_clearance``).
+        peaks: uint8 (num_worlds, PEAK_LEVELS, REGION/2, REGION/2): highest terrain per
+            tile of columns (see ``fill_peaks``).
     """
 
     def __init__(self, num_worlds: int) -> None:
@@ -165,6 +212,7 @@ class Regions:
         nb = REGION >> BRICK_SHIFT
         self.occ = np.zeros((num_worlds, nb, nb, WORLD_HEIGHT >> BRICK_SHIFT), dtype=np.uint8)
         self.clear = np.zeros_like(self.occ)
+        self.peaks = np.zeros((num_worlds, PEAK_LEVELS, REGION // 2, REGION // 2), dtype=np.uint8)
         self._slot_key = np.full((num_worlds, REGION_CHUNKS, REGION_CHUNKS, 2), 2**62, dtype=np.int64)
         self._slot_top = np.zeros((num_worlds, REGION_CHUNKS, REGION_CHUNKS), dtype=np.int32)
         self._center = np.zeros((num_worlds, 2), dtype=np.int64)
@@ -216,6 +264,7 @@ class Regions:
                     self.dirty[w, sx, sz] = False
                 self._slot_key[w, sx, sz] = (kx, kz)
                 fill_occupancy(self.blocks[w], self.occ[w], kx * CHUNK, kz * CHUNK)
+                fill_peaks(self.blocks[w], self.peaks[w], kx * CHUNK, kz * CHUNK)
         compute_clearance(self.occ[w], self.clear[w])
         # Never lowered here: the kernel raises ``top`` when it places blocks, and an upper
         # bound is all the renderer needs.
@@ -225,12 +274,13 @@ class Regions:
         """Rebuild world ``w``'s bookkeeping after its ``blocks`` were edited directly.
 
         Marks every loaded chunk as edited (so the edits persist) and recomputes the
-        bricks, clearance and sky limit. For building test scenes, not for stepping.
+        bricks, clearance, peaks and sky limit. For building test scenes, not for stepping.
         """
         self.dirty[w] = True
         for sx in range(REGION_CHUNKS):
             for sz in range(REGION_CHUNKS):
                 fill_occupancy(self.blocks[w], self.occ[w], sx * CHUNK, sz * CHUNK)
+                fill_peaks(self.blocks[w], self.peaks[w], sx * CHUNK, sz * CHUNK)
         compute_clearance(self.occ[w], self.clear[w])
         filled = np.flatnonzero(self.blocks[w].any(axis=(0, 1)))
         self.top[w] = min(int(filled[-1]) + 2, WORLD_HEIGHT) if filled.size else 0
@@ -271,6 +321,7 @@ class Regions:
             g = ((x % REGION) >> BRICK_SHIFT, (z % REGION) >> BRICK_SHIFT, y >> BRICK_SHIFT)
             self.occ[w][g] = 1
             mark_filled(self.clear[w], *g)
+            raise_peaks(self.peaks[w], x % REGION, z % REGION, y)
         self.dirty[w, (x % REGION) // CHUNK, (z % REGION) // CHUNK] = True
         self.top[w] = max(int(self.top[w]), min(y + 2, WORLD_HEIGHT))
 

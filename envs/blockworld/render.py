@@ -24,7 +24,7 @@ from envs.blockworld.blocks import (
     WATER,
 )
 from envs.blockworld.physics import EYE_HEIGHT, HOTBAR_SLOTS, MAX_HEALTH, STACK_LIMIT
-from envs.blockworld.region import BRICK_SHIFT
+from envs.blockworld.region import BRICK_SHIFT, PEAK_LEVELS, REGION
 from envs.blockworld.tick import time_of_day
 from envs.blockworld.worldgen import WORLD_HEIGHT
 
@@ -50,6 +50,18 @@ _WATER_FOG = np.array([24.0, 48.0, 120.0])
 _CAMERA_FIELDS = 24
 SKY_STEPS = 256
 
+# The ray loop indexes flattened regions with these compile-time shifts and masks: cheaper
+# than numba's general indexing (strides read from the array, negative-index wraparound).
+_Y_BITS = WORLD_HEIGHT.bit_length() - 1
+_R_BITS = REGION.bit_length() - 1
+_RM = REGION - 1
+_BM = (REGION >> BRICK_SHIFT) - 1
+_BY_BITS = _Y_BITS - BRICK_SHIFT
+_BZ_BITS = _R_BITS - BRICK_SHIFT
+_PM = (REGION >> 1) - 1
+_PZ_BITS = _R_BITS - 1
+assert 1 << _Y_BITS == WORLD_HEIGHT and 1 << _R_BITS == REGION
+
 
 @njit(cache=True, nogil=True)
 def _camera(p, blocks, width: int, height: int, view: float, cam) -> None:
@@ -62,7 +74,11 @@ def _camera(p, blocks, width: int, height: int, view: float, cam) -> None:
     cam[0], cam[1], cam[2] = ex, ey, ez
     cam[3], cam[4], cam[5] = np.cos(pt) * np.sin(y), np.sin(pt), np.cos(pt) * np.cos(y)  # forward
     cam[6], cam[7], cam[8] = np.cos(y) * tw, 0.0, -np.sin(y) * tw  # right, scaled
-    cam[9], cam[10], cam[11] = -np.sin(pt) * np.sin(y) * th, np.cos(pt) * th, -np.sin(pt) * np.cos(y) * th
+    cam[9], cam[10], cam[11] = (
+        -np.sin(pt) * np.sin(y) * th,
+        np.cos(pt) * th,
+        -np.sin(pt) * np.cos(y) * th,
+    )
     t = time_of_day(p)
     s = np.sin(2 * np.pi * t)
     day = min(max(s * 4.0 + 0.5, 0.0), 1.0)
@@ -79,6 +95,27 @@ def _camera(p, blocks, width: int, height: int, view: float, cam) -> None:
     cam[19] = min(view, UNDERWATER_VIEW) if under else view
     hard = HARDNESS[p.target_block] if p.mine_ticks > 0 else 0
     cam[20] = p.mine_ticks / hard if hard > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _view_top(cam, peaks, top: int) -> int:
+    """The sky limit within the view distance: rays heading up leave once above it.
+
+    The highest peak over the coarsest tiles that a ray can reach before the fog wall,
+    capped by the region's ``top``. Near the ground this is often far below ``top``,
+    which hills anywhere in the loaded square raise.
+    """
+    lv = peaks.shape[0] - 1
+    sh = lv + 1
+    mask = (peaks.shape[1] >> lv) - 1
+    reach = cam[19] + 1.0
+    x0, x1 = int(np.floor(cam[0] - reach)) >> sh, int(np.floor(cam[0] + reach)) >> sh
+    z0, z1 = int(np.floor(cam[2] - reach)) >> sh, int(np.floor(cam[2] + reach)) >> sh
+    h = 0
+    for i in range(x0, x1 + 1):
+        for k in range(z0, z1 + 1):
+            h = max(h, int(peaks[lv, i & mask, k & mask]))
+    return min(h, top)
 
 
 @njit(cache=True, nogil=True)
@@ -129,7 +166,7 @@ def _fog_color(cam, out) -> None:
 # Inlined into the pixel loop: a real call would cost ~100 ns per pixel in array
 # reference counting alone, more than the ray itself.
 @njit(cache=True, nogil=True, inline="always")
-def _shade_ray(blocks, clear, top: int, mine, cam, sky, dx: float, dy: float, dz: float, rgb, fog) -> None:
+def _shade_ray(blocks, clear, peaks, top: int, mine, cam, sky, ray, j: int, rgb, fog) -> None:
     """Colour of one ray, written to ``rgb`` (float, 0..255).
 
     A voxel DDA that, whenever it stands in an empty 4x4x4 brick, leaps to the exit of
@@ -137,18 +174,15 @@ def _shade_ray(blocks, clear, top: int, mine, cam, sky, dx: float, dy: float, dz
     most of the view is open air.
     """
     ox, oy, oz = cam[0], cam[1], cam[2]
+    dx, dy, dz = ray[0, j], ray[1, j], ray[2, j]
+    inv_x, inv_y, inv_z = ray[3, j], ray[4, j], ray[5, j]
     under = cam[18] > 0
     view = cam[19]
-    m = blocks.shape[0] - 1
-    mb = clear.shape[0] - 1
     size = 1 << BRICK_SHIFT
     ix, iy, iz = int(np.floor(ox)), int(np.floor(oy)), int(np.floor(oz))
     sx = 1 if dx > 0 else -1
     sy = 1 if dy > 0 else -1
     sz = 1 if dz > 0 else -1
-    inv_x = 1.0 / dx if dx != 0 else 1e30
-    inv_y = 1.0 / dy if dy != 0 else 1e30
-    inv_z = 1.0 / dz if dz != 0 else 1e30
     tdx, tdy, tdz = abs(inv_x), abs(inv_y), abs(inv_z)
     tx = ((ix + 1 - ox) if dx > 0 else (ox - ix)) * tdx
     ty = ((iy + 1 - oy) if dy > 0 else (oy - iy)) * tdy
@@ -178,15 +212,38 @@ def _shade_ray(blocks, clear, top: int, mine, cam, sky, dx: float, dy: float, dz
             break
         room = 1
         if iy < WORLD_HEIGHT:
-            room = clear[(ix >> BRICK_SHIFT) & mb, (iz >> BRICK_SHIFT) & mb, iy >> BRICK_SHIFT]
-        if room > 0:
-            # Leap to the first cell past the empty cube of bricks around this one.
-            ext = (room - 1) << BRICK_SHIFT
-            bx = ((ix >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sx > 0 else -ext)
-            by = ((iy >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sy > 0 else -ext)
-            bz = ((iz >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sz > 0 else -ext)
+            bi = ((((ix >> BRICK_SHIFT) & _BM) << _BZ_BITS) | ((iz >> BRICK_SHIFT) & _BM)) << _BY_BITS
+            room = clear[bi | (iy >> BRICK_SHIFT)]
+        # The coarsest tile of columns whose peak this cell is at or above, if any.
+        lv = 0
+        h = 0
+        if room < 2:
+            while lv < PEAK_LEVELS:
+                sh = lv + 1
+                pi = (lv << (2 * _PZ_BITS)) | (((ix >> sh) & (_PM >> lv)) << _PZ_BITS) | ((iz >> sh) & (_PM >> lv))
+                hl = peaks[pi]
+                if iy < hl:
+                    break
+                h = int(hl)
+                lv += 1
+        if lv > 0 or room > 0:
+            if lv > 0:
+                # Leap out of the tile's air box: its columns above their peak, so exit
+                # through a side or down through the peak plane (never up: no lid).
+                x0 = (ix >> lv) << lv
+                z0 = (iz >> lv) << lv
+                bx = x0 + (1 << lv) if sx > 0 else x0
+                bz = z0 + (1 << lv) if sz > 0 else z0
+                by = h
+                ey = (by - oy) * inv_y if dy < 0 else 1e30
+            else:
+                # Leap to the first cell past the empty cube of bricks around this one.
+                ext = (room - 1) << BRICK_SHIFT
+                bx = ((ix >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sx > 0 else -ext)
+                by = ((iy >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sy > 0 else -ext)
+                bz = ((iz >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sz > 0 else -ext)
+                ey = (by - oy) * inv_y if dy != 0 else 1e30
             ex = (bx - ox) * inv_x if dx != 0 else 1e30
-            ey = (by - oy) * inv_y if dy != 0 else 1e30
             ez = (bz - oz) * inv_z if dz != 0 else 1e30
             # Cells on the other axes come from rounding the exit point; clamping them to
             # never step backwards keeps a ray that grazes a brick corner from bouncing
@@ -220,7 +277,7 @@ def _shade_ray(blocks, clear, top: int, mine, cam, sky, dx: float, dy: float, dz
             tz = (iz + (1 if dz > 0 else 0) - oz) * inv_z if dz != 0 else 1e30
             step = False
             continue
-        b = blocks[ix & m, iz & m, iy]
+        b = blocks[((((ix & _RM) << _R_BITS) | (iz & _RM)) << _Y_BITS) | iy]
         if b == 0 or (under and b == WATER):
             continue
         hx = ox + t * dx
@@ -253,7 +310,7 @@ def _shade_ray(blocks, clear, top: int, mine, cam, sky, dx: float, dy: float, dz
 
 
 @njit(cache=True, nogil=True)
-def render_worlds(players, blocks, clear, top, view: float, out) -> None:
+def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
     """Render every world's first-person view (without HUD) into ``out``.
 
     Serial and GIL-free: the engine renders slices of a batch from several Python
@@ -269,33 +326,50 @@ def render_worlds(players, blocks, clear, top, view: float, out) -> None:
         out: uint8 (B, H, W, 3), written in full.
     """
     nw, height, width = out.shape[0], out.shape[1], out.shape[2]
+    if blocks.shape[1:] != (REGION, REGION, WORLD_HEIGHT) or peaks.shape[1] != PEAK_LEVELS:
+        raise ValueError("render_worlds needs whole regions (Regions' arrays)")
+    flat_blocks = blocks.reshape(nw, -1)
+    flat_clear = clear.reshape(nw, -1)
+    flat_peaks = peaks.reshape(nw, -1)
     cams = np.empty((nw, _CAMERA_FIELDS))
     fogs = np.empty((nw, 3))
     skies = np.empty((nw, SKY_STEPS, 3))
+    ray = np.empty((6, width))
+    tops = np.empty(nw, dtype=np.int64)
     for w in range(nw):
         _camera(players[w], blocks[w], width, height, view, cams[w])
         _fog_color(cams[w], fogs[w])
         _sky_gradient(cams[w], skies[w])
+        tops[w] = _view_top(cams[w], peaks[w], top[w])
     for row in range(nw * height):
         w = row // height
         i = row - w * height
         # Per-row views: taking them per pixel costs reference counting in the inner loop.
         cam = cams[w]
-        bw = blocks[w]
-        cw = clear[w]
+        bw = flat_blocks[w]
+        cw = flat_clear[w]
+        pw = flat_peaks[w]
         fw = fogs[w]
         sw = skies[w]
-        tw = top[w]
+        tw = tops[w]
         mine = players[w].mine_pos
         rgb = np.empty(3)
         ny = 1.0 - 2.0 * (i + 0.5) / height
+        # The row's ray directions first, in a loop of its own: free of branches, it runs
+        # at full throughput instead of stalling behind each ray's mispredicted branches.
         for j in range(width):
             nx = 2.0 * (j + 0.5) / width - 1.0
             dx = cam[3] + nx * cam[6] + ny * cam[9]
             dy = cam[4] + nx * cam[7] + ny * cam[10]
             dz = cam[5] + nx * cam[8] + ny * cam[11]
             inv = 1.0 / np.sqrt(dx * dx + dy * dy + dz * dz)
-            _shade_ray(bw, cw, tw, mine, cam, sw, dx * inv, dy * inv, dz * inv, rgb, fw)
+            dx, dy, dz = dx * inv, dy * inv, dz * inv
+            ray[0, j], ray[1, j], ray[2, j] = dx, dy, dz
+            ray[3, j] = 1.0 / dx if dx != 0 else 1e30
+            ray[4, j] = 1.0 / dy if dy != 0 else 1e30
+            ray[5, j] = 1.0 / dz if dz != 0 else 1e30
+        for j in range(width):
+            _shade_ray(bw, cw, pw, tw, mine, cam, sw, ray, j, rgb, fw)
             for c in range(3):
                 out[w, i, j, c] = min(max(int(rgb[c] + 0.5), 0), 255)
 

@@ -32,7 +32,7 @@ from envs.blockworld.physics import (
     move_player,
     raycast_target,
 )
-from envs.blockworld.region import BRICK_SHIFT, mark_filled
+from envs.blockworld.region import BRICK_SHIFT, mark_filled, raise_peaks
 from envs.blockworld.worldgen import CHUNK, WORLD_HEIGHT, column
 
 # Action components, in the order of the MultiDiscrete space.
@@ -77,7 +77,7 @@ def add_item(p, item: int) -> bool:
 
 @njit(cache=True, nogil=True)
 def _set_block(world, w: int, x: int, y: int, z: int, b: int) -> None:
-    blocks, dirty, top, occ, clear = world
+    blocks, dirty, top, occ, clear, peaks = world
     m = blocks.shape[1] - 1
     blocks[w, x & m, z & m, y] = b
     dirty[w, (x & m) // CHUNK, (z & m) // CHUNK] = True
@@ -87,6 +87,7 @@ def _set_block(world, w: int, x: int, y: int, z: int, b: int) -> None:
         if not occ[w, gx, gz, gy]:
             occ[w, gx, gz, gy] = 1
             mark_filled(clear[w], gx, gz, gy)
+        raise_peaks(peaks[w], x & m, z & m, y)
         top[w] = max(top[w], min(y + 2, WORLD_HEIGHT))
 
 
@@ -201,7 +202,7 @@ def _achievements(p, blocks, head_in_water: bool, dawn: bool) -> int:
 
 
 @njit(cache=True, nogil=True)
-def step_players(players, blocks, dirty, top, occ, clear, actions) -> None:
+def step_players(players, blocks, dirty, top, occ, clear, peaks, actions) -> None:
     """Advance every world one tick.
 
     Args:
@@ -212,9 +213,10 @@ def step_players(players, blocks, dirty, top, occ, clear, actions) -> None:
         top: int32 (B,) sky limits, raised where blocks are placed.
         occ: uint8 (B, R/4, R/4, WORLD_HEIGHT/4) brick occupancy, set where blocks are placed.
         clear: uint8, same shape, brick clearance, lowered around placed blocks.
+        peaks: uint8 (B, PEAK_LEVELS, R/2, R/2) column peak map, raised where blocks are placed.
         actions: int64 (B, 8), already validated against the action space.
     """
-    world = (blocks, dirty, top, occ, clear)
+    world = (blocks, dirty, top, occ, clear, peaks)
     for w in range(players.shape[0]):
         p = players[w]
         a = actions[w]

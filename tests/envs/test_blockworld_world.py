@@ -87,3 +87,38 @@ def test_crosshair_marks_the_centre():
     assert diff[32, 32] and diff[32, 30] and diff[30, 32]
     assert diff[58:].any()  # hotbar along the bottom
     assert not diff[5:25, 5:25].any()
+
+
+def _rebuilt_frame(env) -> np.ndarray:
+    """The frame drawn after every acceleration structure is recomputed from the blocks."""
+    env.engine.regions.refresh(0)
+    return env.engine.render()[0].copy()
+
+
+def test_block_floating_above_flat_ground_shows_in_the_frame():
+    # Flat ground's column peaks sit at the floor, so a ray above them leaps whole tiles:
+    # a block put above them must raise the peaks, or the renderer skips right past it.
+    from tests.envs.blockworld_scenes import FLOOR_Y, flat_env, set_block
+
+    env = flat_env(width=48, height=48)
+    env.engine.place_player(0, 0.5, float(FLOOR_Y), 0.5, pitch=25.0)
+    before = env.engine.render()[0].copy()
+    set_block(env, 0, FLOOR_Y + 6, 8, "stone")
+    set_block(env, 3, FLOOR_Y + 1, 12, "dirt")
+    after = env.engine.render()[0].copy()
+    assert np.any(after != before, axis=2).sum() > 20, "the floating blocks should be plainly visible"
+    assert np.array_equal(after, _rebuilt_frame(env))
+
+
+def test_block_placed_by_the_player_matches_a_full_rebuild():
+    from tests.envs.blockworld_scenes import FLOOR_Y, act, flat_env, give
+
+    env = flat_env(width=48, height=48)
+    give(env, 0, "dirt", 3)
+    env.engine.place_player(0, 0.5, float(FLOOR_Y), 0.5, pitch=-40.0)
+    env.step(act())
+    after, *_ = env.step(act(use=1))
+    assert env.engine.info(0)["placed"] == "dirt"
+    peaks = env.engine.regions.peaks[0]
+    assert peaks.max() == FLOOR_Y + 1, "placing on the floor raises the column peaks"
+    assert np.array_equal(after, _rebuilt_frame(env))
