@@ -49,6 +49,11 @@ _MOON = np.array([214.0, 218.0, 232.0])
 _WATER_FOG = np.array([24.0, 48.0, 120.0])
 _CAMERA_FIELDS = 24
 SKY_STEPS = 256
+HORIZON_BINS = 256
+"""Azimuth sectors of the per-frame horizon (see ``_horizon``)."""
+_SLOPE_MARGIN = 1e-6
+"""Relative widening of each horizon slope, far beyond float rounding: the sky shortcut
+must never hide a block that the traced ray would have hit."""
 
 # The ray loop indexes flattened regions with these compile-time shifts and masks: cheaper
 # than numba's general indexing (strides read from the array, negative-index wraparound).
@@ -116,6 +121,103 @@ def _view_top(cam, peaks, top: int) -> int:
         for k in range(z0, z1 + 1):
             h = max(h, int(peaks[lv, i & mask, k & mask]))
     return min(h, top)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pseudo_angle(a: float, b: float) -> float:
+    """A cheap stand-in for ``atan2(b, a)`` mapped to [0, 4): it rises monotonically with
+    the angle and adds 2 for a half turn, which is all that binning by azimuth needs."""
+    if b >= 0:
+        return b / (a + b) if a >= 0 else 1.0 - a / (b - a)
+    return 2.0 - b / (-a - b) if a < 0 else 3.0 + a / (a - b)
+
+
+@njit(cache=True, nogil=True)
+def _horizon(cam, peaks, out) -> None:
+    """Per azimuth sector, the steepest slope (dy over horizontal distance) at which any
+    terrain within the view distance rises above the eye, squared, into ``out``
+    (HORIZON_BINS,). A ray climbing more steeply than its sector's slope can hit nothing
+    before the fog wall, so it shows the sky without being traced: most rays above the
+    horizon cost no voxel steps at all.
+
+    Built from the 2x2 column tiles of the peak map that rise above the eye: each bounds
+    the slope by (peak - eye height) / (its nearest horizontal distance to the eye) over
+    every sector its square spans. A tile holding the eye's column bounds nothing (every
+    sector gets infinity), so under a canopy or in a cave every ray is traced as before.
+    """
+    ox, oy, oz = cam[0], cam[1], cam[2]
+    view = cam[19]
+    out[:] = 0.0
+    mask = (peaks.shape[1]) - 1
+    i0, i1 = int(np.floor(ox - view)) >> 1, int(np.floor(ox + view)) >> 1
+    k0, k1 = int(np.floor(oz - view)) >> 1, int(np.floor(oz + view)) >> 1
+    scale = HORIZON_BINS / 4.0
+    for i in range(i0, i1 + 1):
+        x0 = 2.0 * i
+        gx = max(x0 - ox, ox - (x0 + 2.0), 0.0)
+        for k in range(k0, k1 + 1):
+            rise = peaks[0, i & mask, k & mask] - oy
+            if rise <= 0:
+                continue
+            z0 = 2.0 * k
+            gz = max(z0 - oz, oz - (z0 + 2.0), 0.0)
+            r = np.sqrt(gx * gx + gz * gz) * (1.0 - _SLOPE_MARGIN)
+            if r <= 0.0:
+                out[:] = np.inf
+                return
+            if r > view:
+                continue
+            b = rise / r * (1.0 + _SLOPE_MARGIN) + _SLOPE_MARGIN
+            # The sectors between the square's extreme corners (it subtends under a half
+            # turn, so its pseudo-angles span under 2 unless they wrap past 0).
+            a0 = _pseudo_angle(x0 - ox, z0 - oz)
+            a1 = _pseudo_angle(x0 + 2.0 - ox, z0 - oz)
+            a2 = _pseudo_angle(x0 - ox, z0 + 2.0 - oz)
+            a3 = _pseudo_angle(x0 + 2.0 - ox, z0 + 2.0 - oz)
+            lo = min(min(a0, a1), min(a2, a3))
+            hi = max(max(a0, a1), max(a2, a3))
+            if hi - lo > 2.0:
+                a0 += 4.0 if a0 < 2.0 else 0.0
+                a1 += 4.0 if a1 < 2.0 else 0.0
+                a2 += 4.0 if a2 < 2.0 else 0.0
+                a3 += 4.0 if a3 < 2.0 else 0.0
+                lo = min(min(a0, a1), min(a2, a3))
+                hi = max(max(a0, a1), max(a2, a3))
+            b2 = b * b
+            for q in range(int(lo * scale) - 1, int(hi * scale) + 2):
+                q &= HORIZON_BINS - 1
+                if out[q] < b2:
+                    out[q] = b2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_rays(cam, nxs, ny: float, horizon, ray) -> None:
+    """Ray directions of one row of pixels into ``ray`` (7, W): unit direction, its
+    inverse (1e30 for a zero component) and 1.0 where the ray clears its horizon sector.
+
+    A loop of its own, free of branches (numpy's error model: no zero-division checks),
+    so that it vectorizes instead of stalling behind each ray's mispredicted branches.
+    """
+    c3, c4, c5, c6, c7, c8, c9, c10, c11 = cam[3], cam[4], cam[5], cam[6], cam[7], cam[8], cam[9], cam[10], cam[11]
+    for j in range(nxs.shape[0]):
+        nx = nxs[j]
+        dx = c3 + nx * c6 + ny * c9
+        dy = c4 + nx * c7 + ny * c10
+        dz = c5 + nx * c8 + ny * c11
+        inv = 1.0 / np.sqrt(dx * dx + dy * dy + dz * dz)
+        dx, dy, dz = dx * inv, dy * inv, dz * inv
+        ray[0, j] = dx
+        ray[1, j] = dy
+        ray[2, j] = dz
+        rx, ry, rz = 1.0 / dx, 1.0 / dy, 1.0 / dz
+        ray[3, j] = rx if dx != 0 else 1e30
+        ray[4, j] = ry if dy != 0 else 1e30
+        ray[5, j] = rz if dz != 0 else 1e30
+    scale = HORIZON_BINS / 4.0
+    for j in range(nxs.shape[0]):
+        dx, dy, dz = ray[0, j], ray[1, j], ray[2, j]
+        q = int(_pseudo_angle(dx, dz) * scale) & (HORIZON_BINS - 1)
+        ray[6, j] = 1.0 if dy > 0 and dy * dy > horizon[q] * (dx * dx + dz * dz) else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -334,13 +436,18 @@ def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
     cams = np.empty((nw, _CAMERA_FIELDS))
     fogs = np.empty((nw, 3))
     skies = np.empty((nw, SKY_STEPS, 3))
-    ray = np.empty((6, width))
+    ray = np.empty((7, width))
     tops = np.empty(nw, dtype=np.int64)
+    horizons = np.empty((nw, HORIZON_BINS))
+    nxs = np.empty(width)
+    for j in range(width):
+        nxs[j] = 2.0 * (j + 0.5) / width - 1.0
     for w in range(nw):
         _camera(players[w], blocks[w], width, height, view, cams[w])
         _fog_color(cams[w], fogs[w])
         _sky_gradient(cams[w], skies[w])
         tops[w] = _view_top(cams[w], peaks[w], top[w])
+        _horizon(cams[w], peaks[w], horizons[w])
     for row in range(nw * height):
         w = row // height
         i = row - w * height
@@ -355,21 +462,16 @@ def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
         mine = players[w].mine_pos
         rgb = np.empty(3)
         ny = 1.0 - 2.0 * (i + 0.5) / height
-        # The row's ray directions first, in a loop of its own: free of branches, it runs
-        # at full throughput instead of stalling behind each ray's mispredicted branches.
+        _row_rays(cam, nxs, ny, horizons[w], ray)
         for j in range(width):
-            nx = 2.0 * (j + 0.5) / width - 1.0
-            dx = cam[3] + nx * cam[6] + ny * cam[9]
-            dy = cam[4] + nx * cam[7] + ny * cam[10]
-            dz = cam[5] + nx * cam[8] + ny * cam[11]
-            inv = 1.0 / np.sqrt(dx * dx + dy * dy + dz * dz)
-            dx, dy, dz = dx * inv, dy * inv, dz * inv
-            ray[0, j], ray[1, j], ray[2, j] = dx, dy, dz
-            ray[3, j] = 1.0 / dx if dx != 0 else 1e30
-            ray[4, j] = 1.0 / dy if dy != 0 else 1e30
-            ray[5, j] = 1.0 / dz if dz != 0 else 1e30
-        for j in range(width):
-            _shade_ray(bw, cw, pw, tw, mine, cam, sw, ray, j, rgb, fw)
+            if ray[6, j] > 0:
+                if cam[18] > 0:
+                    for c in range(3):
+                        rgb[c] = fw[c]
+                else:
+                    _sky(cam, sw, ray[0, j], ray[1, j], ray[2, j], rgb)
+            else:
+                _shade_ray(bw, cw, pw, tw, mine, cam, sw, ray, j, rgb, fw)
             for c in range(3):
                 out[w, i, j, c] = min(max(int(rgb[c] + 0.5), 0), 255)
 
