@@ -265,150 +265,165 @@ def _fog_color(cam, out) -> None:
         out[c] = hor + (_DUSK[c] - hor) * cam[13]
 
 
-# Inlined into the pixel loop: a real call would cost ~100 ns per pixel in array
-# reference counting alone, more than the ray itself.
-@njit(cache=True, nogil=True, inline="always")
-def _shade_ray(blocks, clear, peaks, top: int, mine, cam, sky, ray, j: int, rgb, fog) -> None:
-    """Colour of one ray, written to ``rgb`` (float, 0..255).
+@njit(cache=True, nogil=True)
+def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out) -> None:
+    """Colours of one row of pixels, written to ``out`` (W, 3) uint8.
 
-    A voxel DDA that, whenever it stands in an empty 4x4x4 brick, leaps to the exit of
-    the empty cube of bricks around it (its clearance) instead of stepping through cells:
-    most of the view is open air.
+    Each ray runs a voxel DDA that leaps instead of stepping cell by cell wherever it can:
+    above its tile of columns' peak it leaps out of that tile's air box (``fill_peaks``),
+    and in an empty 4x4x4 brick to the exit of the empty cube of bricks around it (its
+    clearance, for caves). Rays flagged by ``_row_rays`` as clearing the horizon are not
+    traced at all. One call per row, with the ray loop inside: arrays handed to an
+    inlined per-pixel function cost atomic reference counting on every pixel.
     """
     ox, oy, oz = cam[0], cam[1], cam[2]
-    dx, dy, dz = ray[0, j], ray[1, j], ray[2, j]
-    inv_x, inv_y, inv_z = ray[3, j], ray[4, j], ray[5, j]
     under = cam[18] > 0
     view = cam[19]
     size = 1 << BRICK_SHIFT
-    ix, iy, iz = int(np.floor(ox)), int(np.floor(oy)), int(np.floor(oz))
-    sx = 1 if dx > 0 else -1
-    sy = 1 if dy > 0 else -1
-    sz = 1 if dz > 0 else -1
-    tdx, tdy, tdz = abs(inv_x), abs(inv_y), abs(inv_z)
-    tx = ((ix + 1 - ox) if dx > 0 else (ox - ix)) * tdx
-    ty = ((iy + 1 - oy) if dy > 0 else (oy - iy)) * tdy
-    tz = ((iz + 1 - oz) if dz > 0 else (oz - iz)) * tdz
-    t = 0.0
-    face = 1
-    step = True  # the eye's own cell is never drawn
-    while True:
-        if step:
-            if tx < ty and tx < tz:
-                ix += sx
-                t = tx
-                tx += tdx
-                face = 0
-            elif ty < tz:
-                iy += sy
-                t = ty
-                ty += tdy
-                face = 1 if sy < 0 else 3
-            else:
-                iz += sz
-                t = tz
-                tz += tdz
-                face = 2
-        step = True
-        if t > view or iy < 0 or (iy >= top and sy > 0):
-            break
-        room = 1
-        if iy < WORLD_HEIGHT:
-            bi = ((((ix >> BRICK_SHIFT) & _BM) << _BZ_BITS) | ((iz >> BRICK_SHIFT) & _BM)) << _BY_BITS
-            room = clear[bi | (iy >> BRICK_SHIFT)]
-        # The coarsest tile of columns whose peak this cell is at or above, if any.
-        lv = 0
-        h = 0
-        if room < 2:
-            while lv < PEAK_LEVELS:
-                sh = lv + 1
-                pi = (lv << (2 * _PZ_BITS)) | (((ix >> sh) & (_PM >> lv)) << _PZ_BITS) | ((iz >> sh) & (_PM >> lv))
-                hl = peaks[pi]
-                if iy < hl:
+    ix0, iy0, iz0 = int(np.floor(ox)), int(np.floor(oy)), int(np.floor(oz))
+    rgb = np.empty(3)
+    for j in range(ray.shape[1]):
+        hit = False
+        if ray[6, j] == 0:
+            dx, dy, dz = ray[0, j], ray[1, j], ray[2, j]
+            inv_x, inv_y, inv_z = ray[3, j], ray[4, j], ray[5, j]
+            ix, iy, iz = ix0, iy0, iz0
+            sx = 1 if dx > 0 else -1
+            sy = 1 if dy > 0 else -1
+            sz = 1 if dz > 0 else -1
+            tdx, tdy, tdz = abs(inv_x), abs(inv_y), abs(inv_z)
+            tx = ((ix + 1 - ox) if dx > 0 else (ox - ix)) * tdx
+            ty = ((iy + 1 - oy) if dy > 0 else (oy - iy)) * tdy
+            tz = ((iz + 1 - oz) if dz > 0 else (oz - iz)) * tdz
+            t = 0.0
+            face = 1
+            step = True  # the eye's own cell is never drawn
+            hit = False
+            while True:
+                if step:
+                    if tx < ty and tx < tz:
+                        ix += sx
+                        t = tx
+                        tx += tdx
+                        face = 0
+                    elif ty < tz:
+                        iy += sy
+                        t = ty
+                        ty += tdy
+                        face = 1 if sy < 0 else 3
+                    else:
+                        iz += sz
+                        t = tz
+                        tz += tdz
+                        face = 2
+                step = True
+                if t > view or iy < 0 or (iy >= top and sy > 0):
                     break
-                h = int(hl)
-                lv += 1
-        if lv > 0 or room > 0:
-            if lv > 0:
-                # Leap out of the tile's air box: its columns above their peak, so exit
-                # through a side or down through the peak plane (never up: no lid).
-                x0 = (ix >> lv) << lv
-                z0 = (iz >> lv) << lv
-                bx = x0 + (1 << lv) if sx > 0 else x0
-                bz = z0 + (1 << lv) if sz > 0 else z0
-                by = h
-                ey = (by - oy) * inv_y if dy < 0 else 1e30
+                room = 1
+                if iy < WORLD_HEIGHT:
+                    bi = ((((ix >> BRICK_SHIFT) & _BM) << _BZ_BITS) | ((iz >> BRICK_SHIFT) & _BM)) << _BY_BITS
+                    room = clear[bi | (iy >> BRICK_SHIFT)]
+                # The coarsest tile of columns whose peak this cell is at or above, if any.
+                lv = 0
+                h = 0
+                if room < 2:
+                    while lv < PEAK_LEVELS:
+                        sh = lv + 1
+                        pi = (
+                            (lv << (2 * _PZ_BITS))
+                            | (((ix >> sh) & (_PM >> lv)) << _PZ_BITS)
+                            | ((iz >> sh) & (_PM >> lv))
+                        )
+                        hl = peaks[pi]
+                        if iy < hl:
+                            break
+                        h = int(hl)
+                        lv += 1
+                if lv > 0 or room > 0:
+                    if lv > 0:
+                        # Leap out of the tile's air box: its columns above their peak, so exit
+                        # through a side or down through the peak plane (never up: no lid).
+                        x0 = (ix >> lv) << lv
+                        z0 = (iz >> lv) << lv
+                        bx = x0 + (1 << lv) if sx > 0 else x0
+                        bz = z0 + (1 << lv) if sz > 0 else z0
+                        by = h
+                        ey = (by - oy) * inv_y if dy < 0 else 1e30
+                    else:
+                        # Leap to the first cell past the empty cube of bricks around this one.
+                        ext = (room - 1) << BRICK_SHIFT
+                        bx = ((ix >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sx > 0 else -ext)
+                        by = ((iy >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sy > 0 else -ext)
+                        bz = ((iz >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sz > 0 else -ext)
+                        ey = (by - oy) * inv_y if dy != 0 else 1e30
+                    ex = (bx - ox) * inv_x if dx != 0 else 1e30
+                    ez = (bz - oz) * inv_z if dz != 0 else 1e30
+                    # Cells on the other axes come from rounding the exit point; clamping them to
+                    # never step backwards keeps a ray that grazes a brick corner from bouncing
+                    # between two bricks forever.
+                    if ex < ey and ex < ez:
+                        t = max(t, ex)
+                        ix = bx if sx > 0 else bx - 1
+                        jy = int(np.floor(oy + t * dy))
+                        jz = int(np.floor(oz + t * dz))
+                        iy = max(iy, jy) if sy > 0 else min(iy, jy)
+                        iz = max(iz, jz) if sz > 0 else min(iz, jz)
+                        face = 0
+                    elif ey < ez:
+                        t = max(t, ey)
+                        iy = by if sy > 0 else by - 1
+                        jx = int(np.floor(ox + t * dx))
+                        jz = int(np.floor(oz + t * dz))
+                        ix = max(ix, jx) if sx > 0 else min(ix, jx)
+                        iz = max(iz, jz) if sz > 0 else min(iz, jz)
+                        face = 1 if sy < 0 else 3
+                    else:
+                        t = max(t, ez)
+                        iz = bz if sz > 0 else bz - 1
+                        jx = int(np.floor(ox + t * dx))
+                        jy = int(np.floor(oy + t * dy))
+                        ix = max(ix, jx) if sx > 0 else min(ix, jx)
+                        iy = max(iy, jy) if sy > 0 else min(iy, jy)
+                        face = 2
+                    tx = (ix + (1 if dx > 0 else 0) - ox) * inv_x if dx != 0 else 1e30
+                    ty = (iy + (1 if dy > 0 else 0) - oy) * inv_y if dy != 0 else 1e30
+                    tz = (iz + (1 if dz > 0 else 0) - oz) * inv_z if dz != 0 else 1e30
+                    step = False
+                    continue
+                b = blocks[((((ix & _RM) << _R_BITS) | (iz & _RM)) << _Y_BITS) | iy]
+                if b == 0 or (under and b == WATER):
+                    continue
+                hx = ox + t * dx
+                hy = oy + t * dy
+                hz = oz + t * dz
+                if face == 0:
+                    u, v, kind = hz - np.floor(hz), 1.0 - (hy - np.floor(hy)), 1
+                elif face == 2:
+                    u, v, kind = hx - np.floor(hx), 1.0 - (hy - np.floor(hy)), 1
+                else:
+                    u, v, kind = hx - np.floor(hx), hz - np.floor(hz), 0 if face == 1 else 2
+                tu = min(int(u * TEXTURE_SIZE), TEXTURE_SIZE - 1)
+                tv = min(int(v * TEXTURE_SIZE), TEXTURE_SIZE - 1)
+                light = 1.0 if b == LAVA else cam[12]
+                k = FACE_SHADE[face] * light
+                if cam[20] > 0 and ix == mine[0] and iy == mine[1] and iz == mine[2]:
+                    # A fixed scatter of texels darkens as mining progresses: visible cracks.
+                    if ((tu * 5 + tv * 11 + tu * tv * 7) % 23) / 23.0 < cam[20]:
+                        k *= 0.35
+                f = min(max((t - view * FOG_START) / (view * (1 - FOG_START)), 0.0), 1.0)
+                for c in range(3):
+                    col = TEXTURES[b, kind, tv, tu, c] * k
+                    rgb[c] = col + (fog[c] - col) * f
+                hit = True
+                break
+        if not hit:
+            if under:
+                for c in range(3):
+                    rgb[c] = fog[c]
             else:
-                # Leap to the first cell past the empty cube of bricks around this one.
-                ext = (room - 1) << BRICK_SHIFT
-                bx = ((ix >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sx > 0 else -ext)
-                by = ((iy >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sy > 0 else -ext)
-                bz = ((iz >> BRICK_SHIFT) << BRICK_SHIFT) + (size + ext if sz > 0 else -ext)
-                ey = (by - oy) * inv_y if dy != 0 else 1e30
-            ex = (bx - ox) * inv_x if dx != 0 else 1e30
-            ez = (bz - oz) * inv_z if dz != 0 else 1e30
-            # Cells on the other axes come from rounding the exit point; clamping them to
-            # never step backwards keeps a ray that grazes a brick corner from bouncing
-            # between two bricks forever.
-            if ex < ey and ex < ez:
-                t = max(t, ex)
-                ix = bx if sx > 0 else bx - 1
-                jy = int(np.floor(oy + t * dy))
-                jz = int(np.floor(oz + t * dz))
-                iy = max(iy, jy) if sy > 0 else min(iy, jy)
-                iz = max(iz, jz) if sz > 0 else min(iz, jz)
-                face = 0
-            elif ey < ez:
-                t = max(t, ey)
-                iy = by if sy > 0 else by - 1
-                jx = int(np.floor(ox + t * dx))
-                jz = int(np.floor(oz + t * dz))
-                ix = max(ix, jx) if sx > 0 else min(ix, jx)
-                iz = max(iz, jz) if sz > 0 else min(iz, jz)
-                face = 1 if sy < 0 else 3
-            else:
-                t = max(t, ez)
-                iz = bz if sz > 0 else bz - 1
-                jx = int(np.floor(ox + t * dx))
-                jy = int(np.floor(oy + t * dy))
-                ix = max(ix, jx) if sx > 0 else min(ix, jx)
-                iy = max(iy, jy) if sy > 0 else min(iy, jy)
-                face = 2
-            tx = (ix + (1 if dx > 0 else 0) - ox) * inv_x if dx != 0 else 1e30
-            ty = (iy + (1 if dy > 0 else 0) - oy) * inv_y if dy != 0 else 1e30
-            tz = (iz + (1 if dz > 0 else 0) - oz) * inv_z if dz != 0 else 1e30
-            step = False
-            continue
-        b = blocks[((((ix & _RM) << _R_BITS) | (iz & _RM)) << _Y_BITS) | iy]
-        if b == 0 or (under and b == WATER):
-            continue
-        hx = ox + t * dx
-        hy = oy + t * dy
-        hz = oz + t * dz
-        if face == 0:
-            u, v, kind = hz - np.floor(hz), 1.0 - (hy - np.floor(hy)), 1
-        elif face == 2:
-            u, v, kind = hx - np.floor(hx), 1.0 - (hy - np.floor(hy)), 1
-        else:
-            u, v, kind = hx - np.floor(hx), hz - np.floor(hz), 0 if face == 1 else 2
-        tu = min(int(u * TEXTURE_SIZE), TEXTURE_SIZE - 1)
-        tv = min(int(v * TEXTURE_SIZE), TEXTURE_SIZE - 1)
-        light = 1.0 if b == LAVA else cam[12]
-        k = FACE_SHADE[face] * light
-        if cam[20] > 0 and ix == mine[0] and iy == mine[1] and iz == mine[2]:
-            # A fixed scatter of texels darkens as mining progresses: visible cracks.
-            if ((tu * 5 + tv * 11 + tu * tv * 7) % 23) / 23.0 < cam[20]:
-                k *= 0.35
-        f = min(max((t - view * FOG_START) / (view * (1 - FOG_START)), 0.0), 1.0)
+                _sky(cam, sky, ray[0, j], ray[1, j], ray[2, j], rgb)
         for c in range(3):
-            col = TEXTURES[b, kind, tv, tu, c] * k
-            rgb[c] = col + (fog[c] - col) * f
-        return
-    if under:
-        for c in range(3):
-            rgb[c] = fog[c]
-    else:
-        _sky(cam, sky, dx, dy, dz, rgb)
+            out[j, c] = min(max(int(rgb[c] + 0.5), 0), 255)
 
 
 @njit(cache=True, nogil=True)
@@ -460,20 +475,9 @@ def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
         sw = skies[w]
         tw = tops[w]
         mine = players[w].mine_pos
-        rgb = np.empty(3)
         ny = 1.0 - 2.0 * (i + 0.5) / height
         _row_rays(cam, nxs, ny, horizons[w], ray)
-        for j in range(width):
-            if ray[6, j] > 0:
-                if cam[18] > 0:
-                    for c in range(3):
-                        rgb[c] = fw[c]
-                else:
-                    _sky(cam, sw, ray[0, j], ray[1, j], ray[2, j], rgb)
-            else:
-                _shade_ray(bw, cw, pw, tw, mine, cam, sw, ray, j, rgb, fw)
-            for c in range(3):
-                out[w, i, j, c] = min(max(int(rgb[c] + 0.5), 0), 255)
+        _shade_row(bw, cw, pw, tw, mine, cam, sw, ray, fw, out[w, i])
 
 
 @njit(cache=True, nogil=True)
