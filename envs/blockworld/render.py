@@ -319,26 +319,24 @@ def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out) ->
                 step = True
                 if t > view or iy < 0 or (iy >= top and sy > 0):
                     break
-                room = 1
-                if iy < WORLD_HEIGHT:
-                    bi = ((((ix >> BRICK_SHIFT) & _BM) << _BZ_BITS) | ((iz >> BRICK_SHIFT) & _BM)) << _BY_BITS
-                    room = clear[bi | (iy >> BRICK_SHIFT)]
                 # The coarsest tile of columns whose peak this cell is at or above, if any.
                 lv = 0
                 h = 0
-                if room < 2:
-                    while lv < PEAK_LEVELS:
-                        sh = lv + 1
-                        pi = (
-                            (lv << (2 * _PZ_BITS))
-                            | (((ix >> sh) & (_PM >> lv)) << _PZ_BITS)
-                            | ((iz >> sh) & (_PM >> lv))
-                        )
-                        hl = peaks[pi]
-                        if iy < hl:
-                            break
-                        h = int(hl)
-                        lv += 1
+                while lv < PEAK_LEVELS:
+                    sh = lv + 1
+                    pi = (lv << (2 * _PZ_BITS)) | (((ix >> sh) & (_PM >> lv)) << _PZ_BITS) | ((iz >> sh) & (_PM >> lv))
+                    hl = peaks[pi]
+                    if iy < hl:
+                        break
+                    h = int(hl)
+                    lv += 1
+                # Below the peaks (in the ground, a cave or under a canopy): brick clearance.
+                room = 0
+                if lv == 0:
+                    room = 1
+                    if iy < WORLD_HEIGHT:
+                        bi = ((((ix >> BRICK_SHIFT) & _BM) << _BZ_BITS) | ((iz >> BRICK_SHIFT) & _BM)) << _BY_BITS
+                        room = clear[bi | (iy >> BRICK_SHIFT)]
                 if lv > 0 or room > 0:
                     if lv > 0:
                         # Leap out of the tile's air box: its columns above their peak, so exit
