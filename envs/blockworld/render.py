@@ -51,6 +51,9 @@ _CAMERA_FIELDS = 24
 SKY_STEPS = 256
 HORIZON_BINS = 256
 """Azimuth sectors of the per-frame horizon (see ``_horizon``)."""
+_HORIZON_NEAR = 8.0
+"""Within this horizontal distance the horizon is built from 2x2 column tiles, beyond it
+from the coarsest tiles of the peak map (cheaper, and nearly as tight that far out)."""
 _SLOPE_MARGIN = 1e-6
 """Relative widening of each horizon slope, far beyond float rounding: the sky shortcut
 must never hide a block that the traced ray would have hit."""
@@ -132,6 +135,43 @@ def _pseudo_angle(a: float, b: float) -> float:
     return 2.0 - b / (-a - b) if a < 0 else 3.0 + a / (a - b)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _horizon_tile(out, ox: float, oz: float, view: float, x0: float, z0: float, size: float, rise: float) -> bool:
+    """Raise ``out``'s sectors spanned by the square [x0, x0+size] x [z0, z0+size] to the
+    slope of terrain ``rise`` above the eye at its nearest point. False if the square holds
+    the eye (then it bounds nothing)."""
+    gx = max(x0 - ox, ox - (x0 + size), 0.0)
+    gz = max(z0 - oz, oz - (z0 + size), 0.0)
+    r = np.sqrt(gx * gx + gz * gz) * (1.0 - _SLOPE_MARGIN)
+    if r <= 0.0:
+        return False
+    if r > view:
+        return True
+    b = rise / r * (1.0 + _SLOPE_MARGIN) + _SLOPE_MARGIN
+    # The sectors between the square's extreme corners (it subtends under a half turn,
+    # so its pseudo-angles span under 2 unless they wrap past 0).
+    a0 = _pseudo_angle(x0 - ox, z0 - oz)
+    a1 = _pseudo_angle(x0 + size - ox, z0 - oz)
+    a2 = _pseudo_angle(x0 - ox, z0 + size - oz)
+    a3 = _pseudo_angle(x0 + size - ox, z0 + size - oz)
+    lo = min(min(a0, a1), min(a2, a3))
+    hi = max(max(a0, a1), max(a2, a3))
+    if hi - lo > 2.0:
+        a0 += 4.0 if a0 < 2.0 else 0.0
+        a1 += 4.0 if a1 < 2.0 else 0.0
+        a2 += 4.0 if a2 < 2.0 else 0.0
+        a3 += 4.0 if a3 < 2.0 else 0.0
+        lo = min(min(a0, a1), min(a2, a3))
+        hi = max(max(a0, a1), max(a2, a3))
+    b2 = b * b
+    scale = HORIZON_BINS / 4.0
+    for q in range(int(lo * scale) - 1, int(hi * scale) + 2):
+        q &= HORIZON_BINS - 1
+        if out[q] < b2:
+            out[q] = b2
+    return True
+
+
 @njit(cache=True, nogil=True)
 def _horizon(cam, peaks, out) -> None:
     """Per azimuth sector, the steepest slope (dy over horizontal distance) at which any
@@ -140,54 +180,38 @@ def _horizon(cam, peaks, out) -> None:
     before the fog wall, so it shows the sky without being traced: most rays above the
     horizon cost no voxel steps at all.
 
-    Built from the 2x2 column tiles of the peak map that rise above the eye: each bounds
-    the slope by (peak - eye height) / (its nearest horizontal distance to the eye) over
-    every sector its square spans. A tile holding the eye's column bounds nothing (every
+    Built from the column tiles of the peak map that rise above the eye: each bounds the
+    slope by (peak - eye height) / (its nearest horizontal distance to the eye) over every
+    sector its square spans. Coarsest tiles serve far away, 2x2 tiles near the eye, where
+    a coarse bound would be steep. A tile holding the eye's column bounds nothing (every
     sector gets infinity), so under a canopy or in a cave every ray is traced as before.
     """
     ox, oy, oz = cam[0], cam[1], cam[2]
     view = cam[19]
     out[:] = 0.0
-    mask = (peaks.shape[1]) - 1
-    i0, i1 = int(np.floor(ox - view)) >> 1, int(np.floor(ox + view)) >> 1
-    k0, k1 = int(np.floor(oz - view)) >> 1, int(np.floor(oz + view)) >> 1
-    scale = HORIZON_BINS / 4.0
-    for i in range(i0, i1 + 1):
-        x0 = 2.0 * i
-        gx = max(x0 - ox, ox - (x0 + 2.0), 0.0)
-        for k in range(k0, k1 + 1):
-            rise = peaks[0, i & mask, k & mask] - oy
+    mask = peaks.shape[1] - 1
+    top_lv = peaks.shape[0] - 1
+    big = top_lv + 1  # shift of the coarsest tiles
+    size = float(1 << big)
+    i0, i1 = int(np.floor(ox - view)) >> big, int(np.floor(ox + view)) >> big
+    k0, k1 = int(np.floor(oz - view)) >> big, int(np.floor(oz + view)) >> big
+    for bi in range(i0, i1 + 1):
+        for bk in range(k0, k1 + 1):
+            rise = peaks[top_lv, bi & (mask >> top_lv), bk & (mask >> top_lv)] - oy
             if rise <= 0:
                 continue
-            z0 = 2.0 * k
-            gz = max(z0 - oz, oz - (z0 + 2.0), 0.0)
-            r = np.sqrt(gx * gx + gz * gz) * (1.0 - _SLOPE_MARGIN)
-            if r <= 0.0:
-                out[:] = np.inf
-                return
-            if r > view:
+            x0, z0 = bi * size, bk * size
+            gx = max(x0 - ox, ox - (x0 + size), 0.0)
+            gz = max(z0 - oz, oz - (z0 + size), 0.0)
+            if gx * gx + gz * gz >= _HORIZON_NEAR * _HORIZON_NEAR:
+                _horizon_tile(out, ox, oz, view, x0, z0, size, rise)
                 continue
-            b = rise / r * (1.0 + _SLOPE_MARGIN) + _SLOPE_MARGIN
-            # The sectors between the square's extreme corners (it subtends under a half
-            # turn, so its pseudo-angles span under 2 unless they wrap past 0).
-            a0 = _pseudo_angle(x0 - ox, z0 - oz)
-            a1 = _pseudo_angle(x0 + 2.0 - ox, z0 - oz)
-            a2 = _pseudo_angle(x0 - ox, z0 + 2.0 - oz)
-            a3 = _pseudo_angle(x0 + 2.0 - ox, z0 + 2.0 - oz)
-            lo = min(min(a0, a1), min(a2, a3))
-            hi = max(max(a0, a1), max(a2, a3))
-            if hi - lo > 2.0:
-                a0 += 4.0 if a0 < 2.0 else 0.0
-                a1 += 4.0 if a1 < 2.0 else 0.0
-                a2 += 4.0 if a2 < 2.0 else 0.0
-                a3 += 4.0 if a3 < 2.0 else 0.0
-                lo = min(min(a0, a1), min(a2, a3))
-                hi = max(max(a0, a1), max(a2, a3))
-            b2 = b * b
-            for q in range(int(lo * scale) - 1, int(hi * scale) + 2):
-                q &= HORIZON_BINS - 1
-                if out[q] < b2:
-                    out[q] = b2
+            for i in range(bi << top_lv, (bi + 1) << top_lv):
+                for k in range(bk << top_lv, (bk + 1) << top_lv):
+                    rise = peaks[0, i & mask, k & mask] - oy
+                    if rise > 0 and not _horizon_tile(out, ox, oz, view, 2.0 * i, 2.0 * k, 2.0, rise):
+                        out[:] = np.inf
+                        return
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -216,8 +240,11 @@ def _row_rays(cam, nxs, ny: float, horizon, ray) -> None:
     scale = HORIZON_BINS / 4.0
     for j in range(nxs.shape[0]):
         dx, dy, dz = ray[0, j], ray[1, j], ray[2, j]
-        q = int(_pseudo_angle(dx, dz) * scale) & (HORIZON_BINS - 1)
-        ray[6, j] = 1.0 if dy > 0 and dy * dy > horizon[q] * (dx * dx + dz * dz) else 0.0
+        ray[6, j] = 0.0
+        if dy > 0:
+            q = int(_pseudo_angle(dx, dz) * scale) & (HORIZON_BINS - 1)
+            if dy * dy > horizon[q] * (dx * dx + dz * dz):
+                ray[6, j] = 1.0
 
 
 @njit(cache=True, nogil=True)
