@@ -6,6 +6,14 @@ face direction (top brightest), daylight, and linear distance fog into the horiz
 Rays that leave the loaded terrain upward, or pass the view distance, show the sky: a
 gradient by time of day with a square sun and moon. Crack marks show mining progress.
 
+Speed comes from skipping air without changing what is drawn (frames match a plain DDA
+up to float ties at exact cell edges): a ray above the highest block of its tile of 2x2,
+4x4 or 8x8 columns (``Regions.peaks``) leaps out of that tile's air box at once, one in
+an empty 4x4x4 brick out of the empty cube around it (``Regions.clear``), and a ray that
+climbs more steeply than all terrain in its direction (a per-frame horizon by azimuth)
+is not traced at all. Each row runs in one call with the ray loop inside (no reference
+counting per pixel), after a vectorized pass for the row's ray directions.
+
 The HUD is drawn on top: a crosshair (inverted pixels), a health bar, and the 9-slot hotbar
 with each item's colour, a stack-size bar, and a white frame around the selected slot.
 """
@@ -463,6 +471,7 @@ def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
         players: PLAYER_DTYPE (B,) record array.
         blocks: uint8 (B, R, R, WORLD_HEIGHT) loaded regions.
         clear: uint8 (B, R/4, R/4, WORLD_HEIGHT/4) brick clearance (``Regions.clear``).
+        peaks: uint8 (B, PEAK_LEVELS, R/2, R/2) column peak map (``Regions.peaks``).
         top: int32 (B,) per-world sky limit.
         view: View distance in blocks (at most ``region.MAX_VIEW_DISTANCE``).
         out: uint8 (B, H, W, 3), written in full.
