@@ -207,7 +207,7 @@ PREVIEW = _is_preview(DEFAULT_CHECKPOINT)
 
 def _shipped_rollout(steps: int = 100) -> tuple[np.ndarray, np.ndarray, int]:
     """The shipped model, prompted on the first held-out world, dreaming ``steps`` explorer steps."""
-    model = load()
+    model = load(seed=0)  # the default sampling, reproducibly
     env_id, kwargs = model.config.env_id, dict(model.config.env_kwargs or {})
     ref = ReferenceEnv(env_id, kwargs)
     P = model.context_frames - 1

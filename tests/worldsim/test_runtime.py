@@ -97,8 +97,9 @@ def test_sliding_kv_cache_matches_a_full_forward_over_the_window(ckpt: str) -> N
 
 def test_restarting_some_worlds_leaves_the_others_untouched(ckpt: str) -> None:
     frames, actions = prompt_data()
-    a = worldsim.load(ckpt, device="cpu")
-    b = worldsim.load(ckpt, device="cpu")
+    # Greedy, so that equal states give equal frames whatever the batch around them.
+    a = worldsim.load(ckpt, device="cpu", temperature=0)
+    b = worldsim.load(ckpt, device="cpu", temperature=0)
     a.prompt(frames, actions)
     b.prompt(frames, actions)
     step = np.array([[1, 0], [2, 1]])
@@ -107,7 +108,7 @@ def test_restarting_some_worlds_leaves_the_others_untouched(ckpt: str) -> None:
     other, other_acts = prompt_data(B=1, T=2, seed=5)
     b.prompt(other, other_acts, worlds=[1])
     assert np.array_equal(b.last_codes[1], b.encode(other[:, -1])[0])
-    fresh = worldsim.load(ckpt, device="cpu")  # world 1 alone, prompted the same way
+    fresh = worldsim.load(ckpt, device="cpu", temperature=0)  # world 1 alone, prompted the same way
     fresh.prompt(other, other_acts)
     differs = []
     for _ in range(3):
