@@ -301,8 +301,8 @@ def _fog_color(cam, out) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out) -> None:
-    """Colours of one row of pixels, written to ``out`` (W, 3) uint8.
+def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out, rgb) -> None:
+    """Colours of one row of pixels, written to ``out`` (W, 3) uint8 (``rgb``: scratch, 3).
 
     Each ray runs a voxel DDA that leaps instead of stepping cell by cell wherever it can:
     above its tile of columns' peak it leaps out of that tile's air box (``fill_peaks``),
@@ -316,7 +316,6 @@ def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out) ->
     view = cam[19]
     size = 1 << BRICK_SHIFT
     ix0, iy0, iz0 = int(np.floor(ox)), int(np.floor(oy)), int(np.floor(oz))
-    rgb = np.empty(3)
     for j in range(ray.shape[1]):
         hit = False
         if ray[6, j] == 0:
@@ -497,21 +496,33 @@ def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
         _sky_gradient(cams[w], skies[w])
         tops[w] = _view_top(cams[w], peaks[w], top[w])
         _horizon(cams[w], peaks[w], horizons[w])
-    for row in range(nw * height):
-        w = row // height
-        i = row - w * height
-        # Per-row views: taking them per pixel costs reference counting in the inner loop.
-        cam = cams[w]
-        bw = flat_blocks[w]
-        cw = flat_clear[w]
-        pw = flat_peaks[w]
-        fw = fogs[w]
-        sw = skies[w]
-        tw = tops[w]
-        mine = players[w].mine_pos
+    for w in range(nw):
+        _shade_world(
+            flat_blocks[w],
+            flat_clear[w],
+            flat_peaks[w],
+            tops[w],
+            players[w].mine_pos,
+            cams[w],
+            skies[w],
+            horizons[w],
+            nxs,
+            ray,
+            fogs[w],
+            out[w],
+        )
+
+
+@njit(cache=True, nogil=True)
+def _shade_world(blocks, clear, peaks, top: int, mine, cam, sky, horizon, nxs, ray, fog, out) -> None:
+    """One world's frame, row by row: the row loop sits here so that the arrays it hands
+    on are reference-counted once per row, not once per pixel."""
+    height = out.shape[0]
+    rgb = np.empty(3)
+    for i in range(height):
         ny = 1.0 - 2.0 * (i + 0.5) / height
-        _row_rays(cam, nxs, ny, horizons[w], ray)
-        _shade_row(bw, cw, pw, tw, mine, cam, sw, ray, fw, out[w, i])
+        _row_rays(cam, nxs, ny, horizon, ray)
+        _shade_row(blocks, clear, peaks, top, mine, cam, sky, ray, fog, out[i], rgb)
 
 
 @njit(cache=True, nogil=True)
