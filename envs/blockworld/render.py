@@ -300,7 +300,9 @@ def _fog_color(cam, out) -> None:
         out[c] = hor + (_DUSK[c] - hor) * cam[13]
 
 
-@njit(cache=True, nogil=True)
+# numpy's error model drops the zero-division checks; every divisor here is a nonzero
+# constant or derived from the view distance (>= 1). 3 % faster in A/B, same frames.
+@njit(cache=True, nogil=True, error_model="numpy")
 def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out, rgb) -> None:
     """Colours of one row of pixels, written to ``out`` (W, 3) uint8 (``rgb``: scratch, 3).
 
