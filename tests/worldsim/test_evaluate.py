@@ -226,7 +226,7 @@ def test_shipped_model_loads_and_plays_100_steps() -> None:
 
 
 @SHIPPED
-@pytest.mark.xfail(PREVIEW, strict=True, reason="the shipped preview model collapses and loses to copy-last (README model card)")
+@pytest.mark.xfail(PREVIEW, strict=True, reason="the shipped preview model no longer collapses but still loses to copy-last at horizon 4 (README model card)")
 def test_shipped_model_stays_sharp_and_beats_copy_last() -> None:
     """No collapse over 100 steps, and a better frame than copy-last at horizon 4 (issue target).
 
