@@ -13,6 +13,7 @@ folder, then ``os.replace`` moves it into place, so a kill never leaves a half-w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -91,6 +92,17 @@ class LoadedModel:
     dynamics: Dynamics | None
     info: dict[str, Any] = field(default_factory=dict)
     """Free-form training facts stored with the weights (steps, data, losses)."""
+
+
+def weights_digest(modules: dict[str, torch.nn.Module], salt: str = "") -> str:
+    """sha256 over ``salt`` and every tensor of ``modules`` (name prefix -> module), in name
+    order: equal digests mean equal weights, so equal codes or outputs."""
+    h = hashlib.sha256(salt.encode())
+    for prefix, module in modules.items():
+        for name, t in sorted(module.state_dict().items()):
+            h.update((prefix + name).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:

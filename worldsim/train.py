@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from worldsim.checkpoint import (
     optimizer_to_tensors,
     save_model,
     save_state,
+    weights_digest,
 )
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
@@ -515,12 +515,7 @@ def dynamics_main(argv: list[str]) -> int:
 
 def encoder_digest(tokenizer: torch.nn.Module) -> str:
     """sha256 of a tokenizer's encoder and quantiser weights: equal digests give equal codes."""
-    h = hashlib.sha256()
-    for prefix, part in (("encoder.", tokenizer.encoder), ("fsq.", tokenizer.fsq)):
-        for name, t in sorted(part.state_dict().items()):
-            h.update((prefix + name).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return weights_digest({"encoder.": tokenizer.encoder, "fsq.": tokenizer.fsq})
 
 
 def swap_decoder_main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from worldsim.checkpoint import atomic_save
+from worldsim.checkpoint import atomic_save, weights_digest
 from worldsim.errors import WorldSimError
 from worldsim.tokenizer import Tokenizer
 
@@ -59,15 +59,6 @@ def open_split(
 _ARRAYS = ("codes", "actions", "rewards", "terminated")
 
 
-def tokenizer_digest(tokenizer: Tokenizer) -> str:
-    """A hex digest of a tokenizer's config and weights: equal digests encode alike."""
-    h = hashlib.sha256(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
-    for name, t in sorted(tokenizer.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 class CodeWindows:
     """Windows of tokenizer codes cut from a :class:`~worldsim.data.WindowDataset`.
 
@@ -95,9 +86,8 @@ class CodeWindows:
         self.frame_shape = (h, w)
         self.cache_file: Path | None = None
         if cache_dir is not None:
-            key = hashlib.sha256(
-                f"{windows.fingerprint()} {tokenizer_digest(tokenizer)} {h}x{w}".encode()
-            ).hexdigest()
+            tok_key = weights_digest({"": tokenizer}, json.dumps(tokenizer.config.to_dict(), sort_keys=True))
+            key = hashlib.sha256(f"{windows.fingerprint()} {tok_key} {h}x{w}".encode()).hexdigest()
             self.cache_file = Path(cache_dir) / f"codes-{key[:24]}.safetensors"
             if self._load_cache(windows.num_frames, tokenizer.config.stride):
                 return
