@@ -25,7 +25,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -124,22 +124,9 @@ def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
             raise WorldSimError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}"
             )
-    return LoopConfig(
-        out=Path(a.out),
-        steps=a.steps,
-        batch=a.batch,
-        lr=a.lr,
-        warmup=a.warmup,
-        seed=a.seed,
-        resume=a.resume,
-        device=a.device,
-        precision=a.precision,
-        log_every=a.log_every,
-        ckpt_every=a.ckpt_every,
-        val_every=a.val_every,
-        val_batches=a.val_batches,
-        kind=kind,
-    )
+    # Every other field is the flag of the same name.
+    same = {f.name: getattr(a, f.name) for f in fields(LoopConfig) if f.name not in ("out", "kind")}
+    return LoopConfig(out=Path(a.out), kind=kind, **same)
 
 
 def state_path(out: Path) -> Path:
