@@ -7,13 +7,22 @@ the preset and the training steps. Running it performs, in order:
    range, so an interrupted collection redoes only the part it was in. A part is complete
    when its ``.done.json`` marker exists; a part folder without one is recorded again;
 2. **tokenizer**: ``worldsim train tokenizer --resume`` into ``tokenizer.safetensors``;
-3. **dynamics**: ``worldsim train dynamics --resume`` into ``model.safetensors``;
-4. with ``--install``: the model is checked to load and copied (atomically) to the
+3. **decoder**: ``worldsim train tokenizer --init tokenizer.safetensors --decoder-only
+   --resume`` into ``decoder.safetensors``: the decoder trains on, with the encoder and
+   quantiser frozen, so every code stays what the dynamics learns it to mean while the
+   pixels it decodes to get sharper (the tokenizer's long tail is all in the decoder);
+4. **dynamics**: ``worldsim train dynamics --resume`` into ``dynamics.safetensors``, on the
+   codes of ``tokenizer.safetensors``;
+5. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the dynamics
+   checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
+   stage);
+6. with ``--install``: the model is checked to load and copied (atomically) to the
    package's default checkpoint, the file ``worldsim.load()`` opens with no argument.
 
 A training stage is complete when its checkpoint's ``info.steps`` reaches the recipe's
 steps; otherwise it resumes from the checkpoint and its ``.state.safetensors`` (exactly:
-see docs/model.md). So the command can be killed at any moment and run again, in the
+see docs/model.md). The model stage is complete when ``model.safetensors`` records the
+finished dynamics and decoder steps. So the command can be killed at any moment and run again, in the
 background across sessions, and it only ever does the work that is left. ``recipe.json``
 in the folder pins the recipe: a folder holding another recipe's work is refused.
 ``recipe_log.jsonl`` records how long each stage took, which documents the training time.
@@ -59,6 +68,11 @@ class Recipe:
     """File name under ``worldsim/assets/`` that ``--install`` writes; None = not installable."""
     summary: str
     extra_train_args: tuple[str, ...] = field(default=())
+    """Flags for every training stage."""
+    decoder_steps: int = 0
+    """Decoder fine-tuning steps (encoder frozen) at ``tokenizer_batch``; 0 = no decoder stage."""
+    decoder_train_args: tuple[str, ...] = field(default=())
+    """Flags for the decoder stage only, after ``extra_train_args`` (so they win)."""
 
     @property
     def data_steps(self) -> int:
@@ -72,6 +86,7 @@ RECIPES: dict[str, Recipe] = {
         tokenizer_steps=6_000, tokenizer_batch=32, dynamics_steps=20_000, dynamics_batch=8, context=None,
         asset="blockworld-64.safetensors",
         summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset",
+        decoder_steps=4_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
@@ -79,6 +94,7 @@ RECIPES: dict[str, Recipe] = {
         tokenizer_steps=100, tokenizer_batch=16, dynamics_steps=40, dynamics_batch=4, context=None, asset=None,
         summary="every stage of the recipe in about a minute, at 16x16 with the `tiny` preset (for tests)",
         extra_train_args=("--warmup", "10", "--lr", "3e-3", "--log-every", "10", "--val-every", "50", "--val-batches", "1", "--ckpt-every", "20"),
+        decoder_steps=30, decoder_train_args=("--lr", "1e-3"),
     ),
 }  # fmt: skip
 
@@ -93,6 +109,19 @@ def checkpoint_steps(path: Path) -> int | None:
         return int(info.get("steps", 0))
     except Exception:  # a damaged file is not a finished stage; training --resume decides what to do
         return None
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temporary file and a rename, so ``dest`` is never half-written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _cli(argv: list[str]) -> None:
@@ -127,6 +156,14 @@ class RecipeRun:
     def tokenizer_path(self) -> Path:
         return self.root / "tokenizer.safetensors"
 
+    @property
+    def decoder_path(self) -> Path:
+        return self.root / "decoder.safetensors"
+
+    @property
+    def dynamics_path(self) -> Path:
+        return self.root / "dynamics.safetensors"
+
     def part_dir(self, i: int) -> Path:
         return self.root / "data" / f"part-{i:03d}"
 
@@ -157,18 +194,48 @@ class RecipeRun:
         _cli(argv)
         (out.parent / f"{out.name}.done.json").write_text(json.dumps({"steps": r.part_steps, "seed": 1000 * i}) + "\n")
 
-    def _train(self, kind: str) -> None:
+    def _training_stages(self) -> list[tuple[str, Path, int]]:
+        """(stage, checkpoint, steps) of each training stage, in order."""
         r = self.recipe
-        out = self.tokenizer_path if kind == "tokenizer" else self.model_path
-        steps, batch = (r.tokenizer_steps, r.tokenizer_batch) if kind == "tokenizer" else (r.dynamics_steps, r.dynamics_batch)
+        stages = [("tokenizer", self.tokenizer_path, r.tokenizer_steps)]
+        if r.decoder_steps > 0:
+            stages.append(("decoder", self.decoder_path, r.decoder_steps))
+        return [*stages, ("dynamics", self.dynamics_path, r.dynamics_steps)]
+
+    def _train(self, stage: str) -> None:
+        r = self.recipe
+        steps, batch = {"tokenizer": (r.tokenizer_steps, r.tokenizer_batch), "decoder": (r.decoder_steps, r.tokenizer_batch),
+                        "dynamics": (r.dynamics_steps, r.dynamics_batch)}[stage]  # fmt: skip
+        out = {"tokenizer": self.tokenizer_path, "decoder": self.decoder_path, "dynamics": self.dynamics_path}[stage]
         data = [str(self.part_dir(i)) for i in range(r.data_parts)]
+        kind = "dynamics" if stage == "dynamics" else "tokenizer"
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
                 "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
-        if kind == "dynamics":
+        if stage == "decoder":
+            argv += ["--init", str(self.tokenizer_path), "--decoder-only", *r.decoder_train_args]
+        if stage == "dynamics":
             argv += ["--tokenizer", str(self.tokenizer_path)]
             if r.context is not None:
                 argv += ["--context", str(r.context)]
         _cli(argv)
+
+    def _model_is_current(self) -> bool:
+        """Whether ``model.safetensors`` was assembled from the finished dynamics and decoder."""
+        r = self.recipe
+        if checkpoint_steps(self.model_path) != r.dynamics_steps:
+            return False
+        if r.decoder_steps == 0:
+            return True
+        with safe_open(str(self.model_path), framework="pt") as f:
+            decoder = json.loads((f.metadata() or {}).get("info", "{}")).get("decoder", {})
+        return decoder.get("steps") == r.decoder_steps
+
+    def _assemble(self) -> None:
+        if self.recipe.decoder_steps > 0:
+            _cli(["train", "swap-decoder", "--checkpoint", str(self.dynamics_path), "--tokenizer", str(self.decoder_path),
+                  "--out", str(self.model_path)])  # fmt: skip
+        else:
+            _atomic_copy(self.dynamics_path, self.model_path)
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""
@@ -184,13 +251,17 @@ class RecipeRun:
                 continue
             self.log(f"recipe {self.name}: recording data part {i + 1}/{r.data_parts} ({r.part_steps} {r.agent} steps)")
             self._stage(f"data part {i}", lambda i=i: self._record(i))
-        for kind, path, steps in (("tokenizer", self.tokenizer_path, r.tokenizer_steps), ("dynamics", self.model_path, r.dynamics_steps)):
+        for stage, path, steps in self._training_stages():
             done = checkpoint_steps(path)
             if done is not None and done >= steps:
-                self.log(f"recipe {self.name}: {kind} complete ({done} steps), skipped")
+                self.log(f"recipe {self.name}: {stage} complete ({done} steps), skipped")
                 continue
-            self.log(f"recipe {self.name}: training the {kind} ({'from step ' + str(done) if done else 'from scratch'} to {steps})")
-            self._stage(kind, lambda kind=kind: self._train(kind))
+            self.log(f"recipe {self.name}: training the {stage} ({'from step ' + str(done) if done else 'from scratch'} to {steps})")
+            self._stage(stage, lambda stage=stage: self._train(stage))
+        if self._model_is_current():
+            self.log(f"recipe {self.name}: model complete, skipped")
+        else:
+            self._stage("model", self._assemble)
         if install:
             self.install()
         return self.model_path
@@ -202,15 +273,11 @@ class RecipeRun:
 
         if self.recipe.asset is None:
             raise WorldSimError(f"recipe {self.name} is not a shipped model; it cannot be installed")
-        if (checkpoint_steps(self.model_path) or 0) < self.recipe.dynamics_steps:
+        if not self._model_is_current():
             raise WorldSimError(f"{self.model_path} is not finished; run the recipe without --install first")
         load_model(self.model_path)  # refuse to ship a file that does not load
         dest = DEFAULT_CHECKPOINT.parent / self.recipe.asset
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        os.close(fd)
-        shutil.copyfile(self.model_path, tmp)
-        os.replace(tmp, dest)
+        _atomic_copy(self.model_path, dest)
         self.log(f"recipe {self.name}: installed {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
         return dest
 

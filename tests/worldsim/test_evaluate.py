@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import worldsim  # noqa: F401  (registers the ids)
 from tests.worldsim.toy_env import FULL_ID
-from worldsim.checkpoint import ModelConfig, save_model
+from worldsim.checkpoint import ModelConfig, load_model, save_model, weights_digest
 from worldsim.cli import main as cli
 from worldsim.errors import WorldSimError
 from worldsim.metrics import detect_collapse, psnr
@@ -22,6 +22,7 @@ from worldsim.recipe import RecipeRun, checkpoint_steps
 from worldsim.reference import HELDOUT_SEED_BASE, ReferenceEnv, Trajectory, make_policy
 from worldsim.runtime import DEFAULT_CHECKPOINT, load
 from worldsim.tokenizer import Tokenizer
+from worldsim.train import encoder_digest
 from worldsim.transformer import Dynamics
 
 BLOCKWORLD = "worldsim/BlockWorld-v0"
@@ -160,24 +161,42 @@ def test_eval_user_errors(tiny_toy: Path, tmp_path: Path, capsys: pytest.Capture
     assert rc == 2 and "--horizon must be at least 1" in capsys.readouterr().err
 
 
+def _content(path: Path) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A safetensors file's metadata and tensor bytes (its header's key order may vary)."""
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {}), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
+
+
 def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recipe: RecipeRun, tmp_path: Path) -> None:
     r = smoke_recipe.recipe
     assert checkpoint_steps(smoke_recipe.tokenizer_path) == r.tokenizer_steps
+    assert checkpoint_steps(smoke_recipe.decoder_path) == r.decoder_steps
     assert checkpoint_steps(smoke_recipe.model_path) == r.dynamics_steps
     stages = [json.loads(line)["stage"] for line in (smoke_recipe.root / "recipe_log.jsonl").read_text().splitlines()]
-    assert stages == ["data part 0", "data part 1", "tokenizer", "dynamics"]
-    model_bytes = smoke_recipe.model_path.read_bytes()
+    assert stages == ["data part 0", "data part 1", "tokenizer", "decoder", "dynamics", "model"]
 
-    # an interrupted recording (its folder but no marker) is recorded again; finished stages are not redone
+    # the shipped model is the dynamics with the fine-tuned decoder, on the codes of the first tokenizer
+    model, tok, dec = (load_model(p) for p in (smoke_recipe.model_path, smoke_recipe.tokenizer_path, smoke_recipe.decoder_path))
+    assert encoder_digest(model.tokenizer) == encoder_digest(tok.tokenizer) == encoder_digest(dec.tokenizer)
+    assert weights_digest({"": model.tokenizer.decoder}) == weights_digest({"": dec.tokenizer.decoder})
+    assert weights_digest({"": model.tokenizer.decoder}) != weights_digest({"": tok.tokenizer.decoder})
+    assert model.dynamics is not None and model.info["decoder"]["steps"] == r.decoder_steps
+    model_content = _content(smoke_recipe.model_path)
+
+    # an interrupted recording (its folder but no marker) is recorded again; finished stages are not redone;
+    # a lost model file is assembled again, to the same weights and metadata
     (smoke_recipe.root / "data" / "part-001.done.json").unlink()
+    smoke_recipe.model_path.unlink()
     logs: list[str] = []
     again = RecipeRun(smoke_recipe.name, smoke_recipe.root, threads=1, log=logs.append)
     again.run()
     assert any("data part 1/2 complete, skipped" in s for s in logs)
     assert any("recording data part 2/2" in s for s in logs)
     assert any("tokenizer complete (100 steps), skipped" in s for s in logs)
+    assert any("decoder complete (30 steps), skipped" in s for s in logs)
     assert any("dynamics complete (40 steps), skipped" in s for s in logs)
-    assert smoke_recipe.model_path.read_bytes() == model_bytes
+    assert not any("model complete, skipped" in s for s in logs)
+    assert _content(smoke_recipe.model_path) == model_content
     assert (smoke_recipe.root / "data" / "part-001.done.json").is_file()
 
     # a folder pinned to another recipe is refused; a test recipe cannot be installed as the default
