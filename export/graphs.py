@@ -41,7 +41,7 @@ from torch import nn
 
 from worldsim.checkpoint import ModelConfig
 from worldsim.tokenizer import Tokenizer
-from worldsim.transformer import Dynamics
+from worldsim.transformer import Dynamics, Prediction
 
 Dim = int | str
 """A tensor dimension in a spec: a fixed size, or the name of a dynamic axis."""
@@ -123,7 +123,8 @@ def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
                 *(TensorSpec(name, "float32", kv) for name in cache_names(dyn.layers)),
             ),
             (
-                TensorSpec("logits", "float32", ("B", "h", "w", sum(dyn.levels))),
+                # with a stay gate, its len(levels) values per cell follow the logits
+                TensorSpec("logits", "float32", ("B", "h", "w", sum(dyn.levels) + (len(dyn.levels) if dyn.stay_gate else 0))),
                 TensorSpec("reward", "float32", ("B",)),
                 TensorSpec("done_logit", "float32", ("B",)),
                 TensorSpec("entries", "float32", entries),
@@ -220,4 +221,9 @@ class DynamicsStepGraph(nn.Module):
         past = [cache[i : i + 2] for i in range(0, len(cache), 2)]  # per layer (keys, values), as _run indexes them
         out, kv = d._run(x, cos, sin, past, d._cache_mask(valid, new, (Fr + 1) * N))
         pred = d._heads(out[:, Fr * N :].reshape(B, 1, N, -1), gh, gw)  # target tokens (B, 1, N, D)
-        return pred.logits[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], kv[:, :, :, :, : Fr * N]
+        return packed_logits(pred)[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], kv[:, :, :, :, : Fr * N]
+
+
+def packed_logits(pred: Prediction) -> torch.Tensor:
+    """The graph's ``logits`` output: the logits, then the stay gate's values when there is one."""
+    return pred.logits if pred.stay is None else torch.cat([pred.logits, pred.stay.to(pred.logits.dtype)], -1)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.graphs import cache_feed
+from export.graphs import cache_feed, packed_logits
 from export.ort_session import CPU_EP, Placement, open_session, require_onnxruntime
 from worldsim.checkpoint import LoadedModel
 from worldsim.errors import WorldSimError
@@ -162,7 +162,7 @@ def _verify_dynamics(session: Any, loaded: LoadedModel, inp: ModelInputs, tol: T
                 pred, ref_entries = None, dyn.append(ctx, ctx_act, torch.tensor(t - Fr), level, None, None)
         case = f"{name}: B={B} F={Fr} S={cache.shape[4]} {H}x{W} t={t}"
         if pred is not None:
-            checks.append(_compare_float("dynamics", case, "logits", logits, pred.logits, tol))
+            checks.append(_compare_float("dynamics", case, "logits", logits, packed_logits(pred), tol))
             checks.append(_compare_float("dynamics", case, "reward", reward, pred.reward, tol))
             checks.append(_compare_float("dynamics", case, "done_logit", done, pred.done_logit, tol))
         if ref_entries is not None:

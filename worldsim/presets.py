@@ -34,6 +34,9 @@ class Preset:
     """One line with the real sizes, shown by ``--help`` and the benchmarks."""
 
 
+DEFAULT_STAY_GATE = False
+"""Whether new dynamics models get the stay gate (``transformer`` module docstring)."""
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         tokenizer=TokenizerConfig(channels=(16, 32), levels=(5, 5, 5), res_blocks=(0, 1)),
@@ -59,11 +62,14 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def dynamics_config(preset: Preset, levels: tuple[int, ...], spec: ActionSpec, context: int | None = None) -> DynamicsConfig:
+def dynamics_config(
+    preset: Preset, levels: tuple[int, ...], spec: ActionSpec, context: int | None = None, stay_gate: bool | None = None
+) -> DynamicsConfig:
     """The dynamics config of ``preset`` for a tokenizer's ``levels`` and an action space."""
     cfg = DynamicsConfig(
         levels=tuple(levels), action_nvec=tuple(spec.nvec), action_kind=spec.kind,
         width=preset.width, layers=preset.layers, heads=preset.heads, patch=preset.patch, context=preset.context,
+        stay_gate=DEFAULT_STAY_GATE if stay_gate is None else bool(stay_gate),
     )
     if context is not None:
         if context < 2:

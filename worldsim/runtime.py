@@ -258,7 +258,7 @@ class WorldModel:
             return self.backend.predict(codes, acts, t, self._cache, valid)[0]
 
         s = self.config.tokenizer.stride
-        sample = self._sampler.generate(predict, B, H // s, W // s)
+        sample = self._sampler.generate(predict, B, H // s, W // s, self._pending[0])
         self._pending = (sample.codes, acts)
         self._t = t
         return StepResult(

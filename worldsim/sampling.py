@@ -29,6 +29,9 @@ class PassOutput:
     """float32 ``[B]``."""
     done_logit: np.ndarray
     """float32 ``[B]``."""
+    stay: np.ndarray | None = None
+    """float32 ``[B, h, w, len(levels)]``: the stay gate's bonus for the previous frame's level
+    in each channel, added to the logits before sampling (None: the model has no gate)."""
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,20 @@ class MaskGitSampler:
         self.rng = rng
         self._radix = np.array([math.prod(levels[:i]) for i in range(len(levels))], dtype=np.int64)
 
-    def _choose(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """logits ``[B, h, w, sum(levels)]`` -> (codes ``[B, h, w]``, log-prob of the choice ``[B, h, w]``)."""
+    def _choose(self, logits: np.ndarray, stay: np.ndarray | None, prev: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """logits ``[B, h, w, sum(levels)]`` -> (codes ``[B, h, w]``, log-prob of the choice ``[B, h, w]``).
+
+        With a stay gate ``[B, h, w, D]`` and the previous frame's codes ``prev`` ``[B, h, w]``,
+        each channel's logit of its previous level gets the gate's bonus first (as in training).
+        """
         code = np.zeros(logits.shape[:-1], dtype=np.int64)
         conf = np.zeros(logits.shape[:-1], dtype=np.float64)
         start = 0
-        for lv, radix in zip(self.levels, self._radix):
-            lp = _log_softmax(logits[..., start : start + lv].astype(np.float64))
+        for i, (lv, radix) in enumerate(zip(self.levels, self._radix)):
+            x = logits[..., start : start + lv].astype(np.float64)
+            if stay is not None and prev is not None:
+                x = x + (np.arange(lv) == ((prev // radix) % lv)[..., None]) * stay[..., i : i + 1]
+            lp = _log_softmax(x)
             start += lv
             if self.temperature == 0:
                 idx = lp.argmax(-1)
@@ -104,8 +114,11 @@ class MaskGitSampler:
             conf += np.take_along_axis(lp, idx[..., None], -1)[..., 0]
         return code, conf
 
-    def generate(self, predict: Callable[[np.ndarray], PassOutput], batch: int, h: int, w: int) -> FrameSample:
-        """Run K passes; ``predict(codes)`` sees the codes so far (MASKED where unknown)."""
+    def generate(
+        self, predict: Callable[[np.ndarray], PassOutput], batch: int, h: int, w: int, prev: np.ndarray | None = None
+    ) -> FrameSample:
+        """Run K passes; ``predict(codes)`` sees the codes so far (MASKED where unknown).
+        ``prev`` ``[B, h, w]`` is the previous frame's codes, for a model with a stay gate."""
         p = self.patch
         gh, gw = h // p, w // p
         n = gh * gw
@@ -115,7 +128,7 @@ class MaskGitSampler:
         out = None
         for k, size in enumerate(sizes):
             out = predict(codes)
-            choice, conf = self._choose(out.logits)
+            choice, conf = self._choose(out.logits, out.stay, prev)
             # Patch confidence: summed log-prob of its cells. (B, h, w) -> (B, gh*gw)
             pconf = conf.reshape(batch, gh, p, gw, p).sum((2, 4)).reshape(batch, n)
             if self.temperature > 0 and k + 1 < len(sizes):

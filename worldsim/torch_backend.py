@@ -117,5 +117,6 @@ class TorchBackend:
             logits=p.logits.float().cpu().numpy(),
             reward=p.reward.float().cpu().numpy(),
             done_logit=p.done_logit.float().cpu().numpy(),
+            stay=None if p.stay is None else p.stay.float().cpu().numpy(),
         )
         return out, None if entries is None else entries.to(self._dtype)

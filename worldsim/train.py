@@ -25,7 +25,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -375,13 +375,23 @@ class DynamicsTask(Task):
 
     def __init__(
         self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
-        code_cache: Path | None = None,
+        code_cache: Path | None = None, init: str | None = None, stay_gate: bool | None = None,
     ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
         tok = load_model(tokenizer, device)
+        start = None
+        if init is not None:
+            # Fine-tuning: the architecture is the init's; --context and --stay-gate may change.
+            start = load_model(init, device)
+            if start.dynamics is None:
+                raise WorldSimError(f"--init {init}: it holds no dynamics model (give a world model checkpoint)")
+            if start.config.tokenizer != tok.config.tokenizer or encoder_digest(start.tokenizer) != encoder_digest(tok.tokenizer):
+                raise WorldSimError(f"--init {init}: its tokenizer encodes differently from --tokenizer {tokenizer}, "
+                                    "so its dynamics learned other codes; give the tokenizer it was trained with")  # fmt: skip
+            preset = start.config.preset or preset
         p = get_preset(preset)
-        ctx = p.context if context is None else context
+        ctx = (start.config.dynamics.context if start is not None else p.context) if context is None else context
         # Windows of context + 1 frames: the extra first frame gives the action that led to
         # the window's first frame, which a sliding-window rollout has too.
         self.train_set = CodeWindows(
@@ -391,7 +401,19 @@ class DynamicsTask(Task):
         self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
         spec = self.train_set.action_spec
         torch.manual_seed(seed)
-        self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context))
+        self.info: dict[str, Any] = {}
+        if start is None:
+            self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate))
+        else:
+            dcfg = start.config.dynamics
+            if spec.nvec != dcfg.action_nvec:
+                raise WorldSimError(f"--init {init}: it was trained on actions {dcfg.action_nvec}, the data has {spec.nvec}")
+            gate = dcfg.stay_gate if stay_gate is None else bool(stay_gate)
+            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate))
+            missing, unexpected = self.module.load_state_dict(start.dynamics.state_dict(), strict=False)
+            if any(not k.startswith("stay_head.") for k in [*missing, *unexpected]):
+                raise WorldSimError(f"--init {init}: its weights do not fit this model ({missing or unexpected})")
+            self.info = {"init": str(init)}
         h, w = self.train_set.frame_shape
         self.config = ModelConfig(
             tokenizer=tok.config.tokenizer,
@@ -430,7 +452,7 @@ class DynamicsTask(Task):
         return B * T, B * (2 * T - 1) * (h // p) * (w // p)
 
     def save(self, path: Path, info: dict[str, Any]) -> None:
-        save_model(path, self.config, self.tokenizer, self.module, info)
+        save_model(path, self.config, self.tokenizer, self.module, {**self.info, **info})
 
 
 def _env(ds: Any) -> dict[str, Any]:
@@ -479,6 +501,12 @@ def dynamics_main(argv: list[str]) -> int:
     p.add_argument("--code-cache", default=None, metavar="DIR",
                    help="keep the encoded training codes here between runs, so --resume skips encoding "
                         "(default: code-cache/ beside --out; 'none' to encode every time)")  # fmt: skip
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this world model's dynamics weights (fine-tuning); its architecture wins over "
+                        "--preset, and --tokenizer must be the one it was trained with")  # fmt: skip
+    p.add_argument("--stay-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the model the stay gate, a head that biases each cell towards its previous code "
+                        "(default: on with --init if the init has one, else the presets' default)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = _loop_config(a, "dynamics")
     cache = (
@@ -490,7 +518,7 @@ def dynamics_main(argv: list[str]) -> int:
     )
     dev, dd = _setup(a)
     try:
-        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache)
+        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate)
         last = run(task, cfg, dd)
     finally:
         dd.close()

@@ -18,6 +18,16 @@ Positions are 3-D rotary embeddings over (frame, row, column) of the patch grid,
 frame sizes and aspect ratios run at inference. The time frequencies are integer multiples
 of ``2 pi / time_period`` so absolute frame indices can be taken modulo ``time_period``
 without changing any attention score: unbounded rollouts never lose float precision.
+
+**Stay gate** (``DynamicsConfig.stay_gate``). Most of a frame does not change from one step
+to the next: on held-out BlockWorld, 57 % of the cells keep their exact code. With one
+categorical per FSQ channel, a model has to put its mass on the previous level in every
+channel at once to keep a cell, which a small model learns slowly. The gate is a second
+head that gives, per cell and channel, a learned bonus added to the logit of the level the
+previous frame had there (:func:`add_stay`). Its weights start at zero, so a model given a
+gate starts exactly where it was, and training decides, cell by cell from the context,
+how much to trust "unchanged". The previous frame is the context frame as the model sees
+it: corrupted in training, generated in a rollout.
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ class DynamicsConfig:
     done_weight: float = 0.1
     time_period: int = 4096
     """Frame positions are taken modulo this (exactly, see the module docstring)."""
+    stay_gate: bool = False
+    """A head that biases each cell towards its previous frame's code (module docstring)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +107,21 @@ class Prediction:
     """float ``[B]``: predicted reward of the step that leads to this frame."""
     done_logit: torch.Tensor
     """float ``[B]``: logit of "the episode terminated at this step"."""
+    stay: torch.Tensor | None = None
+    """float ``[B, h, w, len(levels)]``: the stay gate's bonus for the previous frame's level
+    in each channel (None without a gate); :func:`add_stay` applies it."""
+
+
+def stay_index(prev_codes: torch.Tensor, levels: torch.Tensor, radix: torch.Tensor) -> torch.Tensor:
+    """Codes ``[..., h, w]`` -> the logit index of each channel's level ``[..., h, w, D]``."""
+    starts = torch.cumsum(levels, 0) - levels
+    return (prev_codes.unsqueeze(-1) // radix) % levels + starts
+
+
+def add_stay(logits: torch.Tensor, stay: torch.Tensor, prev_codes: torch.Tensor, levels: torch.Tensor, radix: torch.Tensor) -> torch.Tensor:
+    """Logits ``[..., sum(levels)]`` with ``stay[..., i]`` added to the logit of channel i's
+    level in ``prev_codes`` ``[...]`` (the previous frame's codes of the same cells)."""
+    return logits.scatter_add(-1, stay_index(prev_codes, levels, radix), stay.to(logits.dtype))
 
 
 def _rope_freqs(head_dim: int, time_period: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,11 +225,15 @@ class Dynamics(nn.Module):
         self.head = nn.Linear(d, p * p * sum(cfg.levels))
         self.reward_head = nn.Linear(d, 1)
         self.done_head = nn.Linear(d, 1)
+        self.stay_head = nn.Linear(d, p * p * nd) if cfg.stay_gate else None
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.stay_head is not None:  # a new gate changes nothing until training moves it
+            nn.init.zeros_(self.stay_head.weight)
+            nn.init.zeros_(self.stay_head.bias)
         # Episode ends are rare: start from a prior of about 2% rather than a coin flip, so an
         # untrained or briefly trained model does not end every dream episode at once.
         nn.init.constant_(self.done_head.bias, -4.0)
@@ -277,10 +308,19 @@ class Dynamics(nn.Module):
         """Target tokens ``[B, F, N, D]`` -> logits ``[B, F, h, w, sum(levels)]``, reward, done ``[B, F]``."""
         p = self.cfg.patch
         B, Fr, N, _ = x.shape
-        logits = self.head(x).view(B, Fr, gh, gw, p, p, -1).transpose(3, 4)  # (B, F, gh, p, gw, p, V)
-        logits = logits.reshape(B, Fr, gh * p, gw * p, -1)  # (B, F, h, w, V)
+        def cells(y: torch.Tensor) -> torch.Tensor:  # (B, F, N, p*p*V) -> (B, F, h, w, V)
+            return y.view(B, Fr, gh, gw, p, p, -1).transpose(3, 4).reshape(B, Fr, gh * p, gw * p, -1)
+
         pooled = x.mean(2)
-        return Prediction(logits, self.reward_head(pooled)[..., 0], self.done_head(pooled)[..., 0])
+        stay = None if self.stay_head is None else cells(self.stay_head(x))
+        return Prediction(cells(self.head(x)), self.reward_head(pooled)[..., 0], self.done_head(pooled)[..., 0], stay)
+
+    def final_logits(self, pred: Prediction, prev_codes: torch.Tensor | None) -> torch.Tensor:
+        """The prediction's logits with the stay gate applied for the previous frame's codes
+        ``prev_codes`` (shaped like the logits' cells); unchanged without a gate or codes."""
+        if pred.stay is None or prev_codes is None:
+            return pred.logits
+        return add_stay(pred.logits, pred.stay, prev_codes, self.levels, self.radix)
 
     def _grid(self, codes: torch.Tensor) -> tuple[int, int]:
         h, w = codes.shape[-2:]
@@ -332,12 +372,13 @@ class Dynamics(nn.Module):
         tgt_codes = torch.where(cell_mask, MASKED, codes[:, 1:])
 
         pred = self.teacher_forced(ctx_codes, actions, level, tgt_codes, first_action)
+        logits = self.final_logits(pred, ctx_codes[:, :-1])  # frame t+1 stays like context frame t
         # Per-channel cross-entropy on the masked cells only.
         target = (codes[:, 1:].unsqueeze(-1) // self.radix) % self.levels  # (B, T-1, h, w, D)
         ce = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev)
         sel = cell_mask.reshape(-1)
-        for i, lg in enumerate(pred.logits.float().split(list(cfg.levels), dim=-1)):
+        for i, lg in enumerate(logits.float().split(list(cfg.levels), dim=-1)):
             lg = lg.reshape(-1, cfg.levels[i])[sel]
             tg = target[..., i].reshape(-1)[sel]
             ce = ce + F.cross_entropy(lg, tg)
@@ -495,4 +536,5 @@ class Dynamics(nn.Module):
             out, new_kv = self._run(x, cos, sin, kv, self._cache_mask(valid, new, 2 * N))
             out, entries = out[:, N:], new_kv[:, :, :, :, :N]
         pred = self._heads(out.reshape(B, 1, N, -1), gh, gw)
-        return Prediction(pred.logits[:, 0], pred.reward[:, 0], pred.done_logit[:, 0]), entries
+        stay = None if pred.stay is None else pred.stay[:, 0]
+        return Prediction(pred.logits[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], stay), entries

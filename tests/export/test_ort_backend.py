@@ -35,6 +35,18 @@ def test_rollouts_of_both_backends_agree_greedy_and_sampled(tiny_export: Path, t
     assert p.sampled_tokens_equal >= 0.99, f"only {p.sampled_tokens_equal:.2%} of sampled tokens agree"
 
 
+def test_a_model_with_a_stay_gate_exports_and_both_backends_agree(tmp_path: Path) -> None:
+    from export.onnx_export import export_onnx
+
+    ckpt = train_tiny(tmp_path / "gated.safetensors", stay_gate=True)
+    model = load(ckpt)
+    assert model.config.dynamics.stay_gate and model.backend.dynamics.stay_head.bias.abs().max() > 0  # it trained
+    folder = export_onnx(ckpt, tmp_path / "gated-export").folder
+    prompt = toy_rollouts(2, 4, seed=101)
+    p = measure_parity(ckpt, folder, steps=20, prompt=prompt)
+    assert p.pixels_within_1 >= 0.99 and p.sampled_tokens_equal >= 0.99, p
+
+
 def test_another_seed_samples_other_tokens(tiny_checkpoint: Path) -> None:
     prompt = toy_rollouts(2, 4, seed=101)
     codes = [rollout(load(tiny_checkpoint, temperature=1.0, seed=s), *prompt, steps=10, seed=0)[1] for s in (7, 7, 8)]

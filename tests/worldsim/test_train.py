@@ -198,6 +198,40 @@ def test_decoder_fine_tuning_keeps_the_codes_and_swaps_into_a_world_model(
     assert "encoder differs" in err and "--init" in err
 
 
+def test_dynamics_fine_tuning_from_a_world_model_adds_a_stay_gate_that_starts_neutral(
+    data: Path, tokenizer: Path, tmp_path: Path, capsys
+) -> None:
+    base = tmp_path / "base.safetensors"
+    common = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), *FAST]
+    assert cli([*common, "--out", str(base), "--steps", "2", "--context", "4", "--no-stay-gate"]) == 0
+    tuned = tmp_path / "tuned.safetensors"
+    # --lr 0: the weights the fine-tuning starts from are exactly what it saves
+    assert cli([*common, "--out", str(tuned), "--steps", "1", "--init", str(base), "--stay-gate", "--lr", "0"]) == 0
+    b, t = load_model(base), load_model(tuned)
+    assert not b.config.dynamics.stay_gate and t.config.dynamics.stay_gate and t.config.dynamics.context == 4
+    assert t.info["init"] == str(base)
+    for k, v in b.dynamics.state_dict().items():
+        assert np.array_equal(v.numpy(), t.dynamics.state_dict()[k].numpy()), k
+    assert not t.dynamics.stay_head.weight.any() and not t.dynamics.stay_head.bias.any()
+
+    # A zero gate changes nothing: both models generate the same frames, greedy.
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    acts = np.array([[1, 2], [0, 1]])
+    outs = []
+    for path in (base, tuned):
+        m = worldsim.load(path, device="cpu", temperature=0)
+        m.prompt(frames, acts)
+        outs.append([m.step(np.array([2, 0])).frames for _ in range(3)])
+    assert all(np.array_equal(x, y) for x, y in zip(*outs))
+
+    # An init whose tokenizer encodes differently is refused: its codes would mean other things.
+    other = tmp_path / "other-tok.safetensors"
+    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(other), "--steps", "1", "--seed", "7", *FAST]) == 0
+    assert cli([*common[:4], "--tokenizer", str(other), *FAST, "--out", str(tmp_path / "x.safetensors"), "--steps", "1",
+                "--init", str(base)]) == 2  # fmt: skip
+    assert "encodes differently" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "x.safetensors"
     assert (

@@ -148,3 +148,38 @@ def test_grid_not_a_multiple_of_the_patch_is_refused() -> None:
     model = make_model(ActionSpec("Discrete", (3,)))
     with pytest.raises(ValueError, match="multiple of the patch"):
         model.append(torch.zeros(1, 1, 5, 8, dtype=torch.long), torch.zeros(1, 1, 1, dtype=torch.long), torch.tensor(0), 0.0, None)
+
+
+def test_stay_gate_starts_neutral_and_its_bonus_goes_to_the_previous_level_in_torch_and_the_sampler() -> None:
+    import numpy as np
+
+    from worldsim.sampling import MaskGitSampler, PassOutput
+    from worldsim.transformer import add_stay
+
+    spec = ActionSpec("Discrete", (3,))
+    torch.manual_seed(0)
+    model = Dynamics(dynamics_config(get_preset("tiny"), LEVELS, spec, 6, stay_gate=True)).eval()
+    codes, actions = moving_world(2, 4)
+    pred = full_pass(model, codes, actions)
+    assert pred.stay is not None and pred.stay.shape == (*pred.logits.shape[:-1], len(LEVELS))
+    assert torch.equal(model.final_logits(pred, codes[:, :-1]), pred.logits)  # a new gate is zero
+
+    # add_stay puts channel i's bonus on the logit of the previous code's level in channel i
+    prev = torch.tensor([[7, 124]])  # levels (5,5,5): 7 = (2, 1, 0), 124 = (4, 4, 4)
+    stay = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])
+    out = add_stay(torch.zeros(1, 2, 15), stay, prev, model.levels, model.radix)
+    assert out[0, 0].nonzero().flatten().tolist() == [2, 5 + 1, 10 + 0] and out[0, 0, [2, 6, 10]].tolist() == [1.0, 2.0, 3.0]
+    assert out[0, 1].nonzero().flatten().tolist() == [4, 9, 14] and out[0, 1, [4, 9, 14]].tolist() == [4.0, 5.0, 6.0]
+
+    # A strong gate makes greedy decoding keep every previous code, in torch and in the sampler alike
+    with torch.no_grad():
+        model.stay_head.bias.fill_(1e3)
+    pred = full_pass(model, codes, actions)
+    assert torch.equal(greedy_codes(model.final_logits(pred, codes[:, :-1])), codes[:, :-1])
+    prev_np = codes[:, 0].numpy()
+    sampler = MaskGitSampler(LEVELS, model.cfg.patch, 2, 0.0, np.random.default_rng(0))
+    logits, stay_np = pred.logits[:, 0].numpy(), pred.stay[:, 0].numpy()
+    sample = sampler.generate(lambda c: PassOutput(logits, np.zeros(2, np.float32), np.zeros(2, np.float32), stay_np), 2, 8, 8, prev_np)
+    assert np.array_equal(sample.codes, prev_np)
+    without = sampler.generate(lambda c: PassOutput(logits, np.zeros(2, np.float32), np.zeros(2, np.float32), stay_np), 2, 8, 8)
+    assert np.array_equal(without.codes, greedy_codes(pred.logits[:, 0]).numpy())  # no previous frame: no bonus
