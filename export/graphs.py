@@ -128,6 +128,7 @@ def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
                 TensorSpec("reward", "float32", ("B",)),
                 TensorSpec("done_logit", "float32", ("B",)),
                 TensorSpec("entries", "float32", entries),
+                *((TensorSpec("still_logit", "float32", ("B",)),) if dyn.still_head else ()),
             ),
         ),
     }
@@ -202,7 +203,7 @@ class DynamicsStepGraph(nn.Module):
         t: torch.Tensor,
         valid: torch.Tensor,
         *cache: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         d = self.dynamics
         p = d.cfg.patch
         B, Fr = context_codes.shape[:2]
@@ -221,7 +222,8 @@ class DynamicsStepGraph(nn.Module):
         past = [cache[i : i + 2] for i in range(0, len(cache), 2)]  # per layer (keys, values), as _run indexes them
         out, kv = d._run(x, cos, sin, past, d._cache_mask(valid, new, (Fr + 1) * N))
         pred = d._heads(out[:, Fr * N :].reshape(B, 1, N, -1), gh, gw)  # target tokens (B, 1, N, D)
-        return packed_logits(pred)[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], kv[:, :, :, :, : Fr * N]
+        outs = (packed_logits(pred)[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], kv[:, :, :, :, : Fr * N])
+        return outs if pred.still_logit is None else (*outs, pred.still_logit[:, 0])
 
 
 def packed_logits(pred: Prediction) -> torch.Tensor:

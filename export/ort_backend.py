@@ -136,7 +136,8 @@ class OrtBackend:
         else:
             ctx = np.asarray(commit[0])[:, None]  # (B, 1, h, w): frame t-1
             ctx_actions = np.asarray(commit[1])[:, None]  # (B, 1, C)
-        logits, reward, done, entries = self._run(ctx, ctx_actions, codes, actions, t, cache, valid)
+        logits, reward, done, entries, *still = self._run(ctx, ctx_actions, codes, actions, t, cache, valid)
         V = sum(self.config.dynamics.levels)  # the graph packs the stay gate's values after the logits
         stay = logits[..., V:] if logits.shape[-1] > V else None
-        return PassOutput(logits=logits[..., :V], reward=reward, done_logit=done, stay=stay), None if commit is None else entries
+        out = PassOutput(logits=logits[..., :V], reward=reward, done_logit=done, stay=stay, still_logit=still[0] if still else None)
+        return out, None if commit is None else entries

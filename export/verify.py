@@ -151,7 +151,7 @@ def _verify_dynamics(session: Any, loaded: LoadedModel, inp: ModelInputs, tol: T
             "context_codes": ctx.numpy(), "context_actions": ctx_act.numpy(), "codes": codes.numpy(),
             "actions": acts.numpy(), "t": np.array(t, dtype=np.int64), "valid": valid.numpy(), **cache_feed(cache.numpy()),
         }
-        logits, reward, done, entries = session.run(None, feed)
+        logits, reward, done, entries, *still = session.run(None, feed)
         tt = torch.tensor(t)
         with torch.no_grad():
             if Fr == 0:
@@ -165,6 +165,8 @@ def _verify_dynamics(session: Any, loaded: LoadedModel, inp: ModelInputs, tol: T
             checks.append(_compare_float("dynamics", case, "logits", logits, packed_logits(pred), tol))
             checks.append(_compare_float("dynamics", case, "reward", reward, pred.reward, tol))
             checks.append(_compare_float("dynamics", case, "done_logit", done, pred.done_logit, tol))
+            if pred.still_logit is not None:
+                checks.append(_compare_float("dynamics", case, "still_logit", still[0], pred.still_logit, tol))
         if ref_entries is not None:
             checks.append(_compare_float("dynamics", case, "entries", entries, ref_entries, tol))
     return checks

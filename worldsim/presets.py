@@ -36,6 +36,8 @@ class Preset:
 
 DEFAULT_STAY_GATE = False
 """Whether new dynamics models get the stay gate (``transformer`` module docstring)."""
+DEFAULT_STILL_HEAD = False
+"""Whether new dynamics models get the still head (``transformer`` module docstring)."""
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -63,13 +65,15 @@ def get_preset(name: str) -> Preset:
 
 
 def dynamics_config(
-    preset: Preset, levels: tuple[int, ...], spec: ActionSpec, context: int | None = None, stay_gate: bool | None = None
-) -> DynamicsConfig:
+    preset: Preset, levels: tuple[int, ...], spec: ActionSpec, context: int | None = None,
+    stay_gate: bool | None = None, still_head: bool | None = None,
+) -> DynamicsConfig:  # fmt: skip
     """The dynamics config of ``preset`` for a tokenizer's ``levels`` and an action space."""
     cfg = DynamicsConfig(
         levels=tuple(levels), action_nvec=tuple(spec.nvec), action_kind=spec.kind,
         width=preset.width, layers=preset.layers, heads=preset.heads, patch=preset.patch, context=preset.context,
         stay_gate=DEFAULT_STAY_GATE if stay_gate is None else bool(stay_gate),
+        still_head=DEFAULT_STILL_HEAD if still_head is None else bool(still_head),
     )
     if context is not None:
         if context < 2:

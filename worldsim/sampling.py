@@ -32,6 +32,8 @@ class PassOutput:
     stay: np.ndarray | None = None
     """float32 ``[B, h, w, len(levels)]``: the stay gate's bonus for the previous frame's level
     in each channel, added to the logits before sampling (None: the model has no gate)."""
+    still_logit: np.ndarray | None = None
+    """float32 ``[B]``: logit of "the frame equals the previous one" (None: no still head)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class FrameSample:
     """int64 ``[B, h, w]``."""
     reward: np.ndarray
     done_logit: np.ndarray
+    still_logit: np.ndarray | None = None
+    """float ``[B]`` from the first pass, the one that sees no generated patch (None: no still head)."""
 
 
 def chunk_sizes(num_patches: int, chunks: int) -> list[int]:
@@ -126,8 +130,11 @@ class MaskGitSampler:
         fixed = np.zeros((batch, n), dtype=bool)
         sizes = chunk_sizes(n, self.chunks)
         out = None
+        still = None
         for k, size in enumerate(sizes):
             out = predict(codes)
+            if k == 0:
+                still = out.still_logit
             choice, conf = self._choose(out.logits, out.stay, prev)
             # Patch confidence: summed log-prob of its cells. (B, h, w) -> (B, gh*gw)
             pconf = conf.reshape(batch, gh, p, gw, p).sum((2, 4)).reshape(batch, n)
@@ -144,4 +151,4 @@ class MaskGitSampler:
             cell = np.repeat(np.repeat(newly.reshape(batch, gh, gw), p, 1), p, 2)  # (B, h, w)
             codes = np.where(cell, choice, codes)
         assert out is not None
-        return FrameSample(codes=codes, reward=out.reward, done_logit=out.done_logit)
+        return FrameSample(codes=codes, reward=out.reward, done_logit=out.done_logit, still_logit=still)

@@ -118,5 +118,6 @@ class TorchBackend:
             reward=p.reward.float().cpu().numpy(),
             done_logit=p.done_logit.float().cpu().numpy(),
             stay=None if p.stay is None else p.stay.float().cpu().numpy(),
+            still_logit=None if p.still_logit is None else p.still_logit.float().cpu().numpy(),
         )
         return out, None if entries is None else entries.to(self._dtype)

@@ -376,6 +376,7 @@ class DynamicsTask(Task):
     def __init__(
         self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
         code_cache: Path | None = None, init: str | None = None, stay_gate: bool | None = None,
+        still_head: bool | None = None,
     ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
@@ -403,15 +404,16 @@ class DynamicsTask(Task):
         torch.manual_seed(seed)
         self.info: dict[str, Any] = {}
         if start is None:
-            self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate))
+            self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate, still_head))
         else:
             dcfg = start.config.dynamics
             if spec.nvec != dcfg.action_nvec:
                 raise WorldSimError(f"--init {init}: it was trained on actions {dcfg.action_nvec}, the data has {spec.nvec}")
             gate = dcfg.stay_gate if stay_gate is None else bool(stay_gate)
-            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate))
+            still = dcfg.still_head if still_head is None else bool(still_head)
+            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate, still_head=still))
             missing, unexpected = self.module.load_state_dict(start.dynamics.state_dict(), strict=False)
-            if any(not k.startswith("stay_head.") for k in [*missing, *unexpected]):
+            if any(not k.startswith(("stay_head.", "still_head.")) for k in [*missing, *unexpected]):
                 raise WorldSimError(f"--init {init}: its weights do not fit this model ({missing or unexpected})")
             self.info = {"init": str(init)}
         h, w = self.train_set.frame_shape
@@ -507,6 +509,9 @@ def dynamics_main(argv: list[str]) -> int:
     p.add_argument("--stay-gate", action=argparse.BooleanOptionalAction, default=None,
                    help="give the model the stay gate, a head that biases each cell towards its previous code "
                         "(default: on with --init if the init has one, else the presets' default)")  # fmt: skip
+    p.add_argument("--still-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the model the still head, which predicts that a frame equals the previous one "
+                        "(default: as --stay-gate)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = _loop_config(a, "dynamics")
     cache = (
@@ -518,7 +523,7 @@ def dynamics_main(argv: list[str]) -> int:
     )
     dev, dd = _setup(a)
     try:
-        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate)
+        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head)
         last = run(task, cfg, dd)
     finally:
         dd.close()

@@ -28,6 +28,14 @@ previous frame had there (:func:`add_stay`). Its weights start at zero, so a mod
 gate starts exactly where it was, and training decides, cell by cell from the context,
 how much to trust "unchanged". The previous frame is the context frame as the model sees
 it: corrupted in training, generated in a rollout.
+
+**Still head** (``DynamicsConfig.still_head``). A third of held-out BlockWorld steps change
+no pixel at all (attacking air, looking past the pitch limit, walking into a wall), yet a
+per-cell decision, sampled independently for 256 cells, never keeps all of them: the dream
+shimmers while the world stands still. The still head predicts, from the target frame's
+pooled tokens like the reward head, the logit that the frame's codes equal the previous
+frame's (trained with binary cross-entropy on exactly that event). The runtime keeps the
+previous frame, codes and pixels, wherever it is above 0.
 """
 
 from __future__ import annotations
@@ -77,6 +85,9 @@ class DynamicsConfig:
     """Frame positions are taken modulo this (exactly, see the module docstring)."""
     stay_gate: bool = False
     """A head that biases each cell towards its previous frame's code (module docstring)."""
+    still_head: bool = False
+    """A head that predicts "this frame equals the previous one" (module docstring)."""
+    still_weight: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +121,9 @@ class Prediction:
     stay: torch.Tensor | None = None
     """float ``[B, h, w, len(levels)]``: the stay gate's bonus for the previous frame's level
     in each channel (None without a gate); :func:`add_stay` applies it."""
+    still_logit: torch.Tensor | None = None
+    """float ``[B]``: logit of "this frame's codes equal the previous frame's" (None without
+    a still head)."""
 
 
 def stay_index(prev_codes: torch.Tensor, levels: torch.Tensor, radix: torch.Tensor) -> torch.Tensor:
@@ -226,6 +240,7 @@ class Dynamics(nn.Module):
         self.reward_head = nn.Linear(d, 1)
         self.done_head = nn.Linear(d, 1)
         self.stay_head = nn.Linear(d, p * p * nd) if cfg.stay_gate else None
+        self.still_head = nn.Linear(d, 1) if cfg.still_head else None
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
@@ -234,6 +249,9 @@ class Dynamics(nn.Module):
         if self.stay_head is not None:  # a new gate changes nothing until training moves it
             nn.init.zeros_(self.stay_head.weight)
             nn.init.zeros_(self.stay_head.bias)
+        if self.still_head is not None:  # a new still head says "not still" until it learns
+            nn.init.zeros_(self.still_head.weight)
+            nn.init.constant_(self.still_head.bias, -4.0)
         # Episode ends are rare: start from a prior of about 2% rather than a coin flip, so an
         # untrained or briefly trained model does not end every dream episode at once.
         nn.init.constant_(self.done_head.bias, -4.0)
@@ -313,7 +331,8 @@ class Dynamics(nn.Module):
 
         pooled = x.mean(2)
         stay = None if self.stay_head is None else cells(self.stay_head(x))
-        return Prediction(cells(self.head(x)), self.reward_head(pooled)[..., 0], self.done_head(pooled)[..., 0], stay)
+        still = None if self.still_head is None else self.still_head(pooled)[..., 0]
+        return Prediction(cells(self.head(x)), self.reward_head(pooled)[..., 0], self.done_head(pooled)[..., 0], stay, still)
 
     def final_logits(self, pred: Prediction, prev_codes: torch.Tensor | None) -> torch.Tensor:
         """The prediction's logits with the stay gate applied for the previous frame's codes
@@ -393,6 +412,12 @@ class Dynamics(nn.Module):
             "reward_mse": float(r_loss.detach()),
             "done_bce": float(d_loss.detach()),
         }
+        if pred.still_logit is not None:
+            still = (codes[:, 1:] == codes[:, :-1]).flatten(2).all(-1)  # (B, T-1): nothing changed
+            s_loss = F.binary_cross_entropy_with_logits(pred.still_logit.float(), still.float())
+            loss = loss + cfg.still_weight * s_loss
+            logs["still_bce"] = float(s_loss.detach())
+            logs["still_acc"] = float(((pred.still_logit > 0) == still).float().mean())
         return DynamicsOutput(loss=loss, logs=logs)
 
     def teacher_forced(
@@ -537,4 +562,5 @@ class Dynamics(nn.Module):
             out, entries = out[:, N:], new_kv[:, :, :, :, :N]
         pred = self._heads(out.reshape(B, 1, N, -1), gh, gw)
         stay = None if pred.stay is None else pred.stay[:, 0]
-        return Prediction(pred.logits[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], stay), entries
+        still = None if pred.still_logit is None else pred.still_logit[:, 0]
+        return Prediction(pred.logits[:, 0], pred.reward[:, 0], pred.done_logit[:, 0], stay, still), entries

@@ -47,12 +47,12 @@ def toy_rollouts(batch: int, T: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.stack(frames), np.stack(actions)
 
 
-def train_tiny(path: Path, seed: int = 0, steps: int = STEPS, stay_gate: bool = False) -> Path:
+def train_tiny(path: Path, seed: int = 0, steps: int = STEPS, stay_gate: bool = False, still_head: bool = False) -> Path:
     """Train the ``tiny`` preset for ``steps`` steps per model with their own losses; save it."""
     torch.manual_seed(seed)
     preset = get_preset("tiny")
     tok = Tokenizer(preset.tokenizer)
-    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, SPEC, context=4, stay_gate=stay_gate))
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, SPEC, context=4, stay_gate=stay_gate, still_head=still_head))
     frames, actions = toy_rollouts(64, 4, seed)
     flat = torch.from_numpy(frames.reshape(-1, SIDE, SIDE, 3))
     opt = torch.optim.Adam(tok.parameters(), lr=3e-3)

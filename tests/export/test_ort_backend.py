@@ -9,6 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import export.cache as cache_mod
 import worldsim  # noqa: F401  (registers the dream env)
@@ -16,6 +17,7 @@ from export.manifest import ManifestError
 from export.ort_session import CUDA_EP, require_onnxruntime
 from export.parity import measure_parity, rollout
 from tests.export.conftest import toy_rollouts, train_tiny
+from worldsim.checkpoint import load_model, save_model
 from worldsim.errors import WorldSimError
 from worldsim.runtime import load
 
@@ -35,16 +37,28 @@ def test_rollouts_of_both_backends_agree_greedy_and_sampled(tiny_export: Path, t
     assert p.sampled_tokens_equal >= 0.99, f"only {p.sampled_tokens_equal:.2%} of sampled tokens agree"
 
 
-def test_a_model_with_a_stay_gate_exports_and_both_backends_agree(tmp_path: Path) -> None:
+def test_a_model_with_a_stay_gate_and_a_still_head_exports_and_both_backends_agree(tmp_path: Path) -> None:
     from export.onnx_export import export_onnx
 
-    ckpt = train_tiny(tmp_path / "gated.safetensors", stay_gate=True)
-    model = load(ckpt)
-    assert model.config.dynamics.stay_gate and model.backend.dynamics.stay_head.bias.abs().max() > 0  # it trained
+    ckpt = train_tiny(tmp_path / "gated.safetensors", stay_gate=True, still_head=True)
+    dyn = load(ckpt).backend.dynamics
+    assert dyn.stay_head.bias.abs().max() > 0 and dyn.still_head.weight.abs().max() > 0  # both trained
     folder = export_onnx(ckpt, tmp_path / "gated-export").folder
+    assert [o["name"] for o in json.loads((folder / "manifest.json").read_text())["graphs"]["dynamics"]["outputs"]][-1] == "still_logit"
     prompt = toy_rollouts(2, 4, seed=101)
     p = measure_parity(ckpt, folder, steps=20, prompt=prompt)
     assert p.pixels_within_1 >= 0.99 and p.sampled_tokens_equal >= 0.99, p
+    # A still head that always fires: both backends keep the prompt's last frame exactly, step after step.
+    loaded = load_model(ckpt)
+    with torch.no_grad():
+        loaded.dynamics.still_head.bias.fill_(100.0)
+    still = tmp_path / "still.safetensors"
+    save_model(still, loaded.config, loaded.tokenizer, loaded.dynamics)
+    still_export = export_onnx(still, tmp_path / "still-export").folder
+    for m in (load(still, seed=0), load(still_export, backend="onnx", seed=0)):
+        m.prompt(*prompt)
+        for _ in range(3):
+            assert np.array_equal(m.step(np.ones((2, 3), np.int64)).frames, prompt[0][:, -1])
 
 
 def test_another_seed_samples_other_tokens(tiny_checkpoint: Path) -> None:

@@ -198,7 +198,7 @@ def test_decoder_fine_tuning_keeps_the_codes_and_swaps_into_a_world_model(
     assert "encoder differs" in err and "--init" in err
 
 
-def test_dynamics_fine_tuning_from_a_world_model_adds_a_stay_gate_that_starts_neutral(
+def test_dynamics_fine_tuning_from_a_world_model_adds_heads_that_start_neutral(
     data: Path, tokenizer: Path, tmp_path: Path, capsys
 ) -> None:
     base = tmp_path / "base.safetensors"
@@ -206,15 +206,16 @@ def test_dynamics_fine_tuning_from_a_world_model_adds_a_stay_gate_that_starts_ne
     assert cli([*common, "--out", str(base), "--steps", "2", "--context", "4", "--no-stay-gate"]) == 0
     tuned = tmp_path / "tuned.safetensors"
     # --lr 0: the weights the fine-tuning starts from are exactly what it saves
-    assert cli([*common, "--out", str(tuned), "--steps", "1", "--init", str(base), "--stay-gate", "--lr", "0"]) == 0
+    assert cli([*common, "--out", str(tuned), "--steps", "1", "--init", str(base), "--stay-gate", "--still-head", "--lr", "0"]) == 0
     b, t = load_model(base), load_model(tuned)
-    assert not b.config.dynamics.stay_gate and t.config.dynamics.stay_gate and t.config.dynamics.context == 4
+    assert not b.config.dynamics.stay_gate and t.config.dynamics.stay_gate and t.config.dynamics.still_head
+    assert t.config.dynamics.context == 4
     assert t.info["init"] == str(base)
     for k, v in b.dynamics.state_dict().items():
         assert np.array_equal(v.numpy(), t.dynamics.state_dict()[k].numpy()), k
     assert not t.dynamics.stay_head.weight.any() and not t.dynamics.stay_head.bias.any()
 
-    # A zero gate changes nothing: both models generate the same frames, greedy.
+    # A zero gate and a new still head (which says "not still") change nothing: the same frames, greedy.
     frames = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
     acts = np.array([[1, 2], [0, 1]])
     outs = []

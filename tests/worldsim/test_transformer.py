@@ -183,3 +183,24 @@ def test_stay_gate_starts_neutral_and_its_bonus_goes_to_the_previous_level_in_to
     assert np.array_equal(sample.codes, prev_np)
     without = sampler.generate(lambda c: PassOutput(logits, np.zeros(2, np.float32), np.zeros(2, np.float32), stay_np), 2, 8, 8)
     assert np.array_equal(without.codes, greedy_codes(pred.logits[:, 0]).numpy())  # no previous frame: no bonus
+
+
+def test_still_head_learns_which_actions_leave_the_frame_unchanged() -> None:
+    spec = ActionSpec("Discrete", (3,))
+    torch.manual_seed(0)
+    model = Dynamics(dynamics_config(get_preset("tiny"), LEVELS, spec, 6, still_head=True)).train()
+    codes, actions = moving_world(8, 6, seed=3)  # action 1 scrolls by 0: the frame stays the same
+    still = (codes[:, 1:] == codes[:, :-1]).flatten(2).all(-1)
+    assert torch.equal(still, actions[..., 0] == 1)
+    rewards, ends = torch.zeros(8, 5), torch.zeros(8, 5, dtype=torch.bool)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        out = model(codes, actions, rewards, ends, generator=g)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert "still_bce" in out.logs and out.logs["still_bce"] < 0.2
+    fresh_codes, fresh_actions = moving_world(8, 6, seed=4)  # unseen textures and actions
+    pred = full_pass(model.eval(), fresh_codes, fresh_actions)
+    assert torch.equal(pred.still_logit > 0, fresh_actions[..., 0] == 1)
