@@ -34,8 +34,9 @@ no pixel at all (attacking air, looking past the pitch limit, walking into a wal
 per-cell decision, sampled independently for 256 cells, never keeps all of them: the dream
 shimmers while the world stands still. The still head predicts, from the target frame's
 pooled tokens like the reward head, the logit that the frame's codes equal the previous
-frame's (trained with binary cross-entropy on exactly that event). The runtime keeps the
-previous frame, codes and pixels, wherever it is above 0.
+frame's (trained with binary cross-entropy on exactly that event, on the frames whose
+patches are all masked, as they are when the runtime asks). The runtime keeps the previous
+frame, codes and pixels, wherever it is above 0.
 """
 
 from __future__ import annotations
@@ -413,11 +414,15 @@ class Dynamics(nn.Module):
             "done_bce": float(d_loss.detach()),
         }
         if pred.still_logit is not None:
+            # Trained only on frames with every patch masked: the runtime asks the head in the
+            # first pass, before any patch is generated, and a visible patch would give it away.
             still = (codes[:, 1:] == codes[:, :-1]).flatten(2).all(-1)  # (B, T-1): nothing changed
-            s_loss = F.binary_cross_entropy_with_logits(pred.still_logit.float(), still.float())
+            full = pmask.all(-1)
+            s_loss = F.binary_cross_entropy_with_logits(pred.still_logit.float(), still.float(), reduction="none")
+            s_loss = (s_loss * full).sum() / full.sum().clamp(min=1)
             loss = loss + cfg.still_weight * s_loss
             logs["still_bce"] = float(s_loss.detach())
-            logs["still_acc"] = float(((pred.still_logit > 0) == still).float().mean())
+            logs["still_acc"] = float((((pred.still_logit > 0) == still) & full).sum() / full.sum().clamp(min=1))
         return DynamicsOutput(loss=loss, logs=logs)
 
     def teacher_forced(
