@@ -65,12 +65,17 @@ def object_world(batch: int, T: int, seed: int = 0, h: int = 4, w: int = 8) -> t
     return torch.stack(frames, 1), actions
 
 
-def test_overfits_a_short_sequence_and_predicts_it_greedily() -> None:
+@pytest.mark.parametrize("heads, lr", [(False, 1e-2), (True, 3e-3)], ids=["plain", "stay-gate-and-still-head"])
+def test_overfits_a_short_sequence_and_predicts_it_greedily(heads: bool, lr: float) -> None:
+    # With the stay gate and the still head (the defaults), 1e-2 is too high a learning rate
+    # for this toy (greedy 85-89 % after 750 steps); at 3e-3 every variant reaches 100 %.
     spec = ActionSpec("Discrete", (3,))
-    model = make_model(spec, context=6).train()
+    torch.manual_seed(0)
+    cfg = dynamics_config(get_preset("tiny"), LEVELS, spec, 6, stay_gate=heads, still_head=heads)
+    model = Dynamics(cfg).train()
     codes, actions = object_world(4, 6)
     rewards, ends = torch.zeros(4, 5), torch.zeros(4, 5, dtype=torch.bool)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
     first = None
     for _ in range(750):  # both init seeds 0 and 1 reach >= 99% of cells by 750 steps; 450 was marginal
@@ -81,7 +86,8 @@ def test_overfits_a_short_sequence_and_predicts_it_greedily() -> None:
         opt.step()
     assert float(out.loss.detach()) < 0.2 * first
     model.eval()
-    pred = greedy_codes(full_pass(model, codes, actions).logits)
+    out = full_pass(model, codes, actions)
+    pred = greedy_codes(model.final_logits(out, codes[:, :-1]))
     ok = pred == codes[:, 1:]
     moved = codes[:, 1:] != codes[:, :-1]  # where the action moved the object
     assert ok.float().mean() > 0.95, f"greedy one-step predictions match only {ok.float().mean():.1%} of cells"
