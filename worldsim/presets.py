@@ -38,9 +38,9 @@ DEFAULT_STAY_GATE = True
 """Whether new dynamics models get the stay gate (``transformer`` module docstring). Fine-tuning
 the preview world model with it lowered its held-out loss from 0.81 to 0.62 in 950 steps and
 raised teacher-forced PSNR by 1.8 dB (README model card)."""
-DEFAULT_STILL_HEAD = True
-"""Whether new dynamics models get the still head (``transformer`` module docstring). It costs
-one linear map per frame and never fires until it has learned to. Both heads want a
+DEFAULT_STILL_HEAD = False
+"""Whether new dynamics models get the still head (``transformer`` module docstring); off, as
+the runtime's use of it is (``worldsim.runtime.DEFAULT_STILL``). Both heads want a
 moderate learning rate: on the toy world of ``tests/worldsim/test_transformer.py`` they
 slowed convergence at 1e-2 and matched the plain model at 3e-3 (training defaults to 3e-4)."""
 

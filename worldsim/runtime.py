@@ -53,6 +53,12 @@ codes while the real world turns (57-65 % of 150 explorer steps frozen, on held-
 worlds). At 0.5 and 0.7 no frame froze in 500 steps, and PSNR over steps 1-16 was the same
 (17.8 and 24.4 dB on two worlds, against 18.5 and 24.0 greedy). 0.5 is the lower of the two:
 the least noise that kept the dream moving. ``temperature=0`` stays exactly deterministic."""
+DEFAULT_STILL = False
+"""The still head is off unless asked for. On the shipped model it makes still frames exact
+(teacher-forced PSNR 27.4 -> 34.3 dB on held-out worlds), but in open loop it can lock in:
+identical context frames make it predict "still" again while the player moves, and the
+2,000-step stability rollout froze (73 frames flagged frozen from step 314; README model
+card). ``worldsim.load(still=True)`` turns it on."""
 NO_ACTION = -1
 
 BACKENDS: dict[str, str] = {
@@ -104,9 +110,19 @@ class WorldModel:
         chunks: K, passes per generated frame (1 = all patches in one pass).
         temperature: 0 = greedy and deterministic; above 0 samples.
         seed: seeds every random draw of sampling.
+        still: act on the model's still head (if it has one): keep the previous frame exactly
+            where the head says nothing changed (default :data:`DEFAULT_STILL`).
     """
 
-    def __init__(self, backend: Backend, *, chunks: int | None = None, temperature: float | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        chunks: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        still: bool | None = None,
+    ) -> None:
         self.backend = backend
         self.config = backend.config
         dyn = self.config.dynamics
@@ -119,6 +135,7 @@ class WorldModel:
             raise ValueError(f"chunks must be >= 1, got {chunks}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.still = DEFAULT_STILL if still is None else bool(still)
         self.frame_multiple = self.config.tokenizer.stride * dyn.patch
         """Frame height and width must be multiples of this."""
         self.context_frames = dyn.context
@@ -263,7 +280,7 @@ class WorldModel:
         s = self.config.tokenizer.stride
         sample = self._sampler.generate(predict, B, H // s, W // s, self._pending[0])
         codes, frames = sample.codes, self.backend.decode(sample.codes)
-        if sample.still_logit is not None:
+        if self.still and sample.still_logit is not None:
             # The model says nothing changed: keep the previous frame exactly, codes and pixels
             # (after a prompt those are the real frame's), so a still world does not shimmer.
             still = np.asarray(sample.still_logit) > 0
@@ -288,6 +305,7 @@ def load(
     chunks: int | None = None,
     temperature: float | None = None,
     seed: int | None = None,
+    still: bool | None = None,
 ) -> WorldModel:
     """Load a world model checkpoint for generation.
 
@@ -300,6 +318,7 @@ def load(
         chunks: K, passes per frame (default :data:`DEFAULT_CHUNKS`).
         temperature: 0 = greedy; above 0 samples (default :data:`DEFAULT_TEMPERATURE`).
         seed: seeds the sampling draws.
+        still: act on the model's still head (default :data:`DEFAULT_STILL`).
 
     Raises:
         WorldSimError: no default model, unknown backend, or a bad checkpoint file.
@@ -320,4 +339,4 @@ def load(
     for part in attr.split("."):
         factory = getattr(factory, part)
     be = factory(str(checkpoint), device=device, precision=precision)
-    return WorldModel(be, chunks=chunks, temperature=temperature, seed=seed)
+    return WorldModel(be, chunks=chunks, temperature=temperature, seed=seed, still=still)

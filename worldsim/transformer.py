@@ -35,8 +35,9 @@ per-cell decision, sampled independently for 256 cells, never keeps all of them:
 shimmers while the world stands still. The still head predicts, from the target frame's
 pooled tokens like the reward head, the logit that the frame's codes equal the previous
 frame's (trained with binary cross-entropy on exactly that event, on the frames whose
-patches are all masked, as they are when the runtime asks). The runtime keeps the previous
-frame, codes and pixels, wherever it is above 0.
+patches are all masked, as they are when the runtime asks). With ``worldsim.load(still=True)``
+the runtime keeps the previous frame, codes and pixels, wherever it is above 0; it is off by
+default, because in open loop it can lock into a frozen dream (docs/model.md).
 """
 
 from __future__ import annotations

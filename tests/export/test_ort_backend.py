@@ -48,17 +48,20 @@ def test_a_model_with_a_stay_gate_and_a_still_head_exports_and_both_backends_agr
     prompt = toy_rollouts(2, 4, seed=101)
     p = measure_parity(ckpt, folder, steps=20, prompt=prompt)
     assert p.pixels_within_1 >= 0.99 and p.sampled_tokens_equal >= 0.99, p
-    # A still head that always fires: both backends keep the prompt's last frame exactly, step after step.
+    # A still head that always fires: asked to, both backends keep the prompt's last frame exactly.
     loaded = load_model(ckpt)
     with torch.no_grad():
         loaded.dynamics.still_head.bias.fill_(100.0)
     still = tmp_path / "still.safetensors"
     save_model(still, loaded.config, loaded.tokenizer, loaded.dynamics)
     still_export = export_onnx(still, tmp_path / "still-export").folder
-    for m in (load(still, seed=0), load(still_export, backend="onnx", seed=0)):
+    for m in (load(still, seed=0, still=True), load(still_export, backend="onnx", seed=0, still=True)):
         m.prompt(*prompt)
         for _ in range(3):
             assert np.array_equal(m.step(np.ones((2, 3), np.int64)).frames, prompt[0][:, -1])
+    off = load(still, seed=0)  # the runtime ignores the still head unless asked (worldsim.runtime.DEFAULT_STILL)
+    off.prompt(*prompt)
+    assert not np.array_equal(off.step(np.ones((2, 3), np.int64)).frames, prompt[0][:, -1])
 
 
 def test_another_seed_samples_other_tokens(tiny_checkpoint: Path) -> None:
