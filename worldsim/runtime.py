@@ -54,11 +54,10 @@ worlds). At 0.5 and 0.7 no frame froze in 500 steps, and PSNR over steps 1-16 wa
 (17.8 and 24.4 dB on two worlds, against 18.5 and 24.0 greedy). 0.5 is the lower of the two:
 the least noise that kept the dream moving. ``temperature=0`` stays exactly deterministic."""
 DEFAULT_STILL = False
-"""The still head is off unless asked for. On the shipped model it makes still frames exact
-(teacher-forced PSNR 27.4 -> 34.3 dB on held-out worlds), but in open loop it can lock in:
-identical context frames make it predict "still" again while the player moves, and the
-2,000-step stability rollout froze (73 frames flagged frozen from step 314; README model
-card). ``worldsim.load(still=True)`` turns it on."""
+"""The still head is off unless asked for. On a fine-tuned BlockWorld candidate it made still
+frames exact (teacher-forced PSNR 27.9 -> 34.3 dB on held-out worlds), but in open loop it
+can lock in: identical context frames make it predict "still" again while the player moves
+(docs/model.md, "Still head"). ``worldsim.load(still=True)`` turns it on."""
 NO_ACTION = -1
 
 BACKENDS: dict[str, str] = {

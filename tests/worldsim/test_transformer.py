@@ -67,7 +67,7 @@ def object_world(batch: int, T: int, seed: int = 0, h: int = 4, w: int = 8) -> t
 
 @pytest.mark.parametrize("heads, lr", [(False, 1e-2), (True, 3e-3)], ids=["plain", "stay-gate-and-still-head"])
 def test_overfits_a_short_sequence_and_predicts_it_greedily(heads: bool, lr: float) -> None:
-    # With the stay gate and the still head (the defaults), 1e-2 is too high a learning rate
+    # With the stay gate and the still head (opt-in heads), 1e-2 is too high a learning rate
     # for this toy (greedy 85-89 % after 750 steps); at 3e-3 every variant reaches 100 %.
     spec = ActionSpec("Discrete", (3,))
     torch.manual_seed(0)
