@@ -135,6 +135,7 @@ class WorldModel:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.still = DEFAULT_STILL if still is None else bool(still)
+        self._keeps_frames = self.still and dyn.still_head  # the still path needs the last frame's pixels
         self.frame_multiple = self.config.tokenizer.stride * dyn.patch
         """Frame height and width must be multiples of this."""
         self.context_frames = dyn.context
@@ -145,7 +146,7 @@ class WorldModel:
         self._valid: np.ndarray | None = None
         self._t = 0  # absolute index of the pending (newest) frame
         self._pending: tuple[np.ndarray, np.ndarray] | None = None  # its codes [B,h,w], action [B,C]
-        self._frame: np.ndarray | None = None  # its pixels [B,H,W,3]: real after a prompt, then generated
+        self._frame: np.ndarray | None = None  # its pixels [B,H,W,3] for the still path: real after a prompt
         self._shape: tuple[int, int, int] | None = None  # (B, H, W)
 
     @property
@@ -223,14 +224,15 @@ class WorldModel:
             self._cache = self.backend.empty_cache(n, self._cap * N)
             self._valid = np.zeros((n, self._cap * N), dtype=bool)
             self._pending = (codes[:, -1].copy(), prev[:, -1].copy())
-            self._frame = frames[:, -1].copy()
+            self._frame = frames[:, -1].copy() if self._keeps_frames else None
             targets = list(range(n))
         else:
             targets = idx.tolist()
             self._valid[idx] = False
             self._pending[0][idx] = codes[:, -1]
             self._pending[1][idx] = prev[:, -1]
-            self._frame[idx] = frames[:, -1]
+            if self._keeps_frames:
+                self._frame[idx] = frames[:, -1]
         if keep == 1:
             return
         t0 = self._t - keep + 1  # restarted worlds line up with the others' clock
@@ -279,17 +281,18 @@ class WorldModel:
         s = self.config.tokenizer.stride
         sample = self._sampler.generate(predict, B, H // s, W // s, self._pending[0])
         codes, frames = sample.codes, self.backend.decode(sample.codes)
-        if self.still and sample.still_logit is not None:
+        if self._keeps_frames:
             # The model says nothing changed: keep the previous frame exactly, codes and pixels
             # (after a prompt those are the real frame's), so a still world does not shimmer.
             still = np.asarray(sample.still_logit) > 0
             codes = np.where(still[:, None, None], self._pending[0], codes)
             frames = np.where(still[:, None, None, None], self._frame, frames)
+            self._frame = frames
+            frames = frames.copy()  # the caller's copy: this one is kept
         self._pending = (codes, acts)
-        self._frame = frames
         self._t = t
         return StepResult(
-            frames=frames.copy(),
+            frames=frames,
             reward=np.asarray(sample.reward, dtype=np.float32),
             done=np.asarray(sample.done_logit) > 0,
         )
