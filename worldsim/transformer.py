@@ -29,7 +29,7 @@ gate starts exactly where it was, and training decides, cell by cell from the co
 how much to trust "unchanged". The previous frame is the context frame as the model sees
 it: corrupted in training, generated in a rollout.
 
-**Still head** (``DynamicsConfig.still_head``). A third of held-out BlockWorld steps change
+**Still head** (``DynamicsConfig.still_head``). A quarter to a third of held-out BlockWorld steps change
 no pixel at all (attacking air, looking past the pitch limit, walking into a wall), yet a
 per-cell decision, sampled independently for 256 cells, never keeps all of them: the dream
 shimmers while the world stands still. The still head predicts, from the target frame's
