@@ -213,15 +213,6 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
 SHIPPED = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no model shipped (make model installs one)")
 
 
-def _is_preview(path: Path) -> bool:
-    """The shipped checkpoint's ``info`` metadata says ``preview`` while it is an early, under-trained model."""
-    if not path.is_file():
-        return False
-    with safe_open(str(path), "pt") as f:
-        return "preview" in json.loads((f.metadata() or {}).get("info", "{}"))
-
-
-PREVIEW = _is_preview(DEFAULT_CHECKPOINT)
 
 
 def _shipped_rollout(steps: int = 100) -> tuple[np.ndarray, np.ndarray, int]:
@@ -245,13 +236,8 @@ def test_shipped_model_loads_and_plays_100_steps() -> None:
 
 
 @SHIPPED
-@pytest.mark.xfail(PREVIEW, strict=True, reason="the shipped preview model no longer collapses but still loses to copy-last at horizon 4 (README model card)")
 def test_shipped_model_stays_sharp_and_beats_copy_last() -> None:
-    """No collapse over 100 steps, and a better frame than copy-last at horizon 4 (issue target).
-
-    Expected to fail while the shipped model is the preview; strict, so the marker must go
-    as soon as a model that passes is shipped.
-    """
+    """No collapse over 100 steps, and a better frame than copy-last at horizon 4 (issue target)."""
     dream, real, P = _shipped_rollout()
     assert not detect_collapse(dream, real[P:]).collapsed
     h = 4
