@@ -202,13 +202,11 @@ class RecipeRun:
             stages.append(("decoder", self.decoder_path, r.decoder_steps))
         return [*stages, ("dynamics", self.dynamics_path, r.dynamics_steps)]
 
-    def _train(self, stage: str) -> None:
+    def _train(self, stage: str, out: Path, steps: int) -> None:
         r = self.recipe
-        steps, batch = {"tokenizer": (r.tokenizer_steps, r.tokenizer_batch), "decoder": (r.decoder_steps, r.tokenizer_batch),
-                        "dynamics": (r.dynamics_steps, r.dynamics_batch)}[stage]  # fmt: skip
-        out = {"tokenizer": self.tokenizer_path, "decoder": self.decoder_path, "dynamics": self.dynamics_path}[stage]
         data = [str(self.part_dir(i)) for i in range(r.data_parts)]
-        kind = "dynamics" if stage == "dynamics" else "tokenizer"
+        kind = "dynamics" if stage == "dynamics" else "tokenizer"  # the decoder stage fine-tunes a tokenizer
+        batch = r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
                 "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
         if stage == "decoder":
@@ -257,7 +255,7 @@ class RecipeRun:
                 self.log(f"recipe {self.name}: {stage} complete ({done} steps), skipped")
                 continue
             self.log(f"recipe {self.name}: training the {stage} ({'from step ' + str(done) if done else 'from scratch'} to {steps})")
-            self._stage(stage, lambda stage=stage: self._train(stage))
+            self._stage(stage, lambda stage=stage, path=path, steps=steps: self._train(stage, path, steps))
         if self._model_is_current():
             self.log(f"recipe {self.name}: model complete, skipped")
         else:

@@ -48,8 +48,8 @@ DEFAULT_CHUNKS = 1
 on a 2-core CPU with ``small`` (32.6 against 17.1 at K = 2; docs/model.md)."""
 DEFAULT_TEMPERATURE = 0.5
 """Sampling by default, reproducible through ``seed``. Greedy decoding (temperature 0) of the
-shipped model freezes open-loop: after 3-34 steps it keeps choosing the previous frame's
-codes while the real world turns (57-65 % of 150 explorer steps frozen, on held-out
+ungated preview model (before the stay gate) froze open-loop: after 3-34 steps it kept
+choosing the previous frame's codes while the real world turned (57-65 % of 150 explorer steps frozen, on held-out
 worlds). At 0.5 and 0.7 no frame froze in 500 steps, and PSNR over steps 1-16 was the same
 (17.8 and 24.4 dB on two worlds, against 18.5 and 24.0 greedy). 0.5 is the lower of the two:
 the least noise that kept the dream moving. ``temperature=0`` stays exactly deterministic."""
