@@ -376,7 +376,7 @@ class DynamicsTask(Task):
     def __init__(
         self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
         code_cache: Path | None = None, init: str | None = None, stay_gate: bool | None = None,
-        still_head: bool | None = None,
+        still_head: bool | None = None, rollout_share: float | None = None,
     ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
@@ -416,6 +416,12 @@ class DynamicsTask(Task):
             if any(not k.startswith(("stay_head.", "still_head.")) for k in [*missing, *unexpected]):
                 raise WorldSimError(f"--init {init}: its weights do not fit this model ({missing or unexpected})")
             self.info = {"init": str(init)}
+        if rollout_share is not None:
+            if not 0.0 <= rollout_share <= 1.0:
+                raise WorldSimError(f"--rollout-share must be between 0 and 1, got {rollout_share}")
+            state = self.module.state_dict()
+            self.module = Dynamics(replace(self.module.cfg, rollout_share=float(rollout_share)))
+            self.module.load_state_dict(state)
         h, w = self.train_set.frame_shape
         self.config = ModelConfig(
             tokenizer=tok.config.tokenizer,
@@ -512,6 +518,9 @@ def dynamics_main(argv: list[str]) -> int:
     p.add_argument("--still-head", action=argparse.BooleanOptionalAction, default=None,
                    help="give the model the still head, which predicts that a frame equals the previous one "
                         "(default: as --stay-gate)")  # fmt: skip
+    p.add_argument("--rollout-share", type=float, default=None, metavar="P",
+                   help="share of training windows whose context is the model's own sampled predictions, so it "
+                        "learns to recover from its own errors (default: the init's, else 0)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = _loop_config(a, "dynamics")
     cache = (
@@ -523,7 +532,8 @@ def dynamics_main(argv: list[str]) -> int:
     )
     dev, dd = _setup(a)
     try:
-        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head)
+        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
+                            a.rollout_share)
         last = run(task, cfg, dd)
     finally:
         dd.close()

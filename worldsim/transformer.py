@@ -38,6 +38,19 @@ frame's (trained with binary cross-entropy on exactly that event, on the frames 
 patches are all masked, as they are when the runtime asks). With ``worldsim.load(still=True)``
 the runtime keeps the previous frame, codes and pixels, wherever it is above 0; it is off by
 default, because in open loop it can lock into a frozen dream (docs/model.md).
+
+**Rolled-out context** (``DynamicsConfig.rollout_share``). In a rollout every context frame
+is one the model generated, with the model's own kind of error: a frame that moved too
+little, a smeared edge, a code that stayed when it should have changed. Random-code
+corruption does not look like that, so a model trained on recorded context alone meets
+those errors first in the dream, and compounds them (freezing is one: a still generated
+context makes "keep every code" the likely next frame). With a share above 0, that share of
+training windows first gets ``rollout_passes`` no-gradient prediction passes: each samples
+frames 1..T-1 at once, fully masked, exactly as the runtime's first pass does, from the
+context of the pass before, and the last pass's frames become the context (told the
+runtime's ``inference_corruption`` level). The targets stay the recorded frames, so the
+model learns to steer back from its own errors to the real world. It costs one forward pass
+per pass on the chosen windows, and no backward.
 """
 
 from __future__ import annotations
@@ -90,6 +103,14 @@ class DynamicsConfig:
     still_head: bool = False
     """A head that predicts "this frame equals the previous one" (module docstring)."""
     still_weight: float = 0.5
+    rollout_share: float = 0.0
+    """Training: the share of windows whose context frames 1..T-1 are the model's own sampled
+    predictions instead of the recorded frames (module docstring, "Rolled-out context")."""
+    rollout_passes: int = 2
+    """Training: prediction passes that build a rolled-out context; pass k conditions on the
+    frames of pass k-1, so the context carries up to k steps of the model's own errors."""
+    rollout_temperature: float = 0.5
+    """Training: the sampling temperature of those predictions (the runtime's default)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -382,6 +403,8 @@ class Dynamics(nn.Module):
         level = rand(B, T) * cfg.max_corruption
         noise = (rand(B, T, h, w) * math.prod(cfg.levels)).long()
         ctx_codes = torch.where(rand(B, T, h, w) < level[..., None, None], noise, codes)
+        if self.training and cfg.rollout_share > 0:
+            ctx_codes, level = self._rolled_out(ctx_codes, level, actions, first_action, rand)
 
         # Target stream: MaskGIT cosine schedule, at least one masked patch per frame.
         ratio = torch.cos(rand(B, T - 1) * math.pi / 2)
@@ -425,6 +448,34 @@ class Dynamics(nn.Module):
             logs["still_bce"] = float(s_loss.detach())
             logs["still_acc"] = float((((pred.still_logit > 0) == still) & full).sum() / full.sum().clamp(min=1))
         return DynamicsOutput(loss=loss, logs=logs)
+
+    @torch.no_grad()
+    def _rolled_out(self, ctx_codes, level, actions, first_action, rand):
+        """Context codes and levels where a ``rollout_share`` of the windows have frames 1..T-1
+        replaced by the model's own sampled predictions (module docstring)."""
+        cfg = self.cfg
+        B, T = ctx_codes.shape[:2]
+        pick = (rand(B) < cfg.rollout_share).nonzero().flatten()
+        if len(pick) == 0:
+            return ctx_codes, level
+        codes, lv = ctx_codes[pick], level[pick].clone()
+        lv[:, 1:] = cfg.inference_corruption
+        act = actions[pick]
+        first = None if first_action is None else first_action[pick]
+        masked = torch.full_like(codes[:, 1:], MASKED)
+        for _ in range(max(1, cfg.rollout_passes)):
+            pred = self.teacher_forced(codes, act, lv, masked, first)
+            logits = self.final_logits(pred, codes[:, :-1]).float()
+            sampled = torch.zeros_like(codes[:, 1:])
+            for i, lg in enumerate(logits.split(list(cfg.levels), dim=-1)):
+                if cfg.rollout_temperature > 0:
+                    gumbel = -torch.log(-torch.log(rand(*lg.shape).clamp(1e-9, 1 - 1e-9)))
+                    lg = lg / cfg.rollout_temperature + gumbel
+                sampled = sampled + lg.argmax(-1) * self.radix[i]
+            codes = torch.cat([codes[:, :1], sampled], dim=1)
+        ctx_codes, level = ctx_codes.clone(), level.clone()
+        ctx_codes[pick], level[pick] = codes, lv
+        return ctx_codes, level
 
     def teacher_forced(
         self,

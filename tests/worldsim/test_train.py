@@ -206,9 +206,11 @@ def test_dynamics_fine_tuning_from_a_world_model_adds_heads_that_start_neutral(
     assert cli([*common, "--out", str(base), "--steps", "2", "--context", "4", "--no-stay-gate"]) == 0
     tuned = tmp_path / "tuned.safetensors"
     # --lr 0: the weights the fine-tuning starts from are exactly what it saves
-    assert cli([*common, "--out", str(tuned), "--steps", "1", "--init", str(base), "--stay-gate", "--still-head", "--lr", "0"]) == 0
+    assert cli([*common, "--out", str(tuned), "--steps", "1", "--init", str(base), "--stay-gate", "--still-head", "--lr", "0",
+                "--rollout-share", "0.5"]) == 0  # fmt: skip
     b, t = load_model(base), load_model(tuned)
     assert not b.config.dynamics.stay_gate and t.config.dynamics.stay_gate and t.config.dynamics.still_head
+    assert b.config.dynamics.rollout_share == 0 and t.config.dynamics.rollout_share == 0.5
     assert t.config.dynamics.context == 4
     assert t.info["init"] == str(base)
     for k, v in b.dynamics.state_dict().items():
@@ -231,6 +233,9 @@ def test_dynamics_fine_tuning_from_a_world_model_adds_heads_that_start_neutral(
     assert cli([*common[:4], "--tokenizer", str(other), *FAST, "--out", str(tmp_path / "x.safetensors"), "--steps", "1",
                 "--init", str(base)]) == 2  # fmt: skip
     assert "encodes differently" in capsys.readouterr().err
+    assert cli([*common, "--out", str(tmp_path / "y.safetensors"), "--steps", "1", "--init", str(base),
+                "--rollout-share", "1.5"]) == 2  # fmt: skip
+    assert "--rollout-share must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -65,14 +66,18 @@ def object_world(batch: int, T: int, seed: int = 0, h: int = 4, w: int = 8) -> t
     return torch.stack(frames, 1), actions
 
 
-@pytest.mark.parametrize("heads, lr", [(False, 1e-2), (True, 3e-3)], ids=["plain", "stay-gate-and-still-head"])
-def test_overfits_a_short_sequence_and_predicts_it_greedily(heads: bool, lr: float) -> None:
+@pytest.mark.parametrize(
+    "heads, rollout, lr",
+    [(False, 0.0, 1e-2), (True, 0.0, 3e-3), (True, 0.5, 3e-3)],
+    ids=["plain", "stay-gate-and-still-head", "rolled-out-context"],
+)
+def test_overfits_a_short_sequence_and_predicts_it_greedily(heads: bool, rollout: float, lr: float) -> None:
     # With the stay gate and the still head (opt-in heads), 1e-2 is too high a learning rate
     # for this toy (greedy 85-89 % after 750 steps); at 3e-3 every variant reaches 100 %.
     spec = ActionSpec("Discrete", (3,))
     torch.manual_seed(0)
     cfg = dynamics_config(get_preset("tiny"), LEVELS, spec, 6, stay_gate=heads, still_head=heads)
-    model = Dynamics(cfg).train()
+    model = Dynamics(replace(cfg, rollout_share=rollout)).train()
     codes, actions = object_world(4, 6)
     rewards, ends = torch.zeros(4, 5), torch.zeros(4, 5, dtype=torch.bool)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -210,3 +215,40 @@ def test_still_head_learns_which_actions_leave_the_frame_unchanged() -> None:
     fresh_codes, fresh_actions = moving_world(8, 6, seed=4)  # unseen textures and actions
     pred = full_pass(model.eval(), fresh_codes, fresh_actions)
     assert torch.equal(pred.still_logit > 0, fresh_actions[..., 0] == 1)
+
+
+def test_rolled_out_context_is_the_models_own_predictions_chained_pass_after_pass() -> None:
+    spec = ActionSpec("Discrete", (3,))
+    torch.manual_seed(0)
+    base = dynamics_config(get_preset("tiny"), LEVELS, spec, 6, stay_gate=True)
+    model = Dynamics(replace(base, rollout_share=1.0, rollout_passes=2, rollout_temperature=0.0)).train()
+    with torch.no_grad():  # a gate that is not neutral, so the passes must apply it as generation does
+        model.stay_head.bias.fill_(0.5)
+    codes, actions = moving_world(3, 5, seed=1)
+    level = torch.full((3, 5), 0.15)
+    rand = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    ctx, lv = model._rolled_out(codes, level, actions, None, rand)
+
+    # Greedy by hand: pass 1 predicts frames 1..4 from the recorded context, pass 2 from pass 1's.
+    inf = model.cfg.inference_corruption
+    lv_ref = torch.cat([level[:, :1], torch.full((3, 4), inf)], 1)
+    expect = codes
+    for _ in range(2):
+        with torch.no_grad():
+            pred = model.teacher_forced(expect, actions, lv_ref, torch.full_like(codes[:, 1:], MASKED))
+        expect = torch.cat([codes[:, :1], greedy_codes(model.final_logits(pred, expect[:, :-1]))], 1)
+    assert torch.equal(ctx, expect)
+    assert torch.equal(lv, lv_ref)
+    assert torch.equal(ctx[:, 0], codes[:, 0]) and not torch.equal(ctx[:, 1:], codes[:, 1:])
+
+    # Validation (eval mode) and share 0 train on the recorded context: the same loss either way
+    plain = Dynamics(base).train()
+    plain.load_state_dict(model.state_dict())
+    rewards, ends = torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bool)
+    losses = []
+    for m in (model.eval(), plain):
+        losses.append(float(m(codes, actions, rewards, ends, generator=torch.Generator().manual_seed(5)).loss.detach()))
+    assert losses[0] == losses[1]
+    trained = float(model.train()(codes, actions, rewards, ends, generator=torch.Generator().manual_seed(5)).loss.detach())
+    assert trained != losses[0]  # in training the rolled-out context is used
