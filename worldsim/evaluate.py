@@ -116,6 +116,20 @@ def _compare(dream: np.ndarray, real: np.ndarray, last: np.ndarray) -> dict[str,
             "copy_last_ssim": _mean(ssim(last, real)), "gain_db": _mean(p) - _mean(c), "frames": int(p.size)}  # fmt: skip
 
 
+def _by_change(dream: np.ndarray, real: np.ndarray, last: np.ndarray) -> dict[str, Any]:
+    """PSNR apart for frames that changed from ``last`` and frames that did not.
+
+    A frame identical to the one before scores the PSNR cap (60 dB) for copy-last, so a
+    mean over all frames mostly counts how many such frames there are; the moving frames
+    show whether the dream predicts motion better than repeating the last frame."""
+    still = np.all(real == last, axis=(-3, -2, -1))
+    p, c = psnr(dream, real), psnr(last, real)
+    return {"still_share": _mean(still),
+            "moving": {"psnr": _mean(p[~still]), "copy_last_psnr": _mean(c[~still]), "frames": int((~still).sum())},
+            "still": {"psnr": _mean(p[still]), "exact": _mean(np.all(dream == real, axis=(-3, -2, -1))[still]),
+                      "frames": int(still.sum())}}  # fmt: skip
+
+
 def _events(pred_r: np.ndarray, real_r: np.ndarray, pred_d: np.ndarray, real_d: np.ndarray, thr: float) -> dict[str, Any]:
     rew = precision_recall(np.abs(real_r) >= thr, np.abs(pred_r) >= thr)
     term = precision_recall(real_d, pred_d)
@@ -209,6 +223,7 @@ class Evaluation:
             tf_d.append(res.done)
         tf = np.stack(tf_pred, axis=1)  # (B, Hz, H, W, 3)
         m["teacher_forced"] = _compare(tf, frames[:, P:], frames[:, P - 1 : -1])
+        m["teacher_forced"]["by_change"] = _by_change(tf, frames[:, P:], frames[:, P - 1 : -1])
         tf_events = _events(np.stack(tf_r, 1), rewards[:, P - 1 :], np.stack(tf_d, 1), terms[:, P - 1 :], cfg.reward_threshold)
         self.log(f"teacher-forced: {m['teacher_forced']['psnr']:.2f} dB (copy-last {m['teacher_forced']['copy_last_psnr']:.2f})")
 
@@ -399,6 +414,15 @@ def summary(m: dict[str, Any]) -> str:
     lines = [
         f"tokenizer reconstruction   PSNR {f(m['tokenizer']['psnr'])} dB  SSIM {f(m['tokenizer']['ssim'], '.3f')}",
         f"teacher-forced next frame  PSNR {f(tf['psnr'])} dB  (copy-last {f(tf['copy_last_psnr'])}, gain {f(tf['gain_db'])})",
+    ]
+    if "by_change" in tf:
+        bc = tf["by_change"]
+        pct = lambda x: None if x is None else 100 * x  # noqa: E731
+        moving = None if bc["still_share"] is None else 1 - bc["still_share"]
+        lines.append(f"  moving frames ({f(pct(moving), '.0f')}%)       PSNR {f(bc['moving']['psnr'])} dB  "
+                     f"(copy-last {f(bc['moving']['copy_last_psnr'])}); still frames {f(bc['still']['psnr'])} dB, "
+                     f"{f(pct(bc['still']['exact']), '.0f')}% exact")  # fmt: skip
+    lines += [
         f"open loop {key[5:]:<6}           PSNR {f(ol['psnr'])} dB  (copy-last {f(ol['copy_last_psnr'])}, gain {f(ol['gain_db'])})",
     ]
     for h, v in m["open_loop"]["horizons"].items():

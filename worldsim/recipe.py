@@ -86,7 +86,7 @@ RECIPES: dict[str, Recipe] = {
         tokenizer_steps=6_000, tokenizer_batch=32, dynamics_steps=20_000, dynamics_batch=8, context=None,
         asset="blockworld-64.safetensors",
         summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset",
-        decoder_steps=4_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
+        decoder_steps=6_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",

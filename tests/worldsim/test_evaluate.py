@@ -128,6 +128,9 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     assert m["stability"]["frames"] == 30 and isinstance(m["stability"]["collapsed"], bool)
     assert m["speed"]["fps_single"] > 0 and m["speed"]["batch"] == 2
     assert "precision" in m["reward"]["teacher_forced"] and "recall" in m["termination"]["open_loop"]
+    bc = m["teacher_forced"]["by_change"]
+    assert bc["moving"]["frames"] + bc["still"]["frames"] == m["teacher_forced"]["frames"]
+    assert "moving frames" in printed
 
     # the second run finds the inverse-dynamics model in the cache
     assert m["controllability"]["idm"]["cached"] is False
@@ -269,3 +272,19 @@ def test_idm_augmentation_changes_looks_not_motion() -> None:
     inner = (slice(None), slice(6, 18), slice(9, 15))  # away from borders, shift padding and wrap-around
     assert torch.equal(torch.roll(x, 3, dims=2)[inner], y[inner])
     assert not torch.equal(x, a)  # the looks did change
+
+
+def test_teacher_forced_figures_split_frames_that_changed_from_frames_that_did_not() -> None:
+    from worldsim.evaluate import _by_change
+
+    rng = np.random.default_rng(0)
+    last = rng.integers(0, 256, (2, 4, 8, 8, 3), dtype=np.uint8)
+    real = last.copy()
+    real[0, :3] = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)  # three frames moved, five stayed
+    dream = real.copy()
+    dream[1, 0, 0, 0] ^= 1  # one still frame not kept exactly
+    bc = _by_change(dream, real, last)
+    assert bc["still_share"] == 5 / 8 and bc["moving"]["frames"] == 3 and bc["still"]["frames"] == 5
+    assert bc["still"]["exact"] == 4 / 5
+    assert bc["moving"]["psnr"] == 60.0  # the dream is the real frame where it moved
+    assert bc["moving"]["copy_last_psnr"] == pytest.approx(np.mean(psnr(last[0, :3], real[0, :3])))
