@@ -87,6 +87,8 @@ class EvalConfig:
     """|reward| at or above this counts as a reward event."""
     cache_dir: str | None = None
     videos: bool = True
+    keep_pixels: bool | None = None
+    """Keep unchanged cells' pixels (None: the runtime's default, ``DEFAULT_KEEP_PIXELS``)."""
 
 
 def _mean(x: np.ndarray) -> float:
@@ -160,7 +162,7 @@ class Evaluation:
 
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, chunks=config.chunks,
-                          temperature=config.temperature, seed=config.seed)  # fmt: skip
+                          temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels)  # fmt: skip
         mc = self.model.config
         self.env_id = config.env or mc.env_id
         if self.env_id is None:
@@ -203,7 +205,7 @@ class Evaluation:
         m: dict[str, Any] = {
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
             "frame_shape": list(self.ref.shape), "policy": policy,
-            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks,
+            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels,
                          "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device},
             "seeds": {"episodes": [t.seed for t in trajs], "idm_from": IDM_SEED_BASE},
         }  # fmt: skip
@@ -368,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-threshold", type=float, default=0.5, help="|reward| that counts as a reward event")
     p.add_argument("--cache-dir", default=None, help="IDM cache (default: $WORLDSIM_CACHE/idm or ~/.cache/worldsim/idm)")
     p.add_argument("--no-videos", action="store_true", help="skip the GIF and MP4 files")
+    p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, on)")
     p.add_argument("--out", required=True, help="folder for metrics.json, plots and videos")
     return p
 
@@ -384,6 +388,7 @@ def main(argv: list[str]) -> int:
         context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks, temperature=a.temperature,
         idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps), backend=a.backend,
         device=a.device, seed=a.seed, reward_threshold=a.reward_threshold, cache_dir=a.cache_dir, videos=not a.no_videos,
+        keep_pixels=a.keep_pixels,
     )  # fmt: skip
     m = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
     print(summary(m))

@@ -162,3 +162,31 @@ def test_load_errors(tmp_path, ckpt: str) -> None:
     save_model(tok_only, ModelConfig(tokenizer=preset.tokenizer), Tokenizer(preset.tokenizer))
     with pytest.raises(WorldSimError, match="dynamics"):
         worldsim.load(tok_only)
+
+
+def test_keep_pixels_shows_the_previous_pixels_where_a_cells_code_did_not_change(ckpt: str) -> None:
+    frames, acts = prompt_data()
+    runs = {}
+    for keep in (False, True):
+        m = worldsim.load(ckpt, device="cpu", temperature=0.7, seed=3, keep_pixels=keep)
+        with torch.no_grad():
+            m.backend.dynamics.stay_head.bias.fill_(5.0)  # a gate that keeps some cells and not others
+        m.prompt(frames, acts)
+        codes, shown = [m.last_codes], []
+        for i in range(4):
+            r = m.step(np.array([[i % 3, 0], [1, i % 2]]))
+            assert not np.shares_memory(r.frames, m._frame)  # the caller's copy, not the kept buffer
+            shown.append(r.frames)
+            codes.append(m.last_codes)
+        runs[keep] = codes, shown
+    # The codes, and so the dream, are the same either way: only the picture differs.
+    assert all(np.array_equal(a, b) for a, b in zip(runs[False][0], runs[True][0]))
+    codes, decoded, kept = runs[True][0], runs[False][1], runs[True][1]
+    s = m.config.tokenizer.stride
+    prev, shares = frames[:, -1], []  # after the prompt the kept pixels are the real frame's
+    for i in range(4):
+        same = (codes[i + 1] == codes[i]).repeat(s, axis=1).repeat(s, axis=2)[..., None]
+        shares.append(same.mean())
+        assert np.array_equal(kept[i], np.where(same, prev, decoded[i]))
+        prev = kept[i]
+    assert 0 < np.mean(shares) < 1, shares
