@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="IDM cache (default: $WORLDSIM_CACHE/idm or ~/.cache/worldsim/idm)")
     p.add_argument("--no-videos", action="store_true", help="skip the GIF and MP4 files")
     p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, on)")
+                   help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, off)")
     p.add_argument("--out", required=True, help="folder for metrics.json, plots and videos")
     return p
 
