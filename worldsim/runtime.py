@@ -54,7 +54,8 @@ worlds). At 0.5 and 0.7 no frame froze in 500 steps, and PSNR over steps 1-16 wa
 (17.8 and 24.4 dB on two worlds, against 18.5 and 24.0 greedy). 0.5 is the lower of the two:
 the least noise that kept the dream moving. Rechecked for the gated model shipped now: 0.3
 raised PSNR over steps 1-16 on 16 tuning worlds from 20.9 to 21.3 dB, but two of three
-2,000-step rollouts froze (532 and 120 frozen frames) and collapsed, so 0.5 stays.
+2,000-step rollouts froze (532 and 120 frozen frames; worlds 777 and 778 of the snippet
+in docs/model.md, "Stay gate", with ``temperature=0.3``) and collapsed, so 0.5 stays.
 ``temperature=0`` stays exactly deterministic."""
 DEFAULT_STILL = False
 """The still head is off unless asked for. On a fine-tuned BlockWorld candidate it made still
