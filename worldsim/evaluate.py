@@ -68,7 +68,7 @@ class EvalConfig:
     """Reference env id; None = the env named in the checkpoint."""
     env_kwargs: dict[str, Any] | None = None
     """None = the checkpoint's kwargs when ``env`` is its env, else {}."""
-    episodes: int = 8
+    episodes: int = 16
     """Held-out episodes, run as one batch."""
     horizon: int = 32
     """Open-loop steps per episode."""
@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="dynamics checkpoint (default: the shipped model)")
     p.add_argument("--env", default=None, help="reference Gymnasium id (default: the checkpoint's env)")
     p.add_argument("--env-kwargs", type=json_object, default=None, help="JSON object of env kwargs (default: the checkpoint's)")
-    p.add_argument("--episodes", type=int, default=8, help="held-out episodes (one batch)")
+    p.add_argument("--episodes", type=int, default=16,
+                   help="held-out episodes (one batch; below 16 the copy-last comparison swings by dB)")
     p.add_argument("--horizon", type=int, default=32, help="open-loop steps per episode")
     p.add_argument("--context", type=int, default=None, help="real prompt frames (default: the model's context - 1)")
     p.add_argument("--stability-steps", type=int, default=2000, help="length of the long open-loop rollout")
