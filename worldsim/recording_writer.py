@@ -37,8 +37,12 @@ def _plain(obj: Any) -> Any:
 
 
 def now_iso() -> str:
-    """The current UTC time in ISO 8601, as the header's ``created`` holds it."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The current UTC time in ISO 8601, as the header's ``created`` holds it.
+
+    To the microsecond: with the env id, the agent and the episode index it is an episode's
+    identity when recordings are combined (:class:`worldsim.data.WindowDataset`), so two
+    runs of the same env and agent started within one second must not share it."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class RecordingWriter:

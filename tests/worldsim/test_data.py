@@ -147,3 +147,17 @@ def test_truncated_last_shard_still_serves_its_complete_records(tmp_path):
         _truth(episodes, 20)
     )
     assert len(ds) == 3
+
+
+def test_two_recordings_made_in_the_same_second_stay_apart(tmp_path):
+    # The same toy env and agent, written back to back: their episode indices coincide, so
+    # only the runs' creation times tell the episodes apart when they are combined. Were
+    # they taken for one episode, the shards' pieces would be spliced into windows that
+    # cross from one run's episode into the other's.
+    folder, single = tmp_path / "shards", tmp_path / "one.msgpack"
+    first = record_toy(folder, 3, shard_records=7, seed=1, max_len=25)
+    second = record_toy(single, 3, seed=2, max_len=25)
+    ds = WindowDataset([folder, single], 5)
+    assert collections.Counter(_key(ds[i]) for i in range(len(ds))) == collections.Counter(
+        _truth(first, 5) + _truth(second, 5)
+    )
