@@ -6,7 +6,9 @@ The loop is the same for both models (each model computes its own loss):
   is corrupted) comes from generators seeded with ``(seed, rank, s)``, so ``--resume``
   continues exactly where a killed run stopped, knowing only the step counter;
 * the checkpoint (``--out``) and the training state beside it (``<out>.state.safetensors``:
-  optimizer moments and step) are written atomically every ``--ckpt-every`` steps;
+  weights, optimizer moments and step) are written atomically every ``--ckpt-every`` steps;
+  ``--resume`` takes the weights from the state, so a kill between the two writes (the
+  checkpoint a save ahead of the state) still resumes exactly;
 * ``metrics.jsonl`` beside the checkpoint gets one JSON object per logged step, and the
   held-out validation loss every ``--val-every`` steps;
 * under ``torchrun --nproc_per_node=N -m worldsim train ...`` it runs DDP (gloo on CPU,
@@ -216,11 +218,18 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
             raise WorldSimError(
                 f"{spath}: training state of a {st.get('kind')} run, not of a {task.kind} run"
             )
-        loaded = load_model(cfg.out, dd.device)
-        src = loaded.tokenizer if task.kind == "tokenizer" else loaded.dynamics
-        module.load_state_dict(src.state_dict())
-        optimizer_from_tensors(opt, tensors, st["opt"])
         step = int(st["step"])
+        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        if weights:  # the weights of the state's own step: the checkpoint may be a save ahead
+            module.load_state_dict({k: v.to(dd.device) for k, v in weights.items()})
+        else:  # a state written before states held the weights
+            loaded = load_model(cfg.out, dd.device)
+            if loaded.info.get("steps") != step:
+                raise WorldSimError(f"{cfg.out} is at step {loaded.info.get('steps')} but {spath} at step {step} "
+                                    "(the run was killed between the two writes); start again without --resume")  # fmt: skip
+            src = loaded.tokenizer if task.kind == "tokenizer" else loaded.dynamics
+            module.load_state_dict(src.state_dict())
+        optimizer_from_tensors(opt, tensors, st["opt"])
     metrics_path = cfg.out.parent / "metrics.jsonl"
     if dd.main:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +290,10 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
                     cfg.out,
                     {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
                 )
+                # The state holds the weights too: a kill between these two writes must not
+                # pair one step's weights with another step's optimizer.
                 tensors, struct = optimizer_to_tensors(opt)
+                tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
                 save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct})
             if dd.world > 1:
                 dist.barrier()
@@ -401,27 +413,25 @@ class DynamicsTask(Task):
         val = open_split(data, ctx + 1, "val", seed, required=False)
         self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
         spec = self.train_set.action_spec
+        if rollout_share is not None and not 0.0 <= rollout_share <= 1.0:
+            raise WorldSimError(f"--rollout-share must be between 0 and 1, got {rollout_share}")
+        rollout = {} if rollout_share is None else {"rollout_share": float(rollout_share)}  # else the init's, or 0
         torch.manual_seed(seed)
         self.info: dict[str, Any] = {}
         if start is None:
-            self.module = Dynamics(dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate, still_head))
+            dcfg = dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate, still_head)
+            self.module = Dynamics(replace(dcfg, **rollout))
         else:
             dcfg = start.config.dynamics
             if spec.nvec != dcfg.action_nvec:
                 raise WorldSimError(f"--init {init}: it was trained on actions {dcfg.action_nvec}, the data has {spec.nvec}")
             gate = dcfg.stay_gate if stay_gate is None else bool(stay_gate)
             still = dcfg.still_head if still_head is None else bool(still_head)
-            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate, still_head=still))
+            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate, still_head=still, **rollout))
             missing, unexpected = self.module.load_state_dict(start.dynamics.state_dict(), strict=False)
             if any(not k.startswith(("stay_head.", "still_head.")) for k in [*missing, *unexpected]):
                 raise WorldSimError(f"--init {init}: its weights do not fit this model ({missing or unexpected})")
             self.info = {"init": str(init)}
-        if rollout_share is not None:
-            if not 0.0 <= rollout_share <= 1.0:
-                raise WorldSimError(f"--rollout-share must be between 0 and 1, got {rollout_share}")
-            state = self.module.state_dict()
-            self.module = Dynamics(replace(self.module.cfg, rollout_share=float(rollout_share)))
-            self.module.load_state_dict(state)
         h, w = self.train_set.frame_shape
         self.config = ModelConfig(
             tokenizer=tok.config.tokenizer,

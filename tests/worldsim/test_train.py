@@ -313,3 +313,18 @@ def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: P
     assert load_model(out).info["steps"] == 2
     rows = [r for r in metrics(out) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
+
+
+def test_resume_is_exact_when_the_checkpoint_is_a_save_ahead_of_the_state(data: Path, tmp_path: Path) -> None:
+    # A kill between the two writes leaves the checkpoint at step 6 and the state at step 3.
+    args = ["tokenizer", "--data", str(data), "--ckpt-every", "3", *FAST]
+    out = tmp_path / "run" / "t.safetensors"
+    assert cli(["train", *args, "--steps", "3", "--out", str(out)]) == 0
+    kept = state_path(out).read_bytes()
+    assert cli(["train", *args, "--steps", "6", "--out", str(out), "--resume"]) == 0
+    state_path(out).write_bytes(kept)  # the step-6 state never made it to disk
+    assert cli(["train", *args, "--steps", "12", "--out", str(out), "--resume"]) == 0
+    full = tmp_path / "full" / "t.safetensors"
+    assert cli(["train", *args, "--steps", "12", "--out", str(full)]) == 0
+    a, b = _weights(full), _weights(out)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
