@@ -34,14 +34,16 @@ class DreamVectorEnv(VectorEnv):
     from ``np_random``) and returns its first frame with reward 0.
 
     ``reset(seed=s)`` starts world ``i`` as ``DreamEnv.reset(seed=s + i)`` would, so at
-    ``temperature=0`` a vector env and single envs with those seeds give the same frames.
+    ``temperature=0`` and ``precision="fp32"`` a vector env and single envs with those seeds
+    give the same frames. In bf16 the matmuls round differently for different batch sizes,
+    so now and then a token comes out otherwise and the worlds part ways.
     A list of seeds sets each world's seed. ``options={"frames": uint8[N,T,H,W,3],
     "actions": [N,T-1,...]}`` or ``{"recording": PATH, "episode": e, "t": t}`` (every
     world starts there) prompt from frames instead.
 
     Args:
         num_envs: Number of worlds N.
-        checkpoint, backend, chunks, temperature, width, height, context, device: as for
+        checkpoint, backend, chunks, temperature, width, height, context, device, precision: as for
             :class:`~envs.dream.DreamEnv`.
         render_mode: ``rgb_array`` (the N frames as a tuple) or None.
         max_episode_steps: Truncate each world's episode after this many steps (None: never).
@@ -62,6 +64,7 @@ class DreamVectorEnv(VectorEnv):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         device: str = "auto",
+        precision: str | None = None,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise WorldSimError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -69,7 +72,7 @@ class DreamVectorEnv(VectorEnv):
             raise WorldSimError(f"the vector dream env renders 'rgb_array' or None, got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise WorldSimError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
-        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device)
+        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision)
         self.model = self.setup.model
         self.num_envs = int(num_envs)
         self.render_mode = render_mode

@@ -82,6 +82,8 @@ class EvalConfig:
     temperature: float | None = None
     backend: str = "torch"
     device: str = "auto"
+    precision: str | None = None
+    """``fp32`` or ``bf16`` (None: the backend's default for the device, see ``worldsim.load``)."""
     seed: int = 0
     reward_threshold: float = 0.5
     """|reward| at or above this counts as a reward event."""
@@ -161,7 +163,7 @@ class Evaluation:
         from worldsim.runtime import load
 
         self.cfg, self.log = config, log
-        self.model = load(config.checkpoint, backend=config.backend, device=config.device, chunks=config.chunks,
+        self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
                           temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels)  # fmt: skip
         mc = self.model.config
         self.env_id = config.env or mc.env_id
@@ -206,7 +208,8 @@ class Evaluation:
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
             "frame_shape": list(self.ref.shape), "policy": policy,
             "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels,
-                         "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device},
+                         "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device,
+                         "precision": self.model.backend.precision},
             "seeds": {"episodes": [t.seed for t in trajs], "idm_from": IDM_SEED_BASE},
         }  # fmt: skip
 
@@ -366,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the runtime's)")
     p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help="seeds the policies and the sampling")
     p.add_argument("--reward-threshold", type=float, default=0.5, help="|reward| that counts as a reward event")
@@ -388,7 +392,7 @@ def main(argv: list[str]) -> int:
         checkpoint=a.checkpoint, out=a.out, env=a.env, env_kwargs=kwargs, episodes=a.episodes, horizon=a.horizon,
         context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks, temperature=a.temperature,
         idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps), backend=a.backend,
-        device=a.device, seed=a.seed, reward_threshold=a.reward_threshold, cache_dir=a.cache_dir, videos=not a.no_videos,
+        device=a.device, precision=a.precision, seed=a.seed, reward_threshold=a.reward_threshold, cache_dir=a.cache_dir, videos=not a.no_videos,
         keep_pixels=a.keep_pixels,
     )  # fmt: skip
     m = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()

@@ -104,7 +104,7 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16"],
-        help="autocast dtype; auto = bf16 where it is native (CUDA, AMX CPUs), else fp32",
+        help="autocast dtype; auto = bf16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32",
     )
     p.add_argument(
         "--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)"

@@ -229,7 +229,9 @@ class Block(nn.Module):
         """x ``[B, S, D]``, past ``[2, B, H, Sp, dh]`` -> (x, this block's new kv ``[2, B, H, S, dh]``)."""
         B, S, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)  # (B, H, S, dh)
+        # RoPE in the tables' fp32, then back to the matmuls' dtype: under bf16 autocast a bf16
+        # k would otherwise come out fp32 and drag the whole cache and attention up with it.
+        q, k = _rotate(q, cos, sin).to(v.dtype), _rotate(k, cos, sin).to(v.dtype)  # (B, H, S, dh)
         new_kv = torch.stack([k, v])
         if past is not None:
             k = torch.cat([past[0].to(k.dtype), k], dim=2)

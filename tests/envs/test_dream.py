@@ -214,7 +214,7 @@ print("ok")
 def test_onnx_backend_dreams_the_same_frames(checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("WORLDSIM_ONNX_CACHE", str(tmp_path / "onnx"))
-    onnx, ref = make(checkpoint, backend="onnx"), make(checkpoint, backend="torch")
+    onnx, ref = make(checkpoint, backend="onnx"), make(checkpoint, backend="torch", precision="fp32")
     onnx.action_space.seed(0)
     actions = [onnx.action_space.sample() for _ in range(6)]
     a, ra = rollout(onnx, 2, actions)

@@ -12,6 +12,7 @@ from worldsim.errors import WorldSimError
 from worldsim.presets import dynamics_config, get_preset
 from worldsim.spaces import ActionSpec
 from worldsim.tokenizer import Tokenizer
+from worldsim.torch_backend import cpu_has_native_bf16, default_precision
 from worldsim.transformer import MASKED, Dynamics
 
 SPEC = ActionSpec("MultiDiscrete", (3, 2))
@@ -68,8 +69,9 @@ def test_greedy_is_deterministic_and_seeds_reproduce_sampling(ckpt: str) -> None
 
 
 def test_sliding_kv_cache_matches_a_full_forward_over_the_window(ckpt: str) -> None:
-    """Greedy K=1 steps, long past the window, equal the argmax of a fresh full pass."""
-    model = worldsim.load(ckpt, device="cpu", temperature=0, chunks=1)
+    """Greedy K=1 steps, long past the window, equal the argmax of a fresh full pass (fp32:
+    in bf16 the two paths round differently)."""
+    model = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0, chunks=1)
     dyn: Dynamics = model.backend.dynamics
     frames, actions = prompt_data(T=3)
     model.prompt(frames, actions)
@@ -97,9 +99,9 @@ def test_sliding_kv_cache_matches_a_full_forward_over_the_window(ckpt: str) -> N
 
 def test_restarting_some_worlds_leaves_the_others_untouched(ckpt: str) -> None:
     frames, actions = prompt_data()
-    # Greedy, so that equal states give equal frames whatever the batch around them.
-    a = worldsim.load(ckpt, device="cpu", temperature=0)
-    b = worldsim.load(ckpt, device="cpu", temperature=0)
+    # Greedy and fp32, so that equal states give equal frames whatever the batch around them.
+    a = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0)
+    b = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0)
     a.prompt(frames, actions)
     b.prompt(frames, actions)
     step = np.array([[1, 0], [2, 1]])
@@ -108,7 +110,7 @@ def test_restarting_some_worlds_leaves_the_others_untouched(ckpt: str) -> None:
     other, other_acts = prompt_data(B=1, T=2, seed=5)
     b.prompt(other, other_acts, worlds=[1])
     assert np.array_equal(b.last_codes[1], b.encode(other[:, -1])[0])
-    fresh = worldsim.load(ckpt, device="cpu", temperature=0)  # world 1 alone, prompted the same way
+    fresh = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0)  # world 1 alone, prompted the same way
     fresh.prompt(other, other_acts)
     differs = []
     for _ in range(3):
@@ -162,6 +164,36 @@ def test_load_errors(tmp_path, ckpt: str) -> None:
     save_model(tok_only, ModelConfig(tokenizer=preset.tokenizer), Tokenizer(preset.tokenizer))
     with pytest.raises(WorldSimError, match="dynamics"):
         worldsim.load(tok_only)
+
+
+def test_default_precision_is_bf16_only_where_the_cpu_multiplies_it_natively(tmp_path) -> None:
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx_vnni\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_has_native_bf16(str(zen4)) and not cpu_has_native_bf16(str(avx2))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))  # macOS, Windows: fp32
+    assert default_precision(torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert worldsim.load(tiny_checkpoint(tmp_path / "t.safetensors"), device="cpu").backend.precision == (
+        default_precision(torch.device("cpu"))
+    )
+
+
+def test_bf16_dreams_the_same_tokens_as_fp32_up_to_rounding(ckpt: str) -> None:
+    """bf16 is the default on native-bf16 CPUs, so from the same context it must predict
+    what fp32 predicts, but for the odd near-tie that rounding flips."""
+    models = {p: worldsim.load(ckpt, device="cpu", precision=p, temperature=0) for p in ("fp32", "bf16")}
+    agree = []
+    for seed in range(4):
+        frames, actions = prompt_data(seed=seed)
+        step = np.random.default_rng(seed).integers(0, 2, (2, 2))
+        outs = {}
+        for p, m in models.items():
+            m.prompt(frames, actions)
+            outs[p] = m.step(step)
+            assert np.isfinite(outs[p].reward).all()
+        agree.append(np.mean(models["fp32"].last_codes == models["bf16"].last_codes))
+    assert min(agree) >= 0.9, agree
 
 
 def test_keep_pixels_shows_the_previous_pixels_where_a_cells_code_did_not_change(ckpt: str) -> None:
