@@ -79,7 +79,9 @@ class OrtBackend:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return self._decoder.run(None, {"codes": np.ascontiguousarray(codes, dtype=np.int64)})[0]
 
-    def empty_cache(self, batch: int, tokens: int) -> np.ndarray:
+    def empty_cache(self, batch: int, tokens: int, scratch: int = 0) -> np.ndarray:
+        """Zeros ``[L, 2, B, heads, tokens, head_dim]``; the graph appends a pass's keys and
+        values itself, so ``scratch`` slots are not needed and none are made."""
         L, two, H, dh = self._kv_shape
         return np.zeros((L, two, batch, H, tokens, dh), dtype=np.float32)
 

@@ -7,7 +7,9 @@ except the KV cache, which stays in the backend's own array type):
 
 * ``encode(frames uint8 [B,H,W,3]) -> codes int64 [B,h,w]``
 * ``decode(codes int64 [B,h,w]) -> frames uint8 [B,H,W,3]``
-* ``empty_cache(batch, tokens) -> cache [L, 2, B, heads, tokens, head_dim]`` (zeros)
+* ``empty_cache(batch, tokens, scratch) -> cache [L, 2, B, heads, tokens (+ scratch), head_dim]``
+  (zeros): the runtime uses the first ``tokens`` slots; a backend may add ``scratch`` slots
+  after them for a pass's own keys and values (``2N``, enough for the fused commit pass)
 * ``append(codes [B,F,h,w], actions int64 [B,F,C], t0: int, cache | None, valid | None)
   -> entries [L, 2, B, heads, F*N, head_dim]``: the context keys/values of F frames;
 * ``predict(codes [B,h,w] (-1 = masked), actions [B,C], t: int, cache | None, valid | None,
@@ -97,7 +99,7 @@ class Backend(Protocol):
 
     def encode(self, frames: np.ndarray) -> np.ndarray: ...
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
-    def empty_cache(self, batch: int, tokens: int) -> Any: ...
+    def empty_cache(self, batch: int, tokens: int, scratch: int = 0) -> Any: ...
     def append(self, codes: np.ndarray, actions: np.ndarray, t0: int, cache: Any, valid: np.ndarray | None) -> Any: ...
     def predict(
         self, codes: np.ndarray, actions: np.ndarray, t: int, cache: Any, valid: np.ndarray | None,
@@ -242,7 +244,7 @@ class WorldModel:
         if worlds is None:
             self._shape = (n, H, W)
             self._t = T - 1
-            self._cache = self.backend.empty_cache(n, self._cap * N)
+            self._cache = self.backend.empty_cache(n, self._cap * N, scratch=2 * N)
             self._valid = np.zeros((n, self._cap * N), dtype=bool)
             self._pending = (codes[:, -1].copy(), prev[:, -1].copy())
             self._frame = frames[:, -1].copy() if self._keeps_frames else None

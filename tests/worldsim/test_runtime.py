@@ -94,7 +94,32 @@ def test_sliding_kv_cache_matches_a_full_forward_over_the_window(ckpt: str) -> N
         lg = pred.logits[:, -1]
         want = sum(part.argmax(-1) * r for part, r in zip(lg.split(list(dyn.cfg.levels), -1), (1, 5, 25)))
         assert np.array_equal(model.last_codes, want.numpy()), len(codes)
-    assert model._cache.shape[4] == (ctx - 1) * 16  # bounded: context - 1 frames of 16 tokens
+    # Bounded: context - 1 frames of 16 tokens, and scratch slots for one pass's 2 frames.
+    assert model._cache.shape[4] == (ctx - 1) * 16 + 2 * 16
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4])
+def test_scratch_slots_give_the_same_dream_as_appending_to_the_cache(ckpt: str, chunks: int) -> None:
+    """Writing a pass's keys and values into the cache's scratch slots is an optimisation:
+    the dream must equal the one that concatenates them, through a restart (per-world masks)
+    and long past the window."""
+    runs = []
+    for scratch in (True, False):
+        m = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0, chunks=chunks)
+        if not scratch:
+            plain = m.backend.empty_cache
+            m.backend.empty_cache = lambda batch, tokens, scratch=0, plain=plain: plain(batch, tokens)
+        frames, actions = prompt_data()
+        m.prompt(frames, actions)
+        rng = np.random.default_rng(4)
+        codes = []
+        for i in range(3 * m.context_frames):
+            if i == 5:
+                m.prompt(*prompt_data(B=1, T=2, seed=9), worlds=[1])
+            m.step(rng.integers(0, 2, (2, 2)))
+            codes.append(m.last_codes.copy())
+        runs.append(np.stack(codes))
+    assert np.array_equal(runs[0], runs[1])
 
 
 def test_restarting_some_worlds_leaves_the_others_untouched(ckpt: str) -> None:
