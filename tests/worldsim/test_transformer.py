@@ -10,7 +10,7 @@ import torch
 
 from worldsim.presets import dynamics_config, get_preset
 from worldsim.spaces import ActionSpec
-from worldsim.transformer import MASKED, Dynamics
+from worldsim.transformer import MASKED, Dynamics, _attention_bf16_cpu
 
 LEVELS = (5, 5, 5)
 
@@ -252,3 +252,16 @@ def test_rolled_out_context_is_the_models_own_predictions_chained_pass_after_pas
     assert losses[0] == losses[1]
     trained = float(model.train()(codes, actions, rewards, ends, generator=torch.Generator().manual_seed(5)).loss.detach())
     assert trained != losses[0]  # in training the rolled-out context is used
+
+
+@pytest.mark.parametrize("per_world", [False, True])
+def test_bf16_cpu_attention_matches_the_reference_kernel(per_world: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    B, H, S, Sk, dh = 3, 2, 8, 40, 16
+    q, k, v = (torch.randn(B, H, n, dh, generator=g) for n in (S, Sk, Sk))
+    mask = torch.rand(B, 1, S, Sk, generator=g) > 0.3 if per_world else torch.rand(S, Sk, generator=g) > 0.3
+    mask[..., -1] = True  # every query sees a key, as in the runtime's passes
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.inference_mode():
+        got = _attention_bf16_cpu(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask).float()
+    assert (got - want).abs().max() < 0.03
