@@ -210,9 +210,10 @@ def _attention_bf16_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     """Attention for bf16 inference on a CPU, as two batched matmuls around a softmax.
 
     A generation pass has few queries (one or two frames) over a long cache. There torch's
-    CPU flash-attention kernel runs ~1.4x slower than two bf16 batched matmuls around a
-    bf16 softmax (measured at 64 worlds x 8 heads x 32 queries x 400 keys), and attention is
-    about a third of a batched step. ``mask`` is a bool ``[S, Sk]`` or ``[B, 1, S, Sk]``
+    CPU flash-attention kernel runs 1.5-1.8x slower than two bf16 batched matmuls around a
+    bf16 softmax (the ``small`` preset's shape: 64 worlds x 4 heads of 64, 32 queries over
+    400 keys; three rounds on a 2-vCPU AVX512-BF16 EPYC), and attention was about a third of
+    a batched step. ``mask`` is a bool ``[S, Sk]`` or ``[B, 1, S, Sk]``
     (True = may attend) in which every query sees at least one key.
     """
     B, H, S, dh = q.shape
