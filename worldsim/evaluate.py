@@ -91,6 +91,8 @@ class EvalConfig:
     videos: bool = True
     keep_pixels: bool | None = None
     """Keep unchanged cells' pixels (None: the runtime's default, ``DEFAULT_KEEP_PIXELS``)."""
+    unfreeze: int | None = None
+    """Still steps before a world is sampled without the stay gate (None: ``DEFAULT_UNFREEZE``)."""
 
 
 def _mean(x: np.ndarray) -> float:
@@ -164,7 +166,8 @@ class Evaluation:
 
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
-                          temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels)  # fmt: skip
+                          temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels,
+                          unfreeze=config.unfreeze)  # fmt: skip
         mc = self.model.config
         self.env_id = config.env or mc.env_id
         if self.env_id is None:
@@ -207,7 +210,7 @@ class Evaluation:
         m: dict[str, Any] = {
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
             "frame_shape": list(self.ref.shape), "policy": policy,
-            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels,
+            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "unfreeze": self.model.unfreeze,
                          "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device,
                          "precision": self.model.backend.precision},
             "seeds": {"episodes": [t.seed for t in trajs], "idm_from": IDM_SEED_BASE},
@@ -377,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-videos", action="store_true", help="skip the GIF and MP4 files")
     p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, off)")
+    p.add_argument("--unfreeze", type=int, default=None,
+                   help="still steps before a world is sampled without the stay gate until it moves; 0 = never (default: the runtime's)")
     p.add_argument("--out", required=True, help="folder for metrics.json, plots and videos")
     return p
 
@@ -393,7 +398,7 @@ def main(argv: list[str]) -> int:
         context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks, temperature=a.temperature,
         idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps), backend=a.backend,
         device=a.device, precision=a.precision, seed=a.seed, reward_threshold=a.reward_threshold, cache_dir=a.cache_dir, videos=not a.no_videos,
-        keep_pixels=a.keep_pixels,
+        keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
     )  # fmt: skip
     m = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
     print(summary(m))

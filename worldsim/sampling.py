@@ -94,12 +94,17 @@ class MaskGitSampler:
         self.rng = rng
         self._radix = np.array([math.prod(levels[:i]) for i in range(len(levels))], dtype=np.int64)
 
-    def _choose(self, logits: np.ndarray, stay: np.ndarray | None, prev: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _choose(
+        self, logits: np.ndarray, stay: np.ndarray | None, prev: np.ndarray | None, gated: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """logits ``[B, h, w, sum(levels)]`` -> (codes ``[B, h, w]``, log-prob of the choice ``[B, h, w]``).
 
         With a stay gate ``[B, h, w, D]`` and the previous frame's codes ``prev`` ``[B, h, w]``,
-        each channel's logit of its previous level gets the gate's bonus first (as in training).
+        each channel's logit of its previous level gets the gate's bonus first (as in training),
+        in the worlds where ``gated`` (bool ``[B]``; None: all) is True.
         """
+        if stay is not None and gated is not None:
+            stay = stay * gated[:, None, None, None]
         code = np.zeros(logits.shape[:-1], dtype=np.int64)
         conf = np.zeros(logits.shape[:-1], dtype=np.float64)
         start = 0
@@ -119,10 +124,12 @@ class MaskGitSampler:
         return code, conf
 
     def generate(
-        self, predict: Callable[[np.ndarray], PassOutput], batch: int, h: int, w: int, prev: np.ndarray | None = None
+        self, predict: Callable[[np.ndarray], PassOutput], batch: int, h: int, w: int, prev: np.ndarray | None = None,
+        gated: np.ndarray | None = None,
     ) -> FrameSample:
         """Run K passes; ``predict(codes)`` sees the codes so far (MASKED where unknown).
-        ``prev`` ``[B, h, w]`` is the previous frame's codes, for a model with a stay gate."""
+        ``prev`` ``[B, h, w]`` is the previous frame's codes, for a model with a stay gate;
+        ``gated`` (bool ``[B]``, None: all) says in which worlds the gate's bonus applies."""
         p = self.patch
         gh, gw = h // p, w // p
         n = gh * gw
@@ -135,7 +142,7 @@ class MaskGitSampler:
             out = predict(codes)
             if k == 0:
                 still = out.still_logit
-            choice, conf = self._choose(out.logits, out.stay, prev)
+            choice, conf = self._choose(out.logits, out.stay, prev, gated)
             # Patch confidence: summed log-prob of its cells. (B, h, w) -> (B, gh*gw)
             pconf = conf.reshape(batch, gh, p, gw, p).sum((2, 4)).reshape(batch, n)
             if self.temperature > 0 and k + 1 < len(sizes):

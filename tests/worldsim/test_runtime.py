@@ -221,6 +221,34 @@ def test_bf16_dreams_the_same_tokens_as_fp32_up_to_rounding(ckpt: str) -> None:
     assert min(agree) >= 0.9, agree
 
 
+def test_unfreeze_lets_a_frozen_gated_dream_move_again(tmp_path) -> None:
+    """A stay gate so strong that it keeps every cell freezes the dream for good; with
+    ``unfreeze=2`` the third frame is sampled without the gate, so the dream moves."""
+    torch.manual_seed(0)
+    preset = get_preset("tiny")
+    tok = Tokenizer(preset.tokenizer)
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, SPEC, 4, stay_gate=True))
+    torch.nn.init.normal_(dyn.head.weight, std=0.5)
+    torch.nn.init.constant_(dyn.stay_head.bias, 50.0)  # keep every cell, whatever the logits
+    path = tmp_path / "gated.safetensors"
+    save_model(path, ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn.cfg, frame_shape=(16, 16)), tok, dyn)
+    frames, actions = prompt_data()
+    changed = {}
+    for unfreeze in (0, 2):
+        m = worldsim.load(str(path), device="cpu", temperature=1.0, seed=0, unfreeze=unfreeze)
+        m.prompt(frames, actions)
+        prev, moved = m.last_codes, []
+        for _ in range(6):
+            m.step(np.zeros((2, 2), dtype=np.int64))
+            moved.append(bool((m.last_codes != prev).any()))
+            prev = m.last_codes
+        changed[unfreeze] = moved
+    assert changed[0] == [False] * 6  # frozen from the first step
+    assert changed[2][:2] == [False, False] and changed[2][2]  # two still steps, then it moves
+    with pytest.raises(ValueError, match="unfreeze"):
+        worldsim.load(str(path), device="cpu", unfreeze=-1)
+
+
 def test_keep_pixels_shows_the_previous_pixels_where_a_cells_code_did_not_change(ckpt: str) -> None:
     frames, acts = prompt_data()
     runs = {}
