@@ -89,9 +89,9 @@ Models without a gate are not affected.
 Measured on the shipped model, 2,000 open-loop explorer steps in each of the 8 worlds
 ``STABILITY_SEED_BASE + 777..784`` (the docs/model.md snippet, batched): without the guard
 4 of 8 collapsed into a frozen picture; with ``unfreeze=1`` none did (at most 106 frozen
-frames); with 2, 2 of 8 still collapsed. On the eval's 16 held-out episodes it costs 0.25 dB
-of open-loop PSNR over horizons 1-16 (24.96 -> 24.71 dB: a truly still world is then
-sampled without the gate and shimmers a little) and raises the IDM's move ratio from 0.74
+frames); with 2, 2 of 8 still collapsed. On the eval's 16 held-out episodes it costs 0.62 dB
+of open-loop PSNR over horizons 1-16 (25.33 -> 24.71 dB: a truly still world is then
+sampled without the gate and shimmers a little) and raises the IDM's move ratio from 0.66
 to 0.82; teacher-forced figures are unchanged (docs/model.md, "Freeze guard";
 ``worldsim eval --unfreeze N``)."""
 STILL_CELL_SHARE = 0.1
