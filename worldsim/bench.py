@@ -62,14 +62,14 @@ def _peaks(device: torch.device) -> dict[str, float]:
 
 
 def _random_model(
-    preset: str, spec: ActionSpec, context: int | None, device: torch.device, precision: str
+    preset: str, spec: ActionSpec, context: int | None, device: torch.device, precision: str, cast_weights: bool = True
 ) -> TorchBackend:
     p = get_preset(preset)
     torch.manual_seed(0)
     tok = Tokenizer(p.tokenizer).to(device)
     dyn = Dynamics(dynamics_config(p, p.tokenizer.levels, spec, context)).to(device)
     cfg = ModelConfig(tokenizer=p.tokenizer, dynamics=dyn.cfg, preset=preset)
-    return TorchBackend(tok, dyn, cfg, device, precision)
+    return TorchBackend(tok, dyn, cfg, device, precision, cast_weights)
 
 
 def _params(m: torch.nn.Module) -> int:
@@ -156,7 +156,7 @@ def dream_main(argv: list[str]) -> int:
     if checkpoint is None and set(a.backend) != {"torch"}:
         # Every backend must time the same weights: save the random model once for all of them.
         scratch = tempfile.TemporaryDirectory()
-        be = _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision)
+        be = _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision, cast_weights=False)  # saved in fp32
         checkpoint = str(Path(scratch.name) / f"{a.preset}-random.safetensors")
         save_model(checkpoint, replace(be.config, frame_shape=(H, W)), be.tokenizer, be.dynamics)
 
@@ -328,7 +328,7 @@ def train_main(argv: list[str]) -> int:
     for name in a.presets:
         if name not in PRESETS:
             raise WorldSimError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        be = _random_model(name, BLOCKWORLD_ACTIONS, None, dev, precision)
+        be = _random_model(name, BLOCKWORLD_ACTIONS, None, dev, precision, cast_weights=False)
         for kind, module in (("tokenizer", be.tokenizer), ("dynamics", be.dynamics)):
             module.train()
             opt = torch.optim.AdamW(module.parameters(), lr=1e-4)

@@ -3,7 +3,7 @@
 The backend only has to answer "given these known patches (the rest masked), what are the
 logits for every cell?". This module decides how many patches each of the K passes fixes
 (a cosine schedule), which ones (the most confident), and what values they take (argmax
-at temperature 0, otherwise a seeded Gumbel draw). It works on numpy arrays so the torch
+at temperature 0, otherwise a seeded draw from the tempered softmax). It works on numpy arrays so the torch
 and the ONNX Runtime backends share it unchanged: same seed, same draws.
 """
 
@@ -66,11 +66,6 @@ def chunk_sizes(num_patches: int, chunks: int) -> list[int]:
     return sizes
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 class MaskGitSampler:
     """Generates a frame's codes with K passes of a backend's ``predict``.
 
@@ -93,6 +88,9 @@ class MaskGitSampler:
         self.temperature = float(temperature)
         self.rng = rng
         self._radix = np.array([math.prod(levels[:i]) for i in range(len(levels))], dtype=np.int64)
+        self._levels = np.array(levels, dtype=np.int64)
+        self._starts = np.cumsum([0, *levels[:-1]]).astype(np.int64)
+        """Offset of each channel's block of logits."""
 
     def _choose(
         self, logits: np.ndarray, stay: np.ndarray | None, prev: np.ndarray | None, gated: np.ndarray | None = None
@@ -102,26 +100,42 @@ class MaskGitSampler:
         With a stay gate ``[B, h, w, D]`` and the previous frame's codes ``prev`` ``[B, h, w]``,
         each channel's logit of its previous level gets the gate's bonus first (as in training),
         in the worlds where ``gated`` (bool ``[B]``; None: all) is True.
+
+        Each channel's level is drawn from softmax(logits / temperature) by inverting its
+        cumulative sum with one uniform draw, in float32: one random number per channel and
+        cell instead of a Gumbel draw per level, which made sampling about 15 % of a 64-world
+        step of ``small`` on a 2-core CPU. At temperature 0 it is the argmax (the first on ties).
         """
-        if stay is not None and gated is not None:
-            stay = stay * gated[:, None, None, None]
-        code = np.zeros(logits.shape[:-1], dtype=np.int64)
-        conf = np.zeros(logits.shape[:-1], dtype=np.float64)
-        start = 0
-        for i, (lv, radix) in enumerate(zip(self.levels, self._radix)):
-            x = logits[..., start : start + lv].astype(np.float64)
-            if stay is not None and prev is not None:
-                x = x + (np.arange(lv) == ((prev // radix) % lv)[..., None]) * stay[..., i : i + 1]
-            lp = _log_softmax(x)
-            start += lv
+        x = np.asarray(logits, dtype=np.float32)
+        batch_shape = x.shape[:-1]
+        # Levels first, cells second: each reduction over a channel's few levels becomes
+        # elementwise arithmetic on whole rows of cells, which numpy runs vectorized.
+        x = x.reshape(-1, x.shape[-1]).T.copy()  # (sum(levels), cells)
+        cells = np.arange(x.shape[1])
+        if stay is not None and prev is not None:
+            bonus = np.asarray(stay, dtype=np.float32).reshape(-1, len(self.levels))
+            if gated is not None:
+                bonus = bonus * np.repeat(gated, x.shape[1] // len(gated))[:, None]
+            at = self._starts + (prev.reshape(-1, 1) // self._radix) % self._levels  # (cells, D): previous levels
+            x[at, cells[:, None]] += bonus
+        code = np.zeros(x.shape[1], dtype=np.int64)
+        conf = np.zeros(x.shape[1], dtype=np.float32)
+        u = None if self.temperature == 0 else self.rng.random((len(self.levels), x.shape[1]), dtype=np.float32)
+        for i, (lv, radix, start) in enumerate(zip(self.levels, self._radix, self._starts)):
+            z = x[start : start + lv]
+            z = z - z.max(0)  # <= 0, with a 0 at the argmax
+            lse = np.log(np.exp(z).sum(0))
             if self.temperature == 0:
-                idx = lp.argmax(-1)
+                idx = z.argmax(0)
             else:
-                g = self.rng.gumbel(size=lp.shape)
-                idx = (lp / self.temperature + g).argmax(-1)
+                cdf = np.exp(z / self.temperature)
+                for k in range(1, lv):  # a running sum row by row: np.cumsum along axis 0 is 10x slower
+                    np.add(cdf[k - 1], cdf[k], out=cdf[k])
+                idx = (cdf < u[i] * cdf[-1]).sum(0)
+                idx = np.minimum(idx, lv - 1)  # rounding at the top end
             code += idx * radix
-            conf += np.take_along_axis(lp, idx[..., None], -1)[..., 0]
-        return code, conf
+            conf += z[idx, cells] - lse
+        return code.reshape(batch_shape), conf.reshape(batch_shape)
 
     def generate(
         self, predict: Callable[[np.ndarray], PassOutput], batch: int, h: int, w: int, prev: np.ndarray | None = None,

