@@ -1,13 +1,16 @@
 """`worldsim bench dream-env`: dream steps/s through the Gymnasium API, single and vector.
 
-``worldsim bench dream`` measures the runtime (``WorldModel.step``) alone. This benchmark
-measures what an RL user gets: ``env.step`` of ``worldsim/Dream-v0`` (validation, copies,
+The runtime's own benchmark (:func:`worldsim.bench.dream_main`) measures ``WorldModel.step``
+alone. This benchmark measures what an RL user gets: ``env.step`` of ``worldsim/Dream-v0`` (validation, copies,
 the TimeLimit wrapper) and the native vector env at N = 16 and N = 64. Each Gymnasium
 figure is printed beside the bare runtime's rate at the same batch size, measured in the
 same run, so the ratio shows the API's overhead even on a noisy shared machine.
 
 Without a trained checkpoint, ``--preset`` benchmarks a randomly initialised model of that
 size: generation costs the same whatever the weights.
+
+``worldsim bench dream`` (:func:`bench_dream_main`) runs both: the runtime's table, then
+this one, so one command reports generation frames/s and the env's steps/s.
 """
 
 from __future__ import annotations
@@ -177,6 +180,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--chunks", type=int, help="chunks per frame (default: the model's)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the device's fastest accurate one")
     p.add_argument("--nums", default="16,64", help="vector sizes, comma-separated (default 16,64)")
     p.add_argument("--steps", type=int, default=60, help="timed steps per configuration (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
@@ -201,7 +205,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(random_checkpoint(a.preset, Path(tmp))) if a.preset else a.checkpoint
         kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
-                      chunks=a.chunks)  # fmt: skip
+                      chunks=a.chunks, precision=a.precision)  # fmt: skip
         what = f"preset {a.preset} (random weights)" if a.preset else (a.checkpoint or "the shipped model")
         if a.rollout:
             r = rollout(kwargs, a.rollout, seed=0)
@@ -227,3 +231,39 @@ def main(argv: list[str]) -> int:
             ok = r.gym_steps_per_s >= TARGET_VECTOR_64
             print(f"target vector N=64 >= {TARGET_VECTOR_64:g} steps/s: {'met' if ok else 'NOT met'} ({r.gym_steps_per_s:.1f})")
     return 0
+
+
+def bench_dream_main(argv: list[str]) -> int:
+    """Entry point of ``worldsim bench dream``: the runtime's generation benchmark
+    (:func:`worldsim.bench.run_dream`: frames/s at each batch and K, FLOPs per frame, share
+    of the matmul peak), then the dream env through Gymnasium (:func:`main`: single env and
+    the vector env at N = 16 and N = 64, with the targets), unless ``--no-env``.
+
+    The env part times the shipped model (or ``--checkpoint``) at ``--size``; a ``--preset``
+    given explicitly makes it time a random model of that preset as well.
+    """
+    from worldsim.bench import dream_parser, run_dream
+
+    ap = dream_parser()
+    g = ap.add_argument_group("the dream env through Gymnasium")
+    g.add_argument("--env", action=argparse.BooleanOptionalAction, default=True,
+                   help="then time worldsim/Dream-v0, single and vectorised (default on)")
+    g.add_argument("--env-steps", type=int, default=60, help="timed env steps per configuration (default 60)")
+    g.add_argument("--env-nums", default="16,64", help="vector env sizes, comma-separated (default 16,64)")
+    a = ap.parse_args(argv)
+    rc = run_dream(a)
+    if rc or not a.env:
+        return rc
+    H, W = a.size
+    env_argv = ["--steps", str(a.env_steps), "--nums", a.env_nums, "--width", str(W), "--height", str(H),
+                "--device", a.device, "--backend", a.backend[0]]  # fmt: skip
+    if a.checkpoint:
+        env_argv += ["--checkpoint", a.checkpoint]
+    elif any(x == "--preset" or x.startswith("--preset=") for x in argv):
+        env_argv += ["--preset", a.preset]
+    if a.threads:
+        env_argv += ["--threads", str(a.threads)]
+    if a.precision:
+        env_argv += ["--precision", a.precision]
+    print(flush=True)
+    return main(env_argv)

@@ -98,9 +98,11 @@ def _finish(
         Path(path).write_text(json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
 
 
-def dream_main(argv: list[str]) -> int:
-    """``worldsim bench dream``: generation frames/s at B=1 and B=64, K=1 and the default K."""
-    ap = argparse.ArgumentParser(prog="worldsim bench dream", description=dream_main.__doc__)
+def dream_parser() -> argparse.ArgumentParser:
+    """The options of ``worldsim bench dream``'s runtime part (:func:`run_dream`)."""
+    ap = argparse.ArgumentParser(
+        prog="worldsim bench dream", description="Generation frames/s at B=1 and B=64, K=1 and the default K."
+    )
     ap.add_argument(
         "--preset",
         default="small",
@@ -139,7 +141,20 @@ def dream_main(argv: list[str]) -> int:
         help="alternate the backends this many times per setting (default 3)",
     )
     _common(ap)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def dream_main(argv: list[str]) -> int:
+    """Generation frames/s at B=1 and B=64, K=1 and the default K (the runtime alone).
+
+    ``worldsim bench dream`` runs this and then the dream env through Gymnasium
+    (``envs.dream_bench.bench_dream_main``); this is the part that needs no env.
+    """
+    return run_dream(dream_parser().parse_args(argv))
+
+
+def run_dream(a: argparse.Namespace) -> int:
+    """:func:`dream_main` on parsed options (see :func:`dream_parser`)."""
     if a.rounds < 1:
         raise WorldSimError(f"--rounds must be at least 1, got {a.rounds}")
     if a.threads:

@@ -220,8 +220,11 @@ def _attention_bf16_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     Sk = k.shape[2]
     qs, kt = q.reshape(B * H, S, dh), k.reshape(B * H, Sk, dh).transpose(1, 2)
     if mask is not None and mask.dim() == 2:
-        # One mask for all worlds: added inside the matmul (0 or -inf), which saves a pass
-        # over the scores (0.5 ms a layer at 64 worlds of ``small``).
+        # One mask for all worlds (a prompt's causal mask, a frame's later passes): added
+        # inside the score matmul as 0 or -inf instead of a masked_fill pass over the scores
+        # (64 worlds x 4 heads, 32 queries over 208 keys: 2.1 against 2.7 ms a layer,
+        # micro-benchmark). A step's first pass hides the replaced slot per world, so it
+        # keeps masked_fill.
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
         scores = torch.baddbmm(bias, qs, kt, alpha=dh**-0.5).view(B, H, S, Sk)
     else:

@@ -17,6 +17,16 @@ import numpy as np
 
 from worldsim.errors import WorldSimError
 
+TARGET_SINGLE = 2000.0
+"""Issue 2's target for one env at 64x64 on the project's 2-CPU machine, resets amortised."""
+TARGET_VECTOR = 4 * TARGET_SINGLE
+"""Issue 2's target for the 64-world vector env: "at least 4x that", read as four times the
+single-env target (8,000 steps/s), not four times whatever the single env measures. On 2
+CPUs, threads give the vector env at most 2x its own per-world cost, and a faster single env
+(the same renderer) would move a relative target away by exactly as much. The printed
+"vector / single" ratio keeps the relative figure visible beside it."""
+TARGET_RESET_S = 0.2
+
 
 @dataclass(frozen=True)
 class EngineBench:
@@ -131,4 +141,12 @@ def main(argv: list[str]) -> int:
     print(f"  {'vector / single':<28} {r.ratio:>10.2f}x")
     print(f"  {'render only (one frame)':<28} {'':>10} {r.render_cpu_us:>12,.0f}")
     print(f"  {'reset (new world)':<28} {r.reset_seconds:>10.3f} s")
+    if (r.width, r.height, r.num_envs) == (64, 64, 64):
+        for what, ok, figure in (
+            (f"single env >= {TARGET_SINGLE:,.0f} steps/s", r.single_steps_per_s >= TARGET_SINGLE, f"{r.single_steps_per_s:,.0f}"),
+            (f"vector env >= {TARGET_VECTOR:,.0f} steps/s (4 x the single-env target)", r.vector_steps_per_s >= TARGET_VECTOR,
+             f"{r.vector_steps_per_s:,.0f}"),
+            (f"reset < {TARGET_RESET_S} s", r.reset_seconds < TARGET_RESET_S, f"{r.reset_seconds:.3f} s"),
+        ):  # fmt: skip
+            print(f"target {what}: {'met' if ok else 'NOT met'} ({figure})")
     return 0

@@ -21,6 +21,8 @@ from envs.blockworld.render import draw_hud, render_worlds
 from envs.blockworld.tick import refresh_targets, step_players
 from envs.blockworld.worldgen import BIOME_NAMES, column
 
+RENDER_SLICES_PER_THREAD = 8
+"""A batch is rendered in this many slices per render thread (see ``Engine.render``)."""
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -125,7 +127,12 @@ class Engine:
         if self._pool is None:
             self._render_slice(0, self.num_worlds)
         else:
-            bounds = np.linspace(0, self.num_worlds, len(self._threads) + 1).astype(int)
+            # Many small slices, taken by whichever thread is free: worlds differ in cost (a
+            # cave view traces more than an open sky) and a shared CPU stalls threads, so
+            # one fixed half per thread left one waiting on the other. 8 per thread ran a
+            # 64-world step 1.2x faster than halves (in-process A/B, 5 rounds, busy machine).
+            n = min(self.num_worlds, RENDER_SLICES_PER_THREAD * len(self._threads))
+            bounds = np.linspace(0, self.num_worlds, n + 1).astype(int)
             jobs = [self._pool.submit(self._render_slice, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
             for job in jobs:
                 job.result()

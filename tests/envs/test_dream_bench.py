@@ -32,3 +32,21 @@ def test_bad_options():
         main(["--preset", "tiny", "--checkpoint", "x.safetensors"])
     with pytest.raises(WorldSimError, match="comma-separated"):
         main([*TINY, "--nums", "a,b"])
+
+
+def test_bench_dream_times_the_runtime_then_the_env_through_gymnasium(capsys, tmp_path):
+    """`worldsim bench dream` reports generation frames/s and the dream env's steps/s in one run."""
+    from worldsim.cli import main as cli
+
+    out_json = tmp_path / "dream.json"
+    args = ["bench", "dream", "--preset", "tiny", "--size", "16", "16", "--batch", "1", "--chunks", "1",
+            "--seconds", "0.1", "--rounds", "1", "--device", "cpu", "--threads", "1", "--json", str(out_json),
+            "--env-steps", "2", "--env-nums", "2"]  # fmt: skip
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert '"frames_per_s"' in out and out_json.is_file()  # the runtime's table
+    assert "dream env benchmark: preset tiny (random weights), 16x16" in out  # the same preset, through Gymnasium
+    assert re.search(r"single env\s+[\d.]+ steps/s through Gymnasium", out), out
+    assert re.search(r"vector env N=2\s+[\d.]+ steps/s", out), out
+    assert cli([*args, "--no-env"]) == 0
+    assert "through Gymnasium" not in capsys.readouterr().out

@@ -131,7 +131,7 @@ def test_bench_dream_times_both_backends_side_by_side(tmp_path: Path, private_ca
 
     out = tmp_path / "dream.json"
     args = ["bench", "dream", "--preset", "tiny", "--size", "16", "16", "--batch", "1", "2", "--chunks", "1",
-            "--seconds", "0.1", "--rounds", "2", "--device", "cpu", "--backend", "torch", "onnx", "--json", str(out)]  # fmt: skip
+            "--seconds", "0.1", "--rounds", "2", "--device", "cpu", "--backend", "torch", "onnx", "--json", str(out), "--no-env"]  # fmt: skip
     assert cli(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert sorted((r["backend"], r["batch"]) for r in rows) == [("onnx", 1), ("onnx", 2), ("torch", 1), ("torch", 2)]
