@@ -128,6 +128,8 @@ def _cli(argv: list[str]) -> None:
     from worldsim.cli import main as cli
 
     rc = cli(argv)
+    if rc == 130:  # the stage's own Ctrl-C / SIGINT handling: its last checkpoint stands
+        raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` was interrupted; run the recipe again to resume")
     if rc != 0:
         raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` failed (exit {rc}); fix the cause and run the recipe again to resume")
 
