@@ -288,3 +288,15 @@ def test_teacher_forced_figures_split_frames_that_changed_from_frames_that_did_n
     assert bc["still"]["exact"] == 4 / 5
     assert bc["moving"]["psnr"] == 60.0  # the dream is the real frame where it moved
     assert bc["moving"]["copy_last_psnr"] == pytest.approx(np.mean(psnr(last[0, :3], real[0, :3])))
+
+
+def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(monkeypatch) -> None:
+    import worldsim.cli
+    from worldsim import recipe
+
+    monkeypatch.setattr(worldsim.cli, "main", lambda argv: 130)
+    with pytest.raises(WorldSimError, match=r"`worldsim train dynamics` was interrupted; run the recipe again to resume"):
+        recipe._cli(["train", "dynamics", "--resume"])
+    monkeypatch.setattr(worldsim.cli, "main", lambda argv: 2)
+    with pytest.raises(WorldSimError, match=r"`worldsim train tokenizer` failed \(exit 2\)"):
+        recipe._cli(["train", "tokenizer"])
