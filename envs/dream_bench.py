@@ -245,6 +245,11 @@ def bench_dream_main(argv: list[str]) -> int:
     from worldsim.bench import dream_parser, run_dream
 
     ap = dream_parser()
+    ap.description = (
+        "Generation frames/s at B=1 and B=64, K=1 and the default K (random `small` weights unless --checkpoint), "
+        "then worldsim/Dream-v0 steps/s through Gymnasium: single env, N=16 and N=64 (the shipped model unless "
+        "--checkpoint, or an explicit --preset)."
+    )
     g = ap.add_argument_group("the dream env through Gymnasium")
     g.add_argument("--env", action=argparse.BooleanOptionalAction, default=True,
                    help="then time worldsim/Dream-v0, single and vectorised (default on)")
