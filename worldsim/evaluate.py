@@ -374,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the policies and the sampling")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="seeds the policies and the sampling; several: one eval each in OUT/seed-S, "
+                        "and OUT/seeds.json with each figure's mean, min and max over them")  # fmt: skip
     p.add_argument("--reward-threshold", type=float, default=0.5, help="|reward| that counts as a reward event")
     p.add_argument("--cache-dir", default=None, help="IDM cache (default: $WORLDSIM_CACHE/idm or ~/.cache/worldsim/idm)")
     p.add_argument("--no-videos", action="store_true", help="skip the GIF and MP4 files")
@@ -392,18 +394,94 @@ def main(argv: list[str]) -> int:
     for name in ("episodes", "horizon", "stability_steps", "probe_worlds", "idm_data_steps", "idm_train_steps"):
         if getattr(a, name) < 1:
             raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
+    if len(set(a.seed)) != len(a.seed):
+        raise WorldSimError(f"--seed values must differ, got {a.seed}")
     set_threads(a.threads)
-    cfg = EvalConfig(
-        checkpoint=a.checkpoint, out=a.out, env=a.env, env_kwargs=kwargs, episodes=a.episodes, horizon=a.horizon,
-        context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks, temperature=a.temperature,
-        idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps), backend=a.backend,
-        device=a.device, precision=a.precision, seed=a.seed, reward_threshold=a.reward_threshold, cache_dir=a.cache_dir, videos=not a.no_videos,
-        keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
-    )  # fmt: skip
-    m = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
-    print(summary(m))
-    print(f"wrote {Path(a.out) / 'metrics.json'}")
+    several = len(a.seed) > 1
+    runs: dict[int, dict[str, Any]] = {}
+    for seed in a.seed:
+        out = Path(a.out) / f"seed-{seed}" if several else Path(a.out)
+        cfg = EvalConfig(
+            checkpoint=a.checkpoint, out=str(out), env=a.env, env_kwargs=kwargs, episodes=a.episodes, horizon=a.horizon,
+            context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks,
+            temperature=a.temperature, idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps),
+            backend=a.backend, device=a.device, precision=a.precision, seed=seed, reward_threshold=a.reward_threshold,
+            cache_dir=a.cache_dir, videos=not a.no_videos, keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
+        )  # fmt: skip
+        runs[seed] = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
+        if several:
+            print(f"# seed {seed}")
+        print(summary(runs[seed]))
+        print(f"wrote {out / 'metrics.json'}")
+    if several:
+        spread = across_seeds(runs)
+        path = Path(a.out) / "seeds.json"
+        path.write_text(json.dumps(spread, indent=2) + "\n")
+        print(f"# over seeds {', '.join(map(str, a.seed))}")
+        print(spread_table(spread))
+        print(f"wrote {path}")
     return 0
+
+
+def headline_figures(m: dict[str, Any]) -> dict[str, float | bool | None]:
+    """The figures of one eval that :func:`across_seeds` compares: flat ``name -> value``."""
+    key = next(k for k in m["open_loop"] if k.startswith("mean_1_"))
+    out: dict[str, float | bool | None] = {
+        "tokenizer_psnr": m["tokenizer"]["psnr"],
+        "teacher_forced_psnr": m["teacher_forced"]["psnr"],
+        "teacher_forced_copy_last_psnr": m["teacher_forced"]["copy_last_psnr"],
+        f"open_loop_{key}_psnr": m["open_loop"][key]["psnr"],
+        f"open_loop_{key}_copy_last_psnr": m["open_loop"][key]["copy_last_psnr"],
+        f"open_loop_{key}_gain_db": m["open_loop"][key]["gain_db"],
+    }
+    for name, c in m["controllability"]["components"].items():
+        out[f"idm_{name}_ratio"] = c["ratio"]
+    for probe, v in m["permanence"].items():
+        if isinstance(v, dict) and "skipped" not in v:
+            out[f"{probe}_final_vs_start_psnr"] = v["final_vs_start_psnr"]
+            out[f"{probe}_half_psnr"] = v["half_psnr"]
+            out[f"{probe}_half_copy_last_psnr"] = v["half_copy_last_psnr"]
+    out["stability_flagged_fraction"] = m["stability"]["flagged_fraction"]
+    out["stability_collapsed"] = m["stability"]["collapsed"]
+    for name, ok in m.get("targets", {}).items():
+        out[f"target_{name}"] = ok
+    return out
+
+
+def across_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each headline figure over several seeds' evals: the values per seed, and for numbers
+    their mean, min and max, for yes/no figures (targets, collapse) how many seeds said yes.
+
+    One eval is one batch of episodes and probe worlds, so a figure within a few tenths of
+    a dB of its target can flip with the seed; the spread says how far to trust it.
+    """
+    per_seed = {seed: headline_figures(m) for seed, m in runs.items()}
+    names = list(dict.fromkeys(n for figs in per_seed.values() for n in figs))
+    figures: dict[str, Any] = {}
+    for name in names:
+        values = [figs.get(name) for figs in per_seed.values()]
+        entry: dict[str, Any] = {"values": values}
+        if all(isinstance(v, bool) for v in values):
+            entry["true"] = sum(values)
+        else:
+            nums = [float(v) for v in values if v is not None and not isinstance(v, bool)]
+            if nums:
+                entry.update(mean=float(np.mean(nums)), min=min(nums), max=max(nums))
+        figures[name] = entry
+    return {"seeds": list(runs), "figures": figures}
+
+
+def spread_table(spread: dict[str, Any]) -> str:
+    """:func:`across_seeds` as text: one line a figure."""
+    n = len(spread["seeds"])
+    lines = []
+    for name, e in spread["figures"].items():
+        if "true" in e:
+            lines.append(f"{name:<44} yes in {e['true']} of {n}")
+        elif "mean" in e:
+            vals = ", ".join("n/a" if v is None else f"{v:.3f}" for v in e["values"])
+            lines.append(f"{name:<44} mean {e['mean']:8.3f}  min {e['min']:8.3f}  max {e['max']:8.3f}  ({vals})")
+    return "\n".join(lines)
 
 
 def set_threads(threads: int | None) -> None:

@@ -300,3 +300,21 @@ def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(mon
     monkeypatch.setattr(worldsim.cli, "main", lambda argv: 2)
     with pytest.raises(WorldSimError, match=r"`worldsim train tokenizer` failed \(exit 2\)"):
         recipe._cli(["train", "tokenizer"])
+
+
+def test_eval_over_several_seeds_reports_each_and_the_spread(tiny_toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "seeds"
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+              "--no-videos", "--temperature", "1", "--seed", "3", "7", *SMALL])  # fmt: skip
+    assert rc == 0
+    runs = {s: json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (3, 7)}
+    spread = json.loads((out / "seeds.json").read_text())
+    assert spread["seeds"] == [3, 7]
+    tf = spread["figures"]["teacher_forced_psnr"]
+    assert tf["values"] == [runs[3]["teacher_forced"]["psnr"], runs[7]["teacher_forced"]["psnr"]]
+    assert tf["min"] <= tf["mean"] <= tf["max"] and abs(tf["mean"] - sum(tf["values"]) / 2) < 1e-9
+    collapsed = spread["figures"]["stability_collapsed"]
+    assert collapsed["true"] == sum(r["stability"]["collapsed"] for r in runs.values())
+    printed = capsys.readouterr().out
+    assert "# seed 3" in printed and "# over seeds 3, 7" in printed and "teacher_forced_psnr" in printed
+    assert cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(tmp_path / "x"), "--seed", "1", "1"]) == 2
