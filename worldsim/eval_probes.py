@@ -17,7 +17,7 @@ of standing still,
 * *walk*: walk away for ``walk_steps`` steps and back as many; the final dream frame is
   compared with the frame before the walk, and the farthest point as above.
 
-Each probe runs in ``probe_worlds`` held-out worlds at once (4 by default).
+Each probe runs in ``probe_worlds`` held-out worlds at once (16 by default).
 """
 
 from __future__ import annotations

@@ -42,8 +42,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 PSNR_CAP = 60.0
 """dB given to a frame identical to its reference (its true PSNR is infinite)."""
@@ -79,35 +77,49 @@ def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP) -> np.ndarray:
     return np.minimum(db, cap)
 
 
-def _gaussian(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
+def _gaussian(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
+def _blur(t: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``t`` ``[N, H, W, 3]`` filtered by the separable kernel ``g`` x ``g``, 'valid' borders.
+
+    Two 1-D passes of shifted, weighted sums: 2 x 11 multiply-adds per pixel instead of a
+    121-tap 2-D convolution. In float64 torch has no fast path for the depthwise 2-D
+    filter, which took about 10 s per call on 2,000 frames (80 % of an eval with 64
+    episodes); this takes a fraction of a second and agrees to rounding error."""
+    n, H, W = len(g), t.shape[1], t.shape[2]
+    h = g[0] * t[:, : H - n + 1]
+    for k in range(1, n):
+        h += g[k] * t[:, k : k + H - n + 1]
+    out = g[0] * h[:, :, : W - n + 1]
+    for k in range(1, n):
+        out += g[k] * h[:, :, k : k + W - n + 1]
+    return out
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame SSIM of uint8 frames ``[..., H, W, 3]`` (1 for identical frames)."""
+    """Per-frame SSIM of uint8 frames ``[..., H, W, 3]`` (1 for identical frames).
+
+    The usual definition (Wang et al. 2004): an 11x11 Gaussian window of sigma 1.5
+    (smaller for tiny frames), constants K1 = 0.01 and K2 = 0.03, per RGB channel, averaged
+    over the valid window positions and the channels."""
     x, y = _as_float(a), _as_float(b)
     if x.shape != y.shape:
         raise ValueError(f"frames to compare differ in shape: {list(x.shape)} vs {list(y.shape)}")
     lead, (H, W) = x.shape[:-3], x.shape[-3:-1]
     size = min(SSIM_WINDOW, H - (H + 1) % 2, W - (W + 1) % 2)
     g = _gaussian(size, SSIM_SIGMA)
-    kernel = (g[:, None] * g[None, :]).expand(3, 1, size, size)  # depthwise, one per channel
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=3)
-
-    # (..., H, W, 3) -> (N, 3, H, W)
-    X = torch.from_numpy(x.reshape(-1, H, W, 3)).permute(0, 3, 1, 2)
-    Y = torch.from_numpy(y.reshape(-1, H, W, 3)).permute(0, 3, 1, 2)
+    X, Y = x.reshape(-1, H, W, 3), y.reshape(-1, H, W, 3)
     c1, c2 = (SSIM_K1 * 255) ** 2, (SSIM_K2 * 255) ** 2
-    mx, my = blur(X), blur(Y)
-    sxx = blur(X * X) - mx * mx
-    syy = blur(Y * Y) - my * my
-    sxy = blur(X * Y) - mx * my
+    mx, my = _blur(X, g), _blur(Y, g)
+    sxx = _blur(X * X, g) - mx * mx
+    syy = _blur(Y * Y, g) - my * my
+    sxy = _blur(X * Y, g) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return s.mean(dim=(1, 2, 3)).numpy().reshape(lead)
+    return s.mean(axis=(1, 2, 3)).reshape(lead)
 
 
 def macro_f1(true: np.ndarray, pred: np.ndarray, classes: int) -> float:
