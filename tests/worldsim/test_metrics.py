@@ -61,6 +61,40 @@ def test_ssim_identical_is_one_and_orders_degradations(engine_frames: np.ndarray
     assert ssim(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)) == pytest.approx(1.0)
 
 
+def _ssim_by_definition(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of one frame pair written out window by window: an 11x11 Gaussian (sigma 1.5)
+    at every valid position, K1 = 0.01, K2 = 0.03, per channel, then the mean."""
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    r = np.arange(11) - 5.0
+    w = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    w /= w.sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    H, W = x.shape[:2]
+    vals = []
+    for c in range(3):
+        for i in range(H - 10):
+            for j in range(W - 10):
+                px, py = x[i : i + 11, j : j + 11, c], y[i : i + 11, j : j + 11, c]
+                mx, my = (w * px).sum(), (w * py).sum()
+                vx, vy = (w * px * px).sum() - mx * mx, (w * py * py).sum() - my * my
+                cov = (w * px * py).sum() - mx * my
+                vals.append(((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_the_windowed_definition(engine_frames: np.ndarray) -> None:
+    # The separable filter must give what the 2-D Gaussian window gives, on a real frame
+    # against a blurred and a noisy version of it, and on frames of odd sizes.
+    rng = np.random.default_rng(1)
+    f = engine_frames[40, :17, :23]
+    blurred = np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(1)))
+    noisy = np.clip(f + rng.normal(0, 20, f.shape), 0, 255).astype(np.uint8)
+    for g in (blurred, noisy):
+        assert ssim(f, g) == pytest.approx(_ssim_by_definition(f, g), abs=1e-12)
+    batch = ssim(np.stack([f, f]), np.stack([blurred, noisy]))
+    assert batch.shape == (2,)
+    assert batch[0] == pytest.approx(_ssim_by_definition(f, blurred), abs=1e-12)
+
 def test_f1_and_precision_recall() -> None:
     assert macro_f1(np.array([0, 1, 2, 1]), np.array([0, 1, 2, 1]), 3) == 1.0
     # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 0 fp 0 fn 1 -> 0
