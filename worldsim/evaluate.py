@@ -69,8 +69,8 @@ class EvalConfig:
     env_kwargs: dict[str, Any] | None = None
     """None = the checkpoint's kwargs when ``env`` is its env, else {}."""
     episodes: int = 64
-    """Held-out episodes, run as one batch. 64, not fewer: over 16 episodes the shipped
-    model's tokenizer PSNR read 32.15-32.52 dB with three seeds and over 64 read
+    """Held-out episodes, run as one batch. 64, not fewer: over 16 episodes the then shipped
+    model's tokenizer PSNR (its earlier decoder) read 32.15-32.52 dB with three seeds and over 64 read
     30.98-31.33, and the copy-last baseline of the open loop swung from 26.5 to 35.5 dB
     with the seed (25.6-29.8 over 64)."""
     horizon: int = 32
