@@ -95,6 +95,7 @@ def test_ssim_matches_the_windowed_definition(engine_frames: np.ndarray) -> None
     assert batch.shape == (2,)
     assert batch[0] == pytest.approx(_ssim_by_definition(f, blurred), abs=1e-12)
 
+
 def test_f1_and_precision_recall() -> None:
     assert macro_f1(np.array([0, 1, 2, 1]), np.array([0, 1, 2, 1]), 3) == 1.0
     # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 0 fp 0 fn 1 -> 0
