@@ -73,6 +73,8 @@ class Recipe:
     """Decoder fine-tuning steps (encoder frozen) at ``tokenizer_batch``; 0 = no decoder stage."""
     decoder_train_args: tuple[str, ...] = field(default=())
     """Flags for the decoder stage only, after ``extra_train_args`` (so they win)."""
+    dynamics_train_args: tuple[str, ...] = field(default=())
+    """Flags for the dynamics stage only, after ``extra_train_args`` (so they win)."""
 
     @property
     def data_steps(self) -> int:
@@ -83,10 +85,11 @@ RECIPES: dict[str, Recipe] = {
     "blockworld-64": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 64, "height": 64}, agent="explorer",
         data_parts=12, part_steps=10_000, num_envs=8, preset="small",
-        tokenizer_steps=6_000, tokenizer_batch=32, dynamics_steps=20_000, dynamics_batch=8, context=None,
+        tokenizer_steps=6_000, tokenizer_batch=32, dynamics_steps=10_000, dynamics_batch=8, context=12,
         asset="blockworld-64.safetensors",
-        summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset",
-        decoder_steps=6_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
+        summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset, 12-frame context",
+        decoder_steps=18_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
+        dynamics_train_args=("--lr", "1e-3", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
@@ -94,7 +97,7 @@ RECIPES: dict[str, Recipe] = {
         tokenizer_steps=100, tokenizer_batch=16, dynamics_steps=40, dynamics_batch=4, context=None, asset=None,
         summary="every stage of the recipe in about a minute, at 16x16 with the `tiny` preset (for tests)",
         extra_train_args=("--warmup", "10", "--lr", "3e-3", "--log-every", "10", "--val-every", "50", "--val-batches", "1", "--ckpt-every", "20"),
-        decoder_steps=30, decoder_train_args=("--lr", "1e-3"),
+        decoder_steps=30, decoder_train_args=("--lr", "1e-3"), dynamics_train_args=("--rollout-share", "0.5"),
     ),
 }  # fmt: skip
 
@@ -217,6 +220,7 @@ class RecipeRun:
             argv += ["--tokenizer", str(self.tokenizer_path)]
             if r.context is not None:
                 argv += ["--context", str(r.context)]
+            argv += list(r.dynamics_train_args)
         _cli(argv)
 
     def _model_is_current(self) -> bool:

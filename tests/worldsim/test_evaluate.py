@@ -184,6 +184,7 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert weights_digest({"": model.tokenizer.decoder}) == weights_digest({"": dec.tokenizer.decoder})
     assert weights_digest({"": model.tokenizer.decoder}) != weights_digest({"": tok.tokenizer.decoder})
     assert model.dynamics is not None and model.info["decoder"]["steps"] == r.decoder_steps
+    assert model.dynamics.cfg.rollout_share == 0.5  # the recipe's dynamics flags reach the dynamics stage
     model_content = _content(smoke_recipe.model_path)
 
     # an interrupted recording (its folder but no marker) is recorded again; finished stages are not redone;
