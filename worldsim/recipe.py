@@ -87,7 +87,7 @@ class Recipe:
 # a dynamics step of 8 windows took 1.05 s; at 12 frames, with 30 % of the windows on
 # rolled-out context, it takes about 0.42 s. A 24-frame (1.2 s) memory is still far short
 # of what a full turn needs (72 frames at 5 degrees a step), so the shorter context costs
-# little and buys twice the steps. The decoder trains three times longer than the tokenizer
+# little and makes each step 2.5 times cheaper. The decoder trains three times longer than the tokenizer
 # because it is cheap (about 12 steps/s) and the tokenizer's reconstruction error is all in
 # it. Docs: docs/eval.md, "worldsim train recipe".
 RECIPES: dict[str, Recipe] = {
