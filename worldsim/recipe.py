@@ -13,10 +13,14 @@ the preset and the training steps. Running it performs, in order:
    pixels it decodes to get sharper (the tokenizer's long tail is all in the decoder);
 4. **dynamics**: ``worldsim train dynamics --resume`` into ``dynamics.safetensors``, on the
    codes of ``tokenizer.safetensors``;
-5. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the dynamics
+5. **finetune** (when the recipe has ``finetune_steps``): ``worldsim train dynamics --init
+   dynamics.safetensors --resume`` into ``finetune.safetensors``: a second dynamics phase, a
+   warm restart at a lower peak learning rate, with fresh data draws (``--seed 1``) and the
+   first phase's validation split (``--split-seed 0``, which also reuses its code cache);
+6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
    checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
    stage);
-6. with ``--install``: the model is checked to load and copied (atomically) to the
+7. with ``--install``: the model is checked to load and copied (atomically) to the
    package's default checkpoint, the file ``worldsim.load()`` opens with no argument.
 
 A training stage is complete when its checkpoint's ``info.steps`` reaches the recipe's
@@ -75,6 +79,10 @@ class Recipe:
     """Flags for the decoder stage only, after ``extra_train_args`` (so they win)."""
     dynamics_train_args: tuple[str, ...] = field(default=())
     """Flags for the dynamics stage only, after ``extra_train_args`` (so they win)."""
+    finetune_steps: int = 0
+    """Steps of the second dynamics phase, from the first's weights; 0 = no such phase."""
+    finetune_train_args: tuple[str, ...] = field(default=())
+    """Flags for the second dynamics phase only, after ``extra_train_args`` (so they win)."""
 
     @property
     def data_steps(self) -> int:
@@ -99,6 +107,7 @@ RECIPES: dict[str, Recipe] = {
         summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset, 12-frame context",
         decoder_steps=18_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
         dynamics_train_args=("--lr", "1e-3", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
+        finetune_steps=12_000, finetune_train_args=("--lr", "3e-4", "--rollout-share", "0.3", "--ckpt-every", "250"),
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
@@ -107,6 +116,7 @@ RECIPES: dict[str, Recipe] = {
         summary="every stage of the recipe in about a minute, at 16x16 with the `tiny` preset (for tests)",
         extra_train_args=("--warmup", "10", "--lr", "3e-3", "--log-every", "10", "--val-every", "50", "--val-batches", "1", "--ckpt-every", "20"),
         decoder_steps=30, decoder_train_args=("--lr", "1e-3"), dynamics_train_args=("--rollout-share", "0.5"),
+        finetune_steps=20, finetune_train_args=("--lr", "1e-3"),
     ),
 }  # fmt: skip
 
@@ -178,6 +188,20 @@ class RecipeRun:
     def dynamics_path(self) -> Path:
         return self.root / "dynamics.safetensors"
 
+    @property
+    def finetune_path(self) -> Path:
+        return self.root / "finetune.safetensors"
+
+    @property
+    def world_model_path(self) -> Path:
+        """The last dynamics checkpoint: the one the model stage assembles."""
+        return self.finetune_path if self.recipe.finetune_steps > 0 else self.dynamics_path
+
+    @property
+    def world_model_steps(self) -> int:
+        r = self.recipe
+        return r.finetune_steps if r.finetune_steps > 0 else r.dynamics_steps
+
     def part_dir(self, i: int) -> Path:
         return self.root / "data" / f"part-{i:03d}"
 
@@ -214,12 +238,15 @@ class RecipeRun:
         stages = [("tokenizer", self.tokenizer_path, r.tokenizer_steps)]
         if r.decoder_steps > 0:
             stages.append(("decoder", self.decoder_path, r.decoder_steps))
-        return [*stages, ("dynamics", self.dynamics_path, r.dynamics_steps)]
+        stages.append(("dynamics", self.dynamics_path, r.dynamics_steps))
+        if r.finetune_steps > 0:
+            stages.append(("finetune", self.finetune_path, r.finetune_steps))
+        return stages
 
     def _train(self, stage: str, out: Path, steps: int) -> None:
         r = self.recipe
         data = [str(self.part_dir(i)) for i in range(r.data_parts)]
-        kind = "dynamics" if stage == "dynamics" else "tokenizer"  # the decoder stage fine-tunes a tokenizer
+        kind = "dynamics" if stage in ("dynamics", "finetune") else "tokenizer"  # the decoder stage fine-tunes a tokenizer
         batch = r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
                 "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
@@ -230,25 +257,29 @@ class RecipeRun:
             if r.context is not None:
                 argv += ["--context", str(r.context)]
             argv += list(r.dynamics_train_args)
+        if stage == "finetune":
+            # The architecture and context are the first phase's (--init wins over --preset).
+            argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.dynamics_path), "--seed", "1",
+                     "--split-seed", "0", *r.finetune_train_args]  # fmt: skip
         _cli(argv)
 
     def _model_is_current(self) -> bool:
         """Whether ``model.safetensors`` was assembled from the finished dynamics and decoder."""
         r = self.recipe
-        if checkpoint_steps(self.model_path) != r.dynamics_steps:
+        if checkpoint_steps(self.model_path) != self.world_model_steps:
             return False
-        if r.decoder_steps == 0:
-            return True
         with safe_open(str(self.model_path), framework="pt") as f:
-            decoder = json.loads((f.metadata() or {}).get("info", "{}")).get("decoder", {})
-        return decoder.get("steps") == r.decoder_steps
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+        if (r.finetune_steps > 0) != ("init" in info):  # a first-phase model is not a second-phase one
+            return False
+        return r.decoder_steps == 0 or info.get("decoder", {}).get("steps") == r.decoder_steps
 
     def _assemble(self) -> None:
         if self.recipe.decoder_steps > 0:
-            _cli(["train", "swap-decoder", "--checkpoint", str(self.dynamics_path), "--tokenizer", str(self.decoder_path),
+            _cli(["train", "swap-decoder", "--checkpoint", str(self.world_model_path), "--tokenizer", str(self.decoder_path),
                   "--out", str(self.model_path)])  # fmt: skip
         else:
-            _atomic_copy(self.dynamics_path, self.model_path)
+            _atomic_copy(self.world_model_path, self.model_path)
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""
@@ -269,7 +300,8 @@ class RecipeRun:
             if done is not None and done >= steps:
                 self.log(f"recipe {self.name}: {stage} complete ({done} steps), skipped")
                 continue
-            self.log(f"recipe {self.name}: training the {stage} ({'from step ' + str(done) if done else 'from scratch'} to {steps})")
+            start = f"from step {done}" if done else "from the dynamics' weights" if stage == "finetune" else "from scratch"
+            self.log(f"recipe {self.name}: training the {stage} ({start} to {steps})")
             self._stage(stage, lambda stage=stage, path=path, steps=steps: self._train(stage, path, steps))
         if self._model_is_current():
             self.log(f"recipe {self.name}: model complete, skipped")

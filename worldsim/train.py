@@ -97,6 +97,11 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
         "--seed", type=int, default=0, help="seeds data order, masking and init (default 0)"
     )
     p.add_argument(
+        "--split-seed", type=int, default=None, metavar="S",
+        help="chooses the held-out validation episodes (default: --seed); a second training phase "
+             "with a new --seed keeps its first phase's split with this",
+    )  # fmt: skip
+    p.add_argument(
         "--resume", action="store_true", help="continue from --out and its .state file if present"
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
@@ -337,11 +342,13 @@ def _trim_metrics(path: Path, kind: str, step: int) -> None:
 class TokenizerTask(Task):
     kind = "tokenizer"
 
-    def __init__(self, data: list[str], preset: str, seed: int, init: str | None = None, decoder_only: bool = False) -> None:
+    def __init__(self, data: list[str], preset: str, seed: int, init: str | None = None, decoder_only: bool = False,
+                 split_seed: int | None = None) -> None:  # fmt: skip
         from worldsim.tokenizer import Tokenizer
 
-        self.train_set = open_split(data, 1, "train", seed)
-        self.val_set = open_split(data, 1, "val", seed, required=False)
+        split = seed if split_seed is None else split_seed
+        self.train_set = open_split(data, 1, "train", split)
+        self.val_set = open_split(data, 1, "val", split, required=False)
         self.preset = preset
         self.decoder_only = decoder_only
         self.info: dict[str, Any] = {}
@@ -388,7 +395,7 @@ class DynamicsTask(Task):
     def __init__(
         self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
         code_cache: Path | None = None, init: str | None = None, stay_gate: bool | None = None,
-        still_head: bool | None = None, rollout_share: float | None = None,
+        still_head: bool | None = None, rollout_share: float | None = None, split_seed: int | None = None,
     ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
@@ -407,10 +414,11 @@ class DynamicsTask(Task):
         ctx = (start.config.dynamics.context if start is not None else p.context) if context is None else context
         # Windows of context + 1 frames: the extra first frame gives the action that led to
         # the window's first frame, which a sliding-window rollout has too.
+        split = seed if split_seed is None else split_seed
         self.train_set = CodeWindows(
-            open_split(data, ctx + 1, "train", seed), tok.tokenizer, device, code_cache
+            open_split(data, ctx + 1, "train", split), tok.tokenizer, device, code_cache
         )
-        val = open_split(data, ctx + 1, "val", seed, required=False)
+        val = open_split(data, ctx + 1, "val", split, required=False)
         self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
         spec = self.train_set.action_spec
         if rollout_share is not None and not 0.0 <= rollout_share <= 1.0:
@@ -496,7 +504,7 @@ def tokenizer_main(argv: list[str]) -> int:
     cfg = _loop_config(a, "tokenizer")
     _, dd = _setup(a)
     try:
-        task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only)
+        task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
         last = run(task, cfg, dd)
     finally:
         dd.close()
@@ -543,7 +551,7 @@ def dynamics_main(argv: list[str]) -> int:
     dev, dd = _setup(a)
     try:
         task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
-                            a.rollout_share)
+                            a.rollout_share, a.split_seed)
         last = run(task, cfg, dd)
     finally:
         dd.close()

@@ -174,9 +174,10 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     r = smoke_recipe.recipe
     assert checkpoint_steps(smoke_recipe.tokenizer_path) == r.tokenizer_steps
     assert checkpoint_steps(smoke_recipe.decoder_path) == r.decoder_steps
-    assert checkpoint_steps(smoke_recipe.model_path) == r.dynamics_steps
+    assert checkpoint_steps(smoke_recipe.dynamics_path) == r.dynamics_steps
+    assert checkpoint_steps(smoke_recipe.model_path) == r.finetune_steps
     stages = [json.loads(line)["stage"] for line in (smoke_recipe.root / "recipe_log.jsonl").read_text().splitlines()]
-    assert stages == ["data part 0", "data part 1", "tokenizer", "decoder", "dynamics", "model"]
+    assert stages == ["data part 0", "data part 1", "tokenizer", "decoder", "dynamics", "finetune", "model"]
 
     # the shipped model is the dynamics with the fine-tuned decoder, on the codes of the first tokenizer
     model, tok, dec = (load_model(p) for p in (smoke_recipe.model_path, smoke_recipe.tokenizer_path, smoke_recipe.decoder_path))
@@ -185,6 +186,11 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert weights_digest({"": model.tokenizer.decoder}) != weights_digest({"": tok.tokenizer.decoder})
     assert model.dynamics is not None and model.info["decoder"]["steps"] == r.decoder_steps
     assert model.dynamics.cfg.rollout_share == 0.5  # the recipe's dynamics flags reach the dynamics stage
+    # ... whose weights the second phase started from and moved on, on the same split (so the same cached codes)
+    first = load_model(smoke_recipe.dynamics_path)
+    assert model.info["init"] == str(smoke_recipe.dynamics_path)
+    assert weights_digest({"": model.dynamics}) != weights_digest({"": first.dynamics})
+    assert len(list((smoke_recipe.root / "code-cache").iterdir())) == 2  # train and val codes, encoded once
     model_content = _content(smoke_recipe.model_path)
 
     # an interrupted recording (its folder but no marker) is recorded again; finished stages are not redone;
@@ -199,6 +205,7 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert any("tokenizer complete (100 steps), skipped" in s for s in logs)
     assert any("decoder complete (30 steps), skipped" in s for s in logs)
     assert any("dynamics complete (40 steps), skipped" in s for s in logs)
+    assert any("finetune complete (20 steps), skipped" in s for s in logs)
     assert not any("model complete, skipped" in s for s in logs)
     assert _content(smoke_recipe.model_path) == model_content
     assert (smoke_recipe.root / "data" / "part-001.done.json").is_file()
