@@ -10,7 +10,9 @@ The loop is the same for both models (each model computes its own loss):
   ``--resume`` takes the weights from the state, so a kill between the two writes (the
   checkpoint a save ahead of the state) still resumes exactly;
 * ``metrics.jsonl`` beside the checkpoint gets one JSON object per logged step, and the
-  held-out validation loss every ``--val-every`` steps;
+  held-out validation loss every ``--val-every`` steps; each names its checkpoint
+  (``"checkpoint": <out file name>``), so runs that write into one folder (a recipe's
+  stages) share the file, and a restart only drops its own lines past its checkpoint;
 * under ``torchrun --nproc_per_node=N -m worldsim train ...`` it runs DDP (gloo on CPU,
   nccl on GPU); rank 0 alone writes files.
 
@@ -238,7 +240,7 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
     metrics_path = cfg.out.parent / "metrics.jsonl"
     if dd.main:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(metrics_path, task.kind, step)
+        _trim_metrics(metrics_path, task.kind, cfg.out.name, step)
     model = module
     if dd.world > 1:
         ids = [dd.device.index] if dd.device.type == "cuda" else None
@@ -275,7 +277,7 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             dt = time.perf_counter() - t_log
-            last = {"kind": task.kind, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
+            last = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
                     **{k2: round(v, 5) for k2, v in logs.items()},
                     "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1)}  # fmt: skip
             t_log, frames, tokens = time.perf_counter(), 0, 0
@@ -284,7 +286,7 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
                 _append(metrics_path, last)
         if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
             v = _validate(task, module, val, cfg)
-            row = {"kind": task.kind, "step": step, "val_loss": v}
+            row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
             if task.kind == "tokenizer" and v is not None:
                 row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
             last.update(row)
@@ -324,8 +326,13 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _trim_metrics(path: Path, kind: str, step: int) -> None:
-    """On (re)start, drop this kind's lines past the checkpointed step: they will be redone."""
+def _trim_metrics(path: Path, kind: str, checkpoint: str, step: int) -> None:
+    """On (re)start, drop this run's lines past the checkpointed step: they will be redone.
+
+    A line is this run's when it has this kind and names this checkpoint (lines written
+    before rows named their checkpoint count as this run's when the kind matches), so
+    another run's lines in the same folder are kept.
+    """
     if not path.is_file():
         return
     keep = []
@@ -334,7 +341,8 @@ def _trim_metrics(path: Path, kind: str, step: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut off by a kill
-        if row.get("kind") != kind or row.get("step", 0) <= step:
+        mine = row.get("kind") == kind and row.get("checkpoint", checkpoint) == checkpoint
+        if not mine or row.get("step", 0) <= step:
             keep.append(line)
     path.write_text("".join(x + "\n" for x in keep))
 

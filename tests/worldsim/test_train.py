@@ -115,6 +115,18 @@ def test_dynamics_training_gives_a_checkpoint_that_generates(
     assert model.step(np.array([2])).frames.shape == (1, 16, 16, 3)
 
 
+def test_a_second_phase_in_the_same_folder_keeps_the_first_phases_metrics(data: Path, tokenizer: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "dynamics.safetensors", tmp_path / "finetune.safetensors"
+    args = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--steps", "2", "--context", "4", *FAST]
+    assert cli([*args, "--out", str(first)]) == 0
+    assert cli([*args, "--out", str(second), "--init", str(first), "--seed", "1", "--split-seed", "0", "--resume"]) == 0
+    rows = metrics(first)  # one file for the folder
+    for ckpt in (first, second):
+        assert [r["step"] for r in rows if r["checkpoint"] == ckpt.name and "loss" in r] == [1, 2]
+        assert [r["step"] for r in rows if r["checkpoint"] == ckpt.name and "val_loss" in r] == [2]
+    assert load_model(second).info["init"] == str(first)
+
+
 def test_encoded_codes_are_cached_and_reused_only_for_the_same_data_and_tokenizer(
     data: Path, tokenizer: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
