@@ -86,10 +86,11 @@ of its cells on each of n steps in a row, its next frames are sampled without th
 bonus until one changes more, so the dynamics' own prediction gets to move the picture.
 Models without a gate are not affected.
 
-Measured on the shipped model with the current sampler, 2,000 open-loop explorer steps in
-each of the 8 worlds ``STABILITY_SEED_BASE + 777..784`` (the docs/model.md snippet,
-batched): without the guard 4 of 8 collapsed into a frozen picture; with ``unfreeze=1``
-none did (at most 63 frozen frames). With the earlier Gumbel sampler it was the same 4 of 8
+Measured on the shipped model, 2,000 open-loop explorer steps in each of the 8 worlds
+``STABILITY_SEED_BASE + 777..784`` (the docs/model.md snippet, batched): without the guard
+3 of 8 collapsed into a frozen picture; with ``unfreeze=1`` 0, 0 and 1 of 8 did with
+sampling seeds 0, 1 and 2. On an earlier preview model with the current sampler it was 4
+of 8 without the guard and 0 of 8 with it (at most 63 frozen frames). With the earlier Gumbel sampler it was the same 4 of 8
 and 0 of 8, and ``unfreeze=2`` still let 2 of 8 collapse. On the eval's 16 held-out
 episodes it costs 0.52 dB of open-loop PSNR over horizons 1-16 (25.31 -> 24.79 dB: a truly
 still world is then sampled without the gate and shimmers a little), raises the IDM's move

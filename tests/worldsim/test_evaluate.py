@@ -218,6 +218,17 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
         RecipeRun(smoke_recipe.name, pinned, log=logs.append).run()
     with pytest.raises(WorldSimError, match="cannot be installed"):
         again.install()
+    # a pin written before a recipe field existed is the same recipe while the field keeps its default
+    older = tmp_path / "older"
+    RecipeRun("blockworld-64", older)._pin()
+    pin = json.loads((older / "recipe.json").read_text())
+    del pin["recipe"]["finetune_steps"], pin["recipe"]["finetune_train_args"]
+    (older / "recipe.json").write_text(json.dumps(pin))
+    RecipeRun("blockworld-64", older)._pin()
+    pin["recipe"]["dynamics_steps"] += 1
+    (older / "recipe.json").write_text(json.dumps(pin))
+    with pytest.raises(WorldSimError, match="another recipe"):
+        RecipeRun("blockworld-64", older)._pin()
     assert cli(["train", "recipe", "no-such-recipe", "--dir", str(tmp_path / "x")]) == 2
 
 
