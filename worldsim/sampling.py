@@ -75,13 +75,20 @@ class MaskGitSampler:
         chunks: K, the number of passes per frame (1 = one parallel pass).
         temperature: 0 for greedy (deterministic); otherwise softmax temperature.
         rng: the source of every random draw, so a seed reproduces a rollout.
+        ungated_temperature: the temperature of the worlds whose stay gate is off
+            (``gated`` False: the runtime's freeze guard); None = ``temperature``. Not used
+            when ``temperature`` is 0, so greedy stays deterministic.
     """
 
-    def __init__(self, levels: tuple[int, ...], patch: int, chunks: int, temperature: float, rng: np.random.Generator) -> None:
+    def __init__(self, levels: tuple[int, ...], patch: int, chunks: int, temperature: float, rng: np.random.Generator,
+                 ungated_temperature: float | None = None) -> None:  # fmt: skip
         if chunks < 1:
             raise ValueError(f"chunks must be >= 1, got {chunks}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if ungated_temperature is not None and ungated_temperature <= 0:
+            raise ValueError(f"ungated_temperature must be > 0, got {ungated_temperature}")
+        self.ungated_temperature = None if ungated_temperature is None else float(ungated_temperature)
         self.levels = tuple(levels)
         self.patch = patch
         self.chunks = chunks
@@ -121,6 +128,10 @@ class MaskGitSampler:
         code = np.zeros(x.shape[1], dtype=np.int64)
         conf = np.zeros(x.shape[1], dtype=np.float32)
         u = None if self.temperature == 0 else self.rng.random((len(self.levels), x.shape[1]), dtype=np.float32)
+        temp: float | np.ndarray = self.temperature
+        if self.temperature > 0 and self.ungated_temperature is not None and gated is not None and not np.all(gated):
+            per_world = np.where(np.asarray(gated, dtype=bool), self.temperature, self.ungated_temperature)
+            temp = np.repeat(per_world, x.shape[1] // len(per_world)).astype(np.float32)  # per cell
         for i, (lv, radix, start) in enumerate(zip(self.levels, self._radix, self._starts)):
             z = x[start : start + lv]
             z = z - z.max(0)  # <= 0, with a 0 at the argmax
@@ -128,7 +139,7 @@ class MaskGitSampler:
             if self.temperature == 0:
                 idx = z.argmax(0)
             else:
-                cdf = np.exp(z / self.temperature)
+                cdf = np.exp(z / temp)
                 for k in range(1, lv):  # a running sum row by row: np.cumsum along axis 0 is 10x slower
                     np.add(cdf[k - 1], cdf[k], out=cdf[k])
                 idx = (cdf < u[i] * cdf[-1]).sum(0)

@@ -3,6 +3,7 @@ WorldSim has never seen (with a ``Discrete`` action space)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from worldsim.cli import main as cli
 from worldsim.errors import WorldSimError
 from worldsim.metrics import detect_collapse, psnr
 from worldsim.presets import dynamics_config, get_preset
-from worldsim.recipe import RecipeRun, checkpoint_steps
+from worldsim.recipe import RECIPES, RecipeRun, checkpoint_steps
 from worldsim.reference import HELDOUT_SEED_BASE, ReferenceEnv, Trajectory, make_policy
 from worldsim.runtime import DEFAULT_CHECKPOINT, load
 from worldsim.tokenizer import Tokenizer
@@ -170,7 +171,7 @@ def _content(path: Path) -> tuple[dict[str, str], dict[str, bytes]]:
         return dict(f.metadata() or {}), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
 
 
-def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recipe: RecipeRun, tmp_path: Path) -> None:
+def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recipe: RecipeRun, tmp_path: Path, monkeypatch) -> None:
     r = smoke_recipe.recipe
     assert checkpoint_steps(smoke_recipe.tokenizer_path) == r.tokenizer_steps
     assert checkpoint_steps(smoke_recipe.decoder_path) == r.decoder_steps
@@ -219,16 +220,17 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     with pytest.raises(WorldSimError, match="cannot be installed"):
         again.install()
     # a pin written before a recipe field existed is the same recipe while the field keeps its default
+    monkeypatch.setitem(RECIPES, "one-phase", dataclasses.replace(r, finetune_steps=0, finetune_train_args=()))
     older = tmp_path / "older"
-    RecipeRun("blockworld-64", older)._pin()
+    RecipeRun("one-phase", older)._pin()
     pin = json.loads((older / "recipe.json").read_text())
     del pin["recipe"]["finetune_steps"], pin["recipe"]["finetune_train_args"]
     (older / "recipe.json").write_text(json.dumps(pin))
-    RecipeRun("blockworld-64", older)._pin()
+    RecipeRun("one-phase", older)._pin()
     pin["recipe"]["dynamics_steps"] += 1
     (older / "recipe.json").write_text(json.dumps(pin))
     with pytest.raises(WorldSimError, match="another recipe"):
-        RecipeRun("blockworld-64", older)._pin()
+        RecipeRun("one-phase", older)._pin()
     assert cli(["train", "recipe", "no-such-recipe", "--dir", str(tmp_path / "x")]) == 2
 
 

@@ -67,6 +67,23 @@ def test_the_stay_bonus_goes_to_the_previous_level_in_gated_worlds_only() -> Non
     assert np.all(logits[..., 0] == 1.0) and np.all(logits[..., 1:] == 0.0), "the caller's logits were changed"
 
 
+def test_ungated_worlds_draw_at_their_own_temperature_and_greedy_stays_greedy() -> None:
+    channel0 = np.array([2.0, 0.0, -1.0, 1.0], dtype=np.float32)
+    cells = 100_000
+    logits = np.broadcast_to(np.concatenate([channel0, np.zeros(3, np.float32)]), (2, cells, 1, 7))
+    sampler = MaskGitSampler(LEVELS, 1, 1, 0.5, np.random.default_rng(3), ungated_temperature=1.0)
+    code, _ = sampler._choose(logits, None, None, gated=np.array([True, False]))
+    for world, temperature in ((0, 0.5), (1, 1.0)):  # the guard's world draws from the plain softmax
+        want = _softmax(channel0 / temperature)
+        got = np.bincount(code[world, :, 0] % 4, minlength=4) / cells
+        assert np.all(np.abs(got - want) < 4 * np.sqrt(want * (1 - want) / cells) + 1e-9), (world, got, want)
+    greedy = MaskGitSampler(LEVELS, 1, 1, 0.0, np.random.default_rng(3), ungated_temperature=1.0)
+    code, _ = greedy._choose(logits, None, None, gated=np.array([True, False]))
+    assert np.all(code % 4 == 0)
+    with pytest.raises(ValueError, match="ungated_temperature"):
+        MaskGitSampler(LEVELS, 1, 1, 0.5, np.random.default_rng(3), ungated_temperature=0.0)
+
+
 def test_same_seed_same_frame_and_each_pass_fixes_its_chunk_of_patches() -> None:
     h = w = 4
 
