@@ -88,8 +88,8 @@ Models without a gate are not affected.
 
 Measured on the shipped model, 2,000 open-loop explorer steps in each of the 8 worlds
 ``STABILITY_SEED_BASE + 777..784`` (the docs/model.md snippet, batched): without the guard
-3 of 8 collapsed into a frozen picture; with ``unfreeze=1`` 0, 0 and 1 of 8 did with
-sampling seeds 0, 1 and 2. On an earlier preview model with the current sampler it was 4
+3 of 8 collapsed into a frozen picture; with ``unfreeze=1`` (and
+:data:`UNFREEZE_TEMPERATURE`) none did with sampling seeds 0, 1 and 2. On an earlier preview model with the current sampler it was 4
 of 8 without the guard and 0 of 8 with it (at most 63 frozen frames). With the earlier Gumbel sampler it was the same 4 of 8
 and 0 of 8, and ``unfreeze=2`` still let 2 of 8 collapse. On the eval's 16 held-out
 episodes it costs 0.52 dB of open-loop PSNR over horizons 1-16 (25.31 -> 24.79 dB: a truly
@@ -103,10 +103,10 @@ model's own; not used at temperature 0, which stays greedy and deterministic).
 
 Dropping the gate's bonus is not always enough: a model can drift into a view with nothing
 to move, such as an empty night sky, where its own prediction is the same frame again. At
-the model's temperature (0.5) the shipped recipe's dynamics trained on for 12,000 more steps
-froze in 8 of 24 long rollouts (the 8 worlds above, sampling seeds 0, 1 and 2) with the gate
-off; drawing those worlds' frames from the plain softmax (1.0) until they move again, 0 of
-24 collapsed (docs/model.md, "Freeze guard")."""
+the model's temperature (0.5) the shipped model froze in 8 of 24 long rollouts (the 8
+worlds above, sampling seeds 0, 1 and 2) with the gate off; drawing those worlds' frames
+from the plain softmax (1.0) until they move again, 0 of 24 collapsed (docs/model.md,
+"Freeze guard" and "Not met")."""
 STILL_CELL_SHARE = 0.1
 """A generated frame that changed at most this share of its cells counts as a still step.
 The dream's frozen stretches are not exact: it kept changing 2-5 % of its cells a step
