@@ -100,8 +100,8 @@ class Recipe:
 # because it is cheap (about 12 steps/s) and the tokenizer's reconstruction error is all in
 # it. The dynamics' held-out loss was still falling at the end of its 10,000 steps, so a
 # second phase (``finetune_steps``) trains 12,000 more from its weights at lr 3e-4 (78 min
-# here): it lifted open loop by 0.36-0.74 dB and the IDM's move and attack ratios over three
-# seeds (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
+# here): with the same freeze guard it lifted open loop by 0.36-0.74 dB and the IDM's move and
+# attack ratios over three seeds (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
 # schedule, keeps the first phase a finished, resumable stage that a session can build on.
 # Docs: docs/eval.md, "worldsim train recipe".
 RECIPES: dict[str, Recipe] = {
