@@ -91,8 +91,9 @@ Measured on the shipped model, 2,000 open-loop explorer steps in each of the 8 w
 3 of 8 collapsed into a frozen picture; with ``unfreeze=1`` (and
 :data:`UNFREEZE_TEMPERATURE`) none did, with sampling seeds 0, 1 and 2. On an earlier
 preview model with the current sampler it was 4 of 8 without the guard and 0 of 8 with it
-(at most 63 frozen frames); with the earlier Gumbel sampler the same 4 of 8 and 0 of 8, and ``unfreeze=2`` still let 2 of 8 collapse. On the eval's 16 held-out
-episodes it costs 0.52 dB of open-loop PSNR over horizons 1-16 (25.31 -> 24.79 dB: a truly
+(at most 63 frozen frames); with the earlier Gumbel sampler the same 4 of 8 and 0 of 8,
+and ``unfreeze=2`` still let 2 of 8 collapse. On that preview, over the eval's 16 held-out
+episodes, it cost 0.52 dB of open-loop PSNR over horizons 1-16 (25.31 -> 24.79 dB: a truly
 still world is then sampled without the gate and shimmers a little), raises the IDM's move
 ratio from 0.83 to 0.95, and keeps the eval's own 2,000-step rollout from collapsing
 (38.4 % -> 5.9 % of frames flagged); teacher-forced figures are unchanged (docs/model.md,
