@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, off)")
     p.add_argument("--unfreeze", type=int, default=None,
-                   help="still steps before a world is sampled without the stay gate until it moves; 0 = never (default: the runtime's)")
+                   help="still steps before a world is sampled without the stay gate, at temperature 1.0, until it moves; 0 = never (default: the runtime's)")
     p.add_argument("--out", required=True, help="folder for metrics.json, plots and videos")
     return p
 

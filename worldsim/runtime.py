@@ -83,7 +83,7 @@ A model with a stay gate can freeze: it keeps (nearly) every cell, the context s
 still, and a still context makes the gate keep every cell again, while the real world moves
 on. With ``unfreeze=n``, once a world's dream has changed at most :data:`STILL_CELL_SHARE`
 of its cells on each of n steps in a row, its next frames are sampled without the gate's
-bonus until one changes more, so the dynamics' own prediction gets to move the picture.
+bonus (and at :data:`UNFREEZE_TEMPERATURE`) until one changes more, so the dynamics' own prediction gets to move the picture.
 Models without a gate are not affected.
 
 Measured on the shipped model, 2,000 open-loop explorer steps in each of the 8 worlds
@@ -169,8 +169,8 @@ class WorldModel:
             where the head says nothing changed (default :data:`DEFAULT_STILL`).
         keep_pixels: keep the previous frame's pixels in the cells whose code did not change
             (default :data:`DEFAULT_KEEP_PIXELS`).
-        unfreeze: still steps after which a world is sampled without the stay gate until
-            it moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
+        unfreeze: still steps after which a world is sampled without the stay gate, at
+            :data:`UNFREEZE_TEMPERATURE`, until it moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
     """
 
     def __init__(
@@ -405,8 +405,8 @@ def load(
         still: act on the model's still head (default :data:`DEFAULT_STILL`).
         keep_pixels: keep the previous frame's pixels where a cell's code did not change
             (default :data:`DEFAULT_KEEP_PIXELS`).
-        unfreeze: still steps after which a world is sampled without the stay gate until it
-            moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
+        unfreeze: still steps after which a world is sampled without the stay gate, at
+            :data:`UNFREEZE_TEMPERATURE`, until it moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
 
     Raises:
         WorldSimError: no default model, unknown backend, or a bad checkpoint file.
