@@ -16,7 +16,9 @@ the preset and the training steps. Running it performs, in order:
 5. **finetune** (when the recipe has ``finetune_steps``): ``worldsim train dynamics --init
    dynamics.safetensors --resume`` into ``finetune.safetensors``: a second dynamics phase, a
    warm restart at a lower peak learning rate, with fresh data draws (``--seed 1``) and the
-   first phase's validation split (``--split-seed 0``, which also reuses its code cache);
+   first phase's validation split (``--split-seed 0``, which also reuses its code cache).
+   With ``finetune_phases`` = n > 1, stages ``finetune 2`` .. ``finetune n`` repeat it into
+   ``finetune-2.safetensors`` .., each ``--init`` the phase before, with ``--seed`` 2 .. n;
 6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
    checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
    stage);
@@ -84,6 +86,9 @@ class Recipe:
     """Steps of the second dynamics phase, from the first's weights; 0 = no such phase."""
     finetune_train_args: tuple[str, ...] = field(default=())
     """Flags for the second dynamics phase only, after ``extra_train_args`` (so they win)."""
+    finetune_phases: int = 1
+    """Dynamics phases after the first, each ``finetune_steps`` with ``finetune_train_args`` from
+    the weights of the phase before, with its own data draws (``--seed`` 1, 2, ...)."""
 
     @property
     def data_steps(self) -> int:
@@ -122,7 +127,7 @@ RECIPES: dict[str, Recipe] = {
         summary="every stage of the recipe in about a minute, at 16x16 with the `tiny` preset (for tests)",
         extra_train_args=("--warmup", "10", "--lr", "3e-3", "--log-every", "10", "--val-every", "50", "--val-batches", "1", "--ckpt-every", "20"),
         decoder_steps=30, decoder_train_args=("--lr", "1e-3"), dynamics_train_args=("--rollout-share", "0.5"),
-        finetune_steps=20, finetune_train_args=("--lr", "1e-3"),
+        finetune_steps=20, finetune_train_args=("--lr", "1e-3"), finetune_phases=2,
     ),
 }  # fmt: skip
 
@@ -198,10 +203,19 @@ class RecipeRun:
     def finetune_path(self) -> Path:
         return self.root / "finetune.safetensors"
 
+    def phase_path(self, k: int) -> Path:
+        """The checkpoint of dynamics phase ``k`` (1 = the first, 2 = ``finetune``, 3 = ``finetune-2``, ...)."""
+        return self.dynamics_path if k == 1 else self.finetune_path if k == 2 else self.root / f"finetune-{k - 1}.safetensors"
+
+    @property
+    def phases(self) -> int:
+        """How many dynamics phases the recipe trains."""
+        return 1 + (self.recipe.finetune_phases if self.recipe.finetune_steps > 0 else 0)
+
     @property
     def world_model_path(self) -> Path:
         """The last dynamics checkpoint: the one the model stage assembles."""
-        return self.finetune_path if self.recipe.finetune_steps > 0 else self.dynamics_path
+        return self.phase_path(self.phases)
 
     @property
     def world_model_steps(self) -> int:
@@ -248,14 +262,15 @@ class RecipeRun:
         if r.decoder_steps > 0:
             stages.append(("decoder", self.decoder_path, r.decoder_steps))
         stages.append(("dynamics", self.dynamics_path, r.dynamics_steps))
-        if r.finetune_steps > 0:
-            stages.append(("finetune", self.finetune_path, r.finetune_steps))
+        for k in range(2, self.phases + 1):
+            stages.append(("finetune" if k == 2 else f"finetune {k - 1}", self.phase_path(k), r.finetune_steps))
         return stages
 
     def _train(self, stage: str, out: Path, steps: int) -> None:
         r = self.recipe
         data = [str(self.part_dir(i)) for i in range(r.data_parts)]
-        kind = "dynamics" if stage in ("dynamics", "finetune") else "tokenizer"  # the decoder stage fine-tunes a tokenizer
+        finetune = stage.startswith("finetune")
+        kind = "dynamics" if stage == "dynamics" or finetune else "tokenizer"  # the decoder stage fine-tunes a tokenizer
         batch = r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
                 "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
@@ -266,9 +281,10 @@ class RecipeRun:
             if r.context is not None:
                 argv += ["--context", str(r.context)]
             argv += list(r.dynamics_train_args)
-        if stage == "finetune":
+        if finetune:
             # The architecture and context are the first phase's (--init wins over --preset).
-            argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.dynamics_path), "--seed", "1",
+            n = 1 if stage == "finetune" else int(stage.split()[1])  # phase n + 1 starts from phase n
+            argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.phase_path(n)), "--seed", str(n),
                      "--split-seed", "0", *r.finetune_train_args]  # fmt: skip
         _cli(argv)
 
@@ -279,7 +295,8 @@ class RecipeRun:
             return False
         with safe_open(str(self.model_path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("info", "{}"))
-        if (r.finetune_steps > 0) != ("init" in info):  # a first-phase model is not a second-phase one
+        init = Path(info["init"]).name if "init" in info else None  # a model of another phase started elsewhere
+        if init != (self.phase_path(self.phases - 1).name if self.phases > 1 else None):
             return False
         return r.decoder_steps == 0 or info.get("decoder", {}).get("steps") == r.decoder_steps
 
@@ -309,7 +326,7 @@ class RecipeRun:
             if done is not None and done >= steps:
                 self.log(f"recipe {self.name}: {stage} complete ({done} steps), skipped")
                 continue
-            start = f"from step {done}" if done else "from the dynamics' weights" if stage == "finetune" else "from scratch"
+            start = f"from step {done}" if done else "from the previous phase's weights" if stage.startswith("finetune") else "from scratch"
             self.log(f"recipe {self.name}: training the {stage} ({start} to {steps})")
             self._stage(stage, lambda stage=stage, path=path, steps=steps: self._train(stage, path, steps))
         if self._model_is_current():

@@ -178,7 +178,7 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert checkpoint_steps(smoke_recipe.dynamics_path) == r.dynamics_steps
     assert checkpoint_steps(smoke_recipe.model_path) == r.finetune_steps
     stages = [json.loads(line)["stage"] for line in (smoke_recipe.root / "recipe_log.jsonl").read_text().splitlines()]
-    assert stages == ["data part 0", "data part 1", "tokenizer", "decoder", "dynamics", "finetune", "model"]
+    assert stages == ["data part 0", "data part 1", "tokenizer", "decoder", "dynamics", "finetune", "finetune 2", "model"]
 
     # the shipped model is the dynamics with the fine-tuned decoder, on the codes of the first tokenizer
     model, tok, dec = (load_model(p) for p in (smoke_recipe.model_path, smoke_recipe.tokenizer_path, smoke_recipe.decoder_path))
@@ -187,10 +187,13 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert weights_digest({"": model.tokenizer.decoder}) != weights_digest({"": tok.tokenizer.decoder})
     assert model.dynamics is not None and model.info["decoder"]["steps"] == r.decoder_steps
     assert model.dynamics.cfg.rollout_share == 0.5  # the recipe's dynamics flags reach the dynamics stage
-    # ... whose weights the second phase started from and moved on, on the same split (so the same cached codes)
-    first = load_model(smoke_recipe.dynamics_path)
-    assert model.info["init"] == str(smoke_recipe.dynamics_path)
-    assert weights_digest({"": model.dynamics}) != weights_digest({"": first.dynamics})
+    # ... whose weights each later phase started from and moved on, on the same split (so the same cached codes)
+    first, second = load_model(smoke_recipe.dynamics_path), load_model(smoke_recipe.finetune_path)
+    assert second.info["init"] == str(smoke_recipe.dynamics_path)
+    assert smoke_recipe.world_model_path == smoke_recipe.root / "finetune-2.safetensors"
+    assert model.info["init"] == str(smoke_recipe.finetune_path)
+    digests = {weights_digest({"": m.dynamics}) for m in (first, second, model)}
+    assert len(digests) == 3
     assert len(list((smoke_recipe.root / "code-cache").iterdir())) == 2  # train and val codes, encoded once
     model_content = _content(smoke_recipe.model_path)
 
@@ -207,8 +210,12 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert any("decoder complete (30 steps), skipped" in s for s in logs)
     assert any("dynamics complete (40 steps), skipped" in s for s in logs)
     assert any("finetune complete (20 steps), skipped" in s for s in logs)
+    assert any("finetune 2 complete (20 steps), skipped" in s for s in logs)
     assert not any("model complete, skipped" in s for s in logs)
     assert _content(smoke_recipe.model_path) == model_content
+    # a model assembled from another phase is not this recipe's model, though its steps match
+    monkeypatch.setitem(RECIPES, "one-fewer", dataclasses.replace(r, finetune_phases=1))
+    assert again._model_is_current() and not RecipeRun("one-fewer", smoke_recipe.root)._model_is_current()
     assert (smoke_recipe.root / "data" / "part-001.done.json").is_file()
 
     # a folder pinned to another recipe is refused; a test recipe cannot be installed as the default
@@ -220,11 +227,11 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     with pytest.raises(WorldSimError, match="cannot be installed"):
         again.install()
     # a pin written before a recipe field existed is the same recipe while the field keeps its default
-    monkeypatch.setitem(RECIPES, "one-phase", dataclasses.replace(r, finetune_steps=0, finetune_train_args=()))
+    monkeypatch.setitem(RECIPES, "one-phase", dataclasses.replace(r, finetune_steps=0, finetune_train_args=(), finetune_phases=1))
     older = tmp_path / "older"
     RecipeRun("one-phase", older)._pin()
     pin = json.loads((older / "recipe.json").read_text())
-    del pin["recipe"]["finetune_steps"], pin["recipe"]["finetune_train_args"]
+    del pin["recipe"]["finetune_steps"], pin["recipe"]["finetune_train_args"], pin["recipe"]["finetune_phases"]
     (older / "recipe.json").write_text(json.dumps(pin))
     RecipeRun("one-phase", older)._pin()
     pin["recipe"]["dynamics_steps"] += 1
