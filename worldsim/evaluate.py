@@ -80,9 +80,9 @@ class EvalConfig:
     stability_steps: int = 2000
     probe_worlds: int = 16
     """Held-out worlds each object-permanence probe runs in (one batch). 16, not fewer: with
-    4 worlds the shipped model's half-way turn beat copy-last with one of three sampling
-    seeds and lost with the others; with 16 it lost with all three (by 0.36-0.58 dB for the
-    current release, 64 episodes)."""
+    4 worlds a preview model's half-way turn beat copy-last with one of three sampling
+    seeds and lost with the others; with 16 it lost with all three (by 0.36-0.58 dB, 64
+    episodes)."""
     idm: IDMConfig = field(default_factory=IDMConfig)
     chunks: int | None = None
     temperature: float | None = None
