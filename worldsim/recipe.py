@@ -87,8 +87,9 @@ class Recipe:
     finetune_train_args: tuple[str, ...] = field(default=())
     """Flags for the second dynamics phase only, after ``extra_train_args`` (so they win)."""
     finetune_phases: int = 1
-    """Dynamics phases after the first, each ``finetune_steps`` with ``finetune_train_args`` from
-    the weights of the phase before, with its own data draws (``--seed`` 1, 2, ...)."""
+    """Dynamics phases after the first (when ``finetune_steps`` > 0), each ``finetune_steps`` with
+    ``finetune_train_args`` from the weights of the phase before, with its own data draws
+    (``--seed`` 1, 2, ...)."""
 
     @property
     def data_steps(self) -> int:
@@ -260,37 +261,36 @@ class RecipeRun:
         _cli(argv)
         (out.parent / f"{out.name}.done.json").write_text(json.dumps({"steps": r.part_steps, "seed": 1000 * i}) + "\n")
 
-    def _training_stages(self) -> list[tuple[str, Path, int]]:
-        """(stage, checkpoint, steps) of each training stage, in order."""
+    def _training_stages(self) -> list[tuple[str, Path, int, int]]:
+        """(stage, checkpoint, steps, dynamics phase or 0) of each training stage, in order."""
         r = self.recipe
-        stages = [("tokenizer", self.tokenizer_path, r.tokenizer_steps)]
+        stages = [("tokenizer", self.tokenizer_path, r.tokenizer_steps, 0)]
         if r.decoder_steps > 0:
-            stages.append(("decoder", self.decoder_path, r.decoder_steps))
-        stages.append(("dynamics", self.dynamics_path, r.dynamics_steps))
+            stages.append(("decoder", self.decoder_path, r.decoder_steps, 0))
+        stages.append(("dynamics", self.dynamics_path, r.dynamics_steps, 1))
         for k in range(2, self.phases + 1):
-            stages.append(("finetune" if k == 2 else f"finetune {k - 1}", self.phase_path(k), r.finetune_steps))
+            stages.append(("finetune" if k == 2 else f"finetune {k - 1}", self.phase_path(k), r.finetune_steps, k))
         return stages
 
-    def _train(self, stage: str, out: Path, steps: int) -> None:
+    def _train(self, stage: str, out: Path, steps: int, phase: int) -> None:
         r = self.recipe
         data = [str(self.part_dir(i)) for i in range(r.data_parts)]
-        finetune = stage.startswith("finetune")
-        kind = "dynamics" if stage == "dynamics" or finetune else "tokenizer"  # the decoder stage fine-tunes a tokenizer
+        kind = "dynamics" if phase else "tokenizer"  # the decoder stage fine-tunes a tokenizer
         batch = r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
                 "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
         if stage == "decoder":
             argv += ["--init", str(self.tokenizer_path), "--decoder-only", *r.decoder_train_args]
-        if stage == "dynamics":
+        if phase == 1:
             argv += ["--tokenizer", str(self.tokenizer_path)]
             if r.context is not None:
                 argv += ["--context", str(r.context)]
             argv += list(r.dynamics_train_args)
-        if finetune:
-            # The architecture and context are the first phase's (--init wins over --preset).
-            n = 1 if stage == "finetune" else int(stage.split()[1])  # phase n + 1 starts from phase n
-            argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.phase_path(n)), "--seed", str(n),
-                     "--split-seed", "0", *r.finetune_train_args]  # fmt: skip
+        if phase > 1:
+            # Phase k starts from phase k - 1, with --seed k - 1; the architecture and context are
+            # the first phase's (--init wins over --preset).
+            argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.phase_path(phase - 1)),
+                     "--seed", str(phase - 1), "--split-seed", "0", *r.finetune_train_args]  # fmt: skip
         _cli(argv)
 
     def _model_is_current(self) -> bool:
@@ -300,7 +300,7 @@ class RecipeRun:
             return False
         with safe_open(str(self.model_path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("info", "{}"))
-        init = Path(info["init"]).name if "init" in info else None  # a model of another phase started elsewhere
+        init = Path(info["init"]).name if "init" in info else None  # the phase its dynamics started from
         if init != (self.phase_path(self.phases - 1).name if self.phases > 1 else None):
             return False
         return r.decoder_steps == 0 or info.get("decoder", {}).get("steps") == r.decoder_steps
@@ -326,14 +326,14 @@ class RecipeRun:
                 continue
             self.log(f"recipe {self.name}: recording data part {i + 1}/{r.data_parts} ({r.part_steps} {r.agent} steps)")
             self._stage(f"data part {i}", lambda i=i: self._record(i))
-        for stage, path, steps in self._training_stages():
+        for stage, path, steps, phase in self._training_stages():
             done = checkpoint_steps(path)
             if done is not None and done >= steps:
                 self.log(f"recipe {self.name}: {stage} complete ({done} steps), skipped")
                 continue
-            start = f"from step {done}" if done else "from the previous phase's weights" if stage.startswith("finetune") else "from scratch"
+            start = f"from step {done}" if done else "from the previous phase's weights" if phase > 1 else "from scratch"
             self.log(f"recipe {self.name}: training the {stage} ({start} to {steps})")
-            self._stage(stage, lambda stage=stage, path=path, steps=steps: self._train(stage, path, steps))
+            self._stage(stage, lambda stage=stage, path=path, steps=steps, phase=phase: self._train(stage, path, steps, phase))
         if self._model_is_current():
             self.log(f"recipe {self.name}: model complete, skipped")
         else:
