@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worldsim.metrics import Band, detect_collapse, frame_stats, psnr
+from worldsim.metrics import Band, detect_collapse, frame_stats, motion_ratio, psnr
 from worldsim.reference import (
     HELDOUT_SEED_BASE,
     PROBES,
@@ -86,12 +86,17 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     real = tr.frames[P:]
     band = Band.from_frames(tr.frames)
     report = detect_collapse(dream, real, band=band)
+    real_stats = frame_stats(real)
+    moves = ~tr.resets[P - 1 :]  # a real reset jumps to another world: not motion
+    late = moves & (np.arange(S) >= S // 2)
     metrics = {**report.summary(), "steps": S, "real_resets": int(tr.resets[P - 1 :].sum()),
                "mean_psnr_vs_real": float(np.mean(psnr(dream, real))),
-               "copy_last_mean_psnr_vs_real": float(np.mean(psnr(np.broadcast_to(tr.frames[P - 1], real.shape), real)))}  # fmt: skip
+               "copy_last_mean_psnr_vs_real": float(np.mean(psnr(np.broadcast_to(tr.frames[P - 1], real.shape), real))),
+               "motion_ratio": motion_ratio(report.stats, real_stats, moves),
+               "late_motion_ratio": motion_ratio(report.stats, real_stats, late)}  # fmt: skip
     from worldsim.eval_media import plot_stability, side_by_side, write_mp4
 
-    plot_stability(ev.out / "stability.png", report, frame_stats(real),
+    plot_stability(ev.out / "stability.png", report, real_stats,
                    f"{ev.env_id}: {S}-step open-loop rollout, collapse statistics")  # fmt: skip
     if ev.cfg.videos:
         write_mp4(ev.out / "stability.mp4", side_by_side(real, dream))

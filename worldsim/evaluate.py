@@ -449,6 +449,7 @@ def headline_figures(m: dict[str, Any]) -> dict[str, float | bool | None]:
             out[f"{probe}_half_copy_last_psnr"] = v["half_copy_last_psnr"]
     out["stability_flagged_fraction"] = m["stability"]["flagged_fraction"]
     out["stability_collapsed"] = m["stability"]["collapsed"]
+    out["stability_late_motion_ratio"] = m["stability"].get("late_motion_ratio")
     for name, ok in m.get("targets", {}).items():
         out[f"target_{name}"] = ok
     return out
@@ -539,7 +540,8 @@ def summary(m: dict[str, Any]) -> str:
             lines.append(f"permanence {probe:<5}           final vs start {f(v['final_vs_start_psnr'])} dB; half-way "
                          f"{f(v['half_psnr'])} dB vs copy-last {f(v['half_copy_last_psnr'])}")  # fmt: skip
     s = m["stability"]
-    lines.append(f"stability {s['frames']} steps      collapsed: {s['collapsed']}  flagged {f(100 * s['flagged_fraction'], '.1f')}%")
+    lines.append(f"stability {s['frames']} steps      collapsed: {s['collapsed']}  flagged {f(100 * s['flagged_fraction'], '.1f')}%  "
+                 f"motion vs real {f(s.get('motion_ratio'))}, second half {f(s.get('late_motion_ratio'))}")  # fmt: skip
     for kind in ("reward", "termination"):
         v = m[kind]["teacher_forced"]
         lines.append(f"{kind:<12} (teacher-forced) precision {f(v['precision'])} recall {f(v['recall'])} ({v['actual']} real events)")

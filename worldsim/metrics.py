@@ -184,6 +184,20 @@ def frame_stats(frames: np.ndarray) -> FrameStats:
     return FrameStats(std=y.std(axis=(1, 2)), edge=edge, change=change)
 
 
+def motion_ratio(dream: FrameStats, real: FrameStats, keep: np.ndarray | None = None) -> float | None:
+    """How much the dream moves against the real frames at the same steps: the mean
+    frame-to-frame change of ``dream`` over that of ``real`` (1: as much; 0: a still picture).
+
+    The collapse verdict only counts frames that barely change at all; a dream can also
+    settle into a view it keeps shimmering in while the real view moves on, which this
+    shows. ``keep`` (bool ``[T]``) selects the steps to count, for example without the real
+    episode's resets; None when the real frames do not move there.
+    """
+    sel = np.ones(len(real.change), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    moved = float(real.change[sel].mean()) if sel.any() else 0.0
+    return float(dream.change[sel].mean()) / moved if moved > 0 else None
+
+
 @dataclass(frozen=True)
 class Band:
     """The range of ``std`` and ``edge`` that real frames of an env occupy."""

@@ -127,6 +127,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     # a full turn comes back to (nearly) the same real view; half-way it does not
     assert turn["real_final_vs_start_psnr"] > turn["half_copy_last_psnr"]
     assert m["stability"]["frames"] == 30 and isinstance(m["stability"]["collapsed"], bool)
+    assert all(m["stability"][k] is None or m["stability"][k] >= 0 for k in ("motion_ratio", "late_motion_ratio"))
     assert m["speed"]["fps_single"] > 0 and m["speed"]["batch"] == 2
     assert "precision" in m["reward"]["teacher_forced"] and "recall" in m["termination"]["open_loop"]
     bc = m["teacher_forced"]["by_change"]

@@ -12,7 +12,9 @@ from worldsim.metrics import (
     PSNR_CAP,
     Band,
     detect_collapse,
+    frame_stats,
     macro_f1,
+    motion_ratio,
     precision_recall,
     psnr,
     ssim,
@@ -136,6 +138,24 @@ def test_collapse_flags_failures(engine_frames: np.ndarray, kind: str) -> None:
     # the failure that was planted is the one named
     field = {"blank": "blank", "constant": "blank", "noise": "noise", "frozen": "frozen", "blurred": "blur"}[kind]
     assert getattr(report, field).mean() > 0.5
+
+
+def test_motion_ratio_tells_a_dream_that_shimmers_in_place_from_one_that_moves(engine_frames: np.ndarray) -> None:
+    real = engine_frames[150:]
+    rs = frame_stats(real)
+    assert motion_ratio(rs, rs) == pytest.approx(1.0)
+    # a picture that stays put but shimmers by one level: the collapse verdict passes it, the ratio does not
+    rng = np.random.default_rng(0)
+    shimmer = np.clip(real[:1].astype(np.int16) + rng.integers(-1, 2, real.shape), 0, 255).astype(np.uint8)
+    assert not detect_collapse(shimmer, real, band=Band.from_frames(engine_frames[:150])).collapsed
+    assert motion_ratio(frame_stats(shimmer), rs) < 0.25
+    # steps left out are not counted; a real view that never moves gives no ratio
+    keep = np.zeros(len(real), dtype=bool)
+    keep[len(real) // 2 :] = True
+    twice = frame_stats(np.concatenate([real[: len(real) // 2], real[len(real) // 2 :: 2].repeat(2, axis=0)])[: len(real)])
+    assert motion_ratio(twice, rs, ~keep) == pytest.approx(1.0)
+    still = frame_stats(np.repeat(real[:1], len(real), axis=0))
+    assert motion_ratio(rs, still) is None
 
 
 def test_collapse_found_when_it_starts_late(engine_frames: np.ndarray) -> None:
