@@ -88,9 +88,8 @@ Models without a gate are not affected.
 
 Measured on the shipped model, 2,000 open-loop explorer steps in each of the 8 worlds
 ``STABILITY_SEED_BASE + 777..784`` (the docs/model.md snippet, batched): without the guard
-4 of 8 collapsed into a frozen picture (3 of 8 for the two-phase release before it); with
-``unfreeze=1`` (and :data:`UNFREEZE_TEMPERATURE`) none did, with sampling seeds 0, 1 and 2
-(at most 488 frozen frames of 2,000). On an earlier
+3 of 8 collapsed into a frozen picture; with ``unfreeze=1`` (and
+:data:`UNFREEZE_TEMPERATURE`) none did, with sampling seeds 0, 1 and 2. On an earlier
 preview model with the current sampler it was 4 of 8 without the guard and 0 of 8 with it
 (at most 63 frozen frames); with the earlier Gumbel sampler the same 4 of 8 and 0 of 8,
 and ``unfreeze=2`` still let 2 of 8 collapse. On that preview, over the eval's 16 held-out
@@ -105,7 +104,7 @@ model's own; not used at temperature 0, which stays greedy and deterministic).
 
 Dropping the gate's bonus is not always enough: a model can drift into a view with nothing
 to move, such as an empty night sky, where its own prediction is the same frame again. At
-the model's temperature (0.5) the two-phase release froze in 8 of 24 long rollouts (the 8
+the model's temperature (0.5) the shipped model froze in 8 of 24 long rollouts (the 8
 worlds above, sampling seeds 0, 1 and 2) with the gate off; drawing those worlds' frames
 from the plain softmax (1.0) until they move again, 0 of 24 collapsed (docs/model.md,
 "Freeze guard" and "Not met")."""
