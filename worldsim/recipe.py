@@ -108,9 +108,9 @@ class Recipe:
 # second phase (``finetune_steps``) trains 12,000 more from its weights at lr 3e-4 (78 min
 # here): with the same freeze guard it lifted open loop by 0.36-0.74 dB and the IDM's move and
 # attack ratios over three seeds (docs/model.md, "Not met"). A third phase
-# (``finetune_phases=2``, 76 min here) added 0.02-0.34 dB of PSNR but halved how much the
-# dream moves late in a long rollout (the eval's ``late_motion_ratio``), so the recipe stops
-# at two (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
+# (``finetune_phases=2``, 76 min here) added 0.02-0.34 dB of PSNR, but its dream settled
+# earlier into a still night view (the eval's ``late_motion_ratio`` halved, four to seven
+# times the frozen frames), so the recipe stops at two (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
 # schedule, keeps each earlier phase a finished, resumable stage that a session can build on.
 # Docs: docs/eval.md, "worldsim train recipe".
 RECIPES: dict[str, Recipe] = {
