@@ -190,8 +190,10 @@ def motion_ratio(dream: FrameStats, real: FrameStats, keep: np.ndarray | None = 
 
     The collapse verdict only counts frames that barely change at all; a dream can also
     settle into a view it keeps shimmering in while the real view moves on, which this
-    shows. ``keep`` (bool ``[T]``) selects the steps to count, for example without the real
-    episode's resets; None when the real frames do not move there.
+    shows. It counts any change, shimmer included: low means a still picture, high does not
+    prove motion (a fixed view redrawn with fresh noise each step reads high). ``keep``
+    (bool ``[T]``) selects the steps to count, for example without the real episode's
+    resets; None when the real frames do not move there.
     """
     sel = np.ones(len(real.change), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     moved = float(real.change[sel].mean()) if sel.any() else 0.0
