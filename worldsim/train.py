@@ -167,8 +167,15 @@ class _Dist:
         dist.all_reduce(t)
         return float(t) / self.world
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group. After a finished run every rank first waits for the others
+        (a barrier), so none tears down its connections while a peer is still using them: a
+        rank that did so once aborted its peer at exit ("terminate called without an active
+        exception", a CI run of the two-process test). After a failure there is no barrier,
+        since the peer may never reach it."""
         if self.world > 1:
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -511,11 +518,13 @@ def tokenizer_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     cfg = _loop_config(a, "tokenizer")
     _, dd = _setup(a)
+    finished = False
     try:
         task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
         last = run(task, cfg, dd)
+        finished = True
     finally:
-        dd.close()
+        dd.close(finished)
     if dd.main:
         print(f"tokenizer checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')}, held-out PSNR {last.get('val_psnr')} dB)")  # fmt: skip
@@ -557,12 +566,14 @@ def dynamics_main(argv: list[str]) -> int:
         else Path(a.code_cache)
     )
     dev, dd = _setup(a)
+    finished = False
     try:
         task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
                             a.rollout_share, a.split_seed)
         last = run(task, cfg, dd)
+        finished = True
     finally:
-        dd.close()
+        dd.close(finished)
     if dd.main:
         print(f"dynamics checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')})")  # fmt: skip
