@@ -303,7 +303,9 @@ class Evaluation:
             prev, nxt, acts = [], [], []
             per = min(IDM_EPISODE_STEPS, cfg.idm.data_steps)
             for k in range(math.ceil(cfg.idm.data_steps / per)):
-                pol, _ = make_policy(self.env_id, self.ref.spec, np.random.default_rng([cfg.seed, 7, k]))
+                # not the eval's --seed: the cached judge is one per env and config, so it must not
+                # depend on which seed happened to train it first
+                pol, _ = make_policy(self.env_id, self.ref.spec, np.random.default_rng([7, k]))
                 tr = self.ref.rollout(IDM_SEED_BASE + k, per, pol)
                 keep = ~tr.resets
                 prev.append(tr.frames[:-1][keep])
