@@ -13,7 +13,10 @@ of standing still,
 * *turn*: turn a full circle in place. The final dream frame is compared with the frame
   before the turn (what a world that remembered would show); half-way round, the dream is
   compared with the real view, beside the copy-last baseline (the pre-turn view), so a
-  dream that did not really turn is caught;
+  dream that did not really turn is caught. ``turn_rate`` is how fast the dream's picture
+  slides sideways over the whole turn against the real one's
+  (:func:`~worldsim.metrics.horizontal_shift` per step, averaged over steps and worlds):
+  1 turns with the world, 0.5 at half its speed;
 * *walk*: walk away for ``walk_steps`` steps and back as many; the final dream frame is
   compared with the frame before the walk, and the farthest point as above.
 
@@ -29,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worldsim.metrics import Band, detect_collapse, frame_stats, motion_ratio, psnr
+from worldsim.metrics import (
+    Band,
+    detect_collapse,
+    frame_stats,
+    horizontal_shift,
+    motion_ratio,
+    psnr,
+)
 from worldsim.reference import (
     HELDOUT_SEED_BASE,
     PROBES,
@@ -110,8 +120,9 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     )  # fmt: skip
 
 
-def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str) -> dict[str, Any] | None:
-    """Run ``script`` (after ``P - 1`` still steps) in ``probe_worlds`` worlds; compare frames."""
+def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: bool = False) -> dict[str, Any] | None:
+    """Run ``script`` (after ``P - 1`` still steps) in ``probe_worlds`` worlds; compare frames
+    (and, with ``shifts``, how far the picture slides sideways per step)."""
     P, model, ref = ev.P, ev.model, ev.ref
     still = np.zeros((P - 1, ref.spec.num_components), np.int64)
     full = np.concatenate([still, script])
@@ -134,7 +145,15 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str) -> dict[str
 
         write_gif(ev.out / f"permanence_{name}.gif", side_by_side(np.concatenate([frames[0, :P], real[0]]),
                                                                   np.concatenate([frames[0, :P], dream[0]])))  # fmt: skip
+    out: dict[str, Any] = {}
+    if shifts:
+        reach = max(1, min(8, start.shape[2] // 4))  # pixels; 8 covers BlockWorld's 2-3 a step at 64x64
+        real_shift = float(horizontal_shift(np.concatenate([start[:, None], real[:, :-1]], 1), real, reach).mean())
+        dream_shift = float(horizontal_shift(np.concatenate([start[:, None], dream[:, :-1]], 1), dream, reach).mean())
+        out = {"real_shift_per_step": real_shift, "dream_shift_per_step": dream_shift,
+               "turn_rate": dream_shift / real_shift if abs(real_shift) > 0.05 else None}  # fmt: skip
     return {
+        **out,
         "worlds": len(trajs),
         "steps": len(script),
         "final_vs_start_psnr": float(psnr(dream[:, -1], start).mean()),
@@ -159,6 +178,6 @@ def permanence(ev: Evaluation) -> dict[str, Any]:
     walk = np.concatenate([np.tile(np.asarray(probe.forward, np.int64), (w, 1)), np.tile(np.asarray(probe.back, np.int64), (w, 1))])
     out: dict[str, Any] = {}
     for name, script, half in (("turn", turn, n // 2), ("walk", walk, w)):
-        r = _probe(ev, script, half, name)
+        r = _probe(ev, script, half, name, shifts=name == "turn")
         out[name] = r if r is not None else {"skipped": "every probe world ended its episode during the script"}
     return out

@@ -449,6 +449,8 @@ def headline_figures(m: dict[str, Any]) -> dict[str, float | bool | None]:
             out[f"{probe}_final_vs_start_psnr"] = v["final_vs_start_psnr"]
             out[f"{probe}_half_psnr"] = v["half_psnr"]
             out[f"{probe}_half_copy_last_psnr"] = v["half_copy_last_psnr"]
+            if "turn_rate" in v:
+                out[f"{probe}_rate"] = v["turn_rate"]
     out["stability_flagged_fraction"] = m["stability"]["flagged_fraction"]
     out["stability_collapsed"] = m["stability"]["collapsed"]
     out["stability_late_motion_ratio"] = m["stability"].get("late_motion_ratio")
@@ -539,8 +541,9 @@ def summary(m: dict[str, Any]) -> str:
             if "skipped" in v:
                 lines.append(f"permanence {probe:<5}           skipped: {v['skipped']}")
                 continue
+            rate = f"; turns at {f(v['turn_rate'])} of the real speed" if "turn_rate" in v else ""
             lines.append(f"permanence {probe:<5}           final vs start {f(v['final_vs_start_psnr'])} dB; half-way "
-                         f"{f(v['half_psnr'])} dB vs copy-last {f(v['half_copy_last_psnr'])}")  # fmt: skip
+                         f"{f(v['half_psnr'])} dB vs copy-last {f(v['half_copy_last_psnr'])}{rate}")  # fmt: skip
     s = m["stability"]
     lines.append(f"stability {s['frames']} steps      collapsed: {s['collapsed']}  flagged {f(100 * s['flagged_fraction'], '.1f')}%  "
                  f"motion vs real {f(s.get('motion_ratio'))}, second half {f(s.get('late_motion_ratio'))}")  # fmt: skip

@@ -200,6 +200,36 @@ def motion_ratio(dream: FrameStats, real: FrameStats, keep: np.ndarray | None = 
     return float(dream.change[sel].mean()) / moved if moved > 0 else None
 
 
+def horizontal_shift(prev: np.ndarray, nxt: np.ndarray, max_shift: int = 8) -> np.ndarray:
+    """How many pixels the picture moved sideways from ``prev`` to ``nxt`` (uint8 ``[..., H, W, 3]``):
+    float ``[...]``, positive when it moved right (a turn to the left), to a tenth of a pixel or so.
+
+    The shift is the one that best aligns the two frames' grey values (least mean squared
+    difference) over their middle three quarters of rows, with ``max_shift`` columns left
+    out at each side, refined between whole pixels by a parabola through the best shift and
+    its two neighbours. A picture with nothing to align (the sky, a flat wall) reads 0,
+    however far the view turned; so a mean over many steps of one scripted turn compares the
+    speeds at which a dream and the real view turn, but a single pair says little.
+    """
+    a, b = _as_float(prev).mean(-1), _as_float(nxt).mean(-1)
+    H, W = a.shape[-2:]
+    if W <= 2 * max_shift + 2:
+        raise ValueError(f"frames {W} pixels wide are too narrow to measure shifts of up to {max_shift} pixels")
+    rows = slice(H // 8, H - H // 8)
+    ref = a[..., rows, max_shift : W - max_shift]
+    err = np.stack([np.mean((ref - b[..., rows, max_shift + d : W - max_shift + d]) ** 2, axis=(-2, -1))
+                    for d in range(-max_shift, max_shift + 1)], -1)  # fmt: skip
+    best = err.argmin(-1)
+    flat = err.max(-1) - err.min(-1) < 1e-6
+    i = np.clip(best, 1, 2 * max_shift - 1)
+    lo, mid, hi = (np.take_along_axis(err, (i + k)[..., None], -1)[..., 0] for k in (-1, 0, 1))
+    curve = lo - 2 * mid + hi
+    edge = (best == 0) | (best == 2 * max_shift)
+    frac = np.where((curve > 0) & ~edge, 0.5 * (lo - hi) / np.where(curve > 0, curve, 1), 0.0)
+    shift = best - max_shift + np.clip(frac, -0.5, 0.5)  # nxt[x + shift] matches prev[x]
+    return np.where(flat, 0.0, shift)
+
+
 @dataclass(frozen=True)
 class Band:
     """The range of ``std`` and ``edge`` that real frames of an env occupy."""

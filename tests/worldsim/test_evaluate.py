@@ -126,6 +126,8 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     assert turn["steps"] == 72 and turn["half_step"] == 36 and turn["worlds"] == 1
     # a full turn comes back to (nearly) the same real view; half-way it does not
     assert turn["real_final_vs_start_psnr"] > turn["half_copy_last_psnr"]
+    # turning left slides the real picture to the right; the dream's speed is measured against it
+    assert turn["real_shift_per_step"] > 0.2 and "turn_rate" in turn and "turn_rate" not in m["permanence"]["walk"]
     assert m["stability"]["frames"] == 30 and isinstance(m["stability"]["collapsed"], bool)
     assert all(m["stability"][k] is None or m["stability"][k] >= 0 for k in ("motion_ratio", "late_motion_ratio"))
     assert m["speed"]["fps_single"] > 0 and m["speed"]["batch"] == 2

@@ -13,6 +13,7 @@ from worldsim.metrics import (
     Band,
     detect_collapse,
     frame_stats,
+    horizontal_shift,
     macro_f1,
     motion_ratio,
     precision_recall,
@@ -167,3 +168,44 @@ def test_collapse_found_when_it_starts_late(engine_frames: np.ndarray) -> None:
     dream[100:] = 0
     report = detect_collapse(dream, real, band=Band.from_frames(engine_frames[:150]))
     assert report.collapsed and 80 < report.collapse_step <= 100
+
+
+def test_horizontal_shift_reads_how_far_a_picture_slid_sideways() -> None:
+    rng = np.random.default_rng(0)
+    wide = (rng.random((64, 200, 3)) * 255).astype(np.uint8)
+    prev = wide[:, 50:114]
+    # content that moved d pixels to the right reads +d, to the left -d, in a batch
+    nxt = np.stack([wide[:, 50 - d : 114 - d] for d in (0, 1, 3, -2)])
+    np.testing.assert_allclose(horizontal_shift(np.broadcast_to(prev, nxt.shape), nxt), [0, 1, 3, -2], atol=0.05)
+    # between whole pixels, on a smooth picture, to within a tenth of a pixel
+    x = np.arange(64.0)
+    def smooth(d: float) -> np.ndarray:
+        row = 127 + 100 * np.sin((x + 100 - d) / 20 * np.pi)
+        return np.repeat(np.broadcast_to(row, (64, 64))[..., None], 3, -1).round().astype(np.uint8)
+    for d in (0.5, 1.3, 2.7):
+        assert horizontal_shift(smooth(0), smooth(d)) == pytest.approx(d, abs=0.1)
+    # nothing to align (the sky) reads 0, whatever the view did
+    sky = np.full((64, 64, 3), 120, np.uint8)
+    assert horizontal_shift(sky, sky) == 0
+    with pytest.raises(ValueError, match="too narrow"):
+        horizontal_shift(prev[:, :16], prev[:, :16])
+
+
+def test_horizontal_shift_tells_blockworld_turns_apart() -> None:
+    """Turning left slides the real picture right, turning right slides it left; a still view stays."""
+    env = gym.make("worldsim/BlockWorld-v0", width=64, height=64)
+    means = {}
+    for yaw in (0, 1, 2):
+        pairs = []
+        for seed in (1_000_322, 1_000_323):  # worlds with something in view most of the way round
+            obs, _ = env.reset(seed=seed)
+            frames = [obs]
+            for _ in range(24):
+                obs, *_ = env.step(np.array([0, 0, 0, yaw, 0, 0, 0, 0]))
+                frames.append(obs)
+            f = np.stack(frames)
+            pairs.append(horizontal_shift(f[:-1], f[1:]))
+        means[yaw] = float(np.mean(pairs))
+    env.close()
+    assert abs(means[0]) < 0.2
+    assert means[1] > 2.0 and means[2] < -2.0  # 5 degrees a step is about 4 pixels at 64x64
