@@ -16,7 +16,9 @@ of standing still,
   dream that did not really turn is caught. ``turn_rate`` is how fast the dream's picture
   slides sideways over the whole turn against the real one's
   (:func:`~worldsim.metrics.horizontal_shift` per step, averaged over steps and worlds):
-  1 turns with the world, 0.5 at half its speed;
+  1 turns with the world, 0.5 at half its speed. ``teacher_forced_turn_rate`` is the same
+  with every step generated from the real frames before it, so a model that turns too
+  little in one step can be told from one that slows down on its own frames;
 * *walk*: walk away for ``walk_steps`` steps and back as many; the final dream frame is
   compared with the frame before the walk, and the farthest point as above.
 
@@ -120,9 +122,10 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     )  # fmt: skip
 
 
-def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: bool = False) -> dict[str, Any] | None:
+def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: bool = False) -> tuple[dict[str, Any] | None, np.ndarray]:
     """Run ``script`` (after ``P - 1`` still steps) in ``probe_worlds`` worlds; compare frames
-    (and, with ``shifts``, how far the picture slides sideways per step)."""
+    (and, with ``shifts``, how far the picture slides sideways per step). Returns the
+    figures (None when every world ended its episode) and the real frames ``[B, P + n, ...]``."""
     P, model, ref = ev.P, ev.model, ev.ref
     still = np.zeros((P - 1, ref.spec.num_components), np.int64)
     full = np.concatenate([still, script])
@@ -135,7 +138,7 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: boo
         if len(trajs) == want:
             break
     if not trajs:
-        return None
+        return None, np.zeros((0,), np.uint8)
     frames = np.stack([t.frames for t in trajs])  # (B, P + n, H, W, 3)
     model.prompt(frames[:, :P], np.broadcast_to(still, (len(trajs), *still.shape)))
     dream = np.stack([model.step(np.broadcast_to(a, (len(trajs), len(a)))).frames for a in script], axis=1)  # (B, n, H, W, 3)
@@ -147,9 +150,8 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: boo
                                                                   np.concatenate([frames[0, :P], dream[0]])))  # fmt: skip
     out: dict[str, Any] = {}
     if shifts:
-        reach = max(1, min(8, start.shape[2] // 4))  # pixels; 8 covers BlockWorld's 2-3 a step at 64x64
-        real_shift = float(horizontal_shift(np.concatenate([start[:, None], real[:, :-1]], 1), real, reach).mean())
-        dream_shift = float(horizontal_shift(np.concatenate([start[:, None], dream[:, :-1]], 1), dream, reach).mean())
+        real_shift = float(horizontal_shift(frames[:, P - 1 : -1], real, _reach(frames)).mean())
+        dream_shift = float(horizontal_shift(np.concatenate([start[:, None], dream[:, :-1]], 1), dream, _reach(frames)).mean())
         out = {"real_shift_per_step": real_shift, "dream_shift_per_step": dream_shift,
                "turn_rate": dream_shift / real_shift if abs(real_shift) > 0.05 else None}  # fmt: skip
     return {
@@ -162,7 +164,36 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: boo
         "half_step": half,
         "half_psnr": float(psnr(dream[:, half - 1], real[:, half - 1]).mean()),
         "half_copy_last_psnr": float(psnr(start, real[:, half - 1]).mean()),
-    }
+    }, frames
+
+
+def _reach(frames: np.ndarray) -> int:
+    """The largest sideways shift measured, in pixels: 8 covers BlockWorld's 2-4 a step at 64x64."""
+    return max(1, min(8, frames.shape[-2] // 4))
+
+
+def _teacher_forced_turn(ev: Evaluation, frames: np.ndarray, script: np.ndarray) -> float | None:
+    """The turn probe one step at a time: before each step the model is prompted afresh with
+    the ``P`` real frames up to it, so every generated frame continues a real, turning view.
+    Returns the dream's mean sideways slide per step over the real one's (see ``turn_rate``).
+
+    It tells apart a model that turns too little in a single step from one that turns well
+    from real context but slows down as its own frames become the context."""
+    P, model = ev.P, ev.model
+    B = len(frames)
+    acts = np.concatenate([np.zeros((P - 1, script.shape[1]), np.int64), script])
+    dream = np.stack([_one_step(model, frames[:, i : i + P], np.broadcast_to(acts[i : i + P - 1], (B, P - 1, acts.shape[1])),
+                                np.broadcast_to(acts[P - 1 + i], (B, acts.shape[1])))
+                      for i in range(len(script))], axis=1)  # fmt: skip
+    prev = frames[:, P - 1 : -1]
+    real_shift = float(horizontal_shift(prev, frames[:, P:], _reach(frames)).mean())
+    dream_shift = float(horizontal_shift(prev, dream, _reach(frames)).mean())
+    return dream_shift / real_shift if abs(real_shift) > 0.05 else None
+
+
+def _one_step(model: Any, context: np.ndarray, context_actions: np.ndarray, action: np.ndarray) -> np.ndarray:
+    model.prompt(context, context_actions)
+    return model.step(action).frames
 
 
 def permanence(ev: Evaluation) -> dict[str, Any]:
@@ -177,7 +208,12 @@ def permanence(ev: Evaluation) -> dict[str, Any]:
     turn = np.tile(np.asarray(probe.turn, np.int64), (n, 1))
     walk = np.concatenate([np.tile(np.asarray(probe.forward, np.int64), (w, 1)), np.tile(np.asarray(probe.back, np.int64), (w, 1))])
     out: dict[str, Any] = {}
+    turn_frames = None
     for name, script, half in (("turn", turn, n // 2), ("walk", walk, w)):
-        r = _probe(ev, script, half, name, shifts=name == "turn")
+        r, frames = _probe(ev, script, half, name, shifts=name == "turn")
         out[name] = r if r is not None else {"skipped": "every probe world ended its episode during the script"}
+        if name == "turn" and r is not None:
+            turn_frames = frames
+    if turn_frames is not None:  # last, so the sampling draws of the probes above stay as they were
+        out["turn"]["teacher_forced_turn_rate"] = _teacher_forced_turn(ev, turn_frames, turn)
     return out

@@ -451,6 +451,7 @@ def headline_figures(m: dict[str, Any]) -> dict[str, float | bool | None]:
             out[f"{probe}_half_copy_last_psnr"] = v["half_copy_last_psnr"]
             if "turn_rate" in v:
                 out[f"{probe}_rate"] = v["turn_rate"]
+                out[f"{probe}_rate_teacher_forced"] = v.get("teacher_forced_turn_rate")
     out["stability_flagged_fraction"] = m["stability"]["flagged_fraction"]
     out["stability_collapsed"] = m["stability"]["collapsed"]
     out["stability_late_motion_ratio"] = m["stability"].get("late_motion_ratio")
@@ -541,7 +542,8 @@ def summary(m: dict[str, Any]) -> str:
             if "skipped" in v:
                 lines.append(f"permanence {probe:<5}           skipped: {v['skipped']}")
                 continue
-            rate = f"; turns at {f(v['turn_rate'])} of the real speed" if "turn_rate" in v else ""
+            rate = (f"; turns at {f(v['turn_rate'])} of the real speed "
+                    f"({f(v.get('teacher_forced_turn_rate'))} one step at a time from real frames)") if "turn_rate" in v else ""  # fmt: skip
             lines.append(f"permanence {probe:<5}           final vs start {f(v['final_vs_start_psnr'])} dB; half-way "
                          f"{f(v['half_psnr'])} dB vs copy-last {f(v['half_copy_last_psnr'])}{rate}")  # fmt: skip
     s = m["stability"]

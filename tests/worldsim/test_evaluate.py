@@ -128,6 +128,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     assert turn["real_final_vs_start_psnr"] > turn["half_copy_last_psnr"]
     # turning left slides the real picture to the right; the dream's speed is measured against it
     assert turn["real_shift_per_step"] > 0.2 and "turn_rate" in turn and "turn_rate" not in m["permanence"]["walk"]
+    assert "teacher_forced_turn_rate" in turn
     assert m["stability"]["frames"] == 30 and isinstance(m["stability"]["collapsed"], bool)
     assert all(m["stability"][k] is None or m["stability"][k] >= 0 for k in ("motion_ratio", "late_motion_ratio"))
     assert m["speed"]["fps_single"] > 0 and m["speed"]["batch"] == 2
@@ -372,3 +373,36 @@ def test_eval_over_several_seeds_reports_each_and_the_spread(tiny_toy: Path, tmp
     printed = capsys.readouterr().out
     assert "# seed 3" in printed and "# over seeds 3, 7" in printed and "teacher_forced_psnr" in printed
     assert cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(tmp_path / "x"), "--seed", "1", "1"]) == 2
+
+
+def test_teacher_forced_turn_rate_reads_one_for_the_real_next_frame_and_zero_for_the_last() -> None:
+    """Each step is generated from exactly the P real frames before it: a model that returns
+    the real next frame turns at rate 1, one that repeats its last context frame at 0."""
+    from types import SimpleNamespace
+
+    from worldsim.eval_probes import PROBE_SEED_BASE, _teacher_forced_turn
+    from worldsim.reference import PROBES
+
+    P, n = 3, 12
+    ref = ReferenceEnv(BLOCKWORLD, {"width": 64, "height": 64})
+    script = np.tile(np.asarray(PROBES[BLOCKWORLD].turn, np.int64), (n, 1))
+    full = np.concatenate([np.zeros((P - 1, 8), np.int64), script])
+    frames = np.stack([ref.rollout(PROBE_SEED_BASE + k, len(full), script=full).frames for k in (1, 2)])
+
+    class Stub:
+        def __init__(self, oracle: bool) -> None:
+            self.oracle, self.i = oracle, 0
+
+        def prompt(self, context: np.ndarray, actions: np.ndarray) -> None:
+            np.testing.assert_array_equal(context, frames[:, self.i : self.i + P])  # never the frame to predict
+            np.testing.assert_array_equal(actions[0], full[self.i : self.i + P - 1])
+            self.context = context
+
+        def step(self, action: np.ndarray) -> SimpleNamespace:
+            np.testing.assert_array_equal(action[0], full[P - 1 + self.i])
+            out = frames[:, P + self.i] if self.oracle else self.context[:, -1]
+            self.i += 1
+            return SimpleNamespace(frames=out)
+
+    assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(True)), frames, script) == pytest.approx(1.0)
+    assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(False)), frames, script) == pytest.approx(0.0, abs=0.01)
