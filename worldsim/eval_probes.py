@@ -122,7 +122,7 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     )  # fmt: skip
 
 
-def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: bool = False) -> tuple[dict[str, Any] | None, np.ndarray]:
+def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: bool = False) -> tuple[dict[str, Any] | None, np.ndarray | None]:
     """Run ``script`` (after ``P - 1`` still steps) in ``probe_worlds`` worlds; compare frames
     (and, with ``shifts``, how far the picture slides sideways per step). Returns the
     figures (None when every world ended its episode) and the real frames ``[B, P + n, ...]``."""
@@ -138,7 +138,7 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: boo
         if len(trajs) == want:
             break
     if not trajs:
-        return None, np.zeros((0,), np.uint8)
+        return None, None
     frames = np.stack([t.frames for t in trajs])  # (B, P + n, H, W, 3)
     model.prompt(frames[:, :P], np.broadcast_to(still, (len(trajs), *still.shape)))
     dream = np.stack([model.step(np.broadcast_to(a, (len(trajs), len(a)))).frames for a in script], axis=1)  # (B, n, H, W, 3)
@@ -152,8 +152,7 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: boo
     if shifts:
         real_shift = float(horizontal_shift(frames[:, P - 1 : -1], real, _reach(frames)).mean())
         dream_shift = float(horizontal_shift(np.concatenate([start[:, None], dream[:, :-1]], 1), dream, _reach(frames)).mean())
-        out = {"real_shift_per_step": real_shift, "dream_shift_per_step": dream_shift,
-               "turn_rate": dream_shift / real_shift if abs(real_shift) > 0.05 else None}  # fmt: skip
+        out = {"real_shift_per_step": real_shift, "dream_shift_per_step": dream_shift, "turn_rate": _rate(dream_shift, real_shift)}
     return {
         **out,
         "worlds": len(trajs),
@@ -172,10 +171,16 @@ def _reach(frames: np.ndarray) -> int:
     return max(1, min(8, frames.shape[-2] // 4))
 
 
-def _teacher_forced_turn(ev: Evaluation, frames: np.ndarray, script: np.ndarray) -> float | None:
+def _rate(dream_shift: float, real_shift: float) -> float | None:
+    """The dream's slide per step over the real one's; None when the real view barely slid."""
+    return dream_shift / real_shift if abs(real_shift) > 0.05 else None
+
+
+def _teacher_forced_turn(ev: Evaluation, frames: np.ndarray, script: np.ndarray) -> float:
     """The turn probe one step at a time: before each step the model is prompted afresh with
     the ``P`` real frames up to it, so every generated frame continues a real, turning view.
-    Returns the dream's mean sideways slide per step over the real one's (see ``turn_rate``).
+    Returns the dream's mean sideways slide per step, in pixels (the real one's is
+    ``real_shift_per_step``).
 
     It tells apart a model that turns too little in a single step from one that turns well
     from real context but slows down as its own frames become the context."""
@@ -185,10 +190,7 @@ def _teacher_forced_turn(ev: Evaluation, frames: np.ndarray, script: np.ndarray)
     dream = np.stack([_one_step(model, frames[:, i : i + P], np.broadcast_to(acts[i : i + P - 1], (B, P - 1, acts.shape[1])),
                                 np.broadcast_to(acts[P - 1 + i], (B, acts.shape[1])))
                       for i in range(len(script))], axis=1)  # fmt: skip
-    prev = frames[:, P - 1 : -1]
-    real_shift = float(horizontal_shift(prev, frames[:, P:], _reach(frames)).mean())
-    dream_shift = float(horizontal_shift(prev, dream, _reach(frames)).mean())
-    return dream_shift / real_shift if abs(real_shift) > 0.05 else None
+    return float(horizontal_shift(frames[:, P - 1 : -1], dream, _reach(frames)).mean())
 
 
 def _one_step(model: Any, context: np.ndarray, context_actions: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -215,5 +217,6 @@ def permanence(ev: Evaluation) -> dict[str, Any]:
         if name == "turn" and r is not None:
             turn_frames = frames
     if turn_frames is not None:  # last, so the sampling draws of the probes above stay as they were
-        out["turn"]["teacher_forced_turn_rate"] = _teacher_forced_turn(ev, turn_frames, turn)
+        t = out["turn"]
+        t["teacher_forced_turn_rate"] = _rate(_teacher_forced_turn(ev, turn_frames, turn), t["real_shift_per_step"])
     return out

@@ -150,6 +150,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     # empty cache trains the very same IDM, so cached figures never depend on run order
     rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(tmp_path / "seed1"), "--no-videos", "--seed", "1",
               "--cache-dir", str(tmp_path / "cache1"), *SMALL])  # fmt: skip
+    assert rc == 0
     other = json.loads((tmp_path / "seed1" / "metrics.json").read_text())
     assert other["controllability"]["idm"]["cached"] is False
     first, second = (Path(r["controllability"]["idm"]["cache"]) for r in (m, other))
@@ -375,12 +376,14 @@ def test_eval_over_several_seeds_reports_each_and_the_spread(tiny_toy: Path, tmp
     assert cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(tmp_path / "x"), "--seed", "1", "1"]) == 2
 
 
-def test_teacher_forced_turn_rate_reads_one_for_the_real_next_frame_and_zero_for_the_last() -> None:
+def test_teacher_forced_turn_reads_the_real_slide_for_the_real_next_frame_and_none_for_the_last() -> None:
     """Each step is generated from exactly the P real frames before it: a model that returns
-    the real next frame turns at rate 1, one that repeats its last context frame at 0."""
+    the real next frame slides as far as the real view, one that repeats its last context
+    frame not at all."""
     from types import SimpleNamespace
 
     from worldsim.eval_probes import PROBE_SEED_BASE, _teacher_forced_turn
+    from worldsim.metrics import horizontal_shift
     from worldsim.reference import PROBES
 
     P, n = 3, 12
@@ -404,5 +407,7 @@ def test_teacher_forced_turn_rate_reads_one_for_the_real_next_frame_and_zero_for
             self.i += 1
             return SimpleNamespace(frames=out)
 
-    assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(True)), frames, script) == pytest.approx(1.0)
-    assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(False)), frames, script) == pytest.approx(0.0, abs=0.01)
+    real = float(horizontal_shift(frames[:, P - 1 : -1], frames[:, P:]).mean())
+    assert real > 1  # the real view does turn
+    assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(True)), frames, script) == pytest.approx(real)
+    assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(False)), frames, script) == pytest.approx(0.0, abs=0.02)
