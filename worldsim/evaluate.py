@@ -300,18 +300,15 @@ class Evaluation:
         nvec = tuple(self.ref.spec.nvec)
 
         def collect() -> IDMData:
-            prev, nxt, acts = [], [], []
+            trajs = []
             per = min(IDM_EPISODE_STEPS, cfg.idm.data_steps)
             for k in range(math.ceil(cfg.idm.data_steps / per)):
                 # not the eval's --seed: the cached judge is one per env and config, so it must not
                 # depend on which seed happened to train it first
                 pol, _ = make_policy(self.env_id, self.ref.spec, np.random.default_rng([7, k]))
                 tr = self.ref.rollout(IDM_SEED_BASE + k, per, pol)
-                keep = ~tr.resets
-                prev.append(tr.frames[:-1][keep])
-                nxt.append(tr.frames[1:][keep])
-                acts.append(tr.actions[keep])
-            return IDMData(np.concatenate(prev), np.concatenate(nxt), np.concatenate(acts))
+                trajs.append((tr.frames, tr.actions, ~tr.resets))
+            return IDMData.from_trajectories(trajs)
 
         key = cache_key(self.env_id, self.env_kwargs, shape, policy, cfg.idm)
         cache = Path(cfg.cache_dir) if cfg.cache_dir else None

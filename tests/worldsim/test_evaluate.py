@@ -411,3 +411,23 @@ def test_teacher_forced_turn_reads_the_real_slide_for_the_real_next_frame_and_no
     assert real > 1  # the real view does turn
     assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(True)), frames, script) == pytest.approx(real)
     assert _teacher_forced_turn(SimpleNamespace(P=P, model=Stub(False)), frames, script) == pytest.approx(0.0, abs=0.02)
+
+
+def test_idm_data_stores_each_frame_once_and_skips_pairs_across_a_reset() -> None:
+    from worldsim.idm import IDMData
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)  # 4 steps
+    b = rng.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8)  # 3 steps, an episode ended after the first
+    acts_a, acts_b = np.arange(4)[:, None], 10 + np.arange(3)[:, None]
+    data = IDMData.from_trajectories([(a, acts_a, np.ones(4, bool)), (b, acts_b, np.array([False, True, True]))])
+    assert len(data) == 6 and len(data.frames) == 9  # 6 pairs from 9 frames, not 12
+    prev, nxt = data.pairs(np.arange(6))
+    want_prev = np.concatenate([a[:-1], b[1:-1]])
+    want_next = np.concatenate([a[1:], b[2:]])
+    np.testing.assert_array_equal(prev, want_prev)
+    np.testing.assert_array_equal(nxt, want_next)
+    np.testing.assert_array_equal(data.actions[:, 0], [0, 1, 2, 3, 11, 12])
+    same = IDMData.from_pairs(want_prev, want_next, data.actions)
+    for x, y in zip(same.pairs(np.array([5, 0, 3])), data.pairs(np.array([5, 0, 3]))):
+        np.testing.assert_array_equal(x, y)
