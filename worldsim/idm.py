@@ -56,7 +56,7 @@ class IDMConfig:
     0.36, 0.45 and 0.66, and 0.48, 0.43, 0.49 and 0.75 on its own training pairs, so it had
     not even learned those. 6,000 updates on the same 8,000 steps learned them (F1
     0.98-1.00) and memorised the worlds (held out: 0.52, 0.55, 0.71, 0.76). 32,000 steps
-    and 6,000 updates: 0.58, 0.64, 0.84, 0.81 held out, about 3 min of training on
+    and 6,000 updates: 0.58, 0.64, 0.84, 0.81 held out, about 3.5 min of training on
     2 vCPUs, once per env. 64,000 steps read the same (0.58, 0.62, 0.81, 0.88), and so did
     a stride-1 first convolution (0.59, 0.65, 0.82, 0.73) at 2.7 times the time. Yaw sits
     near what a pair shows: a rule that reads the horizontal shift between the two frames
@@ -132,12 +132,6 @@ class IDMData:
     """int64 ``[N]``: each pair's second frame."""
     actions: np.ndarray
     """int64 ``[N, C]``."""
-
-    @classmethod
-    def from_pairs(cls, prev: np.ndarray, nxt: np.ndarray, actions: np.ndarray) -> IDMData:
-        """Pairs given as two arrays of frames ``[N, H, W, 3]``."""
-        n = len(prev)
-        return cls(np.concatenate([prev, nxt]), np.arange(n), n + np.arange(n), np.asarray(actions))
 
     @classmethod
     def from_trajectories(cls, trajectories: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> IDMData:
