@@ -3,7 +3,11 @@
 Small runs write one ``.msgpack`` file; anything else is a folder of shards plus
 ``index.json``. With ``--num-envs K`` the envs are stepped as vector envs, split across
 ``--workers`` processes (by default one per CPU core, up to K), each writing its own
-shards; the parent merges their index entries and coverage counts at the end. A coverage
+shards; the parent merges their index entries and coverage counts at the end. Env j of the
+run starts with reset seed ``--seed + j`` however the envs are split, but each worker's
+agents draw from their own random streams, so the same ``--seed`` with another
+``--workers`` records other actions: pass ``--workers`` to make a recording repeatable
+across machines with other core counts. A coverage
 summary (how often each action value is taken, how often blocks are mined and placed) is
 printed and written beside the recording as JSON.
 """

@@ -240,13 +240,18 @@ class _Rollout:
 
     def reset(self, mask: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Reset every env (or those in ``mask``) and start their episodes."""
+        # Env j of a vector run (this worker's first env is env ``first``) starts with seed
+        # + j, whatever the split: workers may hold one env more or less than each other.
+        k, extra = divmod(self.cfg.num_envs, self.parts)
+        first = self.part * k + min(self.part, extra)
         if not self.vector:
-            seed = episode_seed(self.cfg.seed, self.next_episode)
+            opening = self.cfg.num_envs > 1 and self.next_episode == self.part  # a worker left one env
+            seed = self.cfg.seed + first if opening else episode_seed(self.cfg.seed, self.next_episode)
             o, inf = self.env.reset(seed=seed)
             self.start(0, o, inf, seed)
             return o[None], [inf]
         if mask is None:
-            seeds = [self.cfg.seed + self.part * self.n + i for i in range(self.n)]
+            seeds = [self.cfg.seed + first + i for i in range(self.n)]
             obs, info = self.env.reset(seed=seeds)
         else:
             seeds = [None] * self.n

@@ -19,6 +19,11 @@ the preset and the training steps. Running it performs, in order:
    first phase's validation split (``--split-seed 0``, which also reuses its code cache).
    With ``finetune_phases`` = n > 1, stages ``finetune 2`` .. ``finetune n`` repeat it into
    ``finetune-2.safetensors`` .., each ``--init`` the phase before, with ``--seed`` 2 .. n;
+   **final** (when the recipe has ``final_steps``): one more phase like those into
+   ``final.safetensors``, with its own batch and flags (``final_batch``, ``final_train_args``),
+   and the only stage that trains on all ``data_parts`` when ``base_parts`` keeps the others
+   to the first parts (so more data can be recorded for it without changing what the earlier
+   stages learn);
 6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
    checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
    stage);
@@ -90,39 +95,66 @@ class Recipe:
     """Dynamics phases after the first (when ``finetune_steps`` > 0), each ``finetune_steps`` with
     ``finetune_train_args`` from the weights of the phase before, with its own data draws
     (``--seed`` 1, 2, ...)."""
+    record_workers: int = 2
+    """``worldsim record --workers`` for every part. Each worker's agents draw from their own
+    random streams, so the same seeds split across another number of workers record other
+    actions; the recipe pins the split its parts were recorded with (the project's 2-vCPU
+    machine's default, and the GPU machine's parts were recorded with it too)."""
+    base_parts: int | None = None
+    """Recording parts (the first N) that every stage but the final phase trains on; None = all
+    ``data_parts``. The final phase trains on all of them."""
+    final_steps: int = 0
+    """Steps of the final dynamics phase, from the weights of the phase before, on all
+    ``data_parts`` at ``final_batch`` windows a step with ``final_train_args``; 0 = no such phase."""
+    final_batch: int = 0
+    final_train_args: tuple[str, ...] = field(default=())
+    """Flags for the final phase only, after ``extra_train_args`` (so they win)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.record_workers <= self.num_envs:
+            raise WorldSimError(f"record_workers must be between 1 and num_envs ({self.num_envs}), got {self.record_workers}")
+        if self.base_parts is not None and not 1 <= self.base_parts <= self.data_parts:
+            raise WorldSimError(f"base_parts must be between 1 and data_parts ({self.data_parts}), got {self.base_parts}")
+        if self.final_steps > 0 and self.final_batch < 1:
+            raise WorldSimError(f"a final phase needs final_batch >= 1, got {self.final_batch}")
 
     @property
     def data_steps(self) -> int:
         return self.data_parts * self.part_steps
 
 
-# ``blockworld-64`` is sized to train from nothing in about three hours on the project's
-# machine (2 vCPUs with AVX512-BF16, bf16), so that the shipped model is this recipe's
-# output rather than a chain of hand-run stages. At the ``small`` preset's 24-frame context
-# a dynamics step of 8 windows took 1.05 s; at 12 frames, with 30 % of the windows on
-# rolled-out context, it takes about 0.42 s. A 24-frame (1.2 s) memory is still far short
-# of what a full turn needs (72 frames at 5 degrees a step), so the shorter context costs
-# little and makes each step 2.5 times cheaper. The decoder trains three times longer than the tokenizer
-# because it is cheap (about 12 steps/s) and the tokenizer's reconstruction error is all in
-# it. The dynamics' held-out loss was still falling at the end of its 10,000 steps, so a
+# ``blockworld-64``'s first stages are sized to train from nothing in about three hours on
+# the project's machine (2 vCPUs with AVX512-BF16, bf16). At the ``small`` preset's 24-frame
+# context a dynamics step of 8 windows took 1.05 s; at 12 frames, with 30 % of the windows on
+# rolled-out context, it takes about 0.42 s. A 24-frame (1.2 s) memory is still far short of
+# what a full turn needs (72 frames at 5 degrees a step), so the shorter context costs little
+# and makes each step 2.5 times cheaper. The decoder trains three times longer than the
+# tokenizer because it is cheap (about 12 steps/s) and the tokenizer's reconstruction error is
+# all in it. The dynamics' held-out loss was still falling at the end of its 10,000 steps, so a
 # second phase (``finetune_steps``) trains 12,000 more from its weights at lr 3e-4 (78 min
-# here): with the same freeze guard it lifted open loop by 0.36-0.74 dB and the IDM's move and
-# attack ratios over three seeds (docs/model.md, "Not met"). A third phase
-# (``finetune_phases=2``, 76 min here) added 0.02-0.34 dB of PSNR, but its dream settled
-# earlier into a still night view (the eval's ``late_motion_ratio`` halved, four to seven
-# times the frozen frames), so the recipe stops at two (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
+# here): it lifted open loop by 0.36-0.74 dB and the IDM's move and attack ratios. A third
+# phase of the same (``finetune_phases=2``, 76 min here) made the dream settle earlier into a
+# still night view (``late_motion_ratio`` halved), so it was not kept. The final phase
+# instead trains on twice the data (parts 12-23 are recorded for it alone: ``base_parts``
+# keeps the earlier stages on parts 0-11, as they were trained) in batches of 64 windows: on
+# one H200 its 2,900 steps took 4 min 54 s, beside two other trainings; on the project's CPU
+# a step of 64 windows takes about 8 times one of 8 (docs/model.md, "Training time"). It
+# raised every PSNR, the IDM ratios and the turn rate of the dream, and its long rollouts move
+# more (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
 # schedule, keeps each earlier phase a finished, resumable stage that a session can build on.
 # Docs: docs/eval.md, "worldsim train recipe".
 RECIPES: dict[str, Recipe] = {
     "blockworld-64": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 64, "height": 64}, agent="explorer",
-        data_parts=12, part_steps=10_000, num_envs=8, preset="small",
+        data_parts=24, part_steps=10_000, num_envs=8, preset="small", base_parts=12,
         tokenizer_steps=6_000, tokenizer_batch=32, dynamics_steps=10_000, dynamics_batch=8, context=12,
         asset="blockworld-64.safetensors",
-        summary="the shipped model: 120k explorer steps of BlockWorld at 64x64, `small` preset, 12-frame context",
+        summary="the shipped model: 240k explorer steps of BlockWorld at 64x64, `small` preset, 12-frame context",
         decoder_steps=18_000, decoder_train_args=("--lr", "5e-4", "--warmup", "50"),
         dynamics_train_args=("--lr", "1e-3", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
         finetune_steps=12_000, finetune_train_args=("--lr", "3e-4", "--rollout-share", "0.3", "--ckpt-every", "250"),
+        final_steps=2_900, final_batch=64,
+        final_train_args=("--lr", "3e-4", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
@@ -132,6 +164,7 @@ RECIPES: dict[str, Recipe] = {
         extra_train_args=("--warmup", "10", "--lr", "3e-3", "--log-every", "10", "--val-every", "50", "--val-batches", "1", "--ckpt-every", "20"),
         decoder_steps=30, decoder_train_args=("--lr", "1e-3"), dynamics_train_args=("--rollout-share", "0.5"),
         finetune_steps=20, finetune_train_args=("--lr", "1e-3"), finetune_phases=2,
+        base_parts=1, final_steps=10, final_batch=6, final_train_args=("--lr", "1e-3"),
     ),
 }  # fmt: skip
 
@@ -208,13 +241,17 @@ class RecipeRun:
         return self.root / "finetune.safetensors"
 
     def phase_path(self, k: int) -> Path:
-        """The checkpoint of dynamics phase ``k`` (1 = the first, 2 = ``finetune``, 3 = ``finetune-2``, ...)."""
+        """The checkpoint of dynamics phase ``k`` (1 = the first, 2 = ``finetune``, 3 = ``finetune-2``, ...;
+        the final phase, when the recipe has one, is ``final``)."""
+        if k == self.phases and self.recipe.final_steps > 0:
+            return self.root / "final.safetensors"
         return self.dynamics_path if k == 1 else self.finetune_path if k == 2 else self.root / f"finetune-{k - 1}.safetensors"
 
     @property
     def phases(self) -> int:
         """How many dynamics phases the recipe trains."""
-        return 1 + (self.recipe.finetune_phases if self.recipe.finetune_steps > 0 else 0)
+        r = self.recipe
+        return 1 + (r.finetune_phases if r.finetune_steps > 0 else 0) + (1 if r.final_steps > 0 else 0)
 
     @property
     def world_model_path(self) -> Path:
@@ -224,7 +261,7 @@ class RecipeRun:
     @property
     def world_model_steps(self) -> int:
         r = self.recipe
-        return r.finetune_steps if r.finetune_steps > 0 else r.dynamics_steps
+        return r.final_steps if r.final_steps > 0 else r.finetune_steps if r.finetune_steps > 0 else r.dynamics_steps
 
     def part_dir(self, i: int) -> Path:
         return self.root / "data" / f"part-{i:03d}"
@@ -255,7 +292,8 @@ class RecipeRun:
     def _record(self, i: int) -> None:
         r, out = self.recipe, self.part_dir(i)
         argv = ["record", "--env", r.env, "--agent", r.agent, "--steps", str(r.part_steps), "--num-envs", str(r.num_envs),
-                "--seed", str(1000 * i), "--env-kwargs", json.dumps(r.env_kwargs), "--out", str(out), "--overwrite", "--quiet"]  # fmt: skip
+                "--seed", str(1000 * i), "--env-kwargs", json.dumps(r.env_kwargs), "--workers", str(r.record_workers),
+                "--out", str(out), "--overwrite", "--quiet"]  # fmt: skip
         _cli(argv)
         (out.parent / f"{out.name}.done.json").write_text(json.dumps({"steps": r.part_steps, "seed": 1000 * i}) + "\n")
 
@@ -266,15 +304,20 @@ class RecipeRun:
         if r.decoder_steps > 0:
             stages.append(("decoder", self.decoder_path, r.decoder_steps, 0))
         stages.append(("dynamics", self.dynamics_path, r.dynamics_steps, 1))
-        for k in range(2, self.phases + 1):
+        last = self.phases - (1 if r.final_steps > 0 else 0)
+        for k in range(2, last + 1):
             stages.append(("finetune" if k == 2 else f"finetune {k - 1}", self.phase_path(k), r.finetune_steps, k))
+        if r.final_steps > 0:
+            stages.append(("final", self.phase_path(self.phases), r.final_steps, self.phases))
         return stages
 
     def _train(self, stage: str, out: Path, steps: int, phase: int) -> None:
         r = self.recipe
-        data = [str(self.part_dir(i)) for i in range(r.data_parts)]
         kind = "dynamics" if phase else "tokenizer"  # the decoder stage fine-tunes a tokenizer
-        batch = r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
+        final = stage == "final"
+        parts = r.data_parts if final or r.base_parts is None else r.base_parts
+        data = [str(self.part_dir(i)) for i in range(parts)]
+        batch = r.final_batch if final else r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
                 "--batch", str(batch), "--device", self.device, "--resume", *r.extra_train_args]  # fmt: skip
         if stage == "decoder":
@@ -288,7 +331,7 @@ class RecipeRun:
             # Phase k starts from phase k - 1, with --seed k - 1; the architecture and context are
             # the first phase's (--init wins over --preset).
             argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.phase_path(phase - 1)),
-                     "--seed", str(phase - 1), "--split-seed", "0", *r.finetune_train_args]  # fmt: skip
+                     "--seed", str(phase - 1), "--split-seed", "0", *(r.final_train_args if final else r.finetune_train_args)]  # fmt: skip
         _cli(argv)
 
     def _model_is_current(self) -> bool:

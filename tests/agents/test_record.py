@@ -95,6 +95,17 @@ def test_parallel_workers_merge_index_and_coverage(tmp_path):
     assert json.loads((out / "coverage.json").read_text())["steps"] == 400
 
 
+def test_uneven_workers_give_every_env_its_own_reset_seed(tmp_path):
+    """Five envs over two workers (three and two) start with seeds 7..11, as one worker's would,
+    not twice with the same seed; three over two (two, and one env alone) with 7..9."""
+    for n, seeds in ((5, [7, 8, 9, 10, 11]), (3, [7, 8, 9])):
+        out = tmp_path / f"uneven-{n}"
+        record(RecordConfig(env=FULL_ID, steps=10 * n, out=str(out), num_envs=n, workers=2, shard_steps=100, seed=7),
+               progress_bar=False)  # fmt: skip
+        first = sorted((r.episode, r.seed) for r in RecordingReader(out) if r.kind == "reset")[:n]
+        assert sorted(s for _, s in first) == seeds
+
+
 def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "x.msgpack"
     base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
