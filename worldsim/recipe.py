@@ -138,9 +138,10 @@ class Recipe:
 # instead trains on twice the data (parts 12-23 are recorded for it alone: ``base_parts``
 # keeps the earlier stages on parts 0-11, as they were trained) in batches of 64 windows: on
 # one H200 its 2,900 steps took 4 min 54 s, beside two other trainings; on the project's CPU
-# a step of 64 windows takes about 8 times one of 8 (docs/model.md, "Training time"). It
-# raised every PSNR, the IDM ratios and the turn rate of the dream, and its long rollouts move
-# more (docs/model.md, "Not met"). A phase of its own, rather than one longer cosine
+# a step of 64 windows takes 3.25 s, 7.7 times one of 8, so about 2 h 37 min (docs/eval.md,
+# "Training time"). Over three eval seeds it raised teacher-forced and open-loop PSNR, the
+# full circle and the yaw ratio in each, and its long rollouts move more (docs/model.md,
+# "Not met", which also has the two candidates trained beside it). A phase of its own, rather than one longer cosine
 # schedule, keeps each earlier phase a finished, resumable stage that a session can build on.
 # Docs: docs/eval.md, "worldsim train recipe".
 RECIPES: dict[str, Recipe] = {
