@@ -315,7 +315,7 @@ class RecipeRun:
     def _train(self, stage: str, out: Path, steps: int, phase: int) -> None:
         r = self.recipe
         kind = "dynamics" if phase else "tokenizer"  # the decoder stage fine-tunes a tokenizer
-        final = stage == "final"
+        final = r.final_steps > 0 and phase == self.phases  # the stage _training_stages names "final"
         parts = r.data_parts if final or r.base_parts is None else r.base_parts
         data = [str(self.part_dir(i)) for i in range(parts)]
         batch = r.final_batch if final else r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
