@@ -54,6 +54,12 @@ class ModelConfig:
     env_kwargs: dict[str, Any] | None = None
     preset: str | None = None
     """The preset name it was built from, for the record."""
+    guidance: float = 1.0
+    """The action guidance scale the runtime samples this model with unless told otherwise
+    (1 = none; :class:`worldsim.runtime.WorldModel`). A property of the trained weights, so it
+    travels with them: ``worldsim train set-guidance`` writes it."""
+    guided_actions: tuple[int, ...] | None = None
+    """The action components guidance strengthens (None: all of them)."""
 
     @property
     def action_spec(self) -> ActionSpec | None:
@@ -69,6 +75,8 @@ class ModelConfig:
             "env_id": self.env_id,
             "env_kwargs": self.env_kwargs,
             "preset": self.preset,
+            "guidance": self.guidance,
+            "guided_actions": None if self.guided_actions is None else list(self.guided_actions),
         }
 
     @classmethod
@@ -80,6 +88,8 @@ class ModelConfig:
             env_id=d.get("env_id"),
             env_kwargs=d.get("env_kwargs"),
             preset=d.get("preset"),
+            guidance=float(d.get("guidance", 1.0)),
+            guided_actions=None if d.get("guided_actions") is None else tuple(int(i) for i in d["guided_actions"]),
         )
 
 

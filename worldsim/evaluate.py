@@ -99,6 +99,8 @@ class EvalConfig:
     """Keep unchanged cells' pixels (None: the runtime's default, ``DEFAULT_KEEP_PIXELS``)."""
     unfreeze: int | None = None
     """Still steps before a world is sampled without the stay gate (None: ``DEFAULT_UNFREEZE``)."""
+    guidance: float | None = None
+    """Action guidance scale (None: the checkpoint's, ``worldsim.load``)."""
 
 
 def _mean(x: np.ndarray) -> float:
@@ -173,7 +175,7 @@ class Evaluation:
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
                           temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels,
-                          unfreeze=config.unfreeze)  # fmt: skip
+                          unfreeze=config.unfreeze, guidance=config.guidance)  # fmt: skip
         mc = self.model.config
         self.env_id = config.env or mc.env_id
         if self.env_id is None:
@@ -217,6 +219,7 @@ class Evaluation:
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
             "frame_shape": list(self.ref.shape), "policy": policy,
             "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "unfreeze": self.model.unfreeze,
+                         "guidance": self.model.guidance,
                          "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device,
                          "precision": self.model.backend.precision},
             "seeds": {"episodes": [t.seed for t in trajs], "idm_from": IDM_SEED_BASE},
@@ -389,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, off)")
     p.add_argument("--unfreeze", type=int, default=None,
                    help="still steps before a world is sampled without the stay gate, at temperature 1.0, until it moves; 0 = never (default: the runtime's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="action guidance scale: each pass also runs with the guided action components at 0 and samples from that + g * (action - that); 1 = off (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="folder for metrics.json, plots and videos")
     return p
 
@@ -412,6 +417,7 @@ def main(argv: list[str]) -> int:
             temperature=a.temperature, idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps),
             backend=a.backend, device=a.device, precision=a.precision, seed=seed, reward_threshold=a.reward_threshold,
             cache_dir=a.cache_dir, videos=not a.no_videos, keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
+            guidance=a.guidance,
         )  # fmt: skip
         runs[seed] = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
         if several:

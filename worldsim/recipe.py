@@ -26,14 +26,14 @@ the preset and the training steps. Running it performs, in order:
    stages learn);
 6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
    checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
-   stage);
+   stage), and ``worldsim train set-guidance`` stores the recipe's ``guidance`` in it;
 7. with ``--install``: the model is checked to load and copied (atomically) to the
    package's default checkpoint, the file ``worldsim.load()`` opens with no argument.
 
 A training stage is complete when its checkpoint's ``info.steps`` reaches the recipe's
 steps; otherwise it resumes from the checkpoint and its ``.state.safetensors`` (exactly:
 see docs/model.md). The model stage is complete when ``model.safetensors`` records the
-finished dynamics and decoder steps. So the command can be killed at any moment and run again, in the
+finished dynamics and decoder steps and the recipe's guidance. So the command can be killed at any moment and run again, in the
 background across sessions, and it only ever does the work that is left. ``recipe.json``
 in the folder pins the recipe: a folder holding another recipe's work is refused (a pin
 written before a recipe field existed still matches while that field keeps its default).
@@ -55,6 +55,9 @@ from typing import Any
 from safetensors import safe_open
 
 from worldsim.errors import WorldSimError
+
+ASSEMBLY_FIELDS = ("guidance", "guided_actions")
+"""Recipe fields used only by the model stage; changing them re-assembles the model, nothing else."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ class Recipe:
     final_batch: int = 0
     final_train_args: tuple[str, ...] = field(default=())
     """Flags for the final phase only, after ``extra_train_args`` (so they win)."""
+    guidance: float = 1.0
+    """The action guidance the model samples with (``worldsim train set-guidance``); 1 = none."""
+    guided_actions: tuple[int, ...] | None = None
+    """The action components guided (None: all)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.record_workers <= self.num_envs:
@@ -117,6 +124,8 @@ class Recipe:
             raise WorldSimError(f"base_parts must be between 1 and data_parts ({self.data_parts}), got {self.base_parts}")
         if self.final_steps > 0 and self.final_batch < 1:
             raise WorldSimError(f"a final phase needs final_batch >= 1, got {self.final_batch}")
+        if not self.guidance >= 0:
+            raise WorldSimError(f"guidance must be >= 0 (1 = none), got {self.guidance}")
 
     @property
     def data_steps(self) -> int:
@@ -156,6 +165,7 @@ RECIPES: dict[str, Recipe] = {
         finetune_steps=12_000, finetune_train_args=("--lr", "3e-4", "--rollout-share", "0.3", "--ckpt-every", "250"),
         final_steps=2_900, final_batch=64,
         final_train_args=("--lr", "3e-4", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
+        guidance=1.3, guided_actions=(3,),  # yaw: a single step then turns as far as the world (docs/model.md)
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",
@@ -166,6 +176,7 @@ RECIPES: dict[str, Recipe] = {
         decoder_steps=30, decoder_train_args=("--lr", "1e-3"), dynamics_train_args=("--rollout-share", "0.5"),
         finetune_steps=20, finetune_train_args=("--lr", "1e-3"), finetune_phases=2,
         base_parts=1, final_steps=10, final_batch=6, final_train_args=("--lr", "1e-3"),
+        guidance=1.5, guided_actions=(3,),
     ),
 }  # fmt: skip
 
@@ -277,10 +288,13 @@ class RecipeRun:
             if isinstance(have.get("recipe"), dict):  # a field added since the pin was written, at its default, is the same recipe
                 defaults = json.loads(json.dumps({f.name: f.default for f in fields(Recipe) if f.default is not MISSING}))
                 have["recipe"] = {**{k: v for k, v in defaults.items() if want["recipe"].get(k) == v}, **have["recipe"]}
+            # Fields that only shape the model stage do not make the trained stages another
+            # recipe's: the model is assembled again with them (_model_is_current).
+            if isinstance(have.get("recipe"), dict):
+                have["recipe"].update({k: want["recipe"][k] for k in ASSEMBLY_FIELDS})
             if have != want:
                 raise WorldSimError(f"{self.root} holds the work of another recipe ({have.get('name')}); choose another --dir")
-        else:
-            pin.write_text(json.dumps(want, indent=2) + "\n")
+        pin.write_text(json.dumps(want, indent=2) + "\n")
 
     def _stage(self, name: str, fn: Any) -> None:
         start = time.perf_counter()
@@ -341,7 +355,11 @@ class RecipeRun:
         if checkpoint_steps(self.model_path) != self.world_model_steps:
             return False
         with safe_open(str(self.model_path), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("info", "{}"))
+            meta = f.metadata() or {}
+        info, config = json.loads(meta.get("info", "{}")), json.loads(meta.get("config", "{}"))
+        guided = config.get("guided_actions")
+        if config.get("guidance", 1.0) != r.guidance or (None if guided is None else tuple(guided)) != r.guided_actions:
+            return False
         init = Path(info["init"]).name if "init" in info else None  # the phase its dynamics started from
         if init != (self.phase_path(self.phases - 1).name if self.phases > 1 else None):
             return False
@@ -353,6 +371,11 @@ class RecipeRun:
                   "--out", str(self.model_path)])  # fmt: skip
         else:
             _atomic_copy(self.world_model_path, self.model_path)
+        r = self.recipe
+        if r.guidance != 1.0 or r.guided_actions is not None:
+            actions = [] if r.guided_actions is None else ["--actions", ",".join(map(str, r.guided_actions))]
+            _cli(["train", "set-guidance", "--checkpoint", str(self.model_path), "--guidance", str(r.guidance), *actions,
+                  "--out", str(self.model_path)])  # fmt: skip
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""

@@ -613,3 +613,51 @@ def swap_decoder_main(argv: list[str]) -> int:
     save_model(a.out, world.config, world.tokenizer, world.dynamics, {**world.info, "decoder": {"from": str(a.tokenizer), **kept}})
     print(f"world model with the decoder of {a.tokenizer}: {a.out}")
     return 0
+
+
+def set_guidance_main(argv: list[str]) -> int:
+    """``worldsim train set-guidance``: store the action guidance a world model samples with.
+
+    ``worldsim.load`` samples a model with the guidance its checkpoint names unless told
+    otherwise (``worldsim.runtime.WorldModel``, ``guidance``). The right scale depends on the
+    trained weights (docs/model.md, "Action guidance"), so it travels with them, and a model
+    trained on with ``--init`` starts without any. The weights are copied unchanged.
+    """
+    p = argparse.ArgumentParser(prog="worldsim train set-guidance", description=set_guidance_main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="the world model (a dynamics checkpoint)")
+    p.add_argument("--guidance", type=float, required=True, help="the scale: 1 = none, above 1 strengthens the guided actions")
+    p.add_argument("--actions", default=None,
+                   help="comma-separated action components to guide, by index or by the env's action names (default: all)")
+    p.add_argument("--out", required=True, help="the checkpoint to write (may be --checkpoint itself)")
+    a = p.parse_args(argv)
+    if not math.isfinite(a.guidance) or a.guidance < 0:
+        raise WorldSimError(f"--guidance must be a finite scale >= 0 (1 = none), got {a.guidance}")
+    world = load_model(a.checkpoint)
+    if world.dynamics is None:
+        raise WorldSimError(f"{a.checkpoint} holds no dynamics model: give the world model checkpoint")
+    C = world.config.action_spec.num_components
+    guided = None
+    if a.actions is not None:
+        names: list[str] = []
+        wanted = [s.strip() for s in a.actions.split(",") if s.strip()]
+        if any(not s.isdigit() for s in wanted):
+            if world.config.env_id is None:
+                raise WorldSimError(f"{a.checkpoint} does not name its env, so give --actions as component indices")
+            from worldsim.eval_probes import action_names
+            from worldsim.reference import ReferenceEnv
+
+            names = action_names(ReferenceEnv(world.config.env_id, dict(world.config.env_kwargs or {})))
+        idx = []
+        for s in wanted:
+            i = int(s) if s.isdigit() else names.index(s) if s in names else -1
+            if not 0 <= i < C:
+                raise WorldSimError(f"--actions: {s!r} is not one of the model's {C} action components ({', '.join(names) or f'0..{C - 1}'})")
+            idx.append(i)
+        if not idx or len(set(idx)) != len(idx):
+            raise WorldSimError(f"--actions must name distinct action components, got {a.actions!r}")
+        guided = tuple(idx)
+    config = replace(world.config, guidance=float(a.guidance), guided_actions=guided)
+    save_model(a.out, config, world.tokenizer, world.dynamics, world.info)
+    which = "all action components" if guided is None else f"action components {list(guided)}"
+    print(f"{a.out}: samples with guidance {a.guidance:g} on {which}")
+    return 0

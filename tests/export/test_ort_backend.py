@@ -64,6 +64,19 @@ def test_a_model_with_a_stay_gate_and_a_still_head_exports_and_both_backends_agr
     assert not np.array_equal(off.step(np.ones((2, 3), np.int64)).frames, prompt[0][:, -1])
 
 
+def test_action_guidance_gives_the_same_dream_on_both_backends(tiny_export: Path, tiny_checkpoint: Path) -> None:
+    """Guidance lives in the runtime, above the backend: its second pass must see the same
+    cache on ONNX Runtime as on torch, or the two dreams part."""
+    prompt = toy_rollouts(2, 4, seed=101)
+    runs = {}
+    for backend, path in (("torch", tiny_checkpoint), ("onnx", tiny_export)):
+        m = load(path, backend=backend, device="cpu", precision="fp32", temperature=0.0, guidance=2.0)
+        runs[backend] = rollout(m, *prompt, steps=10, seed=0)[1]
+    plain = rollout(load(tiny_checkpoint, device="cpu", precision="fp32", temperature=0.0), *prompt, steps=10, seed=0)[1]
+    assert np.mean(runs["torch"] == runs["onnx"]) >= 0.99
+    assert np.mean(runs["torch"] != plain) > 0.01, "guidance changed nothing: the comparison proves nothing"
+
+
 def test_another_seed_samples_other_tokens(tiny_checkpoint: Path) -> None:
     prompt = toy_rollouts(2, 4, seed=101)
     codes = [rollout(load(tiny_checkpoint, temperature=1.0, seed=s), *prompt, steps=10, seed=0)[1] for s in (7, 7, 8)]

@@ -237,6 +237,9 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     # a model assembled from another phase is not this recipe's model, though its steps match
     monkeypatch.setitem(RECIPES, "one-fewer", dataclasses.replace(r, finetune_phases=1))  # final's init would be finetune
     assert again._model_is_current() and not RecipeRun("one-fewer", smoke_recipe.root)._model_is_current()
+    # the model samples with the recipe's guidance; the phase it came from has none
+    assert (model.config.guidance, model.config.guided_actions) == (r.guidance, r.guided_actions) == (1.5, (3,))
+    assert load_model(smoke_recipe.world_model_path).config.guidance == 1.0
     assert (smoke_recipe.root / "data" / "part-001.done.json").is_file()
 
     # a folder pinned to another recipe is refused; a test recipe cannot be installed as the default
@@ -260,6 +263,49 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     with pytest.raises(WorldSimError, match="another recipe"):
         RecipeRun("one-phase", older)._pin()
     assert cli(["train", "recipe", "no-such-recipe", "--dir", str(tmp_path / "x")]) == 2
+
+
+def test_recipe_guidance_change_reassembles_only_the_model(smoke_recipe: RecipeRun, tmp_path: Path, monkeypatch) -> None:
+    """Guidance shapes the model stage alone: a folder trained with another guidance is still
+    this recipe's work, and only ``model.safetensors`` is written again, with the same weights."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(smoke_recipe.root, root)
+    before = load_model(root / "model.safetensors")
+    monkeypatch.setitem(RECIPES, smoke_recipe.name, dataclasses.replace(smoke_recipe.recipe, guidance=1.25, guided_actions=None))
+    logs: list[str] = []
+    RecipeRun(smoke_recipe.name, root, threads=1, log=logs.append).run()
+    assert any("final complete" in s for s in logs) and not any("model complete, skipped" in s for s in logs)
+    after = load_model(root / "model.safetensors")
+    assert (after.config.guidance, after.config.guided_actions) == (1.25, None)
+    assert weights_digest({"t": after.tokenizer, "d": after.dynamics}) == weights_digest({"t": before.tokenizer, "d": before.dynamics})
+    assert json.loads((root / "recipe.json").read_text())["recipe"]["guidance"] == 1.25
+
+
+def test_set_guidance_stores_the_scale_and_components_and_refuses_bad_ones(tiny_blockworld: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "g.safetensors"
+    assert cli(["train", "set-guidance", "--checkpoint", str(tiny_blockworld), "--guidance", "1.4", "--actions", "yaw,pitch", "--out", str(out)]) == 0
+    m = load(out, device="cpu")
+    assert (m.guidance, m.guided_actions) == (1.4, (3, 4))  # by the env's action names
+    assert (load(out, device="cpu", guidance=1.0, guided_actions=[0]).guidance, load(out, device="cpu", guided_actions=[0]).guided_actions) == (1.0, (0,))
+    assert cli(["train", "set-guidance", "--checkpoint", str(out), "--guidance", "1", "--out", str(out)]) == 0
+    assert (load_model(out).config.guidance, load_model(out).config.guided_actions) == (1.0, None)  # all components
+    for bad, said in ((["--actions", "fly"], "not one of the model's 8 action components"), (["--actions", "8"], "not one of"),
+                      (["--actions", "3,3"], "distinct"), (["--guidance", "-1"], "finite scale")):  # fmt: skip
+        argv = ["train", "set-guidance", "--checkpoint", str(tiny_blockworld), "--guidance", "1.2", "--out", str(out), *bad]
+        assert cli(argv) != 0
+        assert said in capsys.readouterr().err
+    with pytest.raises(ValueError, match="guided_actions"):
+        load(tiny_blockworld, device="cpu", guided_actions=[9])
+
+
+def test_a_checkpoint_without_guidance_fields_loads_unguided() -> None:
+    cfg = ModelConfig(tokenizer=get_preset("tiny").tokenizer)
+    d = cfg.to_dict()
+    del d["guidance"], d["guided_actions"]  # a checkpoint written before guidance existed
+    assert ModelConfig.from_dict(d) == cfg and cfg.guidance == 1.0 and cfg.guided_actions is None
+    assert ModelConfig.from_dict(dataclasses.replace(cfg, guidance=1.3, guided_actions=(3,)).to_dict()).guided_actions == (3,)
 
 
 SHIPPED = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no model shipped (make model installs one)")

@@ -275,3 +275,41 @@ def test_keep_pixels_shows_the_previous_pixels_where_a_cells_code_did_not_change
         assert np.array_equal(kept[i], np.where(same, prev, decoded[i]))
         prev = kept[i]
     assert 0 < np.mean(shares) < 1, shares
+
+
+def test_action_guidance_extrapolates_from_the_standing_still_pass(ckpt: str) -> None:
+    """Guidance g samples from ``still + g * (action - still)``: g = 0 is the standing-still
+    pass alone, g = 1 is no guidance, and a world standing still is the same at any g."""
+    frames, actions = prompt_data()
+    move = np.array([[2, 1], [1, 0]])
+    zero = np.zeros((2, 2), dtype=np.int64)
+
+    def first_step(act: np.ndarray, **kw) -> np.ndarray:
+        m = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0, chunks=2, **kw)
+        m.prompt(frames, actions)
+        m.step(act)
+        return m.last_codes
+
+    plain = first_step(move)
+    assert np.array_equal(first_step(move, guidance=1.0), plain)
+    assert np.array_equal(first_step(move, guidance=0.0), first_step(zero))  # the still pass alone
+    assert not np.array_equal(first_step(move, guidance=3.0), plain)  # extrapolated past the action
+    assert np.array_equal(first_step(zero, guidance=3.0), first_step(zero))  # nothing to strengthen
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance"):
+            worldsim.load(ckpt, device="cpu", guidance=bad)
+
+
+def test_guided_mixes_logits_and_stay_bonuses_alike_and_keeps_the_actions_reward() -> None:
+    from worldsim.runtime import guided
+    from worldsim.sampling import PassOutput
+
+    rng = np.random.default_rng(0)
+    act, still = (PassOutput(logits=rng.normal(size=(2, 3, 3, 7)).astype(np.float32), reward=rng.normal(size=2).astype(np.float32),
+                             done_logit=rng.normal(size=2).astype(np.float32), stay=rng.normal(size=(2, 3, 3, 2)).astype(np.float32),
+                             still_logit=rng.normal(size=2).astype(np.float32)) for _ in range(2))  # fmt: skip
+    out = guided(act, still, 2.5)
+    np.testing.assert_allclose(out.logits, still.logits + 2.5 * (act.logits - still.logits), rtol=1e-6)
+    np.testing.assert_allclose(out.stay, still.stay + 2.5 * (act.stay - still.stay), rtol=1e-6)
+    np.testing.assert_allclose(out.still_logit, still.still_logit + 2.5 * (act.still_logit - still.still_logit), rtol=1e-6)
+    assert out.reward is act.reward and out.done_logit is act.done_logit
