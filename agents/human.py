@@ -80,6 +80,8 @@ class PlayConfig:
     """Dream chunks per frame (``None``: the model's default)."""
     temperature: float | None = None
     """Dream sampling temperature (``None``: the model's default)."""
+    guidance: float | None = None
+    """Dream action guidance scale (``None``: the model's default; 1 = none)."""
     screenshot_dir: str = "."
     """Where F2 saves screenshots."""
 
@@ -236,6 +238,7 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         height=config.height,
         chunks=config.chunks,
         temperature=config.temperature,
+        guidance=config.guidance,
     )
     try:
         spec = ActionSpec.from_space(world.action_space)
@@ -432,6 +435,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--height", type=int, default=64, help="frame height (default 64)")
     p.add_argument("--chunks", type=int, help="dream chunks per frame (default: the model's)")
     p.add_argument("--temperature", type=float, help="dream sampling temperature (default: the model's)")
+    p.add_argument("--guidance", type=float, help="dream action guidance scale, 1 = none (default: the model's)")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
     a = p.parse_args(argv)
     if a.max_steps is not None and a.max_steps < 1:

@@ -155,6 +155,7 @@ def make_world(
     height: int = 64,
     chunks: int | None = None,
     temperature: float | None = None,
+    guidance: float | None = None,
 ) -> World:
     """Build the world the viewer shows.
 
@@ -166,6 +167,7 @@ def make_world(
         height: Frame height in pixels.
         chunks: The dream's chunks per frame (``None``: the model's default).
         temperature: The dream's sampling temperature (``None``: the model's default).
+        guidance: The dream's action guidance scale (``None``: the model's default).
 
     Raises:
         WorldSimError: An unknown mode, or a checkpoint that cannot be loaded.
@@ -188,6 +190,7 @@ def make_world(
         "height": height,
         "chunks": chunks,
         "temperature": temperature,
+        "guidance": guidance,
     }
     # The viewer restarts episodes itself, so no step limit: a human plays as long as they like.
     dream = gym.make(DREAM_ID, max_episode_steps=-1, **kwargs)

@@ -47,6 +47,7 @@ def load_setup(
     context: int | None,
     device: str = "auto",
     precision: str | None = None,
+    guidance: float | None = None,
 ) -> DreamSetup:
     """Load the model and derive the spaces; bad sizes raise :class:`WorldSimError`."""
     from worldsim.runtime import load
@@ -54,7 +55,8 @@ def load_setup(
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise WorldSimError(f"{name} must be a positive integer, got {v!r}")
-    model = load(checkpoint, backend=backend, device=device, precision=precision, chunks=chunks, temperature=temperature)
+    model = load(checkpoint, backend=backend, device=device, precision=precision, chunks=chunks, temperature=temperature,
+                 guidance=guidance)  # fmt: skip
     cfg = model.config
     patch = model.frame_multiple
     if width % patch or height % patch:
@@ -213,7 +215,9 @@ class DreamEnv(gym.Env):
     ``chunks`` and ``temperature`` (None: the model's defaults), ``width``, ``height``,
     ``context`` (prompt frames at reset), ``render_mode`` (``rgb_array`` or ``human``),
     ``device``, ``precision`` (``fp32`` or ``bf16``; None: bf16 on CUDA and on CPUs that
-    multiply bf16 natively, fp32 elsewhere; see ``worldsim.load``).
+    multiply bf16 natively, fp32 elsewhere; see ``worldsim.load``), ``guidance`` (the action
+    guidance scale; None: the checkpoint's, 1.3 on yaw for the shipped model; 1 = none, at
+    about 1.4x the single-world steps/s; see ``worldsim.runtime.WorldModel``).
 
     ## Version History
     * v0: first version.
@@ -233,10 +237,11 @@ class DreamEnv(gym.Env):
         render_mode: str | None = None,
         device: str = "auto",
         precision: str | None = None,
+        guidance: float | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise WorldSimError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision)
+        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance)
         self.model = self.setup.model
         self.action_space = self.setup.action_spec.to_space()
         self.observation_space = self.setup.observation_space

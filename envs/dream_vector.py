@@ -43,7 +43,7 @@ class DreamVectorEnv(VectorEnv):
 
     Args:
         num_envs: Number of worlds N.
-        checkpoint, backend, chunks, temperature, width, height, context, device, precision: as for
+        checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance: as for
             :class:`~envs.dream.DreamEnv`.
         render_mode: ``rgb_array`` (the N frames as a tuple) or None.
         max_episode_steps: Truncate each world's episode after this many steps (None: never).
@@ -65,6 +65,7 @@ class DreamVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         device: str = "auto",
         precision: str | None = None,
+        guidance: float | None = None,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise WorldSimError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -72,7 +73,7 @@ class DreamVectorEnv(VectorEnv):
             raise WorldSimError(f"the vector dream env renders 'rgb_array' or None, got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise WorldSimError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
-        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision)
+        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance)
         self.model = self.setup.model
         self.num_envs = int(num_envs)
         self.render_mode = render_mode

@@ -80,6 +80,22 @@ def test_same_seed_same_dream_even_when_sampling(checkpoint):
     assert not np.array_equal(a, c)
 
 
+def test_guidance_reaches_the_model_of_both_envs(checkpoint):
+    """``guidance`` is the runtime's action guidance: None keeps the checkpoint's, and another
+    scale dreams other frames under the same actions and seed."""
+    env = make(checkpoint, temperature=0)
+    assert env.unwrapped.model.guidance == 1.0  # the test checkpoint names none
+    guided = make(checkpoint, temperature=0, guidance=3.0)
+    assert guided.unwrapped.model.guidance == 3.0
+    actions = [np.array([1, 0, 0, 1, 2, 0, 0, 0])] * 4
+    assert not np.array_equal(rollout(env, 0, actions)[0], rollout(guided, 0, actions)[0])
+    vec = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=checkpoint, width=SIDE,
+                       height=SIDE, guidance=3.0)  # fmt: skip
+    assert vec.unwrapped.model.guidance == 3.0
+    with pytest.raises(ValueError, match="guidance"):
+        make(checkpoint, guidance=-1.0)
+
+
 def test_reset_from_frames(checkpoint):
     env = make(checkpoint)
     frames = np.random.default_rng(0).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
