@@ -216,8 +216,9 @@ class DreamEnv(gym.Env):
     ``context`` (prompt frames at reset), ``render_mode`` (``rgb_array`` or ``human``),
     ``device``, ``precision`` (``fp32`` or ``bf16``; None: bf16 on CUDA and on CPUs that
     multiply bf16 natively, fp32 elsewhere; see ``worldsim.load``), ``guidance`` (the action
-    guidance scale; None: the checkpoint's, 1.3 on yaw for the shipped model; 1 = none, at
-    about 1.4x the single-world steps/s; see ``worldsim.runtime.WorldModel``).
+    guidance scale; None: the checkpoint's, which for the shipped model is 1, none; 1.3
+    guides its yaw so that the view turns further, at 0.71-0.75 times the steps/s: see
+    ``worldsim.runtime.WorldModel`` and docs/model.md, "Action guidance").
 
     ## Version History
     * v0: first version.

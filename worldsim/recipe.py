@@ -26,7 +26,8 @@ the preset and the training steps. Running it performs, in order:
    stages learn);
 6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
    checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
-   stage), and ``worldsim train set-guidance`` stores the recipe's ``guidance`` in it;
+   stage), and ``worldsim train set-guidance`` stores the recipe's ``guidance`` and
+   ``guided_actions`` in it;
 7. with ``--install``: the model is checked to load and copied (atomically) to the
    package's default checkpoint, the file ``worldsim.load()`` opens with no argument.
 
@@ -165,7 +166,7 @@ RECIPES: dict[str, Recipe] = {
         finetune_steps=12_000, finetune_train_args=("--lr", "3e-4", "--rollout-share", "0.3", "--ckpt-every", "250"),
         final_steps=2_900, final_batch=64,
         final_train_args=("--lr", "3e-4", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
-        guidance=1.3, guided_actions=(3,),  # yaw: a single step then turns as far as the world (docs/model.md)
+        guidance=1.0, guided_actions=(3,),  # off by default; `guidance=1.3` then guides yaw (docs/model.md, "Action guidance")
     ),
     "blockworld-16-smoke": Recipe(
         env="worldsim/BlockWorld-v0", env_kwargs={"width": 16, "height": 16}, agent="explorer",

@@ -177,8 +177,9 @@ class WorldModel:
             ``reference + g * (action - reference)`` of their logits and stay-gate bonuses:
             g > 1 strengthens what those components change. A world whose guided components
             are all 0 is sampled as without guidance; reward and episode end always come
-            from the action's pass. It costs a second pass per step. Why the shipped model
-            has g = 1.3 on yaw: docs/model.md, "Action guidance".
+            from the action's pass. It costs a second pass per step. The shipped model is
+            unguided by default and names yaw as its guided component; why, and what
+            ``guidance=1.3`` does to it: docs/model.md, "Action guidance".
         guided_actions: the action components guidance strengthens (None: the checkpoint's
             ``guided_actions``; all components when it names none).
     """
