@@ -115,6 +115,15 @@ def weights_digest(modules: dict[str, torch.nn.Module], salt: str = "") -> str:
     return h.hexdigest()
 
 
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under the process's umask (0o644 under the
+    usual 022). ``tempfile.mkstemp`` makes its files 0o600, private to their owner, which is
+    right for a scratch file but not for a checkpoint others should be able to read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """Write a safetensors file via a temporary file and ``os.replace``."""
     path = Path(path)
@@ -123,6 +132,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -51,6 +51,21 @@ def test_round_trip_rebuilds_the_same_model_from_the_file_alone(tmp_path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
 
 
+def test_a_saved_checkpoint_gets_the_permissions_of_any_new_file(tmp_path) -> None:
+    """Atomic writes go through a private temporary file; the checkpoint itself must end up
+    readable as a plain new file would be (0o644 under umask 022), not owner-only."""
+    import os
+
+    cfg, tok, dyn = build()
+    old = os.umask(0o022)
+    try:
+        save_model(tmp_path / "m.safetensors", cfg, tok, dyn)
+        save_state(tmp_path / "s.safetensors", {"x": torch.zeros(1)}, {})
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"m.safetensors": 0o644, "s.safetensors": 0o644}
+
+
 def test_files_that_are_not_worldsim_checkpoints_are_refused(tmp_path) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
