@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from worldsim.errors import WorldSimError
+from worldsim.errors import SettingError, WorldSimError
 from worldsim.sampling import MaskGitSampler, PassOutput
 from worldsim.spaces import ActionSpec
 
@@ -206,23 +206,23 @@ class WorldModel:
         self.chunks = DEFAULT_CHUNKS if chunks is None else int(chunks)
         self.temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
         if self.chunks < 1:
-            raise ValueError(f"chunks must be >= 1, got {chunks}")
+            raise SettingError(f"chunks must be >= 1, got {chunks}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+            raise SettingError(f"temperature must be >= 0, got {temperature}")
         self.still = DEFAULT_STILL if still is None else bool(still)
         self.keep_pixels = DEFAULT_KEEP_PIXELS if keep_pixels is None else bool(keep_pixels)
         self.unfreeze = DEFAULT_UNFREEZE if unfreeze is None else int(unfreeze)
         if self.unfreeze < 0:
-            raise ValueError(f"unfreeze must be >= 0 steps, got {unfreeze}")
+            raise SettingError(f"unfreeze must be >= 0 steps, got {unfreeze}")
         self.guidance = self.config.guidance if guidance is None else float(guidance)
         if not np.isfinite(self.guidance) or self.guidance < 0:
-            raise ValueError(f"guidance must be a finite scale >= 0 (1 = off), got {guidance}")
+            raise SettingError(f"guidance must be a finite scale >= 0 (1 = off), got {guidance}")
         C = self.action_spec.num_components
         guided = self.config.guided_actions if guided_actions is None else guided_actions
         self.guided_actions: tuple[int, ...] = tuple(range(C)) if guided is None else tuple(int(i) for i in guided)
         """The action components guidance strengthens."""
         if not self.guided_actions or len(set(self.guided_actions)) != len(self.guided_actions) or not all(0 <= i < C for i in self.guided_actions):
-            raise ValueError(f"guided_actions must be distinct action components in [0, {C}), got {guided}")
+            raise SettingError(f"guided_actions must be distinct action components in [0, {C}), got {guided}")
         self._still_run: np.ndarray | None = None  # [B]: still steps in a row, per world
         # The still path and pixel keeping need the last frame's pixels.
         self._keeps_frames = (self.still and dyn.still_head) or self.keep_pixels
