@@ -356,6 +356,31 @@ def test_shipped_model_beats_copy_last_at_horizon_4() -> None:
     assert psnr(dream[h - 1], real[P - 1 + h]) > psnr(real[P - 1], real[P - 1 + h])
 
 
+@SHIPPED
+def test_action_guidance_makes_the_shipped_dream_turn_further() -> None:
+    """On a textured world turning in place, one step at a time from the real frames, the
+    shipped model's picture slides further with guidance on its yaw than without."""
+    from worldsim.metrics import horizontal_shift
+    from worldsim.reference import PROBES, STABILITY_SEED_BASE
+
+    model = load(seed=0)
+    assert (model.guidance, model.guided_actions) == (1.0, (3,))  # off by default, yaw named
+    ref = ReferenceEnv(model.config.env_id, dict(model.config.env_kwargs or {}))
+    P, n = model.context_frames, 8
+    acts = np.concatenate([np.zeros((P - 1, 8), np.int64), np.tile(PROBES[ref.env_id].turn, (n, 1))])
+    fr = ref.rollout(STABILITY_SEED_BASE + 900, len(acts), script=acts).frames[None]  # a tuning world with trees
+    real = horizontal_shift(fr[:, P - 1 : -1], fr[:, P:]).mean()
+    slid = {}
+    for g in (1.0, 1.3):
+        m = load(seed=0, guidance=g)
+        one = []
+        for i in range(n):
+            m.prompt(fr[:, i : i + P], acts[None, i : i + P - 1])
+            one.append(m.step(acts[None, P - 1 + i]).frames)
+        slid[g] = horizontal_shift(fr[:, P - 1 : -1], np.stack(one, 1)).mean() / real
+    assert real > 2 and slid[1.3] > slid[1.0] + 0.2, (real, slid)
+
+
 def test_demo_writes_gifs_and_prints_psnr(tiny_blockworld: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
     assert cli(["demo", "--checkpoint", str(tiny_blockworld), "--steps", "12", "--scale", "2", "--threads", "1", "--out", str(out)]) == 0
