@@ -113,6 +113,11 @@ class DynamicsConfig:
     frames of pass k-1, so the context carries up to k steps of the model's own errors."""
     rollout_temperature: float = 0.5
     """Training: the sampling temperature of those predictions (the runtime's default)."""
+    change_weight: float = 1.0
+    """Training: the weight of a masked cell whose code differs from the previous frame's, in
+    the cross-entropy, against 1 for a cell that kept its code (1: all cells alike). Most
+    cells keep their code from one step to the next, so an unweighted loss is mostly about
+    keeping; above 1 the cells the world moved count for more (docs/model.md, "Not met")."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -478,10 +483,18 @@ class Dynamics(nn.Module):
         ce = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev)
         sel = cell_mask.reshape(-1)
+        weight = None
+        if self.training and cfg.change_weight != 1.0:  # validation stays the plain loss, comparable across runs
+            changed = (codes[:, 1:] != codes[:, :-1]).reshape(-1)[sel]
+            weight = torch.where(changed, cfg.change_weight, 1.0)
+            weight = weight / weight.mean()  # the same scale as the unweighted mean
         for i, lg in enumerate(logits.float().split(list(cfg.levels), dim=-1)):
             lg = lg.reshape(-1, cfg.levels[i])[sel]
             tg = target[..., i].reshape(-1)[sel]
-            ce = ce + F.cross_entropy(lg, tg)
+            if weight is None:
+                ce = ce + F.cross_entropy(lg, tg)
+            else:
+                ce = ce + (F.cross_entropy(lg, tg, reduction="none") * weight).mean()
             correct = correct + (lg.argmax(-1) == tg).float().mean()
         ce = ce / len(cfg.levels)
         r_loss = F.mse_loss(pred.reward.float(), rewards.float())

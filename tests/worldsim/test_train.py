@@ -248,6 +248,12 @@ def test_dynamics_fine_tuning_from_a_world_model_adds_heads_that_start_neutral(
     assert cli([*common, "--out", str(tmp_path / "y.safetensors"), "--steps", "1", "--init", str(base),
                 "--rollout-share", "1.5"]) == 2  # fmt: skip
     assert "--rollout-share must be between 0 and 1" in capsys.readouterr().err
+    assert cli([*common, "--out", str(tmp_path / "y.safetensors"), "--steps", "1", "--init", str(base),
+                "--change-weight", "0"]) == 2  # fmt: skip
+    assert "--change-weight must be above 0" in capsys.readouterr().err
+    assert cli([*common, "--out", str(tmp_path / "w.safetensors"), "--steps", "1", "--init", str(base),
+                "--change-weight", "3"]) == 0  # fmt: skip
+    assert load_model(tmp_path / "w.safetensors").config.dynamics.change_weight == 3.0
 
 
 def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:

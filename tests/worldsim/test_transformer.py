@@ -265,3 +265,25 @@ def test_bf16_cpu_attention_matches_the_reference_kernel(per_world: bool) -> Non
     with torch.inference_mode():
         got = _attention_bf16_cpu(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask).float()
     assert (got - want).abs().max() < 0.03
+
+
+def test_change_weight_weighs_the_cells_that_changed_in_training_only() -> None:
+    """With ``change_weight`` w the training loss is a mean over masked cells in which a cell
+    whose code changed counts w times a kept one (rescaled to the plain mean's scale); the
+    validation loss stays the plain one, so runs with and without it compare."""
+    spec = ActionSpec("Discrete", (3,))
+    codes, actions = object_world(4, 5)  # the object moves or stays: a few cells change, most keep
+    rewards, done = torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.bool)
+    plain, heavy = make_model(spec), make_model(spec)
+    heavy.cfg = replace(heavy.cfg, change_weight=4.0)
+
+    def loss(m: Dynamics, train: bool) -> float:
+        m.train(train)
+        with torch.no_grad():
+            return m(codes, actions, rewards, done, generator=torch.Generator().manual_seed(1)).logs["ce"]
+
+    assert loss(heavy, False) == loss(plain, False)
+    assert loss(heavy, True) != pytest.approx(loss(plain, True), rel=1e-3)
+    same = make_model(spec)
+    same.cfg = replace(same.cfg, change_weight=1.0)
+    assert loss(same, True) == loss(plain, True)
