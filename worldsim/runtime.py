@@ -177,7 +177,8 @@ class WorldModel:
             ``reference + g * (action - reference)`` of their logits and stay-gate bonuses:
             g > 1 strengthens what those components change. A world whose guided components
             are all 0 is sampled as without guidance; reward and episode end always come
-            from the action's pass. It costs a second pass per step. The shipped model is
+            from the action's pass. It costs a second pass for every pass of a step in which
+            some world uses a guided component. The shipped model is
             unguided by default and names yaw as its guided component; why, and what
             ``guidance=1.3`` does to it: docs/model.md, "Action guidance".
         guided_actions: the action components guidance strengthens (None: the checkpoint's
@@ -219,10 +220,14 @@ class WorldModel:
             raise SettingError(f"guidance must be a finite scale >= 0 (1 = off), got {guidance}")
         C = self.action_spec.num_components
         guided = self.config.guided_actions if guided_actions is None else guided_actions
-        self.guided_actions: tuple[int, ...] = tuple(range(C)) if guided is None else tuple(int(i) for i in guided)
+        try:
+            comps = tuple(range(C)) if guided is None else tuple(int(i) for i in guided)
+        except (TypeError, ValueError):
+            comps = ()
+        if not comps or len(set(comps)) != len(comps) or not all(0 <= i < C for i in comps):
+            raise SettingError(f"guided_actions must be distinct action component indices in [0, {C}), got {guided!r}")
+        self.guided_actions: tuple[int, ...] = comps
         """The action components guidance strengthens."""
-        if not self.guided_actions or len(set(self.guided_actions)) != len(self.guided_actions) or not all(0 <= i < C for i in self.guided_actions):
-            raise SettingError(f"guided_actions must be distinct action components in [0, {C}), got {guided}")
         self._still_run: np.ndarray | None = None  # [B]: still steps in a row, per world
         # The still path and pixel keeping need the last frame's pixels.
         self._keeps_frames = (self.still and dyn.still_head) or self.keep_pixels
@@ -359,9 +364,9 @@ class WorldModel:
         first_valid[:, slot : slot + N] = False
         commit = self._pending
         # Guidance needs a second pass only when some world moves a guided component.
-        still_acts = acts.copy()
-        still_acts[:, list(self.guided_actions)] = 0
-        guide = self.guidance != 1.0 and bool(np.any(acts != still_acts))
+        reference = acts.copy()
+        reference[:, list(self.guided_actions)] = 0
+        guide = self.guidance != 1.0 and bool(np.any(acts != reference))
 
         def predict(codes: np.ndarray) -> PassOutput:
             nonlocal commit
@@ -376,7 +381,7 @@ class WorldModel:
                 out = self.backend.predict(codes, acts, t, self._cache, valid)[0]
             if guide:  # the same pass over the same visible frames, with the guided components at 0
                 valid = None if self._valid.all() else self._valid
-                out = guided(out, self.backend.predict(codes, still_acts, t, self._cache, valid)[0], self.guidance)
+                out = guided(out, self.backend.predict(codes, reference, t, self._cache, valid)[0], self.guidance)
             return out
 
         s = self.config.tokenizer.stride

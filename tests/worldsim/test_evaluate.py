@@ -298,6 +298,8 @@ def test_set_guidance_stores_the_scale_and_components_and_refuses_bad_ones(tiny_
         assert said in capsys.readouterr().err
     with pytest.raises(ValueError, match="guided_actions"):
         load(tiny_blockworld, device="cpu", guided_actions=[9])
+    with pytest.raises(ValueError, match="guided_actions"):
+        load(tiny_blockworld, device="cpu", guided_actions=["yaw"])
     # a bad sampling setting is one line from the CLI, not a traceback
     assert cli(["eval", "--checkpoint", str(tiny_blockworld), "--guidance", "-1", "--out", str(tmp_path / "e")]) == 2
     assert "worldsim eval: error: guidance must be a finite scale >= 0" in capsys.readouterr().err
