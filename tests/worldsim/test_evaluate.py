@@ -240,7 +240,8 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     # the model samples with the recipe's guidance; the phase it came from has none
     assert (model.config.guidance, model.config.guided_actions) == (r.guidance, r.guided_actions) == (1.5, (3,))
     assert load_model(smoke_recipe.world_model_path).config.guidance == 1.0
-    assert (smoke_recipe.root / "data" / "part-001.done.json").is_file()
+    done = json.loads((smoke_recipe.root / "data" / "part-001.done.json").read_text())
+    assert done == {"steps": r.part_steps, "seed": 1000, "num_envs": r.num_envs, "workers": r.record_workers}
 
     # a folder pinned to another recipe is refused; a test recipe cannot be installed as the default
     pinned = tmp_path / "other"
