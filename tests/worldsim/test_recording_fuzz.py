@@ -14,7 +14,7 @@ import warnings
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from tests.worldsim.toy_env import record_toy
@@ -190,6 +190,7 @@ def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key
     ),  # fmt: skip
     value=_ANY,
 )
+@example(key="observation_shape", value=[1, 1, 3])  # well typed, wrong size: found by this test once
 def test_wrong_types_in_the_header_raise_recording_error(small, tmp_path, key, value):
     data, records = small
     header = msgpack.unpackb(data[: records[0].offset], raw=False)
@@ -199,6 +200,15 @@ def test_wrong_types_in_the_header_raise_recording_error(small, tmp_path, key, v
     header[key] = value
     path = tmp_path / "header.msgpack"
     path.write_bytes(msgpack.packb(header, use_bin_type=True) + data[records[0].offset :])
+    well_typed_shape = (key == "observation_shape" and isinstance(value, list) and len(value) == 3 and value[2] == 3
+                        and all(type(v) is int and v > 0 for v in value))  # fmt: skip
+    if well_typed_shape:
+        # Not a wrong type but a wrong size: the header is valid, and the first frame read at the
+        # size it promises is the error.
+        with pytest.raises(RecordingError, match=r"header\.msgpack: record 1, byte \d+: frame"):
+            for rec in RecordingReader(path):
+                rec.image(tuple(value[:2]))
+        return
     with pytest.raises(RecordingError, match=r"header\.msgpack: record 0"):
         _read_all(path)
 
