@@ -292,9 +292,8 @@ class RecipeRun:
             if isinstance(have.get("recipe"), dict):  # a field added since the pin was written, at its default, is the same recipe
                 defaults = json.loads(json.dumps({f.name: f.default for f in fields(Recipe) if f.default is not MISSING}))
                 have["recipe"] = {**{k: v for k, v in defaults.items() if want["recipe"].get(k) == v}, **have["recipe"]}
-            # Fields that only shape the model stage do not make the trained stages another
-            # recipe's: the model is assembled again with them (_model_is_current).
-            if isinstance(have.get("recipe"), dict):
+                # Fields that only shape the model stage do not make the trained stages another
+                # recipe's: the model is assembled again with them (_model_is_current).
                 have["recipe"].update({k: want["recipe"][k] for k in ASSEMBLY_FIELDS})
             if have != want:
                 raise WorldSimError(f"{self.root} holds the work of another recipe ({have.get('name')}); choose another --dir")

@@ -364,9 +364,11 @@ class WorldModel:
         first_valid[:, slot : slot + N] = False
         commit = self._pending
         # Guidance needs a second pass only when some world moves a guided component.
-        reference = acts.copy()
-        reference[:, list(self.guided_actions)] = 0
-        guide = self.guidance != 1.0 and bool(np.any(acts != reference))
+        guide, reference = False, acts
+        if self.guidance != 1.0:
+            reference = acts.copy()
+            reference[:, list(self.guided_actions)] = 0
+            guide = bool(np.any(acts != reference))
 
         def predict(codes: np.ndarray) -> PassOutput:
             nonlocal commit

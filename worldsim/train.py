@@ -439,23 +439,23 @@ class DynamicsTask(Task):
         spec = self.train_set.action_spec
         if rollout_share is not None and not 0.0 <= rollout_share <= 1.0:
             raise WorldSimError(f"--rollout-share must be between 0 and 1, got {rollout_share}")
-        rollout = {} if rollout_share is None else {"rollout_share": float(rollout_share)}  # else the init's, or 0
+        overrides = {} if rollout_share is None else {"rollout_share": float(rollout_share)}  # else the init's, or 0
         if change_weight is not None:
             if not change_weight > 0:
                 raise WorldSimError(f"--change-weight must be above 0, got {change_weight}")
-            rollout["change_weight"] = float(change_weight)  # else the init's, or 1
+            overrides["change_weight"] = float(change_weight)  # else the init's, or 1
         torch.manual_seed(seed)
         self.info: dict[str, Any] = {}
         if start is None:
             dcfg = dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate, still_head)
-            self.module = Dynamics(replace(dcfg, **rollout))
+            self.module = Dynamics(replace(dcfg, **overrides))
         else:
             dcfg = start.config.dynamics
             if spec.nvec != dcfg.action_nvec:
                 raise WorldSimError(f"--init {init}: it was trained on actions {dcfg.action_nvec}, the data has {spec.nvec}")
             gate = dcfg.stay_gate if stay_gate is None else bool(stay_gate)
             still = dcfg.still_head if still_head is None else bool(still_head)
-            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate, still_head=still, **rollout))
+            self.module = Dynamics(replace(dcfg, context=ctx, stay_gate=gate, still_head=still, **overrides))
             missing, unexpected = self.module.load_state_dict(start.dynamics.state_dict(), strict=False)
             if any(not k.startswith(("stay_head.", "still_head.")) for k in [*missing, *unexpected]):
                 raise WorldSimError(f"--init {init}: its weights do not fit this model ({missing or unexpected})")
