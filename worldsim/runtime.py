@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from worldsim.errors import SettingError, WorldSimError
+from worldsim.motion import stay_reference
 from worldsim.sampling import MaskGitSampler, PassOutput
 from worldsim.spaces import ActionSpec
 
@@ -228,6 +230,7 @@ class WorldModel:
             raise SettingError(f"guided_actions must be distinct action component indices in [0, {C}), got {guided!r}")
         self.guided_actions: tuple[int, ...] = comps
         """The action components guidance strengthens."""
+        self._motion = dyn.stay_motion if dyn.stay_gate else ()
         self._still_run: np.ndarray | None = None  # [B]: still steps in a row, per world
         # The still path and pixel keeping need the last frame's pixels.
         self._keeps_frames = (self.still and dyn.still_head) or self.keep_pixels
@@ -390,7 +393,10 @@ class WorldModel:
         gated = None
         if self.unfreeze and self.config.dynamics.stay_gate:
             gated = self._still_run < self.unfreeze
-        sample = self._sampler.generate(predict, B, H // s, W // s, self._pending[0], gated)
+        prev = self._pending[0]
+        if self._motion:  # the gate favours the previous codes moved as this step's actions move the picture
+            prev = stay_reference(torch.from_numpy(prev), torch.from_numpy(acts), self._motion).numpy()
+        sample = self._sampler.generate(predict, B, H // s, W // s, prev, gated)
         codes, frames = sample.codes, self.backend.decode(sample.codes)
         if self._keeps_frames:
             if self.still and sample.still_logit is not None:

@@ -411,7 +411,7 @@ class DynamicsTask(Task):
         self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
         code_cache: Path | None = None, init: str | None = None, stay_gate: bool | None = None,
         still_head: bool | None = None, rollout_share: float | None = None, split_seed: int | None = None,
-        change_weight: float | None = None,
+        change_weight: float | None = None, stay_motion: str | None = None,
     ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
@@ -444,8 +444,23 @@ class DynamicsTask(Task):
             if not change_weight > 0:
                 raise WorldSimError(f"--change-weight must be above 0, got {change_weight}")
             overrides["change_weight"] = float(change_weight)  # else the init's, or 1
-        torch.manual_seed(seed)
         self.info: dict[str, Any] = {}
+        if stay_motion not in (None, "auto", "off"):
+            raise WorldSimError(f"--stay-motion must be 'auto' or 'off', got {stay_motion!r}")
+        if stay_motion == "off":
+            overrides["stay_motion"] = ()
+        elif stay_motion == "auto":  # measured on the training windows (worldsim.motion)
+            est = self.train_set.motion_estimate()
+            overrides["stay_motion"] = est.table
+            self.info["stay_motion_matches"] = est.matches
+            print(f"stay motion (component, value, dx, dy) measured on the training data: {list(est.table) or 'none'}")
+            for key, m in est.matches.items():  # what each value's row was decided on
+                if "best" not in m:
+                    print(f"  {key}: {m['pairs']} pairs, too few to measure")
+                    continue
+                print(f"  {key}: {m['pairs']} pairs, cells equal unshifted {m['none']:.3f}, "
+                      f"best shift ({m['dx']}, {m['dy']}) {m['best']:.3f}")
+        torch.manual_seed(seed)
         if start is None:
             dcfg = dynamics_config(p, tok.config.tokenizer.levels, spec, context, stay_gate, still_head)
             self.module = Dynamics(replace(dcfg, **overrides))
@@ -459,7 +474,7 @@ class DynamicsTask(Task):
             missing, unexpected = self.module.load_state_dict(start.dynamics.state_dict(), strict=False)
             if any(not k.startswith(("stay_head.", "still_head.")) for k in [*missing, *unexpected]):
                 raise WorldSimError(f"--init {init}: its weights do not fit this model ({missing or unexpected})")
-            self.info = {"init": str(init)}
+            self.info["init"] = str(init)
         h, w = self.train_set.frame_shape
         self.config = ModelConfig(
             tokenizer=tok.config.tokenizer,
@@ -564,6 +579,10 @@ def dynamics_main(argv: list[str]) -> int:
     p.add_argument("--change-weight", type=float, default=None, metavar="W",
                    help="loss weight of the cells whose code changed from the previous frame, against 1 for the "
                         "cells that kept theirs (default: the init's, else 1)")  # fmt: skip
+    p.add_argument("--stay-motion", choices=("auto", "off"), default=None,
+                   help="auto: measure how each action shifts the picture, in whole cells, on the training data, "
+                        "and move the stay gate's reference with it (worldsim.motion); off: the unshifted previous "
+                        "frame (default: the init's, else off)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = _loop_config(a, "dynamics")
     cache = (
@@ -577,7 +596,7 @@ def dynamics_main(argv: list[str]) -> int:
     finished = False
     try:
         task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
-                            a.rollout_share, a.split_seed, a.change_weight)
+                            a.rollout_share, a.split_seed, a.change_weight, a.stay_motion)
         last = run(task, cfg, dd)
         finished = True
     finally:

@@ -27,7 +27,10 @@ head that gives, per cell and channel, a learned bonus added to the logit of the
 previous frame had there (:func:`add_stay`). Its weights start at zero, so a model given a
 gate starts exactly where it was, and training decides, cell by cell from the context,
 how much to trust "unchanged". The previous frame is the context frame as the model sees
-it: corrupted in training, generated in a rollout.
+it: corrupted in training, generated in a rollout. With ``DynamicsConfig.stay_motion`` the
+gate favours that frame's codes shifted by what the step's action does to the picture (a
+turn slides it sideways), so "unchanged" means "unchanged but for the camera"
+(:mod:`worldsim.motion`).
 
 **Still head** (``DynamicsConfig.still_head``). A quarter to a third of held-out BlockWorld steps change
 no pixel at all (attacking air, looking past the pitch limit, walking into a wall), yet a
@@ -63,6 +66,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from worldsim.motion import as_table, stay_reference
 
 NO_ACTION = -1
 """Action value that marks "no action" (the first frame of a recording or prompt)."""
@@ -118,6 +123,10 @@ class DynamicsConfig:
     the cross-entropy, against 1 for a cell that kept its code (1: all cells alike). Most
     cells keep their code from one step to the next, so an unweighted loss is mostly about
     keeping; above 1 the cells the world moved count for more (docs/model.md, "Not met")."""
+    stay_motion: tuple[tuple[int, int, int, int], ...] = ()
+    """The stay gate's reference moved with the camera: ``(component, value, dx, dy)`` rows,
+    a shift in cells of the previous frame's codes per action value (:mod:`worldsim.motion`;
+    empty: the reference is the previous frame unshifted)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +136,7 @@ class DynamicsConfig:
         d = dict(d)
         d["levels"] = tuple(d["levels"])
         d["action_nvec"] = tuple(d["action_nvec"])
+        d["stay_motion"] = as_table(d.get("stay_motion", ()))
         return cls(**d)
 
 
@@ -477,7 +487,8 @@ class Dynamics(nn.Module):
         tgt_codes = torch.where(cell_mask, MASKED, codes[:, 1:])
 
         pred = self.teacher_forced(ctx_codes, actions, level, tgt_codes, first_action)
-        logits = self.final_logits(pred, ctx_codes[:, :-1])  # frame t+1 stays like context frame t
+        # Frame t+1 stays like context frame t, moved by the action between them (stay_motion).
+        logits = self.final_logits(pred, stay_reference(ctx_codes[:, :-1], actions, cfg.stay_motion))
         # Per-channel cross-entropy on the masked cells only.
         target = (codes[:, 1:].unsqueeze(-1) // self.radix) % self.levels  # (B, T-1, h, w, D)
         ce = torch.zeros((), device=dev)
@@ -534,7 +545,7 @@ class Dynamics(nn.Module):
         masked = torch.full_like(codes[:, 1:], MASKED)
         for _ in range(max(1, cfg.rollout_passes)):
             pred = self.teacher_forced(codes, act, lv, masked, first)
-            logits = self.final_logits(pred, codes[:, :-1]).float()
+            logits = self.final_logits(pred, stay_reference(codes[:, :-1], act, cfg.stay_motion)).float()
             sampled = torch.zeros_like(codes[:, 1:])
             for i, lg in enumerate(logits.split(list(cfg.levels), dim=-1)):
                 if cfg.rollout_temperature > 0:

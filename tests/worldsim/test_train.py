@@ -254,6 +254,14 @@ def test_dynamics_fine_tuning_from_a_world_model_adds_heads_that_start_neutral(
     assert cli([*common, "--out", str(tmp_path / "w.safetensors"), "--steps", "1", "--init", str(base),
                 "--change-weight", "3"]) == 0  # fmt: skip
     assert load_model(tmp_path / "w.safetensors").config.dynamics.change_weight == 3.0
+    # --stay-motion auto measures the table on the training windows and keeps what it measured
+    capsys.readouterr()
+    assert cli([*common, "--out", str(tmp_path / "m.safetensors"), "--steps", "1", "--init", str(base),
+                "--stay-motion", "auto"]) == 0  # fmt: skip
+    assert "stay motion (component, value, dx, dy) measured on the training data" in capsys.readouterr().out
+    moved = load_model(tmp_path / "m.safetensors")
+    assert isinstance(moved.config.dynamics.stay_motion, tuple) and moved.info["stay_motion_matches"]
+    assert all(set(m) in ({"pairs"}, {"pairs", "none", "best", "dx", "dy"}) for m in moved.info["stay_motion_matches"].values())
 
 
 def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -> None:
