@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from worldsim.errors import SettingError, WorldSimError
 from worldsim.motion import stay_reference
@@ -395,7 +394,7 @@ class WorldModel:
             gated = self._still_run < self.unfreeze
         prev = self._pending[0]
         if self._motion:  # the gate favours the previous codes moved as this step's actions move the picture
-            prev = stay_reference(torch.from_numpy(prev), torch.from_numpy(acts), self._motion).numpy()
+            prev = stay_reference(prev, acts, self._motion)
         sample = self._sampler.generate(predict, B, H // s, W // s, prev, gated)
         codes, frames = sample.codes, self.backend.decode(sample.codes)
         if self._keeps_frames:

@@ -29,6 +29,9 @@ def test_shift_moves_codes_right_and_down_and_repeats_the_edge() -> None:
     # Per world and per frame: [B, T, h, w] with shifts [B, T]
     two = shift_codes(torch.stack([c[0], c[0]])[None], torch.tensor([[0, 2]]), torch.tensor([[0, 1]]))
     assert torch.equal(two[0, 0], c[0]) and two[0, 1, 1].tolist() == [0, 0, 0, 1]
+    # the runtime's numpy arrays shift alike
+    assert np.array_equal(shift_codes(c.numpy(), np.array([1]), np.array([0]))[0], right.numpy())
+    assert np.array_equal(shift_codes(np.stack([c[0].numpy()] * 2)[None], np.array([[0, 2]]), np.array([[0, 1]])), two.numpy())
 
 
 def test_reference_is_the_previous_frame_without_a_table_or_a_matching_action() -> None:
