@@ -44,6 +44,8 @@ Array = Union["torch.Tensor", np.ndarray]
 MotionTable = tuple[tuple[int, int, int, int], ...]
 """``(component, value, dx, dy)`` rows: see the module docstring."""
 
+ESTIMATE_WINDOWS = 4096
+"""Training windows ``--stay-motion auto`` measures the table on."""
 MAX_SHIFT = 2
 """Largest shift, in cells, :func:`estimate_motion` tries in each direction."""
 MIN_GAIN = 0.05

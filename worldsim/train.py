@@ -450,7 +450,10 @@ class DynamicsTask(Task):
         if stay_motion == "off":
             overrides["stay_motion"] = ()
         elif stay_motion == "auto":  # measured on the training windows (worldsim.motion)
-            est = self.train_set.motion_estimate()
+            from worldsim.motion import ESTIMATE_WINDOWS, estimate_motion
+
+            b = self.train_set.sample(np.random.default_rng(0), ESTIMATE_WINDOWS)  # the same draw on every start
+            est = estimate_motion(b["codes"], b["actions"], spec.nvec)
             overrides["stay_motion"] = est.table
             self.info["stay_motion_matches"] = est.matches
             print(f"stay motion (component, value, dx, dy) measured on the training data: {list(est.table) or 'none'}")

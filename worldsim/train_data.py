@@ -162,14 +162,6 @@ class CodeWindows:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def motion_estimate(self, windows: int = 4096, seed: int = 0):
-        """:func:`worldsim.motion.estimate_motion` on ``windows`` windows drawn with ``seed``."""
-        from worldsim.motion import estimate_motion
-
-        b = self.sample(np.random.default_rng(seed), min(windows, max(1, len(self))))
-        names = getattr(self.windows, "action_names", None)
-        return estimate_motion(b["codes"], b["actions"], self.action_spec.nvec, names)
-
     def sample(self, rng: np.random.Generator, batch: int) -> dict[str, torch.Tensor]:
         """``batch`` windows: codes ``[B, T, h, w]``, actions ``[B, T-1, C]``, rewards and
         terminated ``[B, T-1]`` (``actions[:, i]`` led from frame i to frame i+1)."""
