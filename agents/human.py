@@ -82,6 +82,8 @@ class PlayConfig:
     """Dream sampling temperature (``None``: the model's default)."""
     guidance: float | None = None
     """Dream action guidance scale (``None``: the model's default; 1 = none)."""
+    ranked_moves: bool | None = None
+    """Decide for each dream frame at once which cells change (``None``: the model's default, off)."""
     screenshot_dir: str = "."
     """Where F2 saves screenshots."""
 
@@ -239,6 +241,7 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         chunks=config.chunks,
         temperature=config.temperature,
         guidance=config.guidance,
+        ranked_moves=config.ranked_moves,
     )
     try:
         spec = ActionSpec.from_space(world.action_space)
@@ -436,6 +439,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--chunks", type=int, help="dream chunks per frame (default: the model's)")
     p.add_argument("--temperature", type=float, help="dream sampling temperature (default: the model's)")
     p.add_argument("--guidance", type=float, help="dream action guidance scale, 1 = none (default: the model's)")
+    p.add_argument("--ranked-moves", action=argparse.BooleanOptionalAction, default=None,
+                   help="decide for each dream frame at once which cells change: the most likely ones, as many as expected (default: off)")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
     a = p.parse_args(argv)
     if a.max_steps is not None and a.max_steps < 1:

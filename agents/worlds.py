@@ -156,6 +156,7 @@ def make_world(
     chunks: int | None = None,
     temperature: float | None = None,
     guidance: float | None = None,
+    ranked_moves: bool | None = None,
 ) -> World:
     """Build the world the viewer shows.
 
@@ -168,6 +169,7 @@ def make_world(
         chunks: The dream's chunks per frame (``None``: the model's default).
         temperature: The dream's sampling temperature (``None``: the model's default).
         guidance: The dream's action guidance scale (``None``: the model's default).
+        ranked_moves: Decide for each dream frame at once which cells change (``None``: off).
 
     Raises:
         WorldSimError: An unknown mode, or a checkpoint that cannot be loaded.
@@ -191,6 +193,7 @@ def make_world(
         "chunks": chunks,
         "temperature": temperature,
         "guidance": guidance,
+        "ranked_moves": ranked_moves,
     }
     # The viewer restarts episodes itself, so no step limit: a human plays as long as they like.
     dream = gym.make(DREAM_ID, max_episode_steps=-1, **kwargs)

@@ -48,6 +48,7 @@ def load_setup(
     device: str = "auto",
     precision: str | None = None,
     guidance: float | None = None,
+    ranked_moves: bool | None = None,
 ) -> DreamSetup:
     """Load the model and derive the spaces; bad sizes raise :class:`WorldSimError`."""
     from worldsim.runtime import load
@@ -56,7 +57,7 @@ def load_setup(
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise WorldSimError(f"{name} must be a positive integer, got {v!r}")
     model = load(checkpoint, backend=backend, device=device, precision=precision, chunks=chunks, temperature=temperature,
-                 guidance=guidance)  # fmt: skip
+                 guidance=guidance, ranked_moves=ranked_moves)  # fmt: skip
     cfg = model.config
     patch = model.frame_multiple
     if width % patch or height % patch:
@@ -218,7 +219,9 @@ class DreamEnv(gym.Env):
     multiply bf16 natively, fp32 elsewhere; see ``worldsim.load``), ``guidance`` (the action
     guidance scale; None: the checkpoint's, which for the shipped model is 1, none; 1.3
     guides its yaw so that the view turns further, at 0.71-0.75 times the steps/s: see
-    ``worldsim.runtime.WorldModel`` and docs/model.md, "Action guidance").
+    ``worldsim.runtime.WorldModel`` and docs/model.md, "Action guidance"), ``ranked_moves``
+    (None: off; True decides for each frame at once which cells change, the most likely ones,
+    as many as expected: docs/model.md, "Ranked moves").
 
     ## Version History
     * v0: first version.
@@ -239,10 +242,12 @@ class DreamEnv(gym.Env):
         device: str = "auto",
         precision: str | None = None,
         guidance: float | None = None,
+        ranked_moves: bool | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise WorldSimError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance)
+        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance,
+                                ranked_moves)
         self.model = self.setup.model
         self.action_space = self.setup.action_spec.to_space()
         self.observation_space = self.setup.observation_space

@@ -43,7 +43,7 @@ class DreamVectorEnv(VectorEnv):
 
     Args:
         num_envs: Number of worlds N.
-        checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance: as for
+        checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance, ranked_moves: as for
             :class:`~envs.dream.DreamEnv`.
         render_mode: ``rgb_array`` (the N frames as a tuple) or None.
         max_episode_steps: Truncate each world's episode after this many steps (None: never).
@@ -66,6 +66,7 @@ class DreamVectorEnv(VectorEnv):
         device: str = "auto",
         precision: str | None = None,
         guidance: float | None = None,
+        ranked_moves: bool | None = None,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise WorldSimError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -73,7 +74,8 @@ class DreamVectorEnv(VectorEnv):
             raise WorldSimError(f"the vector dream env renders 'rgb_array' or None, got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise WorldSimError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
-        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance)
+        self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance,
+                                ranked_moves)
         self.model = self.setup.model
         self.num_envs = int(num_envs)
         self.render_mode = render_mode

@@ -101,6 +101,8 @@ class EvalConfig:
     """Still steps before a world is sampled without the stay gate (None: ``DEFAULT_UNFREEZE``)."""
     guidance: float | None = None
     """Action guidance scale (None: the checkpoint's, ``worldsim.load``)."""
+    ranked_moves: bool | None = None
+    """Decide for each frame at once which cells change (None: the runtime's default)."""
 
 
 def _mean(x: np.ndarray) -> float:
@@ -175,7 +177,7 @@ class Evaluation:
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
                           temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels,
-                          unfreeze=config.unfreeze, guidance=config.guidance)  # fmt: skip
+                          unfreeze=config.unfreeze, guidance=config.guidance, ranked_moves=config.ranked_moves)  # fmt: skip
         mc = self.model.config
         self.env_id = config.env or mc.env_id
         if self.env_id is None:
@@ -218,7 +220,7 @@ class Evaluation:
         m: dict[str, Any] = {
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
             "frame_shape": list(self.ref.shape), "policy": policy,
-            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "unfreeze": self.model.unfreeze,
+            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "unfreeze": self.model.unfreeze, "ranked_moves": self.model.ranked_moves,
                          "guidance": self.model.guidance,
                          "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device,
                          "precision": self.model.backend.precision},
@@ -394,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="still steps before a world is sampled without the stay gate, at temperature 1.0, until it moves; 0 = never (default: the runtime's)")
     p.add_argument("--guidance", type=float, default=None,
                    help="action guidance scale: each pass also runs with the guided action components at 0 and samples from that + g * (action - that); 1 = off (default: the checkpoint's)")
+    p.add_argument("--ranked-moves", action=argparse.BooleanOptionalAction, default=None,
+                   help="decide for each frame at once which cells leave their previous code: the most likely ones, as many as expected (default: the runtime's, off)")
     p.add_argument("--out", required=True, help="folder for metrics.json, plots and videos")
     return p
 
@@ -417,7 +421,7 @@ def main(argv: list[str]) -> int:
             temperature=a.temperature, idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps),
             backend=a.backend, device=a.device, precision=a.precision, seed=seed, reward_threshold=a.reward_threshold,
             cache_dir=a.cache_dir, videos=not a.no_videos, keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
-            guidance=a.guidance,
+            guidance=a.guidance, ranked_moves=a.ranked_moves,
         )  # fmt: skip
         runs[seed] = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
         if several:

@@ -115,6 +115,14 @@ The dream's frozen stretches are not exact: it kept changing 2-5 % of its cells 
 (under a quarter of a level of mean pixel change) while the player walked. At 0.06 with
 ``unfreeze=1`` no world collapsed either, but the frozen stretches were longer (at most 196
 frames, against 106 at 0.1; both with the earlier Gumbel sampler)."""
+DEFAULT_RANKED_MOVES = False
+"""Each cell decides on its own whether it leaves its previous level unless asked otherwise.
+``ranked_moves=True`` decides it for the whole frame: the cells most likely to change do,
+as many as are expected to (:meth:`worldsim.sampling.MaskGitSampler._choose`). On the
+shipped model it makes one step from real frames turn further (``worldsim eval``'s
+``teacher_forced_turn_rate`` 0.62-0.64 against 0.45-0.48), the open-loop dream little
+(``turn_rate`` 0.24-0.29 against 0.20-0.26); it costs 0.09-0.17 dB of every PSNR and makes
+long rollouts stiller, so it is not the default (docs/model.md, "Ranked moves")."""
 NO_ACTION = -1
 
 BACKENDS: dict[str, str] = {
@@ -184,6 +192,8 @@ class WorldModel:
             ``guidance=1.3`` does to it: docs/model.md, "Action guidance".
         guided_actions: the action components guidance strengthens (None: the checkpoint's
             ``guided_actions``; all components when it names none).
+        ranked_moves: decide for each frame at once which cells leave their previous
+            level, instead of each cell on its own (default :data:`DEFAULT_RANKED_MOVES`).
     """
 
     def __init__(
@@ -198,6 +208,7 @@ class WorldModel:
         unfreeze: int | None = None,
         guidance: float | None = None,
         guided_actions: Any = None,
+        ranked_moves: bool | None = None,
     ) -> None:
         self.backend = backend
         self.config = backend.config
@@ -211,6 +222,7 @@ class WorldModel:
             raise SettingError(f"chunks must be >= 1, got {chunks}")
         if self.temperature < 0:
             raise SettingError(f"temperature must be >= 0, got {temperature}")
+        self.ranked_moves = DEFAULT_RANKED_MOVES if ranked_moves is None else bool(ranked_moves)
         self.still = DEFAULT_STILL if still is None else bool(still)
         self.keep_pixels = DEFAULT_KEEP_PIXELS if keep_pixels is None else bool(keep_pixels)
         self.unfreeze = DEFAULT_UNFREEZE if unfreeze is None else int(unfreeze)
@@ -261,7 +273,8 @@ class WorldModel:
         self._rng = np.random.default_rng(seed)
         levels = self.config.dynamics.levels
         hot = max(self.temperature, UNFREEZE_TEMPERATURE) if self.unfreeze else None
-        self._sampler = MaskGitSampler(levels, self.config.dynamics.patch, self.chunks, self.temperature, self._rng, hot)
+        self._sampler = MaskGitSampler(levels, self.config.dynamics.patch, self.chunks, self.temperature, self._rng, hot,
+                                       self.ranked_moves)
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames ``[B, H, W, 3]`` -> tokenizer codes ``[B, h, w]``."""
@@ -450,6 +463,7 @@ def load(
     unfreeze: int | None = None,
     guidance: float | None = None,
     guided_actions: Any = None,
+    ranked_moves: bool | None = None,
 ) -> WorldModel:
     """Load a world model checkpoint for generation.
 
@@ -468,6 +482,8 @@ def load(
         unfreeze: still steps after which a world is sampled without the stay gate, at
             :data:`UNFREEZE_TEMPERATURE`, until it moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
         guidance, guided_actions: action guidance (None: the checkpoint's; see :class:`WorldModel`).
+        ranked_moves: decide for each frame at once which cells leave their previous level
+            (default :data:`DEFAULT_RANKED_MOVES`; see :class:`WorldModel`).
 
     Raises:
         WorldSimError: no default model, unknown backend, or a bad checkpoint file.
@@ -489,4 +505,4 @@ def load(
         factory = getattr(factory, part)
     be = factory(str(checkpoint), device=device, precision=precision)
     return WorldModel(be, chunks=chunks, temperature=temperature, seed=seed, still=still, keep_pixels=keep_pixels,
-                      unfreeze=unfreeze, guidance=guidance, guided_actions=guided_actions)
+                      unfreeze=unfreeze, guidance=guidance, guided_actions=guided_actions, ranked_moves=ranked_moves)

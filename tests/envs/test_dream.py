@@ -96,6 +96,19 @@ def test_guidance_reaches_the_model_of_both_envs(checkpoint):
         make(checkpoint, guidance=-1.0)
 
 
+def test_ranked_moves_reach_the_model_of_both_envs(checkpoint):
+    """``ranked_moves`` is off unless asked for; on, the same actions and seed dream other frames."""
+    env = make(checkpoint, temperature=1.0)
+    assert env.unwrapped.model.ranked_moves is False
+    ranked = make(checkpoint, temperature=1.0, ranked_moves=True)
+    assert ranked.unwrapped.model.ranked_moves is True
+    actions = [np.array([1, 0, 0, 1, 2, 0, 0, 0])] * 4
+    assert not np.array_equal(rollout(env, 0, actions)[0], rollout(ranked, 0, actions)[0])
+    vec = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=checkpoint, width=SIDE,
+                       height=SIDE, ranked_moves=True)  # fmt: skip
+    assert vec.unwrapped.model.ranked_moves is True
+
+
 def test_reset_from_frames(checkpoint):
     env = make(checkpoint)
     frames = np.random.default_rng(0).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)

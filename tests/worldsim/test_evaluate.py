@@ -148,10 +148,12 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
 
     # the judge does not depend on the seed of the run that trained it: --seed 1 into an
     # empty cache trains the very same IDM, so cached figures never depend on run order
+    # (ranked moves change the dream, not the judge)
     rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(tmp_path / "seed1"), "--no-videos", "--seed", "1",
-              "--cache-dir", str(tmp_path / "cache1"), *SMALL])  # fmt: skip
+              "--cache-dir", str(tmp_path / "cache1"), "--ranked-moves", *SMALL])  # fmt: skip
     assert rc == 0
     other = json.loads((tmp_path / "seed1" / "metrics.json").read_text())
+    assert (m["settings"]["ranked_moves"], other["settings"]["ranked_moves"]) == (False, True)
     assert other["controllability"]["idm"]["cached"] is False
     first, second = (Path(r["controllability"]["idm"]["cache"]) for r in (m, other))
     assert first.name == second.name

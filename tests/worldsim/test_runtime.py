@@ -221,6 +221,17 @@ def test_bf16_dreams_the_same_tokens_as_fp32_up_to_rounding(ckpt: str) -> None:
     assert min(agree) >= 0.9, agree
 
 
+def test_ranked_moves_change_as_many_cells_as_expected_and_reproduce_with_a_seed(ckpt: str) -> None:
+    plain = rollout(worldsim.load(ckpt, device="cpu", temperature=1.0, seed=3))
+    a = rollout(worldsim.load(ckpt, device="cpu", temperature=1.0, seed=3, ranked_moves=True))
+    b = rollout(worldsim.load(ckpt, device="cpu", temperature=1.0, seed=3, ranked_moves=True))
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.frames, y.frames) for x, y in zip(plain, a))
+    for out in a:
+        assert out.frames.shape == (2, 16, 16, 3) and out.frames.dtype == np.uint8
+    assert worldsim.load(ckpt, device="cpu").ranked_moves is False  # off unless asked for
+
+
 def test_unfreeze_lets_a_frozen_gated_dream_move_again(tmp_path) -> None:
     """A stay gate so strong that it keeps every cell freezes the dream for good; with
     ``unfreeze=2`` the third frame is sampled without the gate, so the dream moves."""

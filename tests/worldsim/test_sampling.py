@@ -125,3 +125,55 @@ def test_chunk_sizes_cover_every_patch_with_at_least_one_per_pass() -> None:
             assert sum(sizes) == n and min(sizes) >= 1 and len(sizes) == min(n, k)
     with pytest.raises(ValueError, match="chunks"):
         chunk_sizes(4, 0)
+
+
+
+def test_ranked_moves_move_the_most_likely_cells_as_many_as_expected() -> None:
+    """A world's cells leave their previous level in order of how likely each is to, and as
+    many as the independent draws would move on average; they go where their own
+    distribution, without the previous level, sends them."""
+    worlds, cells = 400, 16
+    rng = np.random.default_rng(6)
+    logits = rng.normal(0, 1.5, (worlds, cells, 1, 7)).astype(np.float32)
+    prev = rng.integers(0, 12, (worlds, cells, 1))
+    sampler = MaskGitSampler(LEVELS, 1, 1, 1.0, np.random.default_rng(7), ranked_moves=True)
+    code, _ = sampler._choose(logits, None, prev)
+    for lo, hi, radix in ((0, 4, 1), (4, 7, 4)):
+        p = _softmax(logits[..., lo:hi])[:, :, 0]  # (worlds, cells, levels)
+        was = (prev[..., 0] // radix) % (hi - lo)
+        p_move = 1 - np.take_along_axis(p, was[..., None], -1)[..., 0]
+        moved = ((code[..., 0] // radix) % (hi - lo)) != was
+        expected = p_move.sum(1)
+        assert np.all((moved.sum(1) == np.floor(expected)) | (moved.sum(1) == np.ceil(expected)))
+        assert abs(moved.sum() - expected.sum()) < 4 * np.sqrt(worlds)  # rounded up as often as it should be
+        # Every cell that moved was at least as likely to as every cell that stayed.
+        lowest_moved = np.where(moved, p_move, np.inf).min(1)
+        highest_kept = np.where(moved, -np.inf, p_move).max(1)
+        assert np.all(lowest_moved >= highest_kept - 1e-6)
+    # Destinations follow the leaving cell's own odds among the other levels.
+    logits = np.broadcast_to(np.array([0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0], np.float32), (4000, 8, 8, 7))
+    sampler = MaskGitSampler(LEVELS, 1, 1, 1.0, np.random.default_rng(8), ranked_moves=True)
+    code, _ = sampler._choose(logits, None, np.ones((4000, 8, 8), np.int64))  # previous level 1 in channel 0
+    gone = code[code % 4 != 1] % 4
+    want = _softmax(np.array([0.0, 0.0, -1.0]))  # levels 0, 2 and 3 of channel 0
+    np.testing.assert_allclose(np.bincount(gone, minlength=4)[[0, 2, 3]] / len(gone), want, atol=0.01)
+
+
+def test_ranked_moves_leave_the_freeze_guards_worlds_and_framings_without_a_previous_frame_alone() -> None:
+    logits = np.zeros((2, 8, 8, 7), dtype=np.float32)
+    logits[..., 0] = 1.0  # channel 0: every cell has the same odds of leaving level 0
+    prev = np.zeros((2, 8, 8), dtype=np.int64)
+    runs = []
+    for seed in range(200):
+        sampler = MaskGitSampler(LEVELS, 1, 1, 1.0, np.random.default_rng(seed), ranked_moves=True)
+        code, _ = sampler._choose(logits, None, prev, gated=np.array([True, False]))
+        runs.append((code % 4 != 0).reshape(2, -1).sum(1))
+    moved = np.array(runs)  # (draws, worlds)
+    p_move = 1 - _softmax(np.array([1.0, 0.0, 0.0, 0.0]))[0]
+    assert set(np.unique(moved[:, 0])) <= {int(np.floor(64 * p_move)), int(np.ceil(64 * p_move))}  # ranked: the count is fixed
+    assert moved[:, 1].std() > 2  # the guard's world draws each cell on its own: the count varies
+    # Without a previous frame, or greedy, nothing changes.
+    for temperature, prev_codes in ((1.0, None), (0.0, prev)):
+        plain = MaskGitSampler(LEVELS, 1, 1, temperature, np.random.default_rng(9))._choose(logits, None, prev_codes)
+        ranked = MaskGitSampler(LEVELS, 1, 1, temperature, np.random.default_rng(9), ranked_moves=True)._choose(logits, None, prev_codes)
+        np.testing.assert_array_equal(plain[0], ranked[0])
