@@ -126,7 +126,8 @@ class MaskGitSampler:
         independently, a step in which every cell of an edge has, say, a 40 % chance to move
         moves a random 40 % of them, a speckle the decoder renders as a smear; ranked, the
         step moves the edge's most likely cells and keeps the others. The worlds whose gate is
-        off (``gated`` False: the freeze guard) keep independent draws.
+        off (``gated`` False: the freeze guard) keep independent draws. With K > 1 passes each
+        pass ranks the whole frame again, and keeps the choices of the patches it fixes.
         """
         x = np.asarray(logits, dtype=np.float32)
         batch_shape = x.shape[:-1]
