@@ -411,7 +411,7 @@ class DynamicsTask(Task):
         self, data: list[str], tokenizer: str, preset: str, context: int | None, seed: int, device: torch.device,
         code_cache: Path | None = None, init: str | None = None, stay_gate: bool | None = None,
         still_head: bool | None = None, rollout_share: float | None = None, split_seed: int | None = None,
-        change_weight: float | None = None, stay_motion: str | None = None,
+        change_weight: float | None = None, stay_motion: str | None = None, rollout_passes: int | None = None,
     ) -> None:  # fmt: skip
         from worldsim.transformer import Dynamics
 
@@ -440,6 +440,10 @@ class DynamicsTask(Task):
         if rollout_share is not None and not 0.0 <= rollout_share <= 1.0:
             raise WorldSimError(f"--rollout-share must be between 0 and 1, got {rollout_share}")
         overrides = {} if rollout_share is None else {"rollout_share": float(rollout_share)}  # else the init's, or 0
+        if rollout_passes is not None:
+            if rollout_passes < 1:
+                raise WorldSimError(f"--rollout-passes must be at least 1, got {rollout_passes}")
+            overrides["rollout_passes"] = int(rollout_passes)  # else the init's, or 2
         if change_weight is not None:
             if not change_weight > 0:
                 raise WorldSimError(f"--change-weight must be above 0, got {change_weight}")
@@ -579,6 +583,9 @@ def dynamics_main(argv: list[str]) -> int:
     p.add_argument("--rollout-share", type=float, default=None, metavar="P",
                    help="share of training windows whose context is the model's own sampled predictions, so it "
                         "learns to recover from its own errors (default: the init's, else 0)")  # fmt: skip
+    p.add_argument("--rollout-passes", type=int, default=None, metavar="N",
+                   help="prediction passes that build a rolled-out context: the context carries up to N steps of "
+                        "the model's own errors, at one no-gradient forward pass each (default: the init's, else 2)")  # fmt: skip
     p.add_argument("--change-weight", type=float, default=None, metavar="W",
                    help="loss weight of the cells whose code changed from the previous frame, against 1 for the "
                         "cells that kept theirs (default: the init's, else 1)")  # fmt: skip
@@ -599,7 +606,7 @@ def dynamics_main(argv: list[str]) -> int:
     finished = False
     try:
         task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
-                            a.rollout_share, a.split_seed, a.change_weight, a.stay_motion)
+                            a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
         last = run(task, cfg, dd)
         finished = True
     finally:

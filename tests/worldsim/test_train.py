@@ -254,6 +254,12 @@ def test_dynamics_fine_tuning_from_a_world_model_adds_heads_that_start_neutral(
     assert cli([*common, "--out", str(tmp_path / "w.safetensors"), "--steps", "1", "--init", str(base),
                 "--change-weight", "3"]) == 0  # fmt: skip
     assert load_model(tmp_path / "w.safetensors").config.dynamics.change_weight == 3.0
+    assert cli([*common, "--out", str(tmp_path / "y.safetensors"), "--steps", "1", "--init", str(base),
+                "--rollout-passes", "0"]) == 2  # fmt: skip
+    assert "--rollout-passes must be at least 1" in capsys.readouterr().err
+    assert cli([*common, "--out", str(tmp_path / "p.safetensors"), "--steps", "1", "--init", str(base),
+                "--rollout-share", "1", "--rollout-passes", "3"]) == 0  # fmt: skip
+    assert (load_model(tmp_path / "p.safetensors").config.dynamics.rollout_passes, t.config.dynamics.rollout_passes) == (3, 2)
     # --stay-motion auto measures the table on the training windows and keeps what it measured
     capsys.readouterr()
     assert cli([*common, "--out", str(tmp_path / "m.safetensors"), "--steps", "1", "--init", str(base),
