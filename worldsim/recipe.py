@@ -24,6 +24,9 @@ the preset and the training steps. Running it performs, in order:
    and the only stage that trains on all ``data_parts`` when ``base_parts`` keeps the others
    to the first parts (so more data can be recorded for it without changing what the earlier
    stages learn);
+   **polish** (when the recipe has ``polish_steps``): a last phase like those into
+   ``polish.safetensors``, from the final phase's weights (or the last phase's), on all
+   ``data_parts`` at ``dynamics_batch`` windows a step with ``polish_train_args``;
 6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
    checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
    stage), and ``worldsim train set-guidance`` stores the recipe's ``guidance`` and
@@ -59,6 +62,9 @@ from worldsim.errors import WorldSimError
 
 ASSEMBLY_FIELDS = ("guidance", "guided_actions")
 """Recipe fields used only by the model stage; changing them re-assembles the model, nothing else."""
+EXTENSION_FIELDS = ("polish_steps", "polish_train_args")
+"""Recipe fields that only add a stage after the others: a folder pinned before the recipe had
+them holds valid work for every earlier stage, and goes on to the new one."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,11 @@ class Recipe:
     final_batch: int = 0
     final_train_args: tuple[str, ...] = field(default=())
     """Flags for the final phase only, after ``extra_train_args`` (so they win)."""
+    polish_steps: int = 0
+    """Steps of a last dynamics phase after all the others, from their weights, on all
+    ``data_parts`` at ``dynamics_batch`` windows a step with ``polish_train_args``; 0 = none."""
+    polish_train_args: tuple[str, ...] = field(default=())
+    """Flags for the polish phase only, after ``extra_train_args`` (so they win)."""
     guidance: float = 1.0
     """The action guidance the model samples with (``worldsim train set-guidance``); 1 = none."""
     guided_actions: tuple[int, ...] | None = None
@@ -153,6 +164,11 @@ class Recipe:
 # full circle and the yaw ratio in each, and its long rollouts move more (docs/model.md,
 # "Not met", which also has the two candidates trained beside it). A phase of its own, rather than one longer cosine
 # schedule, keeps each earlier phase a finished, resumable stage that a session can build on.
+# The polish phase then trains 2,000 steps of 8 windows on all the parts with rolled-out
+# context of 8 passes instead of 2 (34 min here): a context carrying up to 8 steps of the
+# model's own errors taught it to keep turning on its own frames (the open loop's turn rate
+# rose from 0.20-0.26 to 0.30-0.37 of the world's, and open loop by 0.21-0.25 dB, at 0.2-0.5
+# dB of teacher-forced PSNR; docs/model.md, "Not met", which has the 4-pass run beside it).
 # Docs: docs/eval.md, "worldsim train recipe".
 RECIPES: dict[str, Recipe] = {
     "blockworld-64": Recipe(
@@ -166,6 +182,9 @@ RECIPES: dict[str, Recipe] = {
         finetune_steps=12_000, finetune_train_args=("--lr", "3e-4", "--rollout-share", "0.3", "--ckpt-every", "250"),
         final_steps=2_900, final_batch=64,
         final_train_args=("--lr", "3e-4", "--warmup", "100", "--rollout-share", "0.3", "--ckpt-every", "250"),
+        polish_steps=2_000,
+        polish_train_args=("--lr", "1e-4", "--warmup", "50", "--rollout-share", "0.3", "--rollout-passes", "8", "--seed", "5",
+                           "--ckpt-every", "250", "--val-every", "1000"),
         guidance=1.0, guided_actions=(3,),  # off by default; `guidance=1.3` then guides yaw (docs/model.md, "Action guidance")
     ),
     "blockworld-16-smoke": Recipe(
@@ -177,6 +196,7 @@ RECIPES: dict[str, Recipe] = {
         decoder_steps=30, decoder_train_args=("--lr", "1e-3"), dynamics_train_args=("--rollout-share", "0.5"),
         finetune_steps=20, finetune_train_args=("--lr", "1e-3"), finetune_phases=2,
         base_parts=1, final_steps=10, final_batch=6, final_train_args=("--lr", "1e-3"),
+        polish_steps=6, polish_train_args=("--lr", "1e-3", "--rollout-share", "0.5", "--rollout-passes", "3"),
         guidance=1.5, guided_actions=(3,),
     ),
 }  # fmt: skip
@@ -259,7 +279,9 @@ class RecipeRun:
     def phase_path(self, k: int) -> Path:
         """The checkpoint of dynamics phase ``k`` (1 = the first, 2 = ``finetune``, 3 = ``finetune-2``, ...;
         the final phase, when the recipe has one, is ``final``)."""
-        if k == self.phases and self.recipe.final_steps > 0:
+        if k == self.phases and self.recipe.polish_steps > 0:
+            return self.root / "polish.safetensors"
+        if k == self.final_phase:
             return self.root / "final.safetensors"
         return self.dynamics_path if k == 1 else self.finetune_path if k == 2 else self.root / f"finetune-{k - 1}.safetensors"
 
@@ -267,7 +289,14 @@ class RecipeRun:
     def phases(self) -> int:
         """How many dynamics phases the recipe trains."""
         r = self.recipe
-        return 1 + (r.finetune_phases if r.finetune_steps > 0 else 0) + (1 if r.final_steps > 0 else 0)
+        return (1 + (r.finetune_phases if r.finetune_steps > 0 else 0) + (1 if r.final_steps > 0 else 0)
+                + (1 if r.polish_steps > 0 else 0))
+
+    @property
+    def final_phase(self) -> int | None:
+        """The final phase's number (None: the recipe has none)."""
+        r = self.recipe
+        return None if r.final_steps == 0 else self.phases - (1 if r.polish_steps > 0 else 0)
 
     @property
     def world_model_path(self) -> Path:
@@ -277,6 +306,8 @@ class RecipeRun:
     @property
     def world_model_steps(self) -> int:
         r = self.recipe
+        if r.polish_steps > 0:
+            return r.polish_steps
         return r.final_steps if r.final_steps > 0 else r.finetune_steps if r.finetune_steps > 0 else r.dynamics_steps
 
     def part_dir(self, i: int) -> Path:
@@ -295,6 +326,7 @@ class RecipeRun:
                 # Fields that only shape the model stage do not make the trained stages another
                 # recipe's: the model is assembled again with them (_model_is_current).
                 have["recipe"].update({k: want["recipe"][k] for k in ASSEMBLY_FIELDS})
+                have["recipe"].update({k: want["recipe"][k] for k in EXTENSION_FIELDS if k not in have["recipe"]})
             if have != want:
                 raise WorldSimError(f"{self.root} holds the work of another recipe ({have.get('name')}); choose another --dir")
         pin.write_text(json.dumps(want, indent=2) + "\n")
@@ -323,18 +355,21 @@ class RecipeRun:
         if r.decoder_steps > 0:
             stages.append(("decoder", self.decoder_path, r.decoder_steps, 0))
         stages.append(("dynamics", self.dynamics_path, r.dynamics_steps, 1))
-        last = self.phases - (1 if r.final_steps > 0 else 0)
+        last = self.phases - (1 if r.final_steps > 0 else 0) - (1 if r.polish_steps > 0 else 0)
         for k in range(2, last + 1):
             stages.append(("finetune" if k == 2 else f"finetune {k - 1}", self.phase_path(k), r.finetune_steps, k))
-        if r.final_steps > 0:
-            stages.append(("final", self.phase_path(self.phases), r.final_steps, self.phases))
+        if self.final_phase is not None:
+            stages.append(("final", self.phase_path(self.final_phase), r.final_steps, self.final_phase))
+        if r.polish_steps > 0:
+            stages.append(("polish", self.phase_path(self.phases), r.polish_steps, self.phases))
         return stages
 
     def _train(self, stage: str, out: Path, steps: int, phase: int) -> None:
         r = self.recipe
         kind = "dynamics" if phase else "tokenizer"  # the decoder stage fine-tunes a tokenizer
-        final = r.final_steps > 0 and phase == self.phases  # the stage _training_stages names "final"
-        parts = r.data_parts if final or r.base_parts is None else r.base_parts
+        final = phase == self.final_phase  # the stage _training_stages names "final"
+        polish = r.polish_steps > 0 and phase == self.phases
+        parts = r.data_parts if final or polish or r.base_parts is None else r.base_parts
         data = [str(self.part_dir(i)) for i in range(parts)]
         batch = r.final_batch if final else r.dynamics_batch if kind == "dynamics" else r.tokenizer_batch
         argv = ["train", kind, "--data", *data, "--out", str(out), "--preset", r.preset, "--steps", str(steps),
@@ -350,7 +385,8 @@ class RecipeRun:
             # Phase k starts from phase k - 1, with --seed k - 1; the architecture and context are
             # the first phase's (--init wins over --preset).
             argv += ["--tokenizer", str(self.tokenizer_path), "--init", str(self.phase_path(phase - 1)),
-                     "--seed", str(phase - 1), "--split-seed", "0", *(r.final_train_args if final else r.finetune_train_args)]  # fmt: skip
+                     "--seed", str(phase - 1), "--split-seed", "0",
+                     *(r.final_train_args if final else r.polish_train_args if polish else r.finetune_train_args)]  # fmt: skip
         _cli(argv)
 
     def _model_is_current(self) -> bool:
