@@ -119,7 +119,7 @@ DEFAULT_RANKED_MOVES = False
 """Each cell decides on its own whether it leaves its previous level unless asked otherwise.
 ``ranked_moves=True`` decides it for the whole frame: the cells most likely to change do,
 as many as are expected to (:meth:`worldsim.sampling.MaskGitSampler._choose`). On the
-shipped model it makes one step from real frames turn further (``worldsim eval``'s
+release before the polish phase it makes one step from real frames turn further (``worldsim eval``'s
 ``teacher_forced_turn_rate`` 0.62-0.64 against 0.45-0.48), the open-loop dream little
 (``turn_rate`` 0.24-0.29 against 0.20-0.26); it costs 0.09-0.17 dB of every PSNR and makes
 long rollouts stiller, so it is not the default (docs/model.md, "Ranked moves")."""
