@@ -165,7 +165,7 @@ class Recipe:
 # "Not met", which also has the two candidates trained beside it). A phase of its own, rather than one longer cosine
 # schedule, keeps each earlier phase a finished, resumable stage that a session can build on.
 # The polish phase then trains 2,000 steps of 8 windows on all the parts with rolled-out
-# context of 8 passes instead of 2 (34 min here): a context carrying up to 8 steps of the
+# context of 8 passes instead of 2 (33 min here): a context carrying up to 8 steps of the
 # model's own errors taught it to keep turning on its own frames (the open loop's turn rate
 # rose from 0.20-0.26 to 0.30-0.37 of the world's, and open loop by 0.21-0.25 dB, at 0.2-0.5
 # dB of teacher-forced PSNR; docs/model.md, "Not met", which has the 4-pass run beside it).
@@ -278,7 +278,7 @@ class RecipeRun:
 
     def phase_path(self, k: int) -> Path:
         """The checkpoint of dynamics phase ``k`` (1 = the first, 2 = ``finetune``, 3 = ``finetune-2``, ...;
-        the final phase, when the recipe has one, is ``final``)."""
+        the final phase, when the recipe has one, is ``final``, and the polish phase after it ``polish``)."""
         if k == self.phases and self.recipe.polish_steps > 0:
             return self.root / "polish.safetensors"
         if k == self.final_phase:
