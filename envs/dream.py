@@ -162,10 +162,8 @@ def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple
     reader = RecordingReader(path)
     window: deque[tuple[np.ndarray | None, Any]] = deque(maxlen=length)
     last = -1
-    for rec in reader:
+    for rec in reader:  # records of different episodes interleave in a vector recording
         if rec.episode != episode:
-            if last >= 0:
-                break
             continue
         if rec.t > t:
             break
@@ -330,7 +328,7 @@ class DreamEnv(gym.Env):
         if self.render_mode == "rgb_array":
             return self._frame.copy()
         if self.render_mode == "human":
-            from envs.dream_window import FrameWindow
+            from envs.window import FrameWindow
 
             if self._window is None:
                 self._window = FrameWindow("WorldSim dream", self._frame.shape[1], self._frame.shape[0])

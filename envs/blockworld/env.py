@@ -124,28 +124,13 @@ class BlockWorldEnv(gym.Env):
         return None
 
     def _show(self, frame: np.ndarray) -> None:
-        try:
-            import pygame
-        except ModuleNotFoundError as e:
-            raise ModuleNotFoundError(
-                "render_mode='human' needs pygame: pip install pygame", name="pygame"
-            ) from e
-        scale = max(1, 512 // max(frame.shape[:2]))
-        size = (frame.shape[1] * scale, frame.shape[0] * scale)
+        from envs.window import FrameWindow
+
         if self._window is None:
-            pygame.init()
-            pygame.display.set_caption("BlockWorld")
-            self._window = pygame.display.set_mode(size)
-            self._clock = pygame.time.Clock()
-        surface = pygame.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
-        self._window.blit(pygame.transform.scale(surface, size), (0, 0))
-        pygame.event.pump()
-        pygame.display.flip()
-        self._clock.tick(self.metadata["render_fps"])
+            self._window = FrameWindow("BlockWorld", frame.shape[1], frame.shape[0])
+        self._window.show(frame, self.metadata["render_fps"])
 
     def close(self) -> None:
         if self._window is not None:
-            import pygame
-
-            pygame.display.quit()
+            self._window.close()
             self._window = None

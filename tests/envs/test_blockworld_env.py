@@ -148,3 +148,19 @@ def test_human_render_opens_a_window(monkeypatch):
     env.step(np.zeros(8, dtype=np.int64))
     assert env._window is not None
     env.close()
+
+
+def test_closing_one_human_env_leaves_another_one_showing(monkeypatch):
+    """pygame has one display per process: it must outlive any window but the last."""
+    pygame = pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    a, b = (BlockWorldEnv(width=16, height=16, render_mode="human") for _ in range(2))
+    a.reset(seed=0)
+    b.reset(seed=1)
+    b.close()
+    a.step(np.zeros(8, dtype=np.int64))
+    assert pygame.display.get_init()
+    a.close()
+    assert not pygame.display.get_init()
+    check_env(gym.make("worldsim/BlockWorld-v0", width=16, height=16, render_mode="human").unwrapped)  # makes and closes a second one

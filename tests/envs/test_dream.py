@@ -122,27 +122,30 @@ def test_reset_from_frames(checkpoint):
 
 
 def test_reset_from_a_recording(checkpoint, tmp_path):
+    """Two episodes written step by step side by side, as a vector env records them."""
     from worldsim.recording_writer import RecordingWriter
 
-    engine = gym.make(BLOCKWORLD_ID, width=SIDE, height=SIDE)
-    engine.action_space.seed(1)
+    engines = [gym.make(BLOCKWORLD_ID, width=SIDE, height=SIDE) for _ in range(2)]
     path = tmp_path / "rec.msgpack"
-    frames = []
+    frames: list[list[np.ndarray]] = [[], []]
     with RecordingWriter(path, env_id=BLOCKWORLD_ID, env_kwargs={}, observation_shape=(SIDE, SIDE, 3),
-                         action_space=engine.action_space, agent="random") as w:  # fmt: skip
-        for ep in range(2):
+                         action_space=engines[0].action_space, agent="random") as w:  # fmt: skip
+        for ep, engine in enumerate(engines):
+            engine.action_space.seed(ep)
             obs, _ = engine.reset(seed=ep)
             w.reset(ep, ep, obs)
-            frames.append(obs)
-            for t in range(1, 8):
+            frames[ep].append(obs)
+        for t in range(1, 8):
+            for ep, engine in enumerate(engines):
                 a = engine.action_space.sample()
                 obs, r, term, trunc, _ = engine.step(a)
                 w.step(ep, t, a, r, term, trunc, obs)
-                frames.append(obs)
+                frames[ep].append(obs)
     env = make(checkpoint)
-    obs, info = env.reset(options={"recording": str(path), "episode": 1, "t": 5})
-    np.testing.assert_array_equal(obs, frames[8 + 5])
-    assert info["prompt"] == "recording" and info["context_frames"] == env.unwrapped.context_length
+    for ep in (0, 1):
+        obs, info = env.reset(options={"recording": str(path), "episode": ep, "t": 5})
+        np.testing.assert_array_equal(obs, frames[ep][5])
+        assert info["prompt"] == "recording" and info["context_frames"] == env.unwrapped.context_length
     with pytest.raises(WorldSimError, match="episode 1 has no step t=9"):
         env.reset(options={"recording": str(path), "episode": 1, "t": 9})
     with pytest.raises(WorldSimError, match="episode 4 has no step"):
