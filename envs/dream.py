@@ -141,6 +141,26 @@ def check_prompt(frames: Any, actions: Any, spec: ActionSpec, shape: tuple[int, 
     return frames, actions
 
 
+def check_reset_options(options: dict[str, Any]) -> None:
+    """Refuse reset options that would be silently ignored: unknown keys, two prompt
+    sources at once, or ``actions`` / ``episode`` / ``t`` without the prompt they belong to.
+
+    Raises:
+        WorldSimError: Naming the options at fault.
+    """
+    unknown = set(options) - {"frames", "actions", "recording", "episode", "t"}
+    if unknown:
+        raise WorldSimError(f"unknown reset options {sorted(unknown)}; expected 'frames' (with 'actions') or "
+                            "'recording' (with 'episode' and 't')")  # fmt: skip
+    if "frames" in options and "recording" in options:
+        raise WorldSimError("reset options 'frames' and 'recording' are two prompts; pass one")
+    if "actions" in options and "frames" not in options:
+        raise WorldSimError("reset option 'actions' goes with 'frames', which is missing")
+    orphans = sorted({"episode", "t"} & set(options)) if "recording" not in options else []
+    if orphans:
+        raise WorldSimError(f"reset options {orphans} go with 'recording', which is missing")
+
+
 def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple[np.ndarray, np.ndarray, ActionSpec]:
     """The last ``length`` frames of a recorded episode up to step ``t``, with their actions.
 
@@ -285,6 +305,7 @@ class DreamEnv(gym.Env):
         return self._frame.copy(), info
 
     def _prompt_source(self, seed: int | None, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
+        check_reset_options(options)
         shape = self.observation_space.shape
         if "frames" in options:
             frames, actions = check_prompt(options["frames"], options.get("actions"), self.setup.action_spec, shape)
@@ -300,9 +321,6 @@ class DreamEnv(gym.Env):
                 )
             frames, actions = check_prompt(frames, actions, self.setup.action_spec, shape)
             return frames, actions, {"prompt": "recording"}
-        unknown = set(options) - {"actions", "episode", "t"}
-        if unknown:
-            raise WorldSimError(f"unknown reset options {sorted(unknown)}; expected 'frames' or 'recording'")
         engine_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         frames, actions = engine_context(self._engine_env(), engine_seed, self.context_length)
         if frames.shape[1:] != shape:

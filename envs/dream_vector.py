@@ -18,6 +18,7 @@ from gymnasium.vector.utils import batch_space
 from envs.dream import (
     RENDER_FPS,
     check_prompt,
+    check_reset_options,
     engine_context,
     load_setup,
     make_source_env,
@@ -46,7 +47,8 @@ class DreamVectorEnv(VectorEnv):
         checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance, ranked_moves: as for
             :class:`~envs.dream.DreamEnv`.
         render_mode: ``rgb_array`` (the N frames as a tuple) or None.
-        max_episode_steps: Truncate each world's episode after this many steps (None: never).
+        max_episode_steps: Truncate each world's episode after this many steps (None or -1:
+            never, as ``max_episode_steps=-1`` is for ``gymnasium.make``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": RENDER_FPS, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -72,8 +74,10 @@ class DreamVectorEnv(VectorEnv):
             raise WorldSimError(f"num_envs must be a positive integer, got {num_envs!r}")
         if render_mode not in (None, "rgb_array"):
             raise WorldSimError(f"the vector dream env renders 'rgb_array' or None, got {render_mode!r}")
+        if max_episode_steps == -1:
+            max_episode_steps = None
         if max_episode_steps is not None and max_episode_steps < 1:
-            raise WorldSimError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
+            raise WorldSimError(f"max_episode_steps must be positive, or None or -1 for no limit, got {max_episode_steps}")
         self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance,
                                 ranked_moves)
         self.model = self.setup.model
@@ -115,29 +119,38 @@ class DreamVectorEnv(VectorEnv):
         actions = np.stack([a[a.shape[0] - (t - 1) :] for _, a in contexts])
         return frames, actions
 
-    def _seeds(self, seed: int | list[int] | None) -> list[int]:
+    def _seeds(self, seed: int | list[int | None] | None) -> list[int]:
+        """One engine seed per world; a None in a list draws that world's from ``np_random``."""
         if seed is None:
             return [int(s) for s in self.np_random.integers(2**31 - 1, size=self.num_envs)]
         if isinstance(seed, (int, np.integer)):
             return [int(seed) + i for i in range(self.num_envs)]
-        seeds = list(seed)
-        if len(seeds) != self.num_envs:
-            raise WorldSimError(f"reset got {len(seeds)} seeds for {self.num_envs} envs")
-        return [int(s) for s in seeds]
+        return [int(self.np_random.integers(2**31 - 1)) if s is None else int(s) for s in seed]
 
     def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        first = seed if isinstance(seed, (int, np.integer)) or seed is None else int(list(seed)[0])
-        super().reset(seed=first)
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            seed = list(seed)
+            if len(seed) != self.num_envs:
+                raise WorldSimError(f"reset got {len(seed)} seeds for {self.num_envs} envs")
+            super().reset(seed=None if seed[0] is None else int(seed[0]))
+        else:
+            super().reset(seed=seed)
         options = options or {}
+        check_reset_options(options)
         n, shape, spec = self.num_envs, self.single_observation_space.shape, self.setup.action_spec
         if "frames" in options:
             frames = np.asarray(options["frames"])
             if frames.ndim != 5 or frames.shape[0] != n:
                 raise ValueError(f"prompt frames must have shape [{n}, T, H, W, 3], got {list(frames.shape)}")
             acts = options.get("actions")
-            pairs = [check_prompt(frames[i], None if acts is None else np.asarray(acts)[i], spec, shape) for i in range(n)]
+            if acts is not None:
+                acts = np.asarray(acts)
+                if acts.shape[:2] != (n, frames.shape[1] - 1):
+                    raise ValueError(f"prompt actions must have shape [{n}, {frames.shape[1] - 1}, ...] for "
+                                     f"{n} worlds of {frames.shape[1]} frames, got {list(acts.shape)}")  # fmt: skip
+            pairs = [check_prompt(frames[i], None if acts is None else acts[i], spec, shape) for i in range(n)]
             frames = np.stack([f for f, _ in pairs])
             actions = np.stack([a for _, a in pairs])
         elif "recording" in options:

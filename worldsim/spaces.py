@@ -95,8 +95,10 @@ class ActionSpec:
             raise ValueError(
                 f"actions must have shape {want} for {self.kind}{list(self.nvec)}, got {arr.shape}"
             )
+        if arr.dtype.kind not in "biuf":  # object, complex, strings: no integer reading
+            raise ValueError(f"actions must be integers, got dtype {arr.dtype}")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            if not np.all(np.equal(np.mod(arr, 1), 0)):
+            if not np.all(np.isfinite(arr)) or not np.all(np.equal(np.mod(arr, 1), 0)):
                 raise ValueError(f"actions must be integers, got dtype {arr.dtype}")
         arr = arr.astype(np.int64)
         hi = np.asarray(self.nvec, dtype=np.int64)

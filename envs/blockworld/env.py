@@ -93,18 +93,22 @@ class BlockWorldEnv(gym.Env):
         self.action_space = ACTION_SPEC.to_space()
         self._steps = 0
         self._window = None
+        self._reset_done = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         world_seed, tod = draw_start(self.np_random, options)
         self.engine.reset_world(0, world_seed, tod)
         self._steps = 0
+        self._reset_done = True
         obs = self.engine.render()[0].copy()
         if self.render_mode == "human":
             self._show(obs)
         return obs, self.engine.info(0)
 
     def step(self, action):
+        if not self._reset_done:
+            raise gym.error.ResetNeeded("call reset() before step(): there is no world yet")
         actions = ACTION_SPEC.as_array(action, ())[None]  # (1, 8)
         self.engine.step(actions)
         self._steps += 1

@@ -47,6 +47,9 @@ class BlockWorldVectorEnv(VectorEnv):
         render_threads: Threads that render (and step) the batch; 0 (the default) uses
             ``min(os.cpu_count(), num_envs)``. Pass 1 when several processes record at
             once, so that they do not oversubscribe the CPUs.
+        max_episode_steps: What ``gymnasium.make``'s time limit is for the single env, so
+            that ``gymnasium.make_vec(..., max_episode_steps=n)`` works: a world truncates
+            at the smaller of this and ``max_steps``. None or -1: ``max_steps`` alone.
     """
 
     metadata = {
@@ -66,6 +69,7 @@ class BlockWorldVectorEnv(VectorEnv):
         view_distance: float = 32.0,
         hud: bool = True,
         render_threads: int = 0,
+        max_episode_steps: int | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -73,9 +77,13 @@ class BlockWorldVectorEnv(VectorEnv):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         if not isinstance(render_threads, int) or render_threads < 0:
             raise ValueError(f"render_threads must be an int >= 0 (0: one per CPU), got {render_threads!r}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if max_episode_steps is not None and max_episode_steps != -1 and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, or None or -1 for no limit, got {max_episode_steps}")
         self.num_envs = num_envs
         self.render_mode = render_mode
-        self.max_steps = int(max_steps)
+        self.max_steps = int(max_steps) if max_episode_steps in (None, -1) else min(int(max_steps), int(max_episode_steps))
         self.engine = Engine(num_envs, EngineConfig(width, height, day_length, view_distance, hud, render_threads))
         self.single_observation_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.single_action_space = ACTION_SPEC.to_space()
@@ -84,6 +92,7 @@ class BlockWorldVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._needs_reset = np.zeros(num_envs, dtype=np.bool_)
+        self._reset_done = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         if seed is None:
@@ -99,6 +108,7 @@ class BlockWorldVectorEnv(VectorEnv):
                 self._rngs[w], _ = seeding.np_random(s)
             self._reset_world(w, options)
         self._needs_reset[:] = False
+        self._reset_done = True
         frames = self.engine.render()
         return frames.copy(), self._info()
 
@@ -110,6 +120,8 @@ class BlockWorldVectorEnv(VectorEnv):
         self._steps[w] = 0
 
     def step(self, actions):
+        if not self._reset_done:
+            raise gym.error.ResetNeeded("call reset() before step(): there are no worlds yet")
         acts = ACTION_SPEC.as_array(actions, (self.num_envs,))  # (N, 8)
         self.engine.step(acts)
         self._steps += 1

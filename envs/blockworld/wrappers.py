@@ -37,7 +37,7 @@ DISCRETE_ACTIONS: tuple[tuple[str, tuple[int, ...]], ...] = (
 DISCRETE_ACTION_NAMES: tuple[str, ...] = tuple(name for name, _ in DISCRETE_ACTIONS)
 
 
-class DiscreteActions(gym.ActionWrapper):
+class DiscreteActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Expose BlockWorld's ``MultiDiscrete`` controls as ``Discrete(len(DISCRETE_ACTIONS))``.
 
     Actions (index: name): 0 noop, 1 forward, 2 forward_jump, 3 back, 4 left, 5 right,
@@ -49,7 +49,8 @@ class DiscreteActions(gym.ActionWrapper):
     """
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)  # so the wrapped env's spec can be made again
+        gym.ActionWrapper.__init__(self, env)
         if not isinstance(env.action_space, gym.spaces.MultiDiscrete) or tuple(env.action_space.nvec) != ACTION_NVEC:
             raise ValueError(f"DiscreteActions wraps a MultiDiscrete{list(ACTION_NVEC)} env, got {env.action_space}")
         self._table = np.array([a for _, a in DISCRETE_ACTIONS], dtype=np.int64)

@@ -139,6 +139,23 @@ def test_discrete_actions_wrapper_walks_forward():
         env.step(99)
 
 
+def test_step_before_reset_and_non_numeric_actions_say_what_is_wrong():
+    env = BlockWorldEnv(width=16, height=16)
+    with pytest.raises(gym.error.ResetNeeded, match="call reset\\(\\) before step\\(\\)"):
+        env.step(np.zeros(8, dtype=np.int64))
+    env.reset(seed=0)
+    for bad in (np.array([0] * 7 + ["a"], dtype=object), np.zeros(8, dtype=complex), [0.0] * 7 + [float("nan")]):
+        with pytest.raises(ValueError, match="actions must be integers"):
+            env.step(bad)
+
+
+def test_discrete_actions_can_be_made_again_from_its_spec():
+    env = DiscreteActions(gym.make("worldsim/BlockWorld-v0", width=16, height=16))
+    again = gym.make(env.spec)
+    assert isinstance(again, DiscreteActions) and again.action_space == env.action_space
+    check_env(again.unwrapped)
+
+
 def test_human_render_opens_a_window(monkeypatch):
     pytest.importorskip("pygame")
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")

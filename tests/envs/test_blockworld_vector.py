@@ -84,3 +84,16 @@ def test_vector_bad_actions_raise_value_error():
     with pytest.raises(ValueError, match=r"shape \(2, 8\)"):
         venv.step(np.zeros((3, 8), dtype=np.int64))
     venv.close()
+
+
+def test_make_vec_takes_a_time_limit_and_refuses_a_step_before_reset():
+    venv = gym.make_vec("worldsim/BlockWorld-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                        width=16, height=16, max_episode_steps=3)  # fmt: skip
+    with pytest.raises(gym.error.ResetNeeded, match="call reset\\(\\) before step\\(\\)"):
+        venv.step(np.zeros((2, 8), np.int64))
+    venv.reset(seed=0)
+    truncated = [bool(venv.step(np.zeros((2, 8), np.int64))[3].all()) for _ in range(3)]
+    assert truncated == [False, False, True]
+    with pytest.raises(ValueError, match="max_episode_steps must be >= 1"):
+        BlockWorldVectorEnv(2, width=16, height=16, max_episode_steps=0)
+    assert BlockWorldVectorEnv(1, width=16, height=16, max_steps=7, max_episode_steps=-1).max_steps == 7

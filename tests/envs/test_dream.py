@@ -208,6 +208,13 @@ def test_bad_prompts_and_options(checkpoint):
         env.reset(options={"frames": good, "actions": np.zeros((2, 8), np.int64)})
     with pytest.raises(WorldSimError, match="unknown reset options"):
         env.reset(options={"frame": good})
+    # options that would otherwise be ignored without a word
+    with pytest.raises(WorldSimError, match="'actions' goes with 'frames'"):
+        env.reset(options={"actions": np.zeros((1, 8), np.int64)})
+    with pytest.raises(WorldSimError, match="\\['episode', 't'\\] go with 'recording'"):
+        env.reset(options={"episode": 1, "t": 3})
+    with pytest.raises(WorldSimError, match="two prompts"):
+        env.reset(options={"frames": good, "recording": "x.msgpack"})
     with pytest.raises(WorldSimError, match="multiples of 4"):
         make(checkpoint, width=18)
     with pytest.raises(WorldSimError, match="render_mode"):

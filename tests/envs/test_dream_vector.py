@@ -90,6 +90,12 @@ def test_reset_with_seed_list_and_frames(checkpoint):
         venv.reset(options={"frames": frames[0]})
     with pytest.raises(WorldSimError, match="2 seeds for 3|3 seeds for 2"):
         venv.reset(seed=[1, 2, 3])
+    c, _ = venv.reset(seed=[5, None])  # None: that world's seed is drawn, as Gymnasium's vector envs do
+    np.testing.assert_array_equal(c[0], a[0])
+    with pytest.raises(ValueError, match="prompt actions must have shape \\[2, 2, \\.\\.\\.\\] .* got \\[2, 8\\]"):
+        venv.reset(options={"frames": frames, "actions": np.zeros((2, 8), np.int64)})
+    with pytest.raises(WorldSimError, match="unknown reset options \\['frame'\\]"):
+        venv.reset(options={"frame": frames})
 
 
 def test_bad_actions(checkpoint):
