@@ -18,6 +18,8 @@ import argparse
 import multiprocessing as mp
 import os
 import queue
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from agents.coverage import Coverage
-from agents.rollout import AGENTS, RecordConfig, output_path, record_part
+from agents.rollout import (
+    AGENTS,
+    RecordConfig,
+    image_shape,
+    make_agent,
+    make_env,
+    output_path,
+    record_part,
+)
 from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
 from worldsim.recording_writer import now_iso
@@ -61,7 +71,12 @@ class RecordResult:
 def _worker(
     cfg: RecordConfig, part: int, parts: int, steps: int, counter: Any, results: Any
 ) -> None:
+    parent = os.getppid()
+    results.cancel_join_thread()  # a worker whose parent is gone must not wait to hand over its result
+
     def progress(k: int) -> None:
+        if os.getppid() != parent:  # the parent was killed: stop, keeping what was written
+            raise WorldSimError("the recording's parent process is gone")
         with counter.get_lock():
             counter.value += k
 
@@ -71,6 +86,21 @@ def _worker(
         results.put(("user", part, str(e)))
     except BaseException:  # report everything: the parent must not wait forever
         results.put(("crash", part, traceback.format_exc()))
+
+
+def _preflight(cfg: RecordConfig) -> None:
+    """Make one env and its agent before anything at ``--out`` is touched, so that a bad
+    ``--env``, env argument or agent fails without costing an existing recording."""
+    import numpy as np
+
+    from worldsim.spaces import ActionSpec
+
+    env = make_env(cfg.env, 1, cfg.make_kwargs())
+    try:
+        image_shape(env.observation_space, cfg.env)
+        make_agent(cfg.agent, cfg.env, ActionSpec.from_space(env.action_space), np.random.default_rng(0))
+    finally:
+        env.close()
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -118,6 +148,7 @@ def record(
         raise WorldSimError(
             f"{parts} workers write shards: give --out a folder, not a {SHARD_SUFFIX} file"
         )
+    _preflight(cfg)
     _prepare_out(out, overwrite)
     cfg.created = cfg.created or now_iso()
     shares = [cfg.steps // parts + (p < cfg.steps % parts) for p in range(parts)]
@@ -182,6 +213,12 @@ def _run_parallel(
         proc.start()
     results: dict[int, dict[str, Any]] = {}
     shown = 0
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # so that the workers are stopped below
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
     try:
         while len(results) < parts:
             try:
@@ -203,6 +240,8 @@ def _run_parallel(
                 progress(done - shown)
                 shown = done
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()

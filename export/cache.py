@@ -83,6 +83,9 @@ def resolve_export(path: str | Path) -> ResolvedExport:
             # The cache is ours to repair: a damaged entry is exported again, not reported.
             print(f"worldsim: replacing a damaged cached ONNX export ({e})", file=sys.stderr)
             shutil.rmtree(folder, ignore_errors=True)
+    elif folder.exists():  # an entry cut short before its manifest: damaged too
+        print(f"worldsim: replacing a damaged cached ONNX export ({folder}: no {MANIFEST})", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
     _export_into_cache(path, folder)
     return ResolvedExport(folder, read_manifest(folder), "exported")
 

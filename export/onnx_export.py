@@ -11,6 +11,7 @@ folder unless they agree within :class:`~export.verify.Tolerance`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 from export.graphs import DecoderGraph, DynamicsStepGraph, EncoderGraph, GraphSpec, graph_specs
-from export.manifest import FORMAT, MANIFEST, VERSION, sha256_file, write_manifest
+from export.manifest import FORMAT, GRAPHS, MANIFEST, VERSION, sha256_file, write_manifest
 from export.ort_session import require_onnxruntime
 from export.verify import Check, ExportVerificationError, ModelInputs, Tolerance, verify_export
 from worldsim.checkpoint import load_model
@@ -196,23 +197,54 @@ def export_onnx(
         WorldSimError: no such checkpoint, ONNX Runtime missing, ``out`` is another folder.
     """
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if ckpt.is_dir():
+        raise WorldSimError(f"{ckpt}: a folder, not a checkpoint file (--checkpoint takes a .safetensors world model)")
     if not ckpt.is_file():
         raise WorldSimError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else " (no default model is shipped yet)"))
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise WorldSimError(f"{out} exists and is not a WorldSim ONNX export; choose another --out")
+    _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         result = write_export(ckpt, tmp, opset=opset, tolerance=tolerance)
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is ordinary shared data
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        if out.exists():  # the old export moves aside until the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(old / "export")
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out, result.manifest, result.checks, result.seconds)
+
+
+EXPORT_FILES = frozenset({MANIFEST, *(f"{g}.onnx" for g in GRAPHS)})
+"""Everything an export folder holds; a folder holding anything else is never replaced."""
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that exists and is not an empty folder or a WorldSim export made of
+    nothing but its own files, and the current folder: a user's files are never removed."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise WorldSimError(f"{out} exists and is not a folder; choose another --out")
+    if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise WorldSimError(f"{out} is the current folder or holds it; choose another --out")
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    other = sorted(names - EXPORT_FILES)
+    try:
+        is_export = json.loads((out / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        is_export = False
+    if other or not is_export:
+        what = f"it also holds {other[:3]}" if other and is_export else "it is not a WorldSim ONNX export"
+        raise WorldSimError(f"{out} exists and {what}; an export replaces only an earlier export, so choose another --out")
 
 
 def main(argv: list[str]) -> int:

@@ -141,6 +141,9 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
 
 def _read(path: str | os.PathLike, fmt: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     path = Path(path)
+    if path.is_dir():
+        hint = " (an ONNX export runs with --backend onnx)" if (path / "manifest.json").is_file() else ""
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:

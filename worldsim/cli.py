@@ -91,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"worldsim {name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no: a path that cannot be made, read or written
+        where = " -> ".join(repr(str(f)) for f in (e.filename, e.filename2) if f is not None)
+        print(f"worldsim {name}: error: {e.strerror or e}{': ' + where if where else ''}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as e:
         hint = {"pygame": "pip install pygame", "onnxruntime": "pip install onnxruntime"}.get(
             (e.name or "").split(".")[0]

@@ -115,13 +115,19 @@ def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_pat
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert cli([*base, "--overwrite"]) == 0
     capsys.readouterr()
+    kept = out.read_bytes()
     assert cli([*base[:-1], "--agent", "explorer", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "explorer drives worldsim/BlockWorld-v0 only" in err and "Traceback" not in err
+    assert out.read_bytes() == kept  # a run that cannot start leaves the recording it would replace
     assert (
         cli(["record", "--env", "CartPole-v1", "--steps", "5", "--out", str(tmp_path / "c")]) == 2
     )
     assert "observations must be uint8 images" in capsys.readouterr().err
+    # a path the file system refuses: one line naming it, no traceback
+    assert cli([*base[:5], "--out", str(out / "inside.msgpack"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("worldsim record: error: ") and str(out) in err and "Traceback" not in err
 
 
 def test_random_agent_is_uniform_and_seeded():
@@ -197,3 +203,37 @@ def test_coverage_reports_how_much_each_action_changes_the_frame(tmp_path):
     change = cov["components"]["a0"]["mean_frame_change"]
     assert cov["idle_frame_change"] == change[0]
     assert min(change[1:]) > 2 * change[0]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrote(tmp_path, how):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim", "record", "--env", "worldsim/BlockWorld-v0", "--agent", "explorer",
+         "--steps", "200000", "--num-envs", "2", "--workers", "2", "--shard-steps", "50", "--out", str(out),
+         "--quiet", "--width", "16", "--height", "16"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("shard-01-*.msgpack"))) < 2 and time.monotonic() < deadline:  # both workers write
+        time.sleep(0.2)
+    assert proc.poll() is None, "the recording ended before it could be killed"
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the workers share the parent's process group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the workers outlived their parent's {how}")
+    assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # both workers' shards read back

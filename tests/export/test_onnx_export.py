@@ -78,6 +78,34 @@ def test_export_refuses_a_folder_that_is_not_an_export_and_bad_opsets(tiny_check
         onnx_export.export_onnx(tiny_checkpoint, tmp_path / "out", opset=12)
 
 
+def test_export_replaces_only_an_earlier_export(tiny_checkpoint: Path, tiny_export: Path, tmp_path: Path, monkeypatch) -> None:
+    """A folder that holds a manifest.json of its own, or an export with the user's files
+    beside it, or the current folder, is never removed."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "manifest.json").write_text('{"name": "app"}')
+    (project / "src" / "code.py").write_text("keep me")
+    with pytest.raises(WorldSimError, match="not a WorldSim ONNX export"):
+        onnx_export.export_onnx(tiny_checkpoint, project)
+    assert (project / "src" / "code.py").read_text() == "keep me"
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_export, mixed)
+    (mixed / "notes.txt").write_text("keep me")
+    with pytest.raises(WorldSimError, match="also holds \\['notes.txt'\\]"):
+        onnx_export.export_onnx(tiny_checkpoint, mixed)
+    assert (mixed / "notes.txt").read_text() == "keep me"
+    again = tmp_path / "again"
+    shutil.copytree(tiny_export, again)
+    monkeypatch.chdir(again)
+    with pytest.raises(WorldSimError, match="current folder"):
+        onnx_export.export_onnx(tiny_checkpoint, ".")
+    monkeypatch.chdir(tmp_path)
+    result = onnx_export.export_onnx(tiny_checkpoint, "again")  # an earlier export is replaced
+    assert sorted(p.name for p in again.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+    assert result.manifest["checkpoint"]["sha256"] == read_manifest(again)["checkpoint"]["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "mixed", "project"]  # nothing left aside
+
+
 def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_export, broken)

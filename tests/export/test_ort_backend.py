@@ -103,6 +103,17 @@ def test_a_checkpoint_is_exported_once_into_the_cache_and_then_reused(tiny_check
     assert cache_mod.resolve_export(ckpt).source == "cache"
 
 
+def test_a_damaged_cache_entry_is_exported_again(tiny_checkpoint: Path, tmp_path: Path, private_cache: Path) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    shutil.copy(tiny_checkpoint, ckpt)
+    folder = cache_mod.resolve_export(ckpt).folder
+    (folder / "manifest.json").unlink()  # an entry cut short before its manifest was written
+    again = cache_mod.resolve_export(ckpt)
+    assert again.source == "exported" and again.folder == folder and (folder / "manifest.json").is_file()
+    (folder / "dynamics.onnx").write_bytes(b"not a graph")  # an altered graph
+    assert cache_mod.resolve_export(ckpt).source == "exported"
+
+
 def test_an_export_beside_the_checkpoint_is_used_and_must_match_it(tiny_export: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "model.safetensors"
     shutil.copy(tiny_checkpoint, ckpt)
