@@ -9,6 +9,8 @@ that every reset and step record holds the frame the env really returned.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,11 +70,23 @@ class RecordConfig:
 
 
 def env_name(env_id: str) -> str:
-    """The registered id, importing the module of a ``module:Id`` first."""
+    """The registered id, importing the module of a ``module:Id`` first.
+
+    The module is looked up on ``sys.path`` and then in the current folder, so that
+    ``worldsim record --env my_envs:MyEnv-v0`` finds ``./my_envs.py`` as ``python -m worldsim``
+    would (the ``worldsim`` script alone does not put the current folder on the path).
+    """
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
         try:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                here = os.getcwd()
+                if e.name != module.split(".")[0] or here in sys.path:
+                    raise
+                sys.path.append(here)  # appended: never shadows an installed package
+                importlib.import_module(module)
         except ImportError as e:
             raise WorldSimError(f"cannot import {module!r} for env {env_id!r}: {e}") from None
     if env_id.startswith("worldsim/"):

@@ -147,15 +147,22 @@ class Record:
     """Byte offset of the record in its file."""
     end: int = 0
     """Byte offset just past the record (0 when unknown)."""
+    frame_shape: tuple[int, int] | None = None
+    """(height, width) its file's header promises; :meth:`image` holds the PNG to it."""
 
     def image(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The frame as uint8 [H, W, 3].
 
+        Args:
+            shape: the (height, width) the PNG must have; default: the one its file's header
+                promises (``frame_shape``). A PNG of another size is refused before it is
+                inflated.
+
         Raises:
-            RecordingError: if the PNG is corrupt or not ``shape`` (height, width).
+            RecordingError: if the PNG is corrupt or not that size.
         """
         try:
-            return decode_png(self.frame, shape)
+            return decode_png(self.frame, shape or self.frame_shape)
         except PNGError as e:
             raise RecordingError(
                 f"{_where(self.file, self.number, self.offset)}: frame: {e}"
@@ -260,7 +267,7 @@ def _iter_maps(path: Path) -> Iterator[tuple[int, int, int, Any]]:
     if offset < size:
         warnings.warn(
             f"{path}: truncated at byte {offset} of {size}: record {number} is incomplete; "
-            f"records 0-{number - 1} were read (record 0 is the header)",
+            + (f"records 0-{number - 1} were read (record 0 is the header)" if number else "no record was read"),
             RecordingTruncatedWarning,
             stacklevel=3,
         )
@@ -275,10 +282,11 @@ def iter_file(path: str | Path) -> Iterator[tuple[dict[str, Any], Record | None]
         raise RecordingError(f"{_where(path, 0, 0)}: empty or cut off inside the header")
     header = validate_header(first[3], path)
     spec = ActionSpec.from_dict(header["action_space"])
+    hw = (int(header["observation_shape"][0]), int(header["observation_shape"][1]))
     yield header, None
     for number, offset, end, obj in maps:
         rec = parse_record(obj, spec, path, number, offset)
-        rec.end = end
+        rec.end, rec.frame_shape = end, hw
         yield header, rec
 
 
@@ -297,6 +305,12 @@ def recording_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_dir():
         files = shard_files(path)
+        empty = [p.name for p in files if p.stat().st_size == 0]
+        if empty:  # a writer stopped between creating a shard and writing its header
+            warnings.warn(f"{path}: skipping {len(empty)} empty shard(s), cut off before their header: "
+                          f"{', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}",
+                          RecordingTruncatedWarning, stacklevel=3)  # fmt: skip
+            files = [p for p in files if p.stat().st_size > 0]
         if not files:
             raise RecordingError(f"{path}: folder holds no *.msgpack shards")
         return files

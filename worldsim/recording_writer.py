@@ -20,7 +20,16 @@ import msgpack
 import numpy as np
 
 from worldsim.png import PNG_SIGNATURE, encode_png, png_size
-from worldsim.recording import FORMAT, FRAME_CODEC, VERSION, RecordingError, validate_header
+from worldsim.recording import (
+    FORMAT,
+    FRAME_CODEC,
+    MAX_RECORD_BYTES,
+    UNPACKB_LIMITS,
+    VERSION,
+    RecordingError,
+    parse_record,
+    validate_header,
+)
 from worldsim.shard_index import SHARD_SUFFIX, FileIndex, IndexBuilder, write_index
 from worldsim.spaces import ActionSpec
 
@@ -204,12 +213,29 @@ class RecordingWriter:
             buf = self._packer.pack(rec)
         except (TypeError, ValueError) as e:
             raise RecordingError(f"record cannot be stored as msgpack: {e}") from None
+        self._check_readable(buf)
         start = self._pos
         self._write(buf)
         assert self._builder is not None
         self._builder.add(episode, t, start, self._pos)
         self.records_written += 1
         self.frame_bytes += len(rec["frame"])
+
+    def _check_readable(self, buf: bytes) -> None:
+        """Refuse, before a byte of it is written, a record that the reader would reject (a NaN
+        reward, t = 0, an info map too large or keyed by non-strings, ...): one bad record
+        would make everything after it in the file unreadable."""
+        assert self._builder is not None and self._file is not None
+        number = self._builder.records + 1  # numbered as a reader numbers them: the header is record 0
+        where = f"{self._file.name}: record {number}"
+        if len(buf) > MAX_RECORD_BYTES:
+            raise RecordingError(f"{where} would be {len(buf):,} bytes, over the {MAX_RECORD_BYTES:,} a reader accepts; not written")
+        try:
+            parse_record(msgpack.unpackb(buf, **UNPACKB_LIMITS), self.action_spec, self._file.name, number, self._pos)
+        except RecordingError as e:
+            raise RecordingError(f"{e}; a reader would refuse it, so it was not written") from None
+        except (ValueError, TypeError, msgpack.UnpackException) as e:  # over a reader's size limits
+            raise RecordingError(f"{where}: a reader would refuse it ({e}), so it was not written") from None
 
     def reset(
         self,

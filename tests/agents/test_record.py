@@ -237,3 +237,19 @@ def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrot
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"the workers outlived their parent's {how}")
     assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # both workers' shards read back
+
+
+def test_the_worldsim_script_finds_an_env_module_in_the_current_folder(tmp_path):
+    """`--env my_envs:Id` imports ./my_envs.py, as `python -m worldsim` would."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tests.worldsim.toy_env as toy
+
+    (tmp_path / "my_envs.py").write_text(Path(toy.__file__).read_text().replace('"ToyImage', '"MyToy'))
+    script = Path(sys.executable).parent / "worldsim"
+    done = subprocess.run([str(script), "record", "--env", "my_envs:MyToy-v0", "--steps", "5", "--out", "x.msgpack",
+                           "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sum(1 for r in RecordingReader(tmp_path / "x.msgpack") if r.kind == "step") == 5

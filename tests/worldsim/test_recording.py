@@ -80,6 +80,20 @@ def test_shard_folder_round_trip_with_interleaved_episodes(tmp_path):
     assert sum(e.records for e in index.values()) == total
 
 
+def test_an_empty_last_shard_is_skipped_with_a_warning(tmp_path):
+    """A writer killed between creating a shard and writing its header leaves it empty; the
+    records before it still read, through the reader and the training data alike."""
+    from worldsim.data import WindowDataset
+
+    folder = tmp_path / "shards"
+    episodes = record_toy(folder, 3, shard_records=10, seed=1)
+    (folder / "shard-99999.msgpack").touch()
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 empty shard"):
+        _check_same(list(RecordingReader(folder)), episodes)
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 empty shard"):
+        assert len(WindowDataset([folder], window=2)) > 0
+
+
 def test_every_shard_is_plain_msgpack_with_the_documented_keys(tmp_path):
     record_toy(tmp_path / "s", 3, shard_records=7)
     for shard in sorted((tmp_path / "s").glob("*.msgpack")):
@@ -124,6 +138,27 @@ def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
     with pytest.raises(RecordingError, match="already exists"):
         _writer(tmp_path / "a.msgpack")
     assert len(list(RecordingReader(tmp_path / "a.msgpack"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("step", "info", "message"),
+    [
+        ((0, 1, [0, 0], float("nan")), None, "record 2, byte .*reward must be a finite number, got nan"),
+        ((0, 0, [0, 0], 0.0), None, "t must be an int >= 1, got 0"),
+        ((-1, 1, [0, 0], 0.0), None, "episode must be a non-negative int"),
+        ((0, 1, [0, 0], 0.0), {1: 2}, "map key"),
+        ((0, 1, [0, 0], 0.0), {"big": list(range(70_000))}, "exceeds max_array_len"),
+    ],
+)
+def test_writer_refuses_what_a_reader_would_refuse_and_keeps_the_file_readable(tmp_path, step, info, message):
+    frame = np.zeros((4, 4, 3), np.uint8)
+    path = tmp_path / "a.msgpack"
+    with _writer(path) as w:
+        w.reset(0, None, frame)
+        with pytest.raises(RecordingError, match=message + ".*so it was not written"):
+            w.step(*step, False, False, frame, info)
+        w.step(0, 1, [1, 0], 0.5, False, False, frame)
+    assert [(r.kind, r.t) for r in RecordingReader(path)] == [("reset", 0), ("step", 1)]
 
 
 def test_a_killed_writer_loses_nothing_it_wrote(tmp_path):
@@ -172,6 +207,22 @@ def test_truncated_shard_yields_complete_records_and_warns_with_offset(tmp_path)
     with pytest.warns(RecordingTruncatedWarning, match=r"cut\.msgpack: truncated at byte \d+"):
         records = list(RecordingReader(cut))
     assert len(records) == len(list(RecordingReader(path))) - 1
+
+
+def test_a_frame_of_another_size_than_the_header_says_is_refused_when_read(tmp_path):
+    """A record whose PNG disagrees with observation_shape (written by another tool: the
+    writer refuses it) is an error naming the record, not a frame of another size."""
+    path = tmp_path / "a.msgpack"
+    with _writer(path) as w:
+        w.reset(0, None, np.zeros((4, 4, 3), np.uint8))
+    header = path.read_bytes()
+    rec = {"kind": "step", "episode": 0, "t": 1, "action": [0, 0], "reward": 0.0, "terminated": False,
+           "truncated": False, "frame": encode_png(np.zeros((8, 8, 3), np.uint8))}  # fmt: skip
+    path.write_bytes(header + msgpack.packb(rec))
+    records = list(RecordingReader(path))
+    assert records[0].image().shape == (4, 4, 3)
+    with pytest.raises(RecordingError, match=r"record 2, byte \d+: frame: .*expected 4x4"):
+        records[1].image()
 
 
 @pytest.mark.parametrize("sub_filter", [False, True])
