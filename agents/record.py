@@ -72,10 +72,10 @@ def _worker(
     cfg: RecordConfig, part: int, parts: int, steps: int, counter: Any, results: Any
 ) -> None:
     parent = os.getppid()
-    results.cancel_join_thread()  # a worker whose parent is gone must not wait to hand over its result
 
     def progress(k: int) -> None:
-        if os.getppid() != parent:  # the parent was killed: stop, keeping what was written
+        if os.getppid() != parent:  # the parent was killed: stop, keeping what was written,
+            results.cancel_join_thread()  # and exit without waiting for anyone to read the queue
             raise WorldSimError("the recording's parent process is gone")
         with counter.get_lock():
             counter.value += k
