@@ -68,6 +68,7 @@ class LoopConfig:
     warmup: int
     seed: int
     resume: bool
+    overwrite: bool
     device: str
     precision: str
     log_every: int
@@ -106,6 +107,10 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from --out and its .state file if present"
     )
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="train a new model in place of an existing --out (without it, or --resume, an existing --out is refused)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--precision",
@@ -133,6 +138,13 @@ def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
             raise WorldSimError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}"
             )
+    if not a.lr >= 0 or not math.isfinite(a.lr):  # 0 is allowed: a run that only evaluates and saves
+        raise WorldSimError(f"--lr must be a number >= 0, got {a.lr}")
+    if a.warmup < 0:
+        raise WorldSimError(f"--warmup must be at least 0, got {a.warmup}")
+    if Path(a.out).exists() and not a.resume and not a.overwrite:
+        raise WorldSimError(f"{a.out} exists; pass --resume to continue its run, or --overwrite to train a new "
+                            "model in its place")  # fmt: skip
     # Every other field is the flag of the same name.
     same = {f.name: getattr(a, f.name) for f in fields(LoopConfig) if f.name not in ("out", "kind")}
     return LoopConfig(out=Path(a.out), kind=kind, **same)
@@ -244,6 +256,8 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
             src = loaded.tokenizer if task.kind == "tokenizer" else loaded.dynamics
             module.load_state_dict(src.state_dict())
         optimizer_from_tensors(opt, tensors, st["opt"])
+        if step >= cfg.steps:  # a finished run resumed: the checkpoint and its metrics stay as they are
+            return {"step": step, "already_finished": True}
     metrics_path = cfg.out.parent / "metrics.jsonl"
     if dd.main:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -533,6 +547,11 @@ def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
     return dev, _Dist(dev)
 
 
+def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
+    return (f"{cfg.kind} checkpoint: {cfg.out} is already at step {last['step']} of {cfg.steps}; nothing to do "
+            "(a larger --steps trains on)")  # fmt: skip
+
+
 def tokenizer_main(argv: list[str]) -> int:
     """``worldsim train tokenizer``: fit the frame autoencoder on recordings."""
     p = argparse.ArgumentParser(prog="worldsim train tokenizer", description=tokenizer_main.__doc__)
@@ -552,7 +571,9 @@ def tokenizer_main(argv: list[str]) -> int:
         finished = True
     finally:
         dd.close(finished)
-    if dd.main:
+    if dd.main and last.get("already_finished"):
+        print(_finished_note(cfg, last))
+    elif dd.main:
         print(f"tokenizer checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')}, held-out PSNR {last.get('val_psnr')} dB)")  # fmt: skip
     return 0
@@ -611,7 +632,9 @@ def dynamics_main(argv: list[str]) -> int:
         finished = True
     finally:
         dd.close(finished)
-    if dd.main:
+    if dd.main and last.get("already_finished"):
+        print(_finished_note(cfg, last))
+    elif dd.main:
         print(f"dynamics checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')})")  # fmt: skip
     return 0

@@ -297,6 +297,26 @@ def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -
     )
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
+    tok = ["train", "tokenizer", "--data", str(data), *FAST]
+    for bad, message in ((["--lr", "-1"], "--lr must be a number >= 0"), (["--warmup", "-1"], "--warmup must be at least 0")):
+        assert cli([*tok, "--out", str(out), *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_an_existing_checkpoint_is_never_replaced_by_a_forgotten_resume(data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), *FAST]
+    assert cli([*args, "--steps", "4"]) == 0
+    kept = out.read_bytes()
+    capsys.readouterr()
+    assert cli([*args, "--steps", "2"]) == 2  # neither --resume nor --overwrite
+    assert "exists; pass --resume to continue its run, or --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == kept
+    assert cli([*args, "--steps", "4", "--resume"]) == 0  # already finished: nothing to do
+    assert "already at step 4 of 4" in capsys.readouterr().out
+    assert out.read_bytes() == kept
+    assert cli([*args, "--steps", "2", "--overwrite"]) == 0
+    assert load_model(out).info["steps"] == 2
 
 
 def _train(args: list[str], **kw) -> subprocess.Popen:
