@@ -27,7 +27,7 @@ demo: setup
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/worldsim demo --out demo --threads 1
 
 # Reproduce the shipped model from nothing (record, tokenizer, decoder, dynamics; about
-# 5 h 50 min on the project's 2-vCPU machine, minutes on a GPU) and install it as the
+# 6 h 25 min on the project's 2-vCPU machine, minutes on a GPU) and install it as the
 # package default. Resumable: run it again after an interruption.
 model: setup
 	$(BIN)/worldsim train recipe blockworld-64 --dir runs/blockworld-64 --install

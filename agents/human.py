@@ -316,11 +316,20 @@ class _Session:
         st.ever_behind |= st.behind
         return out.done
 
-    def _screenshot(self, path: str | None = None) -> None:
+    def _screenshot(self, path: str | None = None, *, in_game: bool = True) -> None:
+        """Save the window as a PNG, making its folder. A save that fails shows in the overlay
+        and the game goes on; at the session's end (``in_game=False``) it is an error."""
         if path is None:
             name = f"worldsim-{self.cfg.world}-{self.state.step:06d}.png"
             path = str(Path(self.cfg.screenshot_dir) / name)
-        self.pg.image.save(self.screen, path)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.pg.image.save(self.screen, path)
+        except (OSError, self.pg.error) as e:
+            if not in_game:
+                raise WorldSimError(f"cannot save the screenshot {path}: {e}") from None
+            self.state.message = f"screenshot not saved: {e}"
+            return
         self.screenshots.append(path)
         self.state.message = f"saved {path}"
 
@@ -409,7 +418,7 @@ class _Session:
                     time.sleep(min(wait, 0.005))
             self._draw()
             if cfg.screenshot:
-                self._screenshot(cfg.screenshot)
+                self._screenshot(cfg.screenshot, in_game=False)
         finally:
             if self.recorder:
                 self.recorder.close()
@@ -445,6 +454,10 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.max_steps is not None and a.max_steps < 1:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
+    if a.seed is not None and a.seed < 0:
+        raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
+    if a.record and Path(a.record).exists():  # before the window opens: a session is never lost to it
+        raise WorldSimError(f"--record {a.record} exists; choose another path (a session never replaces a recording)")
     config = PlayConfig(**{k: v for k, v in vars(a).items()})
     play(config)
     return 0

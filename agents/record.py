@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     env_kwargs = args.env_kwargs
+    if args.workers is not None and args.workers < 1:
+        raise WorldSimError(f"--workers must be at least 1, got {args.workers}")
     workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
     cfg = RecordConfig(
         env=args.env, agent=args.agent, steps=args.steps, out=args.out, num_envs=args.num_envs,

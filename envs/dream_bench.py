@@ -196,6 +196,8 @@ def main(argv: list[str]) -> int:
         raise WorldSimError(f"--nums must be comma-separated integers, got {a.nums!r}") from None
     if a.steps < 1 or a.warmup < 0 or any(n < 1 for n in nums) or (a.rollout is not None and a.rollout < 1):
         raise WorldSimError("--steps, --rollout and every --nums entry must be at least 1, --warmup at least 0")
+    if a.threads is not None and a.threads < 1:
+        raise WorldSimError(f"--threads must be at least 1, got {a.threads}")
     import torch
 
     import worldsim  # noqa: F401  (registers the ids)

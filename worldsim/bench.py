@@ -91,6 +91,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
+def _check_common(a: argparse.Namespace) -> None:
+    """One-line errors for the shared flags, before any model is built."""
+    if a.threads is not None and a.threads < 1:
+        raise WorldSimError(f"--threads must be at least 1, got {a.threads}")
+    if min(a.size) < 1:
+        raise WorldSimError(f"--size must be positive, got {a.size[0]} {a.size[1]}")
+
+
 def _finish(
     rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]
 ) -> None:
@@ -157,6 +165,9 @@ def run_dream(a: argparse.Namespace) -> int:
     """:func:`dream_main` on parsed options (see :func:`dream_parser`)."""
     if a.rounds < 1:
         raise WorldSimError(f"--rounds must be at least 1, got {a.rounds}")
+    _check_common(a)
+    if min(a.batch) < 1 or min(a.chunks) < 1 or not a.seconds > 0:
+        raise WorldSimError(f"--batch and --chunks must be at least 1 and --seconds positive, got {a.batch}, {a.chunks}, {a.seconds}")
     if a.threads:
         torch.set_num_threads(a.threads)
         os.environ["WORLDSIM_ORT_THREADS"] = str(
@@ -333,6 +344,9 @@ def train_main(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (default 3)")
     _common(ap)
     a = ap.parse_args(argv)
+    _check_common(a)
+    if a.steps < 1 or a.batch < 1:
+        raise WorldSimError(f"--steps and --batch must be at least 1, got {a.steps} and {a.batch}")
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = pick_device(a.device)

@@ -43,6 +43,8 @@ def main(argv: list[str]) -> int:
 
     if a.steps < 1 or a.scale < 1:
         raise WorldSimError("--steps and --scale must be at least 1")
+    if a.seed < 0:
+        raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
     set_threads(a.threads)
     model = load(a.checkpoint, device=a.device, seed=a.seed)
     env_id = model.config.env_id

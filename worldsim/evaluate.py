@@ -195,8 +195,10 @@ class Evaluation:
         if H % self.model.frame_multiple or W % self.model.frame_multiple:
             raise WorldSimError(f"{self.env_id} renders {H}x{W}; this model needs multiples of {self.model.frame_multiple} "
                                 "(pass --env-kwargs with the frame size)")  # fmt: skip
-        ctx = config.context or self.model.context_frames - 1
-        self.P = max(1, min(ctx, self.model.context_frames - 1))
+        most = self.model.context_frames - 1
+        if config.context is not None and not 1 <= config.context <= most:
+            raise WorldSimError(f"--context must be 1-{most} for this model (its context is {most + 1} frames), got {config.context}")
+        self.P = config.context or most
         """Real prompt frames."""
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -410,6 +412,8 @@ def main(argv: list[str]) -> int:
             raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
     if len(set(a.seed)) != len(a.seed):
         raise WorldSimError(f"--seed values must differ, got {a.seed}")
+    if min(a.seed) < 0:
+        raise WorldSimError(f"--seed values must be at least 0, got {a.seed}")
     set_threads(a.threads)
     several = len(a.seed) > 1
     runs: dict[int, dict[str, Any]] = {}

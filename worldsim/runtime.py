@@ -269,7 +269,13 @@ class WorldModel:
         return None if self._pending is None else self._pending[0].copy()
 
     def reseed(self, seed: int | None) -> None:
-        """Restart the random draws of sampling from ``seed`` (None: fresh entropy)."""
+        """Restart the random draws of sampling from ``seed`` (None: fresh entropy).
+
+        Raises:
+            SettingError: a seed that is not a non-negative integer.
+        """
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise SettingError(f"seed must be a non-negative integer or None, got {seed!r}")
         self._rng = np.random.default_rng(seed)
         levels = self.config.dynamics.levels
         hot = max(self.temperature, UNFREEZE_TEMPERATURE) if self.unfreeze else None
@@ -288,13 +294,13 @@ class WorldModel:
         frames = np.asarray(frames)
         want = "[B, T, H, W, 3]" if ndim == 5 else "[B, H, W, 3]"
         if frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 {want}, got dtype {frames.dtype}")
+            raise SettingError(f"frames must be uint8 {want}, got dtype {frames.dtype}")
         if frames.ndim != ndim or frames.shape[-1] != 3 or 0 in frames.shape:
-            raise ValueError(f"frames must have shape {want} with 3 RGB channels, got {list(frames.shape)}")
+            raise SettingError(f"frames must have shape {want} with 3 RGB channels, got {list(frames.shape)}")
         h, w = frames.shape[-3:-1]
         m = self.frame_multiple
         if h % m or w % m:
-            raise ValueError(f"frame height and width must be multiples of {m} for this model, got {h}x{w}")
+            raise SettingError(f"frame height and width must be multiples of {m} for this model, got {h}x{w}")
         return frames
 
     def prompt(self, frames: Any, actions: Any, worlds: Any = None) -> None:

@@ -136,6 +136,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.scale is not None and not 1 <= args.scale <= 16:
         raise WorldSimError(f"--scale must be 1-16, got {args.scale}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise WorldSimError(f"--max-frames must be at least 1, got {args.max_frames}")
     n = replay(
         args.path, args.out, fps=args.fps, show_overlay=args.overlay, scale=args.scale,
         episode=args.episode, max_frames=args.max_frames,

@@ -20,6 +20,7 @@ from envs.blockworld.region import MAX_VIEW_DISTANCE, Regions, find_spawn
 from envs.blockworld.render import draw_hud, render_worlds
 from envs.blockworld.tick import refresh_targets, step_players
 from envs.blockworld.worldgen import BIOME_NAMES, column
+from worldsim.errors import SettingError
 
 RENDER_SLICES_PER_THREAD = 8
 """A batch is rendered in this many slices per render thread (see ``Engine.render``)."""
@@ -43,11 +44,11 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.width, int) and isinstance(self.height, int)) or min(self.width, self.height) < 8:
-            raise ValueError(f"width and height must be integers >= 8, got {self.width}x{self.height}")
+            raise SettingError(f"width and height must be integers >= 8, got {self.width}x{self.height}")
         if self.day_length < 1:
-            raise ValueError(f"day_length must be a positive number of ticks, got {self.day_length}")
+            raise SettingError(f"day_length must be a positive number of ticks, got {self.day_length}")
         if not 1.0 <= self.view_distance <= MAX_VIEW_DISTANCE:
-            raise ValueError(f"view_distance must be in [1, {MAX_VIEW_DISTANCE}], got {self.view_distance}")
+            raise SettingError(f"view_distance must be in [1, {MAX_VIEW_DISTANCE}], got {self.view_distance}")
 
 
 def draw_start(np_random: np.random.Generator, options: dict | None) -> tuple[int, float]:
@@ -61,7 +62,7 @@ def draw_start(np_random: np.random.Generator, options: dict | None) -> tuple[in
     if options and "time_of_day" in options:
         tod = float(options["time_of_day"])
         if not 0.0 <= tod <= 1.0:
-            raise ValueError(f"options['time_of_day'] must be in [0, 1], got {tod}")
+            raise SettingError(f"options['time_of_day'] must be in [0, 1], got {tod}")
     return world_seed, tod
 
 

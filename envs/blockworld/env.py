@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.blockworld.engine import Engine, EngineConfig, draw_start
+from worldsim.errors import SettingError
 from worldsim.spaces import ActionSpec
 
 ACTION_NVEC: tuple[int, ...] = (3, 3, 2, 3, 3, 2, 2, 10)
@@ -83,9 +84,9 @@ class BlockWorldEnv(gym.Env):
         hud: bool = True,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise SettingError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+            raise SettingError(f"max_steps must be >= 1, got {max_steps}")
         self.render_mode = render_mode
         self.max_steps = int(max_steps)
         self.engine = Engine(1, EngineConfig(width, height, day_length, view_distance, hud))

@@ -15,6 +15,7 @@ from envs.blockworld.blocks import AIR, BLOCK_NAMES
 from envs.blockworld.engine import Engine, EngineConfig, draw_start
 from envs.blockworld.env import ACTION_SPEC, DEFAULT_MAX_STEPS, TICKS_PER_SECOND
 from envs.blockworld.worldgen import BIOME_NAMES
+from worldsim.errors import SettingError
 
 _NAMES = np.array(list(BLOCK_NAMES) , dtype=object)
 _NAMES[AIR] = None  # "nothing mined/placed/targeted" reads as None, as in the single env
@@ -72,15 +73,15 @@ class BlockWorldVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
     ) -> None:
         if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            raise SettingError(f"num_envs must be >= 1, got {num_envs}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+            raise SettingError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         if not isinstance(render_threads, int) or render_threads < 0:
-            raise ValueError(f"render_threads must be an int >= 0 (0: one per CPU), got {render_threads!r}")
+            raise SettingError(f"render_threads must be an int >= 0 (0: one per CPU), got {render_threads!r}")
         if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+            raise SettingError(f"max_steps must be >= 1, got {max_steps}")
         if max_episode_steps is not None and max_episode_steps != -1 and max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, or None or -1 for no limit, got {max_episode_steps}")
+            raise SettingError(f"max_episode_steps must be >= 1, or None or -1 for no limit, got {max_episode_steps}")
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_steps = int(max_steps) if max_episode_steps in (None, -1) else min(int(max_steps), int(max_episode_steps))

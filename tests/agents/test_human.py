@@ -1,6 +1,7 @@
 """`worldsim play`: scripted action files, option errors, and headless runs of all three worlds."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,8 @@ def test_missing_script_is_a_clear_error(tmp_path):
         (["--tick-rate", "30"], "tick-rate must be within 10-20"),
         (["--scale", "0"], "scale must be an integer from 1 to 32"),
         (["--max-steps", "0"], "max-steps must be at least 1"),
+        (["--record", "pyproject.toml"], "--record pyproject.toml exists; choose another path"),
+        (["--seed", "-1"], "--seed must be at least 0"),
     ],
 )
 def test_bad_options_fail_before_opening_a_window(argv, message):
@@ -135,6 +138,20 @@ def test_engine_headless_screenshot_and_recording(tmp_path, headless):
     assert records[0].seed == 3
     actions = [r.action.tolist() for r in records[1:]]
     assert actions == [FORWARD] * 4 + [TURN_RIGHT] * 3 + [[0, 0, 0, 0, 0, 0, 0, 3]] * 3
+
+
+def test_screenshots_make_their_folder_and_a_failed_one_does_not_end_the_game(tmp_path, headless):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = play(PlayConfig(world="engine", actions=script(tmp_path), seed=3, scale=1,
+                             screenshot_dir=str(blocked / "shots")))  # fmt: skip
+    assert result.steps == 10 and result.screenshots == []  # F2 failed, the session went on
+    result = play(PlayConfig(world="engine", actions=script(tmp_path), seed=3, scale=1,
+                             screenshot_dir=str(tmp_path / "new" / "shots")))  # fmt: skip
+    assert len(result.screenshots) == 1 and Path(result.screenshots[0]).is_file()
+    with pytest.raises(WorldSimError, match="cannot save the screenshot"):
+        play(PlayConfig(world="engine", actions=script(tmp_path), seed=3, scale=1, screenshot=str(blocked / "end.png"),
+                        screenshot_dir=str(tmp_path)))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,36 @@
+"""Bad flags across the CLI: one line naming the flag, exit 2, no traceback, nothing run."""
+
+from __future__ import annotations
+
+import pytest
+
+from worldsim.cli import main as cli
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "dream", "--batch", "0"], "--batch and --chunks must be at least 1"),
+        (["bench", "dream", "--threads", "0"], "--threads must be at least 1"),
+        (["bench", "dream", "--size", "63", "63", "--batch", "1", "--chunks", "1", "--seconds", "0.01", "--rounds", "1"],
+         "multiples of 16"),
+        (["bench", "dream-env", "--threads", "0"], "--threads must be at least 1"),
+        (["bench", "train", "--steps", "-1"], "--steps and --batch must be at least 1"),
+        (["bench", "engine", "--width", "4"], "width and height must be integers >= 8"),
+        (["record", "--env", "worldsim/BlockWorld-v0", "--steps", "5", "--width", "0", "--out", "never.msgpack"],
+         "width and height must be integers >= 8"),
+        (["record", "--env", "worldsim/BlockWorld-v0", "--steps", "5", "--workers", "0", "--out", "never"],
+         "--workers must be at least 1"),
+        (["replay", "pyproject.toml", "--out", "never.gif", "--max-frames", "0"], "--max-frames must be at least 1"),
+        (["demo", "--seed", "-1", "--out", "never"], "--seed must be at least 0"),
+        (["eval", "--seed", "-1", "--out", "never"], "--seed values must be at least 0"),
+        (["eval", "--context", "100", "--out", "never"], "--context must be 1-11 for this model"),
+    ],
+)  # fmt: skip
+def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    assert not any(p.name.startswith("never") for p in tmp_path.iterdir())
