@@ -15,7 +15,14 @@ import numpy as np
 
 from envs.blockworld.achievements import ACHIEVEMENT_NAMES
 from envs.blockworld.blocks import AIR, BLOCK_NAMES
-from envs.blockworld.physics import AIR_TICKS, MAX_HEALTH, PLAYER_DTYPE
+from envs.blockworld.physics import (
+    AIR_TICKS,
+    HALF_WIDTH,
+    MAX_HEALTH,
+    PLAYER_DTYPE,
+    REACH,
+    player_in_water,
+)
 from envs.blockworld.region import MAX_VIEW_DISTANCE, Regions, find_spawn
 from envs.blockworld.render import draw_hud, render_worlds
 from envs.blockworld.tick import refresh_targets, step_players
@@ -120,7 +127,10 @@ class Engine:
         r = self.regions
         step_players(self.players, r.blocks, r.dirty, r.top, r.occ, r.clear, r.peaks, actions)
         pos = self.players["pos"]  # (num_worlds, 3)
-        for w in r.near_edge(pos, self.config.view_distance + 1.0).tolist():
+        # The square re-centres before the view, or the crosshair's reach, gets within a block
+        # of its edge: past the edge, cells wrap round to the far side of the square.
+        margin = max(self.config.view_distance, REACH + HALF_WIDTH) + 1.0
+        for w in r.near_edge(pos, margin).tolist():
             r.follow(w, float(pos[w, 0]), float(pos[w, 2]))
 
     def render(self) -> np.ndarray:
@@ -158,6 +168,10 @@ class Engine:
         p = self.players[w]
         return float((p["time0"] + p["tick"] / p["day_length"]) % 1.0)
 
+    def in_water(self, w: int) -> bool:
+        """Whether world ``w``'s player touches water (``in_fluid`` counts lava too)."""
+        return bool(player_in_water(self.regions.blocks[w], self.players[w]["pos"]))
+
     def info(self, w: int) -> dict:
         """JSON-able description of world ``w``'s player, for ``info`` dicts."""
         # One .item() turns the record into Python values at once; field-by-field numpy
@@ -177,7 +191,7 @@ class Engine:
             "yaw": rec["yaw"],
             "pitch": rec["pitch"],
             "on_ground": bool(rec["on_ground"]),
-            "in_water": bool(rec["in_fluid"]),
+            "in_water": bool(rec["in_fluid"]) and self.in_water(w),
             "time_of_day": (rec["time0"] + rec["tick"] / rec["day_length"]) % 1.0,
             "biome": BIOME_NAMES[rec["biome"]],
             "target_block": BLOCK_NAMES[target] if has_target else None,

@@ -132,6 +132,12 @@ def _player_box_hits(blocks, pos, kind: int) -> bool:
 
 
 @njit(cache=True, nogil=True)
+def player_in_water(blocks, pos) -> bool:
+    """Whether a player at ``pos`` touches water (not lava)."""
+    return _player_box_hits(blocks, pos, 1)
+
+
+@njit(cache=True, nogil=True)
 def _move_axis(blocks, pos, axis: int, delta: float) -> bool:
     """Move ``pos`` along one axis, stopping flush against solid blocks; True if stopped.
 
@@ -200,7 +206,7 @@ def raycast_target(blocks, p) -> None:
             t = tz
             tz += tdz
             n0, n1, n2 = 0, 0, -sz
-        if t > REACH or iy < -1 or iy > WORLD_HEIGHT:
+        if t > REACH or iy < -1 or (iy >= WORLD_HEIGHT and sy >= 0):  # above the world, only a ray going down finds blocks
             return
         b = block_at(blocks, ix, iy, iz)
         if HARDNESS[b] != 0:

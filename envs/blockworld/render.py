@@ -541,10 +541,14 @@ def draw_hud(players, out) -> None:
     """Draw crosshair, health bar and hotbar over each frame of ``out`` (B, H, W, 3)."""
     height, width = out.shape[1], out.shape[2]
     s = max(1, (min(width, height) + 32) // 64)  # HUD pixel scale: 1 below 96 px, then 2...
-    cell = 5 * s
-    bar_w = HOTBAR_SLOTS * cell + s
+    # Slots are 5 HUD pixels wide, narrower where nine of those do not fit the frame (below
+    # 46 px); below 19 px not even a border and one pixel each fit, so the hotbar is left out
+    # and the health bar runs along the bottom edge.
+    cell = min(5 * s, (width - s) // HOTBAR_SLOTS)
+    hotbar = cell >= 2 * s
+    bar_w = HOTBAR_SLOTS * cell + s if hotbar else width - 2 * s
     x0 = (width - bar_w) // 2
-    y0 = height - cell - s
+    y0 = height - cell - s if hotbar else height
     for w in range(out.shape[0]):
         p = players[w]
         img = out[w]
@@ -560,7 +564,7 @@ def draw_hud(players, out) -> None:
         hp = (bar_w * max(p.health, 0)) // MAX_HEALTH
         _fill(img, y0 - s, y0, x0, x0 + hp, 220, 36, 36)
         _fill(img, y0 - s, y0, x0 + hp, x0 + bar_w, 60, 12, 12)
-        for k in range(HOTBAR_SLOTS):
+        for k in range(HOTBAR_SLOTS if hotbar else 0):
             cx0 = x0 + k * cell
             edge = 255 if k == p.selected else 36
             _fill(img, y0, y0 + cell + s, cx0, cx0 + cell + s, edge, edge, edge)

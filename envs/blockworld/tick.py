@@ -61,6 +61,15 @@ def is_night(t: float) -> bool:
 
 
 @njit(cache=True, nogil=True)
+def _has_room(p, item: int) -> bool:
+    """Whether :func:`add_item` would find a place for one ``item``."""
+    for i in range(HOTBAR_SLOTS):
+        if p.inv_count[i] == 0 or (p.inv_id[i] == item and p.inv_count[i] < STACK_LIMIT):
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def add_item(p, item: int) -> bool:
     """Put one ``item`` in the hotbar: onto its stack, else the first empty slot."""
     for i in range(HOTBAR_SLOTS):
@@ -107,11 +116,12 @@ def _mine(p, world, w: int, attack: int) -> None:
         p.mine_ticks = 0
     p.mine_ticks += 1
     hardness = HARDNESS[p.target_block]
-    if hardness > 0 and p.mine_ticks >= hardness:
+    item = DROP[p.target_block]
+    if hardness > 0 and p.mine_ticks >= hardness and (item == AIR or _has_room(p, item)):
+        # With no room in the hotbar for its drop the block holds: mining never destroys an item.
         x, y, z = p.target_pos[0], p.target_pos[1], p.target_pos[2]
         p.mined_block = p.target_block
         _set_block(world, w, x, y, z, AIR)
-        item = DROP[p.target_block]
         if item != AIR and add_item(p, item):
             p.mined = item
         p.mine_ticks = 0

@@ -162,7 +162,7 @@ class BlockWorldVectorEnv(VectorEnv):
             "tick": p["tick"].copy(),
             "selected_slot": p["selected"].copy(),
             "on_ground": p["on_ground"].astype(np.bool_),
-            "in_water": p["in_fluid"].astype(np.bool_),
+            "in_water": np.array([bool(f) and self.engine.in_water(w) for w, f in enumerate(p["in_fluid"])], np.bool_),
             "biome": _BIOMES[p["biome"]],
             "target_position": p["target_pos"].astype(np.int64),
             "target_distance": np.where(has_target, p["target_dist"], np.nan),

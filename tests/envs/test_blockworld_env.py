@@ -181,3 +181,22 @@ def test_closing_one_human_env_leaves_another_one_showing(monkeypatch):
     a.close()
     assert not pygame.display.get_init()
     check_env(gym.make("worldsim/BlockWorld-v0", width=16, height=16, render_mode="human").unwrapped)  # makes and closes a second one
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_small_frames_show_the_health_bar_whole_and_every_selected_slot(side):
+    env = BlockWorldEnv(width=side, height=side)
+    env.reset(seed=0, options={"time_of_day": 0.25})
+    players = env.engine.players
+    reds = []
+    for health in (20, 14, 6, 0):
+        players["health"][0] = health
+        frame = env.engine.render()[0]
+        reds.append(int(np.all(frame == (220, 36, 36), axis=-1).sum()))
+    assert reds[0] > reds[1] > reds[2] > reds[3] == 0  # every level its own length, none off-screen
+    if side >= 19:  # a hotbar fits: each selected slot's white frame is on screen
+        whites = []
+        for slot in range(9):
+            players["selected"][0] = slot
+            whites.append(int(np.all(env.engine.render()[0][-side // 4 :] == 255, axis=-1).sum()))
+        assert min(whites) > 0

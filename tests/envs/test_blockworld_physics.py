@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from envs.blockworld.blocks import AIR, STONE
 from envs.blockworld.physics import JUMP_VELOCITY, MAX_HEALTH, WALK_SPEED
 from tests.envs.blockworld_scenes import FLOOR_Y, act, block, flat_env, give, set_block
 
@@ -166,3 +167,52 @@ def test_edits_persist_after_walking_away():
     assert block(env, 0, 0, 0) == "stone"  # the hand-built chunks came back, not regenerated
     assert block(env, 5, FLOOR_Y - 1, 5) == "air"
     assert block(env, 6, FLOOR_Y - 1, 5) == "stone"
+
+
+def test_lava_is_not_water_in_info():
+    env = flat_env()
+    for x in range(-2, 3):
+        for z in range(-2, 3):
+            set_block(env, x, FLOOR_Y - 1, z, "lava")
+    env.engine.place_player(0, 0.5, FLOOR_Y - 1.0, 0.5)
+    info = env.step(act())[4]
+    assert info["health"] < MAX_HEALTH and info["in_water"] is False
+
+
+def test_a_full_hotbar_leaves_the_block_instead_of_destroying_its_drop():
+    env = flat_env()
+    for slot in range(9):
+        give(env, slot, "stone", 64)
+    set_block(env, 0, FLOOR_Y + 1, 2, "wood")
+    for _ in range(40):
+        _, reward, _, _, info = env.step(act(attack=1))
+        assert info["mined"] is None and reward == 0.0
+    assert block(env, 0, FLOOR_Y + 1, 2) == "wood" and info["target_block"] == "wood"
+    give(env, 8, "stone", 0)  # room again: the next hit breaks it
+    _, reward, _, _, info = env.step(act(attack=1))
+    assert info["mined"] == "wood" and "collect_wood" in info["achievements"] and reward == 1.0
+
+
+def test_blocks_below_can_be_targeted_from_the_top_of_the_world():
+    env = flat_env()
+    for x in range(-3, 4):
+        for z in range(-3, 6):
+            set_block(env, x, 63, z, "stone")  # a platform on the top layer
+    env.engine.place_player(0, 0.5, 64.0, 0.5, pitch=-30.0)
+    info = env.step(act())[4]
+    assert info["target_block"] == "stone" and info["target_distance"] < 4.5
+
+
+def test_a_short_view_distance_never_reaches_round_to_the_far_side_of_the_world():
+    """The loaded square wraps: the crosshair must not reach a block 128 blocks away."""
+    env = flat_env(view_distance=1.0)
+    env.engine.place_player(0, 40.5, float(FLOOR_Y), 0.5, yaw=90.0)  # walking towards +x
+    regions = env.engine.regions  # the square loaded around x = 40.5 (x in [-32, 96)), made flat again
+    regions.blocks[0][...] = AIR
+    regions.blocks[0][:, :, :FLOOR_Y] = STONE
+    regions.refresh(0)
+    for y in (FLOOR_Y, FLOOR_Y + 1, FLOOR_Y + 2):
+        set_block(env, -32, y, 0, "wood")  # on the far edge of the loaded square
+    for _ in range(300):
+        info = env.step(act(move=1))[4]
+        assert info["target_block"] != "wood", info["position"]
