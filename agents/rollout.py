@@ -8,9 +8,6 @@ that every reset and step record holds the frame the env really returned.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 from agents.coverage import Coverage
 from worldsim.errors import WorldSimError
 from worldsim.recording import RecordingWriter
-from worldsim.registration import BLOCKWORLD_ID
+from worldsim.registration import BLOCKWORLD_ID, resolve_env_id
 from worldsim.spaces import ActionSpec
 
 AGENTS = ("random", "explorer")
@@ -70,28 +67,16 @@ class RecordConfig:
 
 
 def env_name(env_id: str) -> str:
-    """The registered id, importing the module of a ``module:Id`` first.
+    """The registered id, importing the module of a ``module:Id`` first
+    (:func:`worldsim.registration.resolve_env_id`)."""
+    return resolve_env_id(env_id)
 
-    The module is looked up on ``sys.path`` and then in the current folder, so that
-    ``worldsim record --env my_envs:MyEnv-v0`` finds ``./my_envs.py`` as ``python -m worldsim``
-    would (the ``worldsim`` script alone does not put the current folder on the path).
-    """
-    if ":" in env_id:
-        module, env_id = env_id.split(":", 1)
-        try:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                here = os.getcwd()
-                if e.name != module.split(".")[0] or here in sys.path:
-                    raise
-                sys.path.append(here)  # appended: never shadows an installed package
-                importlib.import_module(module)
-        except ImportError as e:
-            raise WorldSimError(f"cannot import {module!r} for env {env_id!r}: {e}") from None
-    if env_id.startswith("worldsim/"):
-        importlib.import_module("envs")  # registers WorldSim's ids
-    return env_id
+
+def _stored_id(env_id: str) -> str:
+    """The id a recording keeps: ``module:Id`` whole, so that whoever reads it (training, the
+    eval, the dream env) imports the module that registers the env, as the recording did."""
+    name = env_name(env_id)
+    return env_id if ":" in env_id and not name.startswith("worldsim/") else name
 
 
 def make_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> gym.Env | gym.vector.VectorEnv:
@@ -232,7 +217,7 @@ class _Rollout:
             for i in range(n)
         ]
         self.writer = RecordingWriter(
-            cfg.out, env_id=env_name(cfg.env), env_kwargs=cfg.make_kwargs(), observation_shape=shape,
+            cfg.out, env_id=_stored_id(cfg.env), env_kwargs=cfg.make_kwargs(), observation_shape=shape,
             action_space=self.spec, agent=cfg.agent, seed=cfg.seed, created=cfg.created,
             shard_records=None if str(cfg.out).endswith(".msgpack") else cfg.shard_steps,
             shard_prefix=f"shard-{part:02d}-" if parts > 1 else "shard-", write_index=parts == 1,

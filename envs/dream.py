@@ -85,8 +85,10 @@ def load_setup(
 
 def make_source_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
     """Make the env a model was trained on, for prompts; an unknown id is a clear error."""
+    from worldsim.registration import resolve_env_id
+
     try:
-        return gym.make(env_id, **kwargs)
+        return gym.make(resolve_env_id(env_id), **kwargs)
     except gym.error.Error as e:
         raise WorldSimError(
             f"cannot make {env_id!r}, the env this model was trained on ({e}); import the package that "

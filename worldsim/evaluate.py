@@ -192,6 +192,9 @@ class Evaluation:
         if self.ref.spec != self.model.action_spec:
             raise WorldSimError(f"{self.env_id} has actions {self.ref.spec}, the checkpoint was trained on {self.model.action_spec}")
         H, W = self.ref.shape
+        if (H, W) != tuple(mc.frame_shape):
+            self.log(f"eval: note: the model was trained on {mc.frame_shape[0]}x{mc.frame_shape[1]} frames; "
+                     f"{self.env_id} renders {H}x{W}, so this measures it at a size it never saw")  # fmt: skip
         if H % self.model.frame_multiple or W % self.model.frame_multiple:
             raise WorldSimError(f"{self.env_id} renders {H}x{W}; this model needs multiples of {self.model.frame_multiple} "
                                 "(pass --env-kwargs with the frame size)")  # fmt: skip
@@ -221,7 +224,7 @@ class Evaluation:
         B = len(trajs)
         m: dict[str, Any] = {
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
-            "frame_shape": list(self.ref.shape), "policy": policy,
+            "frame_shape": list(self.ref.shape), "model_frame_shape": list(self.model.config.frame_shape), "policy": policy,
             "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "unfreeze": self.model.unfreeze, "ranked_moves": self.model.ranked_moves,
                          "guidance": self.model.guidance,
                          "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device,

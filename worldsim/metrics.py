@@ -7,9 +7,10 @@ the copy-last-frame baseline on exactly the same frames).
 
 **PSNR** is per frame, ``10 log10(255^2 / MSE)`` over all pixels and channels. Identical
 frames have an infinite PSNR; it is capped at :data:`PSNR_CAP` (60 dB) so that averages
-stay finite. 60 dB is an MSE of 0.065, below what any 8-bit reconstruction that is not
-byte-exact reaches, so the cap only ever touches exact copies (for example the copy-last
-baseline while the player stands still).
+stay finite. 60 dB is an MSE of 0.065: at 64x64 a frame with up to about 800 of its 12,288
+channel values off by one level (and none further) still reaches it, so the cap touches
+exact and nearly exact copies alike (for example the copy-last baseline while the player
+stands still); ``by_change`` in the eval counts exact copies on their own.
 
 **SSIM** is Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
 K2 = 0.03, computed per RGB channel over the valid region and averaged, as

@@ -319,7 +319,12 @@ class RecipeRun:
         want = {"name": self.name, "recipe": asdict(self.recipe)}
         want = json.loads(json.dumps(want))  # tuples -> lists, as they read back
         if pin.is_file():
-            have = json.loads(pin.read_text())
+            try:
+                have = json.loads(pin.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise WorldSimError(f"{pin}: unreadable ({e}); restore it, or choose another --dir") from None
+            if not isinstance(have, dict):
+                raise WorldSimError(f"{pin}: not a recipe pin; restore it, or choose another --dir")
             if isinstance(have.get("recipe"), dict):  # a field added since the pin was written, at its default, is the same recipe
                 defaults = json.loads(json.dumps({f.name: f.default for f in fields(Recipe) if f.default is not MISSING}))
                 have["recipe"] = {**{k: v for k, v in defaults.items() if want["recipe"].get(k) == v}, **have["recipe"]}
@@ -328,7 +333,13 @@ class RecipeRun:
                 have["recipe"].update({k: want["recipe"][k] for k in ASSEMBLY_FIELDS})
                 have["recipe"].update({k: want["recipe"][k] for k in EXTENSION_FIELDS if k not in have["recipe"]})
             if have != want:
-                raise WorldSimError(f"{self.root} holds the work of another recipe ({have.get('name')}); choose another --dir")
+                if have.get("name") != want["name"]:
+                    raise WorldSimError(f"{self.root} holds the work of another recipe ({have.get('name')}); choose another --dir")
+                old, new = have.get("recipe") or {}, want["recipe"]
+                changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                said = "; ".join(f"{k} pinned {old.get(k)!r}, now {new.get(k)!r}" for k in changed[:4])
+                raise WorldSimError(f"{self.root} holds the work of recipe {want['name']} as it was pinned, and the recipe "
+                                    f"has changed since ({said}); choose another --dir, or restore those values")  # fmt: skip
         pin.write_text(json.dumps(want, indent=2) + "\n")
 
     def _stage(self, name: str, fn: Any) -> None:

@@ -120,8 +120,10 @@ class ReferenceEnv:
     """
 
     def __init__(self, env_id: str, kwargs: dict[str, Any]) -> None:
+        from worldsim.registration import resolve_env_id
+
         try:
-            self.env = gym.make(env_id, **kwargs)
+            self.env = gym.make(resolve_env_id(env_id), **kwargs)
         except gym.error.Error as e:
             raise WorldSimError(f"cannot make the reference env {env_id!r}: {e}") from None
         except TypeError as e:

@@ -1,5 +1,9 @@
 """Gymnasium registration by string entry points: the core never imports ``envs``."""
 
+import importlib
+import os
+import sys
+
 import gymnasium as gym
 
 BLOCKWORLD_ID = "worldsim/BlockWorld-v0"
@@ -24,3 +28,34 @@ def register_envs() -> None:
             vector_entry_point="envs.dream_vector:DreamVectorEnv",
             max_episode_steps=DREAM_MAX_EPISODE_STEPS,
         )
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered id of ``env_id``, importing the module of a ``module:Id`` first.
+
+    The module is looked up on ``sys.path`` and then in the current folder, so that
+    ``--env my_envs:MyEnv-v0`` finds ``./my_envs.py`` from the ``worldsim`` script as from
+    ``python -m worldsim`` (the script alone does not put the current folder on the path).
+    WorldSim's own ids are registered on the way.
+
+    Raises:
+        WorldSimError: the module cannot be imported.
+    """
+    from worldsim.errors import WorldSimError
+
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        try:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                here = os.getcwd()
+                if e.name != module.split(".")[0] or here in sys.path:
+                    raise
+                sys.path.append(here)  # appended: never shadows an installed package
+                importlib.import_module(module)
+        except ImportError as e:
+            raise WorldSimError(f"cannot import {module!r} for env {env_id!r}: {e}") from None
+    if env_id.startswith("worldsim/"):
+        register_envs()
+    return env_id

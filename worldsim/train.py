@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, replace
@@ -142,6 +144,9 @@ def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
         raise WorldSimError(f"--lr must be a number >= 0, got {a.lr}")
     if a.warmup < 0:
         raise WorldSimError(f"--warmup must be at least 0, got {a.warmup}")
+    for name in ("seed", "split_seed"):
+        if getattr(a, name) is not None and getattr(a, name) < 0:
+            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(a, name)}")
     if Path(a.out).exists() and not a.resume and not a.overwrite:
         raise WorldSimError(f"{a.out} exists; pass --resume to continue its run, or --overwrite to train a new "
                             "model in its place")  # fmt: skip
@@ -232,23 +237,35 @@ def _lr(cfg: LoopConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
-    """The training loop; returns the last logged metrics."""
+def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The training loop; returns the last logged metrics.
+
+    ``settings`` are what must not change between a run and its ``--resume`` (data, model,
+    batch, learning rate, seed, ...): stored in the training state, and compared with the
+    stored ones on resume, where any difference is an error naming it.
+    """
     module = task.module.to(dd.device)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
     spath = state_path(cfg.out)
-    if cfg.resume and spath.is_file() and cfg.out.is_file():
+    settings = json.loads(json.dumps(settings or {}))  # as they read back: tuples become lists
+    if cfg.resume and cfg.out.is_file() and not spath.is_file():
+        raise WorldSimError(f"{cfg.out} has no training state ({spath.name}) to resume from; pass --overwrite to train "
+                            "a new model in its place")  # fmt: skip
+    if cfg.resume and spath.is_file():
         tensors, st = load_state(spath)
         if st.get("kind") != task.kind:
             raise WorldSimError(
                 f"{spath}: training state of a {st.get('kind')} run, not of a {task.kind} run"
             )
+        _check_same_run(spath, st.get("settings"), settings)
         step = int(st["step"])
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         if weights:  # the weights of the state's own step: the checkpoint may be a save ahead
             module.load_state_dict({k: v.to(dd.device) for k, v in weights.items()})
         else:  # a state written before states held the weights
+            if not cfg.out.is_file():
+                raise WorldSimError(f"{spath} needs its checkpoint {cfg.out}, which is missing; pass --overwrite to start again")
             loaded = load_model(cfg.out, dd.device)
             if loaded.info.get("steps") != step:
                 raise WorldSimError(f"{cfg.out} is at step {loaded.info.get('steps')} but {spath} at step {step} "
@@ -267,7 +284,11 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
         ids = [dd.device.index] if dd.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
     val_rng = np.random.default_rng([cfg.seed, 10_007])
-    val = [task.batch(val_rng, cfg.batch, "val") for _ in range(cfg.val_batches)] if dd.main else []
+    held_out = getattr(task, "val_set", None) is not None
+    if dd.main and not held_out:  # validating on training windows would pass them off as held-out figures
+        print("worldsim train: no held-out episodes in --data (too few episodes, or all shorter than a window); "
+              "validation is skipped and val_loss stays null", file=sys.stderr)  # fmt: skip
+    val = [task.batch(val_rng, cfg.batch, "val") for _ in range(cfg.val_batches)] if dd.main and held_out else []
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -314,19 +335,33 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist) -> dict[str, Any]:
             _append(metrics_path, row)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             if dd.main:
+                # The state goes first and holds the weights too: a kill between the two writes
+                # leaves a state at least as new as the checkpoint, never a checkpoint without
+                # one, and resume takes the state's own weights.
+                tensors, struct = optimizer_to_tensors(opt)
+                tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
+                save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct, "settings": settings})
                 task.save(
                     cfg.out,
                     {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
                 )
-                # The state holds the weights too: a kill between these two writes must not
-                # pair one step's weights with another step's optimizer.
-                tensors, struct = optimizer_to_tensors(opt)
-                tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
-                save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct})
             if dd.world > 1:
                 dist.barrier()
     bar.close()
     return last
+
+
+def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """Refuse to resume a run with other settings than it was started with (a state written
+    before states kept them is not checked)."""
+    if before is None:
+        return
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if changed:
+        said = "; ".join(f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise WorldSimError(f"{spath}: --resume with other settings than the run's: {said}{more}; resume with the "
+                            "run's flags, or pass --overwrite to train a new model")  # fmt: skip
 
 
 @torch.no_grad()
@@ -547,6 +582,22 @@ def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
     return dev, _Dist(dev)
 
 
+def _run_settings(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The flags a ``--resume`` must repeat: the data (by name), batch, learning rate, warm-up,
+    seeds and the task's own ``names``. Steps, checkpoint and log intervals, device and
+    precision may change between sessions."""
+    shared = ("batch", "lr", "warmup", "seed", "split_seed")
+    return {"data": [Path(d).name for d in a.data], **{k: getattr(a, k) for k in (*shared, *names)}}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
     return (f"{cfg.kind} checkpoint: {cfg.out} is already at step {last['step']} of {cfg.steps}; nothing to do "
             "(a larger --steps trains on)")  # fmt: skip
@@ -567,7 +618,7 @@ def tokenizer_main(argv: list[str]) -> int:
     finished = False
     try:
         task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
-        last = run(task, cfg, dd)
+        last = run(task, cfg, dd, _run_settings(a, ("preset", "decoder_only")))
         finished = True
     finally:
         dd.close(finished)
@@ -628,7 +679,9 @@ def dynamics_main(argv: list[str]) -> int:
     try:
         task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
                             a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
-        last = run(task, cfg, dd)
+        settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
+                                     "change_weight", "stay_motion"))  # fmt: skip
+        last = run(task, cfg, dd, {**settings, "tokenizer_sha256": _sha256(a.tokenizer)})
         finished = True
     finally:
         dd.close(finished)

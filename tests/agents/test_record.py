@@ -252,4 +252,22 @@ def test_the_worldsim_script_finds_an_env_module_in_the_current_folder(tmp_path)
     done = subprocess.run([str(script), "record", "--env", "my_envs:MyToy-v0", "--steps", "5", "--out", "x.msgpack",
                            "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert sum(1 for r in RecordingReader(tmp_path / "x.msgpack") if r.kind == "step") == 5
+    reader = RecordingReader(tmp_path / "x.msgpack")
+    assert sum(1 for r in reader if r.kind == "step") == 5
+    assert reader.header["env_id"] == "my_envs:MyToy-v0"  # so training, eval and the dream env find it too
+
+
+def test_the_reference_env_imports_a_module_id_from_the_current_folder(tmp_path, monkeypatch):
+    """What `worldsim eval` and the dream env make from a checkpoint's `module:Id`."""
+    import sys
+    from pathlib import Path
+
+    import tests.worldsim.toy_env as toy
+    from worldsim.reference import ReferenceEnv
+
+    (tmp_path / "their_envs.py").write_text(Path(toy.__file__).read_text().replace('"ToyImage', '"TheirToy'))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    ref = ReferenceEnv("their_envs:TheirToy-v0", {})
+    script = np.zeros((3, ref.spec.num_components), np.int64)
+    assert ref.env_id == "TheirToy-v0" and ref.rollout(0, 3, script=script).frames.shape[0] == 4

@@ -270,7 +270,10 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     RecipeRun("one-phase", older)._pin()
     pin["recipe"]["dynamics_steps"] += 1
     (older / "recipe.json").write_text(json.dumps(pin))
-    with pytest.raises(WorldSimError, match="another recipe"):
+    with pytest.raises(WorldSimError, match=f"has changed since \\(dynamics_steps pinned {r.dynamics_steps + 1}, now {r.dynamics_steps}\\)"):
+        RecipeRun("one-phase", older)._pin()
+    (older / "recipe.json").write_text("{not json")
+    with pytest.raises(WorldSimError, match="recipe.json: unreadable"):
         RecipeRun("one-phase", older)._pin()
     # a folder pinned before the recipe had its polish phase holds every earlier stage's work, and goes on to it
     ext = tmp_path / "extended"

@@ -382,3 +382,31 @@ def test_resume_is_exact_when_the_checkpoint_is_a_save_ahead_of_the_state(data: 
     assert cli(["train", *args, "--steps", "12", "--out", str(full)]) == 0
     a, b = _weights(full), _weights(out)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings_and_a_checkpoint_without_its_state(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "d.safetensors"
+    args = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(out), *FAST]
+    assert cli([*args, "--steps", "2", "--rollout-share", "0.5"]) == 0
+    kept = out.read_bytes()
+    capsys.readouterr()
+    assert cli([*args, "--steps", "4", "--resume"]) == 2  # --rollout-share forgotten
+    assert "rollout_share was 0.5, now None" in capsys.readouterr().err
+    other = tmp_path / "other-tok.safetensors"
+    other.write_bytes(tokenizer.read_bytes() + b"")  # the same bytes: still the same run
+    assert cli([*args[:5], str(other), *args[6:], "--steps", "3", "--rollout-share", "0.5", "--resume"]) == 0
+    assert cli([*args, "--steps", "5", "--rollout-share", "0.5", "--lr", "1e-3", "--resume"]) == 2
+    assert "lr was 0.0003, now 0.001" in capsys.readouterr().err
+    state_path(out).unlink()
+    kept = out.read_bytes()
+    assert cli([*args, "--steps", "5", "--rollout-share", "0.5", "--resume"]) == 2
+    assert "has no training state" in capsys.readouterr().err and out.read_bytes() == kept
+
+
+def test_without_held_out_episodes_no_validation_is_claimed(tmp_path: Path, capsys) -> None:
+    one = toy_recording(tmp_path / "one.wsrec", episodes=1)
+    out = tmp_path / "t.safetensors"
+    assert cli(["train", "tokenizer", "--data", str(one), "--out", str(out), "--steps", "2", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "no held-out episodes" in captured.err and "held-out PSNR None dB" in captured.out
+    assert all(r.get("val_loss") is None for r in metrics(out))
