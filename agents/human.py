@@ -102,17 +102,21 @@ class PlayResult:
     screenshots: list[str]
 
 
-def read_script(path: str | os.PathLike, spec: ActionSpec) -> Iterator[np.ndarray | str]:
-    """Yield scripted actions (int64 vectors) and commands (strings) from a JSON-lines file.
+def parse_script(path: str | os.PathLike, spec: ActionSpec) -> list[str | tuple[np.ndarray, int]]:
+    """Read and check a whole JSON-lines action file: commands (strings) and
+    ``(action, repeat)`` pairs, repeats not yet expanded.
 
     Raises:
-        WorldSimError: A line that is not JSON, an unknown command or an invalid action,
-            with the file and line number.
+        WorldSimError: An unreadable file, a line that is not JSON, an unknown key or
+            command, or an invalid action, with the file and line number.
     """
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise WorldSimError(f"cannot read action file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise WorldSimError(f"cannot read action file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    entries: list[str | tuple[np.ndarray, int]] = []
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -124,21 +128,45 @@ def read_script(path: str | os.PathLike, spec: ActionSpec) -> Iterator[np.ndarra
             raise WorldSimError(f"{where}: not JSON ({e.msg})") from e
         repeat = 1
         if isinstance(item, dict):
+            keys = {"command"} if "command" in item else {"action", "repeat"}
+            unknown = sorted(set(item) - keys)
+            if unknown:
+                raise WorldSimError(f"{where}: unknown keys {unknown}; a line is {{\"action\": [...], \"repeat\": n}} "
+                                    "or {\"command\": \"reset\" | \"screenshot\"}")  # fmt: skip
             if "command" in item:
                 if item["command"] not in ("reset", "screenshot"):
                     raise WorldSimError(f"{where}: unknown command {item['command']!r}; expected reset or screenshot")
-                yield item["command"]
+                entries.append(item["command"])
                 continue
+            if "action" not in item:
+                raise WorldSimError(f"{where}: no \"action\"")
             repeat = item.get("repeat", 1)
             if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
                 raise WorldSimError(f"{where}: repeat must be a positive integer, got {repeat!r}")
-            item = item.get("action")
+            item = item["action"]
         try:
             action = spec.as_array(item, ())
         except (ValueError, TypeError) as e:
             raise WorldSimError(f"{where}: {e}") from e
+        entries.append((action, repeat))
+    return entries
+
+
+def expand_script(entries: list[str | tuple[np.ndarray, int]]) -> Iterator[np.ndarray | str]:
+    """Commands and one action per tick, repeats expanded lazily (a repeat of millions costs nothing)."""
+    for entry in entries:
+        if isinstance(entry, str):
+            yield entry
+            continue
+        action, repeat = entry
         for _ in range(repeat):
             yield action.copy()
+
+
+def read_script(path: str | os.PathLike, spec: ActionSpec) -> Iterator[np.ndarray | str]:
+    """Yield scripted actions (int64 vectors) and commands (strings) from a JSON-lines file,
+    checked whole first (:func:`parse_script`)."""
+    return expand_script(parse_script(path, spec))
 
 
 class _Input:
@@ -246,7 +274,7 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
     try:
         spec = ActionSpec.from_space(world.action_space)
         # Read the whole script first: a bad line is an error before the window opens.
-        script = iter(list(read_script(config.actions, spec))) if config.actions else None
+        script = read_script(config.actions, spec) if config.actions else None
         if script is None and spec.nvec != NVEC:
             raise WorldSimError(
                 f"the keyboard controls drive BlockWorld's MultiDiscrete{list(NVEC)}, but this world's "
@@ -282,8 +310,11 @@ class _Session:
 
     def _reset(self) -> None:
         self.frames = self.world.reset(self.episode_seed)
-        if self.recorder:
-            self.recorder.reset(self.episode_seed, self.frames[0])
+        if self.recorder:  # the first pane's episode from its reset frame: side by side, the prompt's steps first
+            first = self.world.reset_frame
+            self.recorder.reset(self.episode_seed, self.frames[0] if first is None else first)
+            for s in self.world.lead_in:
+                self.recorder.step(s.action, s.reward, s.terminated, s.truncated, s.frame)
         self.episode_seed = None if self.episode_seed is None else self.episode_seed + 1
         self.episodes += 1
         self.state.episode = self.episodes
@@ -296,7 +327,8 @@ class _Session:
         self.gen_times.append(time.perf_counter() - t0)
         self.frames = out.frames
         if self.recorder:
-            self.recorder.step(action, out.rewards[0], out.terminated, out.truncated, out.frames[0])
+            terminated, truncated = out.first_ended or (out.terminated, out.truncated)
+            self.recorder.step(action, out.rewards[0], terminated, truncated, out.frames[0])
         st = self.state
         st.step += 1
         st.episode_step += 1
@@ -319,9 +351,11 @@ class _Session:
     def _screenshot(self, path: str | None = None, *, in_game: bool = True) -> None:
         """Save the window as a PNG, making its folder. A save that fails shows in the overlay
         and the game goes on; at the session's end (``in_game=False``) it is an error."""
-        if path is None:
-            name = f"worldsim-{self.cfg.world}-{self.state.step:06d}.png"
-            path = str(Path(self.cfg.screenshot_dir) / name)
+        if path is None:  # F2: a new file each time, even twice at one step
+            stem = Path(self.cfg.screenshot_dir) / f"worldsim-{self.cfg.world}-{self.state.step:06d}"
+            path, k = f"{stem}.png", 1
+            while Path(path).exists():
+                path, k = f"{stem}-{k}.png", k + 1
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.pg.image.save(self.screen, path)
@@ -451,13 +485,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ranked-moves", action=argparse.BooleanOptionalAction, default=None,
                    help="decide for each dream frame at once which cells change: the most likely ones, as many as expected (default: off)")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the dream (default: torch's)")
     a = p.parse_args(argv)
     if a.max_steps is not None and a.max_steps < 1:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
     if a.seed is not None and a.seed < 0:
         raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
+    from worldsim.evaluate import set_threads
+
+    set_threads(a.threads)
     if a.record and Path(a.record).exists():  # before the window opens: a session is never lost to it
         raise WorldSimError(f"--record {a.record} exists; choose another path (a session never replaces a recording)")
-    config = PlayConfig(**{k: v for k, v in vars(a).items()})
+    config = PlayConfig(**{k: v for k, v in vars(a).items() if k != "threads"})
     play(config)
     return 0

@@ -29,6 +29,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @dataclass
+class LeadIn:
+    """One step the first pane took between its reset frame and the frame ``reset`` returned."""
+
+    action: np.ndarray
+    reward: float
+    terminated: bool
+    truncated: bool
+    frame: np.ndarray
+
+
+@dataclass
 class WorldStep:
     """What one tick produced."""
 
@@ -43,6 +54,10 @@ class WorldStep:
     info: dict[str, Any] = field(default_factory=dict)
     psnr: float | None = None
     """Side by side only: PSNR of the dream frame against the engine frame, in dB."""
+    first_ended: tuple[bool, bool] | None = None
+    """The first pane's own (terminated, truncated), where they differ from the flags above
+    (side by side: the engine's, without the dream's predicted end): what a recording of
+    that pane holds."""
 
     @property
     def done(self) -> bool:
@@ -63,6 +78,11 @@ class World:
     action_space: gym.Space
     env_id: str
     env_kwargs: dict[str, Any]
+    reset_frame: np.ndarray | None = None
+    """After :meth:`reset`: the first pane's frame right after its env's reset, where it
+    differs from the first frame returned (side by side: before the prompt's context steps)."""
+    lead_in: tuple[LeadIn, ...] = ()
+    """After :meth:`reset`: the steps from ``reset_frame`` to the first frame returned."""
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
         """Start a new episode in every pane and return their first frames."""
@@ -118,12 +138,23 @@ class SideBySideWorld(World):
         self.env_id, self.env_kwargs = env_id, env_kwargs
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
-        from envs.dream import engine_context
-
+        """Reset the engine with ``seed``, stand still for the dream's context (the steps kept in
+        ``lead_in``, so that a recording of the engine holds them), and prompt the dream with
+        those frames."""
         context = self.dream.unwrapped.context_length
-        frames, actions = engine_context(self.engine, seed, context)
-        obs, _ = self.dream.reset(seed=seed, options={"frames": frames, "actions": actions})
-        return [frames[-1].copy(), obs]
+        obs, _ = self.engine.reset(seed=seed)
+        frames, lead_in = [np.asarray(obs)], []
+        still = np.zeros(ActionSpec.from_space(self.action_space).num_components, np.int64)
+        for _ in range(context - 1):
+            obs, reward, terminated, truncated, _ = self.engine.step(_native(self.action_space, still))
+            frames.append(np.asarray(obs))
+            lead_in.append(LeadIn(still, float(reward), bool(terminated), bool(truncated), frames[-1]))
+            if terminated or truncated:
+                break
+        self.reset_frame, self.lead_in = frames[0], tuple(lead_in)
+        actions = np.zeros((len(frames) - 1, len(still)), np.int64)
+        d_obs, _ = self.dream.reset(seed=seed, options={"frames": np.stack(frames), "actions": actions})
+        return [frames[-1].copy(), d_obs]
 
     def step(self, action: np.ndarray) -> WorldStep:
         native = _native(self.action_space, action)
@@ -131,7 +162,7 @@ class SideBySideWorld(World):
         d_obs, d_rew, d_term, d_trunc, _ = self.dream.step(native)
         return WorldStep(
             [e_obs, d_obs], [float(e_rew), float(d_rew)], bool(e_term or d_term), bool(e_trunc or d_trunc),
-            dict(info), psnr(e_obs, d_obs),
+            dict(info), psnr(e_obs, d_obs), (bool(e_term), bool(e_trunc)),
         )
 
     def close(self) -> None:

@@ -56,6 +56,9 @@ def test_script_format(tmp_path):
         ("[3, 0, 0, 0, 0, 0, 0, 0]", "a.jsonl:2: actions out of range"),
         ('{"command": "fly"}', "a.jsonl:2: unknown command"),
         ('{"action": [0, 0, 0, 0, 0, 0, 0, 0], "repeat": 0}', "a.jsonl:2: repeat must be"),
+        ('{"action": [1, 0, 0, 0, 0, 0, 0, 0], "repaet": 3}', "a.jsonl:2: unknown keys \\['repaet'\\]"),
+        ('{"command": "reset", "action": [1, 0, 0, 0, 0, 0, 0, 0]}', "a.jsonl:2: unknown keys \\['action'\\]"),
+        ('{"repeat": 3}', 'a.jsonl:2: no "action"'),
     ],
 )
 def test_script_errors_name_file_and_line(tmp_path, line, message):
@@ -67,6 +70,25 @@ def test_script_errors_name_file_and_line(tmp_path, line, message):
 def test_missing_script_is_a_clear_error(tmp_path):
     with pytest.raises(WorldSimError, match="cannot read action file"):
         list(read_script(tmp_path / "nope.jsonl", SPEC))
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe[1, 0]\n")
+    with pytest.raises(WorldSimError, match="bin.jsonl: not UTF-8"):
+        read_script(binary, SPEC)
+
+
+def test_f2_twice_at_one_step_keeps_both_pictures(tmp_path, headless):
+    path = write_lines(tmp_path / "two.jsonl", [json.dumps(FORWARD), json.dumps({"command": "screenshot"}),
+                                                json.dumps({"command": "screenshot"}), json.dumps(FORWARD)])  # fmt: skip
+    result = play(PlayConfig(world="engine", actions=path, seed=0, scale=1, screenshot_dir=str(tmp_path / "shots")))
+    assert len(result.screenshots) == 2 and len(set(result.screenshots)) == 2
+    assert all(Path(p).is_file() for p in result.screenshots)
+
+
+def test_a_huge_repeat_costs_nothing_until_played(tmp_path, headless):
+    path = write_lines(tmp_path / "long.jsonl", [json.dumps({"action": FORWARD, "repeat": 10**12})])
+    first = next(read_script(path, SPEC))
+    assert first.tolist() == FORWARD
+    assert play(PlayConfig(world="engine", actions=path, seed=0, scale=1, max_steps=3)).steps == 3
 
 
 @pytest.mark.parametrize(
@@ -77,6 +99,7 @@ def test_missing_script_is_a_clear_error(tmp_path):
         (["--max-steps", "0"], "max-steps must be at least 1"),
         (["--record", "pyproject.toml"], "--record pyproject.toml exists; choose another path"),
         (["--seed", "-1"], "--seed must be at least 0"),
+        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_options_fail_before_opening_a_window(argv, message):
@@ -185,3 +208,31 @@ def test_dream_worlds_headless_with_screenshot(tmp_path, headless, checkpoint, w
         assert result.mean_psnr is not None and 0 < result.mean_psnr <= PSNR_CAP_DB
     else:
         assert result.mean_psnr is None
+
+
+def test_a_side_by_side_recording_replays_in_the_engine_from_its_seed(tmp_path, headless, checkpoint):
+    """The recording starts at the engine's reset frame and holds the dream's prompt steps, so
+    the engine reset with the recorded seed and given the recorded actions makes every frame."""
+    import gymnasium as gym
+    import torch
+
+    from tests.envs.dream_checkpoint import SIDE
+    from worldsim.recording import RecordingReader
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rec = tmp_path / "sbs.msgpack"
+        play(PlayConfig(world="side-by-side", checkpoint=checkpoint, actions=script(tmp_path), seed=1, width=SIDE,
+                        height=SIDE, scale=1, max_steps=6, record=str(rec)))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    records = list(RecordingReader(rec))
+    assert records[0].kind == "reset" and records[0].seed == 1 and len(records) > 7  # the prompt's steps, then 6
+    env = gym.make("worldsim/BlockWorld-v0", width=SIDE, height=SIDE)
+    obs, _ = env.reset(seed=1)
+    np.testing.assert_array_equal(records[0].image(), obs)
+    for r in records[1:]:
+        obs, reward, terminated, truncated, _ = env.step(r.action)
+        np.testing.assert_array_equal(r.image(), obs)
+        assert (r.reward, r.terminated, r.truncated) == (reward, terminated, truncated)
