@@ -216,12 +216,18 @@ class WorldModel:
         if dyn is None:
             raise WorldSimError("this checkpoint holds only a tokenizer; generating needs a dynamics checkpoint")
         self.action_spec: ActionSpec = self.config.action_spec
+        for name, value in (("chunks", chunks), ("unfreeze", unfreeze)):  # whole numbers, not truncated floats
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
+                raise SettingError(f"{name} must be an integer, got {value!r}")
+        for name, value in (("ranked_moves", ranked_moves), ("still", still), ("keep_pixels", keep_pixels)):
+            if value is not None and not isinstance(value, (bool, np.bool_)):  # bool("no") would be True
+                raise SettingError(f"{name} must be True, False or None, got {value!r}")
         self.chunks = DEFAULT_CHUNKS if chunks is None else int(chunks)
         self.temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
         if self.chunks < 1:
             raise SettingError(f"chunks must be >= 1, got {chunks}")
-        if self.temperature < 0:
-            raise SettingError(f"temperature must be >= 0, got {temperature}")
+        if not self.temperature >= 0 or not np.isfinite(self.temperature):  # NaN fails both comparisons
+            raise SettingError(f"temperature must be a finite number >= 0, got {temperature}")
         self.ranked_moves = DEFAULT_RANKED_MOVES if ranked_moves is None else bool(ranked_moves)
         self.still = DEFAULT_STILL if still is None else bool(still)
         self.keep_pixels = DEFAULT_KEEP_PIXELS if keep_pixels is None else bool(keep_pixels)
@@ -287,8 +293,18 @@ class WorldModel:
         return self.backend.encode(self._check_frames(frames, 4))
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Tokenizer codes ``[B, h, w]`` -> uint8 frames ``[B, H, W, 3]``."""
-        return self.backend.decode(np.asarray(codes, dtype=np.int64))
+        """Tokenizer codes ``[B, h, w]`` -> uint8 frames ``[B, H, W, 3]``.
+
+        Raises:
+            SettingError: codes that are not integers ``[B, h, w]`` in ``[0, number of codes)``.
+        """
+        codes = np.asarray(codes)
+        n = int(np.prod(self.config.tokenizer.levels))
+        if codes.dtype.kind not in "iu" or codes.ndim != 3 or 0 in codes.shape:
+            raise SettingError(f"codes must be integers [B, h, w], got {codes.dtype} {list(codes.shape)}")
+        if codes.min() < 0 or codes.max() >= n:
+            raise SettingError(f"codes must be in [0, {n}) for this tokenizer, got {codes.min()}..{codes.max()}")
+        return self.backend.decode(codes.astype(np.int64))
 
     def _check_frames(self, frames: Any, ndim: int) -> np.ndarray:
         frames = np.asarray(frames)
@@ -385,11 +401,12 @@ class WorldModel:
         first_valid[:, slot : slot + N] = False
         commit = self._pending
         # Guidance needs a second pass only when some world moves a guided component.
-        guide, reference = False, acts
+        guide, reference, moving = False, acts, None
         if self.guidance != 1.0:
             reference = acts.copy()
             reference[:, list(self.guided_actions)] = 0
-            guide = bool(np.any(acts != reference))
+            moving = np.any(acts != reference, axis=1)  # (B,): only these worlds are guided
+            guide = bool(moving.any())
 
         def predict(codes: np.ndarray) -> PassOutput:
             nonlocal commit
@@ -404,7 +421,7 @@ class WorldModel:
                 out = self.backend.predict(codes, acts, t, self._cache, valid)[0]
             if guide:  # the same pass over the same visible frames, with the guided components at 0
                 valid = None if self._valid.all() else self._valid
-                out = guided(out, self.backend.predict(codes, reference, t, self._cache, valid)[0], self.guidance)
+                out = guided(out, self.backend.predict(codes, reference, t, self._cache, valid)[0], self.guidance, moving)
             return out
 
         s = self.config.tokenizer.stride
@@ -439,17 +456,26 @@ class WorldModel:
         )
 
 
-def guided(act: PassOutput, reference: PassOutput, scale: float) -> PassOutput:
+def guided(act: PassOutput, reference: PassOutput, scale: float, rows: np.ndarray | None = None) -> PassOutput:
     """``reference + scale * (act - reference)`` of two passes' logits, stay bonuses and still
     logits, where ``reference`` is the pass with the guided action components at 0; reward and
     episode end stay the action's. Combining the bonuses the same way as the logits makes it
-    exactly the same combination of the logits the sampler draws from."""
+    exactly the same combination of the logits the sampler draws from.
+
+    ``rows`` (bool ``[B]``) limits the mix to the worlds whose action moves a guided
+    component; the others keep the action's pass as it is, so that a world that does not turn
+    is sampled exactly as without guidance (in bf16 the two passes round differently even
+    where their inputs agree)."""
 
     def mix(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
         if a is None or b is None:
             return a
         a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
-        return b + np.float32(scale) * (a - b)
+        if rows is None:
+            return b + np.float32(scale) * (a - b)
+        out = a.copy()
+        out[rows] = b[rows] + np.float32(scale) * (a[rows] - b[rows])
+        return out
 
     return PassOutput(logits=mix(act.logits, reference.logits), reward=act.reward, done_logit=act.done_logit,
                       stay=mix(act.stay, reference.stay), still_logit=mix(act.still_logit, reference.still_logit))  # fmt: skip

@@ -24,8 +24,12 @@ def pick_device(device: str) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise WorldSimError(f"bad device {device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):  # what the models and the ONNX path are built and tested for
+        raise WorldSimError(f"device {device!r}: WorldSim runs on cpu or cuda (auto picks), not {dev.type}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise WorldSimError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise WorldSimError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
 
 

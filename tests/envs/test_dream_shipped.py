@@ -100,5 +100,7 @@ def test_play_side_by_side_on_the_shipped_model(tmp_path, monkeypatch) -> None:
     from worldsim.recording import RecordingReader
 
     records = list(RecordingReader(rec))
-    assert [r.kind for r in records] == ["reset"] + ["step"] * 6
-    assert all(r.action.tolist() == TURN_RIGHT for r in records[1:])
+    lead_in = len(records) - 1 - 6  # the engine's still steps that made the dream's prompt, then the 6 played
+    assert lead_in >= 1 and [r.kind for r in records] == ["reset"] + ["step"] * (lead_in + 6)
+    assert all(r.action.tolist() == [0] * 8 for r in records[1 : 1 + lead_in])
+    assert all(r.action.tolist() == TURN_RIGHT for r in records[1 + lead_in :])

@@ -324,3 +324,26 @@ def test_guided_mixes_logits_and_stay_bonuses_alike_and_keeps_the_actions_reward
     np.testing.assert_allclose(out.stay, still.stay + 2.5 * (act.stay - still.stay), rtol=1e-6)
     np.testing.assert_allclose(out.still_logit, still.still_logit + 2.5 * (act.still_logit - still.still_logit), rtol=1e-6)
     assert out.reward is act.reward and out.done_logit is act.done_logit
+    rows = np.array([False, True])  # world 0 moves no guided component: its pass stays as it is
+    part = guided(act, still, 2.5, rows)
+    np.testing.assert_array_equal(part.logits[0], act.logits[0])
+    np.testing.assert_array_equal(part.still_logit[0], act.still_logit[0])
+    np.testing.assert_allclose(part.logits[1], out.logits[1], rtol=1e-6)
+
+
+def test_bad_settings_and_codes_are_value_errors_naming_them(ckpt) -> None:
+    for kwargs, message in (({"temperature": float("nan")}, "temperature must be a finite number"),
+                            ({"chunks": 1.7}, "chunks must be an integer"), ({"unfreeze": 2.5}, "unfreeze must be an integer"),
+                            ({"ranked_moves": "no"}, "ranked_moves must be True, False or None"),
+                            ({"device": "meta"}, "runs on cpu or cuda")):  # fmt: skip
+        with pytest.raises((ValueError, WorldSimError), match=message):
+            worldsim.load(ckpt, **{"device": "cpu", **kwargs})
+    m = worldsim.load(ckpt, device="cpu", seed=0)
+    frames, _ = prompt_data()
+    codes = m.encode(frames[:, 0])
+    assert m.decode(codes).shape == frames[:, 0].shape
+    n = int(np.prod(m.config.tokenizer.levels))
+    for bad, message in ((codes[0], "integers \\[B, h, w\\]"), (codes.astype(np.float32), "integers"),
+                         (codes + n, f"in \\[0, {n}\\)"), (codes - codes.max() - 1, f"in \\[0, {n}\\)")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            m.decode(bad)
