@@ -69,9 +69,10 @@ class RecordResult:
 
 
 def _worker(
-    cfg: RecordConfig, part: int, parts: int, steps: int, counter: Any, results: Any
+    cfg: RecordConfig, part: int, parts: int, steps: int, counter: Any, results: Any, parent: int
 ) -> None:
-    parent = os.getppid()
+    """Record one part; ``parent`` is the recording process's pid, passed in because a worker
+    still starting up when its parent dies would otherwise take the reaper's pid for it."""
 
     def progress(k: int) -> None:
         if os.getppid() != parent:  # the parent was killed: stop, keeping what was written,
@@ -81,6 +82,7 @@ def _worker(
             counter.value += k
 
     try:
+        progress(0)  # a parent gone before this worker started: nothing to record
         results.put(("ok", part, record_part(cfg, part, parts, steps, progress)))
     except WorldSimError as e:
         results.put(("user", part, str(e)))
@@ -88,17 +90,23 @@ def _worker(
         results.put(("crash", part, traceback.format_exc()))
 
 
-def _preflight(cfg: RecordConfig) -> None:
-    """Make one env and its agent before anything at ``--out`` is touched, so that a bad
-    ``--env``, env argument or agent fails without costing an existing recording."""
+def _preflight(cfg: RecordConfig, parts: int) -> None:
+    """Make the first worker's env (a vector env for several worlds, as the worker makes it,
+    so vector-only arguments such as ``render_threads`` pass) and its agent before anything
+    at ``--out`` is touched, so that a bad ``--env``, env argument or agent fails without
+    costing an existing recording."""
+    import gymnasium as gym
     import numpy as np
 
     from worldsim.spaces import ActionSpec
 
-    env = make_env(cfg.env, 1, cfg.make_kwargs())
+    n = cfg.num_envs // parts + (cfg.num_envs % parts > 0)
+    env = make_env(cfg.env, n, cfg.make_kwargs())
     try:
-        image_shape(env.observation_space, cfg.env)
-        make_agent(cfg.agent, cfg.env, ActionSpec.from_space(env.action_space), np.random.default_rng(0))
+        vector = isinstance(env, gym.vector.VectorEnv)
+        image_shape(env.single_observation_space if vector else env.observation_space, cfg.env)
+        space = env.single_action_space if vector else env.action_space
+        make_agent(cfg.agent, cfg.env, ActionSpec.from_space(space), np.random.default_rng(0))
     finally:
         env.close()
 
@@ -148,7 +156,7 @@ def record(
         raise WorldSimError(
             f"{parts} workers write shards: give --out a folder, not a {SHARD_SUFFIX} file"
         )
-    _preflight(cfg)
+    _preflight(cfg, parts)
     _prepare_out(out, overwrite)
     cfg.created = cfg.created or now_iso()
     shares = [cfg.steps // parts + (p < cfg.steps % parts) for p in range(parts)]
@@ -205,7 +213,7 @@ def _run_parallel(
     results_q = ctx.Queue()
     procs = [
         ctx.Process(
-            target=_worker, args=(cfg, p, parts, shares[p], counter, results_q), daemon=True
+            target=_worker, args=(cfg, p, parts, shares[p], counter, results_q, os.getpid()), daemon=True
         )
         for p in range(parts)
     ]

@@ -230,6 +230,8 @@ def make_world(
     dream = gym.make(DREAM_ID, max_episode_steps=-1, **kwargs)
     if mode == "dream":
         return EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
+    from envs.dream import make_source_env
+
     source_id, source_kwargs = dream.unwrapped.source_env
-    engine = gym.make(source_id, **source_kwargs)
+    engine = make_source_env(source_id, source_kwargs)
     return SideBySideWorld(engine, dream, backend, source_id, source_kwargs)

@@ -191,6 +191,8 @@ def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple
             break
         window.append((rec.action, rec))
         last = rec.t
+        if last == t:
+            break
     if last != t:
         seen = f"its last step is {last}" if last >= 0 else "it is not in the file"
         raise WorldSimError(f"{path}: episode {episode} has no step t={t} ({seen})")

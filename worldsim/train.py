@@ -5,10 +5,11 @@ The loop is the same for both models (each model computes its own loss):
 * every random draw of step ``s`` (which windows, which patches are masked, how the context
   is corrupted) comes from generators seeded with ``(seed, rank, s)``, so ``--resume``
   continues exactly where a killed run stopped, knowing only the step counter;
-* the checkpoint (``--out``) and the training state beside it (``<out>.state.safetensors``:
-  weights, optimizer moments and step) are written atomically every ``--ckpt-every`` steps;
-  ``--resume`` takes the weights from the state, so a kill between the two writes (the
-  checkpoint a save ahead of the state) still resumes exactly;
+* the training state (``<out>.state.safetensors``: weights, optimizer moments, step and
+  the run's settings) and then the checkpoint (``--out``) are written atomically every
+  ``--ckpt-every`` steps; ``--resume`` takes the weights from the state, so a kill between
+  the two writes (the state a save ahead of the checkpoint) still resumes exactly, and a
+  finished run resumed writes a checkpoint the kill left behind;
 * ``metrics.jsonl`` beside the checkpoint gets one JSON object per logged step, and the
   held-out validation loss every ``--val-every`` steps; each names its checkpoint
   (``"checkpoint": <out file name>``), so runs that write into one folder (a recipe's
@@ -106,10 +107,11 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
         help="chooses the held-out validation episodes (default: --seed); a second training phase "
              "with a new --seed keeps its first phase's split with this",
     )  # fmt: skip
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume", action="store_true", help="continue from --out and its .state file if present"
     )
-    p.add_argument(
+    start.add_argument(
         "--overwrite", action="store_true",
         help="train a new model in place of an existing --out (without it, or --resume, an existing --out is refused)",
     )  # fmt: skip
@@ -273,7 +275,11 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
             src = loaded.tokenizer if task.kind == "tokenizer" else loaded.dynamics
             module.load_state_dict(src.state_dict())
         optimizer_from_tensors(opt, tensors, st["opt"])
-        if step >= cfg.steps:  # a finished run resumed: the checkpoint and its metrics stay as they are
+        if step >= cfg.steps:  # a finished run resumed: nothing to train
+            if dd.main and _checkpoint_steps(cfg.out) != step:
+                # killed between the state and the checkpoint of the last save: write the
+                # checkpoint from the state's weights, which the module now holds
+                task.save(cfg.out, {"steps": step, "loss": None, "val_loss": None})
             return {"step": step, "already_finished": True}
     metrics_path = cfg.out.parent / "metrics.jsonl"
     if dd.main:
@@ -349,6 +355,14 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
                 dist.barrier()
     bar.close()
     return last
+
+
+def _checkpoint_steps(path: Path) -> int | None:
+    """The ``steps`` a checkpoint's info records; None when it is missing or unreadable."""
+    try:
+        return int(load_model(path, "cpu").info.get("steps"))
+    except (WorldSimError, TypeError, ValueError):
+        return None
 
 
 def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:

@@ -205,6 +205,58 @@ def test_coverage_reports_how_much_each_action_changes_the_frame(tmp_path):
     assert min(change[1:]) > 2 * change[0]
 
 
+def _children(pid: int) -> list[int]:
+    import os
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_workers_whose_parent_dies_while_they_start_do_not_record(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "orphaned"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim", "record", "--env", "worldsim/BlockWorld-v0", "--steps", "200000",
+         "--num-envs", "2", "--workers", "2", "--out", str(out), "--quiet", "--width", "16", "--height", "16"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the recording ended before its workers started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("workers orphaned while starting went on recording")
+
+
+def test_vector_only_env_arguments_pass_the_check_before_recording(tmp_path):
+    out = tmp_path / "v"
+    assert cli(["record", "--env", "worldsim/BlockWorld-v0", "--steps", "8", "--num-envs", "2", "--workers", "1",
+                "--width", "16", "--height", "16", "--env-kwargs", '{"render_threads": 1}', "--out", str(out),
+                "--quiet"]) == 0  # fmt: skip
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrote(tmp_path, how):
     import os

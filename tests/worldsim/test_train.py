@@ -317,6 +317,27 @@ def test_an_existing_checkpoint_is_never_replaced_by_a_forgotten_resume(data: Pa
     assert out.read_bytes() == kept
     assert cli([*args, "--steps", "2", "--overwrite"]) == 0
     assert load_model(out).info["steps"] == 2
+    with pytest.raises(SystemExit):  # one or the other
+        cli([*args, "--steps", "2", "--overwrite", "--resume"])
+
+
+def test_a_finished_run_resumed_writes_the_checkpoint_a_kill_left_behind(data: Path, tmp_path: Path) -> None:
+    """The state is written first: a kill before the last checkpoint leaves it a save behind, or
+    missing; resuming the finished run writes it from the state."""
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--ckpt-every", "2", *FAST]
+    assert cli([*args, "--steps", "2"]) == 0
+    behind = out.read_bytes()
+    assert cli([*args, "--steps", "4", "--resume"]) == 0
+    finished = _weights(out)
+    out.write_bytes(behind)  # the step-4 checkpoint never made it to disk
+    assert cli([*args, "--steps", "4", "--resume"]) == 0
+    assert load_model(out).info["steps"] == 4
+    again = _weights(out)
+    assert all(np.array_equal(finished[k], again[k]) for k in finished)
+    out.unlink()
+    assert cli([*args, "--steps", "4", "--resume"]) == 0
+    assert load_model(out).info["steps"] == 4
 
 
 def _train(args: list[str], **kw) -> subprocess.Popen:
