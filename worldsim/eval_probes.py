@@ -86,7 +86,7 @@ class StabilityResult:
 def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     """The long open-loop rollout of one world (see the module docstring)."""
     P, S, model = ev.P, ev.cfg.stability_steps, ev.model
-    policy, _ = make_policy(ev.env_id, ev.ref.spec, np.random.default_rng([policy_seed, 5]))
+    policy, _ = make_policy(ev.ref.env_id, ev.ref.spec, np.random.default_rng([policy_seed, 5]))
     tr = ev.ref.rollout(STABILITY_SEED_BASE, P - 1 + S, policy)
     model.prompt(tr.frames[None, :P], tr.actions[None, : P - 1])
     dream = []
@@ -118,7 +118,7 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     return StabilityResult(
         metrics=metrics, fps=fps,
         real_prev=tr.frames[P - 1 : -1][ok], real_next=real[ok], real_actions=acts[ok],
-        dream_prev=prev_dream, dream_next=dream, dream_actions=acts,
+        dream_prev=prev_dream[ok], dream_next=dream[ok], dream_actions=acts[ok],  # the same pairs as the real ones
     )  # fmt: skip
 
 
@@ -200,7 +200,7 @@ def _one_step(model: Any, context: np.ndarray, context_actions: np.ndarray, acti
 
 def permanence(ev: Evaluation) -> dict[str, Any]:
     """Both probes, or ``{"skipped": reason}`` for an env without a probe script."""
-    probe = PROBES.get(ev.env_id)
+    probe = PROBES.get(ev.ref.env_id)  # the registered id, without a module: prefix
     if probe is None:
         return {"skipped": f"no object-permanence probe for {ev.env_id}: it needs a known turn-in-place action "
                            "and its steps per circle (worldsim/reference.py, PROBES)"}  # fmt: skip

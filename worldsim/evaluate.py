@@ -216,7 +216,7 @@ class Evaluation:
         start = time.perf_counter()
         self.log(f"eval: {self.env_id} {self.ref.shape[0]}x{self.ref.shape[1]}, {cfg.episodes} held-out episodes, "
                  f"context {P}, horizon {Hz}")  # fmt: skip
-        trajs, policy = _held_out(self.ref, self.env_id, cfg.episodes, P - 1 + Hz, cfg.seed)
+        trajs, policy = _held_out(self.ref, self.ref.env_id, cfg.episodes, P - 1 + Hz, cfg.seed)
         frames = np.stack([t.frames for t in trajs])  # (B, P + Hz, H, W, 3)
         actions = np.stack([t.actions for t in trajs])  # (B, P - 1 + Hz, C)
         rewards = np.stack([t.rewards for t in trajs])
@@ -315,12 +315,12 @@ class Evaluation:
             for k in range(math.ceil(cfg.idm.data_steps / per)):
                 # not the eval's --seed: the cached judge is one per env and config, so it must not
                 # depend on which seed happened to train it first
-                pol, _ = make_policy(self.env_id, self.ref.spec, np.random.default_rng([7, k]))
+                pol, _ = make_policy(self.ref.env_id, self.ref.spec, np.random.default_rng([7, k]))
                 tr = self.ref.rollout(IDM_SEED_BASE + k, per, pol)
                 trajs.append((tr.frames, tr.actions, ~tr.resets))
             return IDMData.from_trajectories(trajs)
 
-        key = cache_key(self.env_id, self.env_kwargs, shape, policy, cfg.idm)
+        key = cache_key(self.ref.env_id, self.env_kwargs, shape, policy, cfg.idm)
         cache = Path(cfg.cache_dir) if cfg.cache_dir else None
         idm, info = load_or_train(key, collect, nvec, shape, cfg.idm, cache, log=self.log)
         # pairs under the same actions: real frame i -> i+1, dream frame i -> i+1 (dream 0 = the last real frame)
@@ -487,8 +487,11 @@ def across_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     for name in names:
         values = [figs.get(name) for figs in per_seed.values()]
         entry: dict[str, Any] = {"values": values}
-        if all(isinstance(v, bool) for v in values):
-            entry["true"] = sum(values)
+        known = [v for v in values if v is not None]
+        if known and all(isinstance(v, bool) for v in known):  # a yes/no figure; None where a seed could not judge it
+            entry["true"] = sum(known)
+            if len(known) < len(values):
+                entry["unknown"] = len(values) - len(known)
         else:
             nums = [float(v) for v in values if v is not None and not isinstance(v, bool)]
             if nums:
@@ -503,7 +506,8 @@ def spread_table(spread: dict[str, Any]) -> str:
     lines = []
     for name, e in spread["figures"].items():
         if "true" in e:
-            lines.append(f"{name:<44} yes in {e['true']} of {n}")
+            unknown = f", n/a in {e['unknown']}" if e.get("unknown") else ""
+            lines.append(f"{name:<44} yes in {e['true']} of {n}{unknown}")
         elif "mean" in e:
             vals = ", ".join("n/a" if v is None else f"{v:.3f}" for v in e["values"])
             lines.append(f"{name:<44} mean {e['mean']:8.3f}  min {e['min']:8.3f}  max {e['max']:8.3f}  ({vals})")

@@ -14,7 +14,8 @@ stands still); ``by_change`` in the eval counts exact copies on their own.
 
 **SSIM** is Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
 K2 = 0.03, computed per RGB channel over the valid region and averaged, as
-``skimage.metrics.structural_similarity(..., gaussian_weights=True, channel_axis=-1)``
+``skimage.metrics.structural_similarity(..., gaussian_weights=True, use_sample_covariance=False,
+data_range=255, channel_axis=-1)`` (Wang's population covariance, not skimage's default)
 does. Frames smaller than 11 pixels use the largest odd window that fits.
 
 **Collapse.** A long open-loop rollout collapses when its frames stop looking like frames
