@@ -66,22 +66,16 @@ class RecordConfig:
         return kwargs
 
 
-def env_name(env_id: str) -> str:
-    """The registered id, importing the module of a ``module:Id`` first
-    (:func:`worldsim.registration.resolve_env_id`)."""
-    return resolve_env_id(env_id)
-
-
 def _stored_id(env_id: str) -> str:
     """The id a recording keeps: ``module:Id`` whole, so that whoever reads it (training, the
     eval, the dream env) imports the module that registers the env, as the recording did."""
-    name = env_name(env_id)
+    name = resolve_env_id(env_id)
     return env_id if ":" in env_id and not name.startswith("worldsim/") else name
 
 
 def make_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> gym.Env | gym.vector.VectorEnv:
     """One env, or a vector env of ``num_envs`` (the env's own vector class where it has one)."""
-    name = env_name(env_id)
+    name = resolve_env_id(env_id)
     try:
         spec = gym.spec(name)
         if num_envs == 1:
@@ -101,7 +95,7 @@ def make_agent(name: str, env_id: str, spec: ActionSpec, rng: np.random.Generato
 
         return RandomAgent(spec, rng)
     if name == "explorer":
-        if env_name(env_id) != BLOCKWORLD_ID:
+        if resolve_env_id(env_id) != BLOCKWORLD_ID:
             raise WorldSimError(
                 f"the explorer drives {BLOCKWORLD_ID} only, not {env_id!r}; use --agent random"
             )
@@ -209,7 +203,7 @@ class _Rollout:
             env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) if self.vector else None
         )
         names = getattr(env if self.vector else env.unwrapped, "action_names", None)
-        if names is None and env_name(cfg.env) == BLOCKWORLD_ID:
+        if names is None and resolve_env_id(cfg.env) == BLOCKWORLD_ID:
             from envs.blockworld import ACTION_NAMES as names  # noqa: N811
         self.coverage = Coverage.for_spec(self.spec, tuple(names) if names else None)
         self.agents = [

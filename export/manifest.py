@@ -15,12 +15,14 @@ It records what a reader needs to use the graphs without WorldSim's torch code:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from worldsim.checkpoint import ModelConfig
+from worldsim.checkpoint import (
+    ModelConfig,
+    sha256_file,  # noqa: F401  (re-exported: the export's own hash of files)
+)
 from worldsim.errors import WorldSimError
 
 FORMAT = "worldsim-onnx"
@@ -31,15 +33,6 @@ GRAPHS = ("encoder", "decoder", "dynamics")
 
 class ManifestError(WorldSimError):
     """An export folder that is incomplete, damaged, or made from another checkpoint."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -243,3 +243,26 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         # JSON turned tuples (Adam's betas) into lists; give them back their type.
         groups.append({k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in saved.items()})
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_steps(path: str | os.PathLike) -> int | None:
+    """``info.steps`` of a checkpoint, read from its header alone; None when the file is
+    missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+        return int(info.get("steps", 0))
+    except Exception:  # a damaged file counts as no checkpoint: whoever asks decides what to do
+        return None

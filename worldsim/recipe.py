@@ -58,6 +58,7 @@ from typing import Any
 
 from safetensors import safe_open
 
+from worldsim.checkpoint import checkpoint_steps
 from worldsim.errors import WorldSimError
 
 ASSEMBLY_FIELDS = ("guidance", "guided_actions")
@@ -200,18 +201,6 @@ RECIPES: dict[str, Recipe] = {
         guidance=1.5, guided_actions=(3,),
     ),
 }  # fmt: skip
-
-
-def checkpoint_steps(path: Path) -> int | None:
-    """``info.steps`` of a checkpoint, or None when the file is missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("info", "{}"))
-        return int(info.get("steps", 0))
-    except Exception:  # a damaged file is not a finished stage; training --resume decides what to do
-        return None
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -44,12 +43,14 @@ from tqdm import tqdm
 
 from worldsim.checkpoint import (
     ModelConfig,
+    checkpoint_steps,
     load_model,
     load_state,
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_model,
     save_state,
+    sha256_file,
     weights_digest,
 )
 from worldsim.errors import WorldSimError
@@ -239,28 +240,44 @@ def _lr(cfg: LoopConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def resume_state(cfg: LoopConfig, settings: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The training state ``--resume`` continues from (None: a fresh run), checked before any
+    data is read or encoded: a checkpoint without its state, a state of another kind of run,
+    or other ``settings`` (what must not change between a run and its resume: data, model,
+    batch, learning rate, seeds, ...) are errors naming the problem."""
+    spath = state_path(cfg.out)
+    if not cfg.resume:
+        return None
+    if cfg.out.is_file() and not spath.is_file():
+        raise WorldSimError(f"{cfg.out} has no training state ({spath.name}) to resume from; pass --overwrite to train "
+                            "a new model in its place")  # fmt: skip
+    if not spath.is_file():
+        return None
+    tensors, st = load_state(spath)
+    if st.get("kind") != cfg.kind:
+        raise WorldSimError(f"{spath}: training state of a {st.get('kind')} run, not of a {cfg.kind} run")
+    _check_same_run(spath, st.get("settings"), _as_read_back(settings))
+    return tensors, st
+
+
+def _as_read_back(settings: dict[str, Any] | None) -> dict[str, Any]:
+    return json.loads(json.dumps(settings or {}))  # tuples become lists, as the state holds them
+
+
+def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None = None,
+        resumed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The training loop; returns the last logged metrics.
 
-    ``settings`` are what must not change between a run and its ``--resume`` (data, model,
-    batch, learning rate, seed, ...): stored in the training state, and compared with the
-    stored ones on resume, where any difference is an error naming it.
+    ``settings`` go into every training state saved; ``resumed`` is what
+    :func:`resume_state` returned for this run.
     """
     module = task.module.to(dd.device)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
     spath = state_path(cfg.out)
-    settings = json.loads(json.dumps(settings or {}))  # as they read back: tuples become lists
-    if cfg.resume and cfg.out.is_file() and not spath.is_file():
-        raise WorldSimError(f"{cfg.out} has no training state ({spath.name}) to resume from; pass --overwrite to train "
-                            "a new model in its place")  # fmt: skip
-    if cfg.resume and spath.is_file():
-        tensors, st = load_state(spath)
-        if st.get("kind") != task.kind:
-            raise WorldSimError(
-                f"{spath}: training state of a {st.get('kind')} run, not of a {task.kind} run"
-            )
-        _check_same_run(spath, st.get("settings"), settings)
+    settings = _as_read_back(settings)
+    if resumed is not None:
+        tensors, st = resumed
         step = int(st["step"])
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         if weights:  # the weights of the state's own step: the checkpoint may be a save ahead
@@ -276,7 +293,7 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
             module.load_state_dict(src.state_dict())
         optimizer_from_tensors(opt, tensors, st["opt"])
         if step >= cfg.steps:  # a finished run resumed: nothing to train
-            if dd.main and _checkpoint_steps(cfg.out) != step:
+            if dd.main and checkpoint_steps(cfg.out) != step:
                 # killed between the state and the checkpoint of the last save: write the
                 # checkpoint from the state's weights, which the module now holds
                 task.save(cfg.out, {"steps": step, "loss": None, "val_loss": None})
@@ -355,14 +372,6 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
                 dist.barrier()
     bar.close()
     return last
-
-
-def _checkpoint_steps(path: Path) -> int | None:
-    """The ``steps`` a checkpoint's info records; None when it is missing or unreadable."""
-    try:
-        return int(load_model(path, "cpu").info.get("steps"))
-    except (WorldSimError, TypeError, ValueError):
-        return None
 
 
 def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:
@@ -604,14 +613,6 @@ def _run_settings(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, An
     return {"data": [Path(d).name for d in a.data], **{k: getattr(a, k) for k in (*shared, *names)}}
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
     return (f"{cfg.kind} checkpoint: {cfg.out} is already at step {last['step']} of {cfg.steps}; nothing to do "
             "(a larger --steps trains on)")  # fmt: skip
@@ -631,8 +632,10 @@ def tokenizer_main(argv: list[str]) -> int:
     _, dd = _setup(a)
     finished = False
     try:
+        settings = _run_settings(a, ("preset", "decoder_only"))
+        resumed = resume_state(cfg, settings)
         task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
-        last = run(task, cfg, dd, _run_settings(a, ("preset", "decoder_only")))
+        last = run(task, cfg, dd, settings, resumed)
         finished = True
     finally:
         dd.close(finished)
@@ -691,11 +694,14 @@ def dynamics_main(argv: list[str]) -> int:
     dev, dd = _setup(a)
     finished = False
     try:
-        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
-                            a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
         settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
                                      "change_weight", "stay_motion"))  # fmt: skip
-        last = run(task, cfg, dd, {**settings, "tokenizer_sha256": _sha256(a.tokenizer)})
+        if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
+            settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
+        resumed = resume_state(cfg, settings)
+        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
+                            a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
+        last = run(task, cfg, dd, settings, resumed)
         finished = True
     finally:
         dd.close(finished)

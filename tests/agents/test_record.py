@@ -159,10 +159,11 @@ def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
 def test_every_vector_autoreset_mode_records_the_frames_the_env_returned(tmp_path, mode):
     from gymnasium.vector import AutoresetMode
 
-    from agents.rollout import _Rollout, env_name
+    from agents.rollout import _Rollout
+    from worldsim.registration import resolve_env_id
 
     env = gym.make_vec(
-        env_name(FULL_ID), num_envs=3, vectorization_mode="sync",
+        resolve_env_id(FULL_ID), num_envs=3, vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": AutoresetMode(mode)}, end_prob=0.15,
     )  # fmt: skip
     out = tmp_path / "modes"
