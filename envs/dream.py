@@ -203,6 +203,28 @@ def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple
     return frames, acts.astype(np.int64), spec
 
 
+def recording_prompt(
+    options: dict[str, Any], length: int, spec: ActionSpec, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt of ``options={"recording": PATH, "episode": e, "t": t}`` for a dream of
+    ``spec`` actions and ``shape`` frames: :func:`prompt_from_recording`, then checked.
+
+    Raises:
+        WorldSimError: Naming the recording: the errors of :func:`prompt_from_recording`, or
+            its action space or frame size is not the dream's.
+    """
+    path = options["recording"]
+    frames, actions, rec_spec = prompt_from_recording(path, options.get("episode", 0), options.get("t", 0), length)
+    if rec_spec != spec:
+        raise WorldSimError(
+            f"{path}: its action space {rec_spec.kind}{list(rec_spec.nvec)} is not the model's {spec.kind}{list(spec.nvec)}"
+        )
+    if frames.shape[1:] != shape:
+        raise WorldSimError(f"{path}: its frames are {frames.shape[1]}x{frames.shape[2]} (HxW) but the dream runs at "
+                            f"{shape[0]}x{shape[1]}; pass width and height to match")  # fmt: skip
+    return check_prompt(frames, actions, spec, shape)
+
+
 class DreamEnv(gym.Env):
     """A world that exists only in the model's imagination, stepped like any Gymnasium env.
 
@@ -315,15 +337,7 @@ class DreamEnv(gym.Env):
             frames, actions = check_prompt(options["frames"], options.get("actions"), self.setup.action_spec, shape)
             return frames, actions, {"prompt": "frames"}
         if "recording" in options:
-            frames, actions, spec = prompt_from_recording(
-                options["recording"], options.get("episode", 0), options.get("t", 0), self.context_length
-            )
-            if spec != self.setup.action_spec:
-                raise WorldSimError(
-                    f"{options['recording']}: its action space {spec.kind}{list(spec.nvec)} is not the "
-                    f"model's {self.setup.action_spec.kind}{list(self.setup.action_spec.nvec)}"
-                )
-            frames, actions = check_prompt(frames, actions, self.setup.action_spec, shape)
+            frames, actions = recording_prompt(options, self.context_length, self.setup.action_spec, shape)
             return frames, actions, {"prompt": "recording"}
         engine_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         frames, actions = engine_context(self._engine_env(), engine_seed, self.context_length)

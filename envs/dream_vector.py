@@ -22,7 +22,7 @@ from envs.dream import (
     engine_context,
     load_setup,
     make_source_env,
-    prompt_from_recording,
+    recording_prompt,
 )
 from worldsim.errors import WorldSimError
 
@@ -154,12 +154,7 @@ class DreamVectorEnv(VectorEnv):
             frames = np.stack([f for f, _ in pairs])
             actions = np.stack([a for _, a in pairs])
         elif "recording" in options:
-            f, a, rec_spec = prompt_from_recording(
-                options["recording"], options.get("episode", 0), options.get("t", 0), self.context_length
-            )
-            if rec_spec != spec:
-                raise WorldSimError(f"{options['recording']}: its action space differs from the model's")
-            f, a = check_prompt(f, a, spec, shape)
+            f, a = recording_prompt(options, self.context_length, spec, shape)
             frames, actions = np.repeat(f[None], n, axis=0), np.repeat(a[None], n, axis=0)
         else:
             frames, actions = self._engine_prompts(self._seeds(seed))

@@ -152,6 +152,29 @@ def test_reset_from_a_recording(checkpoint, tmp_path):
         env.reset(options={"recording": str(path), "episode": 4, "t": 0})
 
 
+def test_a_recording_of_another_frame_size_is_refused_by_name(checkpoint, tmp_path):
+    """Single and vector env alike: a WorldSimError naming the file and both sizes, as every
+    other recording prompt error is, not a ValueError about prompt frames."""
+    from worldsim.recording_writer import RecordingWriter
+
+    engine = gym.make(BLOCKWORLD_ID, width=SIDE, height=SIDE)
+    path = tmp_path / "rec.msgpack"
+    with RecordingWriter(path, env_id=BLOCKWORLD_ID, env_kwargs={}, observation_shape=(SIDE, SIDE, 3),
+                         action_space=engine.action_space, agent="random") as w:  # fmt: skip
+        w.reset(0, 0, engine.reset(seed=0)[0])
+        for t in range(1, 4):
+            a = engine.action_space.sample()
+            obs, r, term, trunc, _ = engine.step(a)
+            w.step(0, t, a, r, term, trunc, obs)
+    big = 2 * SIDE
+    envs = [make(checkpoint, width=big, height=big),
+            gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=checkpoint,
+                         width=big, height=big)]  # fmt: skip
+    for env in envs:
+        with pytest.raises(WorldSimError, match=f"rec.msgpack: its frames are {SIDE}x{SIDE} .* dream runs at {big}x{big}"):
+            env.reset(options={"recording": str(path), "t": 3})
+
+
 def test_returned_arrays_are_never_reused(checkpoint):
     env = make(checkpoint, render_mode="rgb_array")
     obs0, _ = env.reset(seed=0)
