@@ -10,10 +10,12 @@ depend on what the weights say.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,30 @@ from worldsim.transformer import Dynamics
 
 BLOCKWORLD_ACTIONS = ActionSpec("MultiDiscrete", (3, 3, 2, 3, 3, 2, 2, 10))
 """BlockWorld's action space: the default for random-weight benchmarks."""
+ONNX_CACHE_ENV = "WORLDSIM_ONNX_CACHE"
+"""Where ``load(..., backend="onnx")`` caches exports (``export.cache``, which the core never imports)."""
+
+
+@contextlib.contextmanager
+def _onnx_cache_in(folder: str | None) -> Iterator[None]:
+    """Point the ONNX export cache at ``folder`` for the block (None: leave it alone).
+
+    The random model is saved afresh on every run, and two saves of the same weights are not
+    byte-identical (safetensors orders the header's metadata as it likes), so its export
+    would never be found again: in the user's cache each run would leave another copy
+    (about 22 MB for ``small``) behind."""
+    if folder is None:
+        yield
+        return
+    old = os.environ.get(ONNX_CACHE_ENV)
+    os.environ[ONNX_CACHE_ENV] = folder
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[ONNX_CACHE_ENV]
+        else:
+            os.environ[ONNX_CACHE_ENV] = old
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
@@ -200,10 +226,11 @@ def run_dream(a: argparse.Namespace) -> int:
             _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision), chunks=K, seed=0
         )
 
-    for K in a.chunks:
-        models = {backend: make(backend, K) for backend in a.backend}
-        for B in a.batch:
-            rows += _time_backends(models, B, H, W, a.seconds, a.rounds, peaks, precision)
+    with _onnx_cache_in(str(Path(scratch.name) / "onnx") if scratch else None):
+        for K in a.chunks:
+            models = {backend: make(backend, K) for backend in a.backend}
+            for B in a.batch:
+                rows += _time_backends(models, B, H, W, a.seconds, a.rounds, peaks, precision)
     for r in rows:
         if r["backend"] != a.backend[0]:
             print(f"{r['backend']} / {a.backend[0]}: {r['ratio']:.2f}x frames/s at B={r['batch']}, K={r['chunks']} "
