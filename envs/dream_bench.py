@@ -204,7 +204,9 @@ def main(argv: list[str]) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    from worldsim.bench import onnx_cache_in
+
+    with tempfile.TemporaryDirectory() as tmp, onnx_cache_in(str(Path(tmp) / "onnx") if a.preset else None):
         checkpoint = str(random_checkpoint(a.preset, Path(tmp))) if a.preset else a.checkpoint
         kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
                       chunks=a.chunks, precision=a.precision)  # fmt: skip

@@ -40,8 +40,9 @@ ONNX_CACHE_ENV = "WORLDSIM_ONNX_CACHE"
 
 
 @contextlib.contextmanager
-def _onnx_cache_in(folder: str | None) -> Iterator[None]:
-    """Point the ONNX export cache at ``folder`` for the block (None: leave it alone).
+def onnx_cache_in(folder: str | None) -> Iterator[None]:
+    """Point the ONNX export cache at ``folder`` for the block (None: leave it alone): where a
+    benchmark's random model goes, so that its export goes with it.
 
     The random model is saved afresh on every run, and two saves of the same weights are not
     byte-identical (safetensors orders the header's metadata as it likes), so its export
@@ -226,7 +227,7 @@ def run_dream(a: argparse.Namespace) -> int:
             _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision), chunks=K, seed=0
         )
 
-    with _onnx_cache_in(str(Path(scratch.name) / "onnx") if scratch else None):
+    with onnx_cache_in(str(Path(scratch.name) / "onnx") if scratch else None):
         for K in a.chunks:
             models = {backend: make(backend, K) for backend in a.backend}
             for B in a.batch:

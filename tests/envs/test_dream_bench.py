@@ -50,3 +50,14 @@ def test_bench_dream_times_the_runtime_then_the_env_through_gymnasium(capsys, tm
     assert re.search(r"vector env N=2\s+[\d.]+ steps/s", out), out
     assert cli([*args, "--no-env"]) == 0
     assert "through Gymnasium" not in capsys.readouterr().out
+
+
+def test_a_random_model_on_the_onnx_backend_leaves_the_onnx_cache_alone(capsys, tmp_path, monkeypatch):
+    """The random checkpoint is saved afresh each run and never hashes the same, so its export
+    must go with it, not into the user's cache as another copy every run."""
+    pytest.importorskip("onnxruntime")
+    cache = tmp_path / "onnx-cache"
+    monkeypatch.setenv("WORLDSIM_ONNX_CACHE", str(cache))
+    assert main([*TINY, "--backend", "onnx", "--steps", "2", "--warmup", "0", "--nums", "2"]) == 0
+    assert "backend onnx" in capsys.readouterr().out
+    assert not cache.exists() or not any(cache.iterdir())
