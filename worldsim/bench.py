@@ -136,7 +136,7 @@ def _finish(
 def dream_parser() -> argparse.ArgumentParser:
     """The options of ``worldsim bench dream``'s runtime part (:func:`run_dream`)."""
     ap = argparse.ArgumentParser(
-        prog="worldsim bench dream", description="Generation frames/s at B=1 and B=64, K=1 and the default K."
+        prog="worldsim bench dream", description="Generation frames/s at B=1 and B=64, K=1, 2 and the default K."
     )
     ap.add_argument(
         "--preset",
@@ -180,7 +180,7 @@ def dream_parser() -> argparse.ArgumentParser:
 
 
 def dream_main(argv: list[str]) -> int:
-    """Generation frames/s at B=1 and B=64, K=1 and the default K (the runtime alone).
+    """Generation frames/s at B=1 and B=64, K=1, 2 and the default K (the runtime alone).
 
     ``worldsim bench dream`` runs this and then the dream env through Gymnasium
     (``envs.dream_bench.bench_dream_main``); this is the part that needs no env.
