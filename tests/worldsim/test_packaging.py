@@ -1,5 +1,6 @@
-"""The package as pip builds it: metadata without deprecated fields."""
+"""The package as pip builds it: metadata without deprecated fields, dependency floors that work."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,11 @@ def test_metadata_builds_without_deprecation_warnings(tmp_path):
     assert "deprecated" not in r.stderr, r.stderr[-2000:]
     metadata = (tmp_path / r.stdout.split()[-1] / "METADATA").read_text()
     assert "License-Expression: MIT" in metadata
+
+
+def test_gymnasium_floor_has_what_the_vector_envs_import():
+    # gymnasium 1.0 satisfied the old floor (>=1.0) but has no gymnasium.vector.AutoresetMode,
+    # so `import envs.blockworld` failed there with an ImportError.
+    floor = re.search(r'"gymnasium>=([0-9.]+)', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert tuple(int(p) for p in floor.split(".")) >= (1, 1)
+    assert "AutoresetMode" in (ROOT / "envs" / "blockworld" / "vector.py").read_text()
