@@ -298,8 +298,12 @@ def check_display(pygame: Any) -> None:
     """
     if os.environ.get("SDL_VIDEODRIVER"):
         return
-    pygame.display.init()
-    if pygame.display.get_driver() in ("offscreen", "dummy"):
+    try:
+        pygame.display.init()
+        driver = pygame.display.get_driver()
+    except pygame.error:  # an SDL built without the offscreen fallback finds no driver at all
+        driver = None
+    if driver in (None, "offscreen", "dummy"):
         pygame.display.quit()
         raise WorldSimError(
             "no display to open the game's window on (no X11 or Wayland display was found); run "
