@@ -259,6 +259,7 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         import pygame
     except ModuleNotFoundError as e:
         raise WorldSimError("the viewer needs pygame; run `pip install pygame`") from e
+    check_display(pygame)  # before the model loads: a missing display is the first thing to know
 
     world = make_world(
         config.world,
@@ -283,6 +284,31 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         return _Session(pygame, world, config, keymap, script).run()
     finally:
         world.close()
+
+
+def check_display(pygame: Any) -> None:
+    """Refuse to open a window that nobody can see.
+
+    With no X11 or Wayland display (over SSH, in a container) SDL falls back to its
+    ``offscreen`` driver, and the game would run invisibly until killed. A headless run says
+    so by setting ``SDL_VIDEODRIVER`` itself, as the tests and ``make demo`` do.
+
+    Raises:
+        WorldSimError: SDL found no display and ``SDL_VIDEODRIVER`` is not set.
+    """
+    if os.environ.get("SDL_VIDEODRIVER"):
+        return
+    try:
+        pygame.display.init()
+        driver = pygame.display.get_driver()
+    except pygame.error:  # an SDL built without the offscreen fallback finds no driver at all
+        driver = None
+    if driver in (None, "offscreen", "dummy"):
+        pygame.display.quit()
+        raise WorldSimError(
+            "no display to open the game's window on (no X11 or Wayland display was found); run "
+            "`worldsim play` on a desktop, or set SDL_VIDEODRIVER=dummy to run it headless with --actions FILE"
+        )
 
 
 class _Session:

@@ -16,6 +16,7 @@ from numba import njit
 
 from envs.blockworld.achievements import NUM_ACHIEVEMENTS
 from envs.blockworld.blocks import AIR, BEDROCK, HARDNESS, LAVA, SOLID, WATER
+from envs.blockworld.jit_cache import CACHE
 from envs.blockworld.worldgen import WORLD_HEIGHT
 
 HOTBAR_SLOTS = 9
@@ -94,7 +95,7 @@ PLAYER_DTYPE = np.dtype(
 )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def block_at(blocks, x: int, y: int, z: int) -> int:
     """Block at world cell (x, y, z) of one world's region; bedrock below, air above."""
     if y < 0:
@@ -105,7 +106,7 @@ def block_at(blocks, x: int, y: int, z: int) -> int:
     return blocks[x & m, z & m, y]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _box_hits(blocks, lo0, lo1, lo2, hi0, hi1, hi2, kind: int) -> bool:
     """Whether the box [lo, hi) overlaps a solid block (kind 0), water (1) or lava (2)."""
     for x in range(int(np.floor(lo0)), int(np.floor(hi0 - 1e-9)) + 1):
@@ -121,7 +122,7 @@ def _box_hits(blocks, lo0, lo1, lo2, hi0, hi1, hi2, kind: int) -> bool:
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _player_box_hits(blocks, pos, kind: int) -> bool:
     return _box_hits(
         blocks,
@@ -131,13 +132,13 @@ def _player_box_hits(blocks, pos, kind: int) -> bool:
     )  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def player_in_water(blocks, pos) -> bool:
     """Whether a player at ``pos`` touches water (not lava)."""
     return _player_box_hits(blocks, pos, 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _move_axis(blocks, pos, axis: int, delta: float) -> bool:
     """Move ``pos`` along one axis, stopping flush against solid blocks; True if stopped.
 
@@ -163,7 +164,7 @@ def _move_axis(blocks, pos, axis: int, delta: float) -> bool:
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def look_vector(yaw: float, pitch: float):
     """Unit view direction for yaw/pitch in degrees."""
     y = np.radians(yaw)
@@ -171,7 +172,7 @@ def look_vector(yaw: float, pitch: float):
     return np.cos(p) * np.sin(y), np.sin(p), np.cos(p) * np.cos(y)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def raycast_target(blocks, p) -> None:
     """Find the first minable block within reach along the view; fills ``p.target_*``."""
     ox = p.pos[0]
@@ -217,7 +218,7 @@ def raycast_target(blocks, p) -> None:
             return
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def move_player(p, blocks, move: int, strafe: int, jump: int) -> None:
     """Walk, swim, fall and collide; updates on_ground, in_fluid and fall damage."""
     fx, _, fz = look_vector(p.yaw, 0.0)

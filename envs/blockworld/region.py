@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from envs.blockworld.blocks import GRASS, SAND, SNOW
+from envs.blockworld.jit_cache import CACHE
 from envs.blockworld.worldgen import (
     CHUNK,
     OCEAN,
@@ -48,7 +49,7 @@ early) and two levels added some."""
 assert 1 << PEAK_LEVELS <= CHUNK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def fill_occupancy(blocks, occ, x0: int, z0: int) -> None:
     """Recompute the brick occupancy of the chunk whose corner is world (x0, z0).
 
@@ -77,7 +78,7 @@ def fill_occupancy(blocks, occ, x0: int, z0: int) -> None:
                 occ[gx, gz, by] = full
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def compute_clearance(occ, clear) -> None:
     """Chebyshev distance, in bricks, from each brick to the nearest non-empty one.
 
@@ -119,7 +120,7 @@ def compute_clearance(occ, clear) -> None:
                         clear[x, z, y] = r
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def mark_filled(clear, gx: int, gz: int, gy: int) -> None:
     """Update ``clear`` after brick (gx, gz, gy) (ring-buffer indices) gained a block."""
     nx, nz, ny = clear.shape
@@ -133,7 +134,7 @@ def mark_filled(clear, gx: int, gz: int, gy: int) -> None:
                     clear[x, z, y] = d
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def fill_peaks(blocks, peaks, x0: int, z0: int) -> None:
     """Recompute the column peaks of the chunk whose corner is world (x0, z0).
 
@@ -166,7 +167,7 @@ def fill_peaks(blocks, peaks, x0: int, z0: int) -> None:
                     peaks[lv, x >> s, z >> s] = h
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def raise_peaks(peaks, x: int, z: int, y: int) -> None:
     """Update ``peaks`` after a non-air block was put at ring indices (x, z), height y."""
     for lv in range(peaks.shape[0]):
@@ -175,7 +176,7 @@ def raise_peaks(peaks, x: int, z: int, y: int) -> None:
             peaks[lv, x >> s, z >> s] = y + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _near_edge(pos, center, margin: float):
     """Indices of worlds whose player is within ``margin`` of its square's edge.
 

@@ -31,6 +31,7 @@ from envs.blockworld.blocks import (
     TEXTURES,
     WATER,
 )
+from envs.blockworld.jit_cache import CACHE
 from envs.blockworld.physics import EYE_HEIGHT, HOTBAR_SLOTS, MAX_HEALTH, STACK_LIMIT
 from envs.blockworld.region import BRICK_SHIFT, PEAK_LEVELS, REGION
 from envs.blockworld.tick import time_of_day
@@ -79,7 +80,7 @@ _PZ_BITS = _R_BITS - 1
 assert 1 << _Y_BITS == WORLD_HEIGHT and 1 << _R_BITS == REGION
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _camera(p, blocks, width: int, height: int, view: float, cam) -> None:
     """Per-world constants for the pixel loop, packed into ``cam`` (see the indices used)."""
     y = np.radians(p.yaw)
@@ -113,7 +114,7 @@ def _camera(p, blocks, width: int, height: int, view: float, cam) -> None:
     cam[20] = p.mine_ticks / hard if hard > 0 else 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _view_top(cam, peaks, top: int) -> int:
     """The sky limit within the view distance: rays heading up leave once above it.
 
@@ -134,7 +135,7 @@ def _view_top(cam, peaks, top: int) -> int:
     return min(h, top)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _pseudo_angle(a: float, b: float) -> float:
     """A cheap stand-in for ``atan2(b, a)`` mapped to [0, 4): it rises monotonically with
     the angle and adds 2 for a half turn, which is all that binning by azimuth needs."""
@@ -143,7 +144,7 @@ def _pseudo_angle(a: float, b: float) -> float:
     return 2.0 - b / (-a - b) if a < 0 else 3.0 + a / (a - b)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _horizon_tile(out, ox: float, oz: float, view: float, x0: float, z0: float, size: float, rise: float) -> bool:
     """Raise ``out``'s sectors spanned by the square [x0, x0+size] x [z0, z0+size] to the
     slope of terrain ``rise`` above the eye at its nearest point. False if the square holds
@@ -180,7 +181,7 @@ def _horizon_tile(out, ox: float, oz: float, view: float, x0: float, z0: float, 
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _horizon(cam, peaks, out) -> None:
     """Per azimuth sector, the steepest slope (dy over horizontal distance) at which any
     terrain within the view distance rises above the eye, squared, into ``out``
@@ -222,7 +223,7 @@ def _horizon(cam, peaks, out) -> None:
                         return
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=CACHE, nogil=True, error_model="numpy")
 def _row_rays(cam, nxs, ny: float, horizon, ray) -> None:
     """Ray directions of one row of pixels into ``ray`` (7, W): unit direction, its
     inverse (1e30 for a zero component) and 1.0 where the ray clears its horizon sector.
@@ -255,7 +256,7 @@ def _row_rays(cam, nxs, ny: float, horizon, ray) -> None:
                 ray[6, j] = 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _sky_gradient(cam, table) -> None:
     """Sky colours by ray elevation into ``table`` (SKY_STEPS, 3): dy from -1 to 1.
 
@@ -273,7 +274,7 @@ def _sky_gradient(cam, table) -> None:
             table[k, c] = hor + (zen - hor) * up
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _sky(cam, table, dx: float, dy: float, dz: float, out) -> None:
     k = int((dy + 1.0) * (0.5 * (table.shape[0] - 1)) + 0.5)
     cos_sun = dx * cam[14] + dy * cam[15] + dz * cam[16]
@@ -288,7 +289,7 @@ def _sky(cam, table, dx: float, dy: float, dz: float, out) -> None:
             out[c] = table[k, c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _fog_color(cam, out) -> None:
     if cam[18] > 0:
         for c in range(3):
@@ -302,7 +303,7 @@ def _fog_color(cam, out) -> None:
 
 # numpy's error model drops the zero-division checks; every divisor here is a nonzero
 # constant or derived from the view distance (>= 1). 3 % faster in A/B, same frames.
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=CACHE, nogil=True, error_model="numpy")
 def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out, rgb) -> None:
     """Colours of one row of pixels, written to ``out`` (W, 3) uint8 (``rgb``: scratch, 3).
 
@@ -460,7 +461,7 @@ def _shade_row(blocks, clear, peaks, top: int, mine, cam, sky, ray, fog, out, rg
             out[j, c] = min(max(int(rgb[c] + 0.5), 0), 255)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
     """Render every world's first-person view (without HUD) into ``out``.
 
@@ -515,7 +516,7 @@ def render_worlds(players, blocks, clear, peaks, top, view: float, out) -> None:
         )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _shade_world(blocks, clear, peaks, top: int, mine, cam, sky, horizon, nxs, ray, fog, out) -> None:
     """One world's frame, row by row: the row loop sits here so that the arrays it hands
     on are reference-counted once per row, not once per pixel."""
@@ -527,7 +528,7 @@ def _shade_world(blocks, clear, peaks, top: int, mine, cam, sky, horizon, nxs, r
         _shade_row(blocks, clear, peaks, top, mine, cam, sky, ray, fog, out[i], rgb)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _fill(img, y0: int, y1: int, x0: int, x1: int, r: int, g: int, b: int) -> None:
     for y in range(max(y0, 0), min(y1, img.shape[0])):
         for x in range(max(x0, 0), min(x1, img.shape[1])):
@@ -536,7 +537,7 @@ def _fill(img, y0: int, y1: int, x0: int, x1: int, r: int, g: int, b: int) -> No
             img[y, x, 2] = b
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def draw_hud(players, out) -> None:
     """Draw crosshair, health bar and hotbar over each frame of ``out`` (B, H, W, 3)."""
     height, width = out.shape[1], out.shape[2]

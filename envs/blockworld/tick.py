@@ -12,6 +12,7 @@ from numba import njit
 
 from envs.blockworld.achievements import ACH_ARG, ACH_KIND, KIND_ID, NUM_ACHIEVEMENTS
 from envs.blockworld.blocks import AIR, DROP, HARDNESS, LAVA, PLACEABLE, WATER
+from envs.blockworld.jit_cache import CACHE
 from envs.blockworld.physics import (
     AIR_TICKS,
     EYE_HEIGHT,
@@ -47,20 +48,20 @@ _TRAVEL = KIND_ID["travel"]
 _DAWN = KIND_ID["dawn"]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def time_of_day(p) -> float:
     """Fraction of the day: 0 sunrise, 0.25 noon, 0.5 sunset, 0.75 midnight."""
     t = p.time0 + p.tick / p.day_length
     return t - np.floor(t)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def is_night(t: float) -> bool:
     """Between sunset's end and sunrise's start (the sky is dark)."""
     return 0.53 < t < 0.97
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _has_room(p, item: int) -> bool:
     """Whether :func:`add_item` would find a place for one ``item``."""
     for i in range(HOTBAR_SLOTS):
@@ -69,7 +70,7 @@ def _has_room(p, item: int) -> bool:
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def add_item(p, item: int) -> bool:
     """Put one ``item`` in the hotbar: onto its stack, else the first empty slot."""
     for i in range(HOTBAR_SLOTS):
@@ -84,7 +85,7 @@ def add_item(p, item: int) -> bool:
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _set_block(world, w: int, x: int, y: int, z: int, b: int) -> None:
     blocks, dirty, top, occ, clear, peaks = world
     m = blocks.shape[1] - 1
@@ -100,7 +101,7 @@ def _set_block(world, w: int, x: int, y: int, z: int, b: int) -> None:
         top[w] = max(top[w], min(y + 2, WORLD_HEIGHT))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _mine(p, world, w: int, attack: int) -> None:
     if not attack or p.target_block == AIR:
         p.mine_ticks = 0
@@ -128,7 +129,7 @@ def _mine(p, world, w: int, attack: int) -> None:
         raycast_target(world[0][w], p)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _place(p, world, w: int, use: int) -> None:
     if p.use_cooldown > 0:
         p.use_cooldown -= 1
@@ -162,7 +163,7 @@ def _place(p, world, w: int, use: int) -> None:
     raycast_target(blocks[w], p)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _hazards(p, blocks) -> None:
     """Lava burns, held breath runs out under water, and health slowly regenerates."""
     if p.hurt_timer > 0:
@@ -185,7 +186,7 @@ def _hazards(p, blocks) -> None:
             p.health += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _achievements(p, blocks, head_in_water: bool, dawn: bool) -> int:
     dx = p.pos[0] - p.spawn[0]
     dz = p.pos[2] - p.spawn[2]
@@ -211,7 +212,7 @@ def _achievements(p, blocks, head_in_water: bool, dawn: bool) -> int:
     return new
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def step_players(players, blocks, dirty, top, occ, clear, peaks, actions) -> None:
     """Advance every world one tick.
 
@@ -268,7 +269,7 @@ def step_players(players, blocks, dirty, top, occ, clear, peaks, actions) -> Non
         p.dead = p.health <= 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def refresh_targets(players, blocks) -> None:
     """Recompute what each player looks at (after a reset or a scripted move)."""
     for w in range(players.shape[0]):

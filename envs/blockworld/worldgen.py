@@ -35,6 +35,7 @@ from envs.blockworld.blocks import (
     WATER,
     WOOD,
 )
+from envs.blockworld.jit_cache import CACHE
 
 CHUNK = 16
 """Chunk edge in blocks (x and z)."""
@@ -54,7 +55,7 @@ _M1 = -4658895280553007687
 _M2 = -7723592293110705685
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def hash3(seed: int, x: int, y: int, z: int) -> int:
     """A 64-bit mix of a seed and three integer coordinates."""
     h = seed * 6364136223846793005 + x * 73856093 + y * 19349663 + z * 83492791
@@ -63,18 +64,18 @@ def hash3(seed: int, x: int, y: int, z: int) -> int:
     return h ^ (h >> 31)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def rand01(seed: int, x: int, y: int, z: int) -> float:
     """Uniform in [0, 1), a pure function of its arguments."""
     return (hash3(seed, x, y, z) & 0xFFFFFF) / 16777216.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _smooth(t: float) -> float:
     return t * t * (3.0 - 2.0 * t)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def value_noise2(seed: int, x: float, z: float) -> float:
     """Smoothly interpolated lattice noise in [-1, 1]."""
     ix = int(np.floor(x))
@@ -90,7 +91,7 @@ def value_noise2(seed: int, x: float, z: float) -> float:
     return (top + (bot - top) * fz) * 2.0 - 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def fbm2(seed: int, x: float, z: float, octaves: int) -> float:
     """Fractal sum of ``octaves`` value-noise layers, each twice as fine and half as strong."""
     total = 0.0
@@ -105,7 +106,7 @@ def fbm2(seed: int, x: float, z: float, octaves: int) -> float:
     return total / norm
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def value_noise3(seed: int, x: float, y: float, z: float) -> float:
     """Trilinear lattice noise in [-1, 1]."""
     ix = int(np.floor(x))
@@ -131,7 +132,7 @@ def value_noise3(seed: int, x: float, y: float, z: float) -> float:
     return (y0 + (y1 - y0) * fz) * 2.0 - 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def column(seed: int, x: int, z: int) -> tuple[int, int]:
     """Surface height (y of the top solid block) and biome id of the column at (x, z)."""
     continent = fbm2(seed + 11, x / 128.0, z / 128.0, 3)
@@ -153,7 +154,7 @@ def column(seed: int, x: int, z: int) -> tuple[int, int]:
     return h, PLAINS
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _tree_at(seed: int, x: int, z: int, h: int, biome: int) -> int:
     """Trunk height of a tree rooted on column (x, z), or 0 for no tree."""
     if biome == FOREST:
@@ -169,14 +170,14 @@ def _tree_at(seed: int, x: int, z: int, h: int, biome: int) -> int:
     return 4 + (hash3(seed + 6, x, 0, z) & 0x7FFFFFFF) % 3
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _is_cave(seed: int, x: int, y: int, z: int) -> bool:
     a = value_noise3(seed + 101, x / 18.0, y / 10.0, z / 18.0)
     b = value_noise3(seed + 202, x / 18.0, y / 10.0, z / 18.0)
     return a * a + b * b < 0.012
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _ore(seed: int, x: int, y: int, z: int) -> int:
     """Ore id replacing stone at (x, y, z), or STONE. Ores come in small 2x2x2 blobs."""
     bx, by, bz = x >> 1, y >> 1, z >> 1
@@ -189,7 +190,7 @@ def _ore(seed: int, x: int, y: int, z: int) -> int:
     return STONE
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def generate_chunk(seed: int, cx: int, cz: int, region: np.ndarray) -> int:
     """Write chunk (cx, cz) into its ring-buffer slot of ``region`` and return its top y.
 

@@ -115,6 +115,15 @@ def test_cli_reports_bad_options_in_one_line(capsys):
     assert len(err) == 1 and "tick-rate" in err[0]
 
 
+def test_play_without_a_display_is_an_error_not_an_invisible_game(monkeypatch):
+    # No X11 or Wayland and no SDL_VIDEODRIVER: SDL would pick its offscreen driver and the
+    # game would run, unseen, until killed (`make play` over SSH).
+    for name in ("SDL_VIDEODRIVER", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(WorldSimError, match="no display to open the game's window on"):
+        play(PlayConfig(world="engine", max_steps=1))
+
+
 def test_psnr():
     a = np.zeros((8, 8, 3), np.uint8)
     b = a.copy()
