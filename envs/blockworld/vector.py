@@ -12,7 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from envs.blockworld.achievements import ACHIEVEMENT_NAMES
 from envs.blockworld.blocks import AIR, BLOCK_NAMES
-from envs.blockworld.engine import Engine, EngineConfig, draw_start
+from envs.blockworld.engine import Engine, EngineConfig, check_reset_options, draw_start
 from envs.blockworld.env import ACTION_SPEC, DEFAULT_MAX_STEPS, TICKS_PER_SECOND
 from envs.blockworld.worldgen import BIOME_NAMES
 from worldsim.errors import SettingError
@@ -96,6 +96,7 @@ class BlockWorldVectorEnv(VectorEnv):
         self._reset_done = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        check_reset_options(options)  # before any world's generator is reseeded
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
         elif isinstance(seed, int):

@@ -97,3 +97,15 @@ def test_make_vec_takes_a_time_limit_and_refuses_a_step_before_reset():
     with pytest.raises(ValueError, match="max_episode_steps must be >= 1"):
         BlockWorldVectorEnv(2, width=16, height=16, max_episode_steps=0)
     assert BlockWorldVectorEnv(1, width=16, height=16, max_steps=7, max_episode_steps=-1).max_steps == 7
+
+
+def test_vector_reset_refuses_a_reset_mask_instead_of_resetting_every_world():
+    """Gymnasium's ``reset_mask`` resets only the chosen worlds of a vector env; the native
+    env has no partial reset (it autoresets NEXT_STEP), so it must not reset them all."""
+    venv = BlockWorldVectorEnv(2, width=16, height=16, render_mode="rgb_array", render_threads=1)
+    venv.reset(seed=0)
+    before, *_ = venv.step(np.ones((2, len(ACTION_NVEC)), dtype=np.int64))
+    with pytest.raises(ValueError, match="unknown reset options \\['reset_mask'\\].*no partial reset"):
+        venv.reset(options={"reset_mask": np.array([True, False])})
+    assert np.array_equal(np.stack(venv.render()), before)  # nothing was reset
+    venv.close()
