@@ -44,7 +44,7 @@ class BlockWorldVectorEnv(VectorEnv):
     Args:
         num_envs: Number of worlds.
         width, height, render_mode, max_steps, day_length, view_distance, hud: As for
-            :class:`BlockWorldEnv`; ``render()`` returns the (N, H, W, 3) frames.
+            :class:`BlockWorldEnv`; ``render()`` returns a tuple of the N (H, W, 3) frames.
         render_threads: Threads that render (and step) the batch; 0 (the default) uses
             ``min(os.cpu_count(), num_envs)``. Pass 1 when several processes record at
             once, so that they do not oversubscribe the CPUs.
@@ -140,9 +140,11 @@ class BlockWorldVectorEnv(VectorEnv):
         frames = self.engine.render()
         return frames.copy(), rewards, terminated, truncated, self._info()
 
-    def render(self):
+    def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode == "rgb_array":
-            return self.engine.frames.copy()
+            # A tuple of frames, as VectorEnv.render promises: Gymnasium's vector RecordVideo
+            # asserts a Sequence, which an (N, H, W, 3) array is not.
+            return tuple(self.engine.frames.copy())
         return None
 
     def close_extras(self, **kwargs: Any) -> None:

@@ -109,3 +109,26 @@ def test_vector_reset_refuses_a_reset_mask_instead_of_resetting_every_world():
         venv.reset(options={"reset_mask": np.array([True, False])})
     assert np.array_equal(np.stack(venv.render()), before)  # nothing was reset
     venv.close()
+
+
+def test_vector_render_is_a_tuple_of_frames_that_record_video_takes(monkeypatch, tmp_path):
+    """``VectorEnv.render`` returns a tuple of frames; Gymnasium's vector ``RecordVideo``
+    asserts a ``Sequence``, which an (N, H, W, 3) array is not."""
+    import sys
+    import types
+
+    from gymnasium.wrappers.vector import RecordVideo
+
+    if "moviepy" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "moviepy", types.ModuleType("moviepy"))  # no video is written
+    venv = BlockWorldVectorEnv(2, width=16, height=16, render_mode="rgb_array", render_threads=1)
+    obs, _ = venv.reset(seed=0)
+    frames = venv.render()
+    assert isinstance(frames, tuple) and len(frames) == 2
+    assert all(np.array_equal(f, o) for f, o in zip(frames, obs))
+    recorder = RecordVideo(venv, str(tmp_path / "videos"), episode_trigger=lambda _: True)
+    recorder.reset(seed=0)
+    recorder.step(np.zeros((2, len(ACTION_NVEC)), dtype=np.int64))
+    assert len(recorder.recorded_frames) == 2 and recorder.recorded_frames[0].shape == (16, 32, 3)
+    recorder.recorded_frames, recorder.recording = [], False  # nothing to save (moviepy may be a stub)
+    venv.close()
