@@ -50,7 +50,9 @@ class BlockWorldVectorEnv(VectorEnv):
             once, so that they do not oversubscribe the CPUs.
         max_episode_steps: What ``gymnasium.make``'s time limit is for the single env, so
             that ``gymnasium.make_vec(..., max_episode_steps=n)`` works: a world truncates
-            at the smaller of this and ``max_steps``. None or -1: ``max_steps`` alone.
+            at the smaller of this and ``max_steps``, and, as ``gymnasium.make``'s
+            ``TimeLimit`` does, reports truncated at step n even when it also terminates
+            there. None or -1: ``max_steps`` alone.
     """
 
     metadata = {
@@ -84,7 +86,8 @@ class BlockWorldVectorEnv(VectorEnv):
             raise SettingError(f"max_episode_steps must be >= 1, or None or -1 for no limit, got {max_episode_steps}")
         self.num_envs = num_envs
         self.render_mode = render_mode
-        self.max_steps = int(max_steps) if max_episode_steps in (None, -1) else min(int(max_steps), int(max_episode_steps))
+        self.max_episode_steps = None if max_episode_steps in (None, -1) else int(max_episode_steps)
+        self.max_steps = int(max_steps) if self.max_episode_steps is None else min(int(max_steps), self.max_episode_steps)
         self.engine = Engine(num_envs, EngineConfig(width, height, day_length, view_distance, hud, render_threads))
         self.single_observation_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.single_action_space = ACTION_SPEC.to_space()
@@ -131,6 +134,8 @@ class BlockWorldVectorEnv(VectorEnv):
         rewards = players["reward"].astype(np.float64)
         terminated = players["dead"].astype(np.bool_)
         truncated = (self._steps >= self.max_steps) & ~terminated
+        if self.max_episode_steps is not None:  # the TimeLimit's flag: set even on a terminating step
+            truncated |= self._steps >= self.max_episode_steps
         for w in np.flatnonzero(self._needs_reset):
             self._reset_world(int(w), None)
             rewards[w] = 0.0

@@ -132,3 +132,32 @@ def test_vector_render_is_a_tuple_of_frames_that_record_video_takes(monkeypatch,
     assert len(recorder.recorded_frames) == 2 and recorder.recorded_frames[0].shape == (16, 32, 3)
     recorder.recorded_frames, recorder.recording = [], False  # nothing to save (moviepy may be a stub)
     venv.close()
+
+
+def _fall_to_death(mode: str, **kwargs) -> list[tuple[int, bool, bool]]:
+    """(step, terminated, truncated) of every episode end of one world dropped from 30 blocks up."""
+    venv = gym.make_vec("worldsim/BlockWorld-v0", num_envs=1, vectorization_mode=mode, width=16, height=16, **kwargs)
+    venv.reset(seed=0)
+    engine = venv.unwrapped.engine if mode == "vector_entry_point" else venv.unwrapped.envs[0].unwrapped.engine
+    x, y, z = engine.players["pos"][0]
+    engine.place_player(0, float(x), float(y) + 30.0, float(z))
+    ends = []
+    for t in range(1, 61):
+        _, _, terminated, truncated, _ = venv.step(np.zeros((1, len(ACTION_NVEC)), dtype=np.int64))
+        if terminated[0] or truncated[0]:
+            ends.append((t, bool(terminated[0]), bool(truncated[0])))
+            break
+    venv.close()
+    return ends
+
+
+def test_time_limit_on_a_terminating_step_says_truncated_as_gymnasium_time_limit_does():
+    """A death on the time limit's last step: the sync vector env's TimeLimit reports both
+    flags, and the native env given the same ``max_episode_steps`` must too."""
+    (death, terminated, _), = _fall_to_death("vector_entry_point", render_threads=1)
+    assert terminated
+    sync = _fall_to_death("sync", max_episode_steps=death)
+    assert sync == [(death, True, True)]
+    assert _fall_to_death("vector_entry_point", render_threads=1, max_episode_steps=death) == sync
+    # the env's own max_steps is no TimeLimit: there termination alone is reported, as in the single env
+    assert _fall_to_death("vector_entry_point", render_threads=1, max_steps=death) == [(death, True, False)]
