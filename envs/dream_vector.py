@@ -12,6 +12,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -31,13 +32,16 @@ class DreamVectorEnv(VectorEnv):
     """``num_envs`` dream worlds stepped together; see :class:`envs.dream.DreamEnv`.
 
     Autoreset is ``NEXT_STEP``, Gymnasium's default: the step after an episode ends
-    ignores that world's action, restarts it from a fresh engine context (a seed drawn
-    from ``np_random``) and returns its first frame with reward 0.
+    ignores that world's action, restarts it from a fresh engine context and returns its
+    first frame with reward 0.
 
-    ``reset(seed=s)`` starts world ``i`` as ``DreamEnv.reset(seed=s + i)`` would, so at
-    ``temperature=0`` and ``precision="fp32"`` a vector env and single envs with those seeds
-    give the same frames. In bf16 the matmuls round differently for different batch sizes,
-    so now and then a token comes out otherwise and the worlds part ways.
+    ``reset(seed=s)`` starts world ``i`` as ``DreamEnv.reset(seed=s + i)`` would, and each
+    world draws the engine seeds of its later resets and autoresets from its own generator,
+    as that single env draws them from its ``np_random``. So at ``temperature=0`` and
+    ``precision="fp32"`` a vector env and single envs with those seeds give the same frames,
+    across episode ends too (as ``gymnasium.make_vec(..., vectorization_mode="sync")``
+    would). In bf16 the matmuls round differently for different batch sizes, so now and
+    then a token comes out otherwise and the worlds part ways.
     A list of seeds sets each world's seed. ``options={"frames": uint8[N,T,H,W,3],
     "actions": [N,T-1,...]}`` or ``{"recording": PATH, "episode": e, "t": t}`` (every
     world starts there) prompt from frames instead.
@@ -93,6 +97,8 @@ class DreamVectorEnv(VectorEnv):
         self._frames: np.ndarray | None = None
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        """World i's generator: the ``np_random`` of the single env it mirrors."""
 
     def _engine_env(self) -> gym.Env:
         if self._engine is None:
@@ -119,13 +125,31 @@ class DreamVectorEnv(VectorEnv):
         actions = np.stack([a[a.shape[0] - (t - 1) :] for _, a in contexts])
         return frames, actions
 
-    def _seeds(self, seed: int | list[int | None] | None) -> list[int]:
-        """One engine seed per world; a None in a list draws that world's from ``np_random``."""
+    def _seed_worlds(self, seed: int | list[int | None] | None) -> list[int | None]:
+        """(Re)seed each world's generator as ``DreamEnv.reset`` seeds its ``np_random``;
+        returns the worlds' seeds (None where a world keeps drawing from its generator)."""
         if seed is None:
-            return [int(s) for s in self.np_random.integers(2**31 - 1, size=self.num_envs)]
-        if isinstance(seed, (int, np.integer)):
-            return [int(seed) + i for i in range(self.num_envs)]
-        return [int(self.np_random.integers(2**31 - 1)) if s is None else int(s) for s in seed]
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = [None if s is None else int(s) for s in seed]
+        for w, s in enumerate(seeds):
+            if s is not None or self._rngs[w] is None:
+                self._rngs[w], _ = seeding.np_random(s)
+        return seeds
+
+    def _draw(self, w: int) -> int:
+        rng = self._rngs[w]
+        assert rng is not None
+        return int(rng.integers(2**31 - 1))
+
+    def _restart_seed(self, w: int) -> int:
+        """World ``w``'s engine seed for a reset without a seed, drawn as the single env
+        draws it, followed by the draw that env makes for its sampler."""
+        engine_seed = self._draw(w)
+        self._draw(w)
+        return engine_seed
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -139,6 +163,7 @@ class DreamVectorEnv(VectorEnv):
             super().reset(seed=seed)
         options = options or {}
         check_reset_options(options)
+        seeds = self._seed_worlds(seed)
         n, shape, spec = self.num_envs, self.single_observation_space.shape, self.setup.action_spec
         if "frames" in options:
             frames = np.asarray(options["frames"])
@@ -157,7 +182,10 @@ class DreamVectorEnv(VectorEnv):
             f, a = recording_prompt(options, self.context_length, spec, shape)
             frames, actions = np.repeat(f[None], n, axis=0), np.repeat(a[None], n, axis=0)
         else:
-            frames, actions = self._engine_prompts(self._seeds(seed))
+            engine_seeds = [self._draw(w) if s is None else s for w, s in enumerate(seeds)]
+            frames, actions = self._engine_prompts(engine_seeds)
+        for w in range(n):
+            self._draw(w)  # the single env's draw for its sampler, to keep the streams in step
         self.model.reseed(int(self.np_random.integers(2**31 - 1)))
         self.model.prompt(frames, actions)
         self._frames = frames[:, -1].copy()
@@ -179,7 +207,7 @@ class DreamVectorEnv(VectorEnv):
             truncated = self._steps >= self.max_episode_steps
         restart = np.flatnonzero(self._autoreset)
         if restart.size:
-            seeds = [int(s) for s in self.np_random.integers(2**31 - 1, size=restart.size)]
+            seeds = [self._restart_seed(int(w)) for w in restart]
             ctx_frames, ctx_actions = self._engine_prompts(seeds)
             # Only these worlds restart; the others keep their KV cache.
             self.model.prompt(ctx_frames, ctx_actions, worlds=restart)

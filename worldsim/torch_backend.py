@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,19 @@ from worldsim.errors import WorldSimError
 from worldsim.sampling import PassOutput
 from worldsim.tokenizer import Tokenizer
 from worldsim.transformer import Dynamics
+
+
+def _one_thread_after_fork() -> None:
+    # GNU OpenMP's thread pool does not survive a fork: a forked child whose first torch op
+    # opens a parallel region waits forever for threads that exist only in the parent.
+    # gymnasium.make_vec(..., vectorization_mode="async") forks (Linux's default) right after
+    # building one env in the parent, and its workers hung while building the model. With one
+    # thread every op runs inline, as in torch's own DataLoader workers.
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere children are spawned, not forked
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
 def pick_device(device: str) -> torch.device:

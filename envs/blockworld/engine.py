@@ -58,12 +58,30 @@ class EngineConfig:
             raise SettingError(f"view_distance must be in [1, {MAX_VIEW_DISTANCE}], got {self.view_distance}")
 
 
+RESET_OPTIONS = ("time_of_day",)
+"""The keys ``reset(options=...)`` takes; any other is refused, not ignored."""
+
+
+def check_reset_options(options: dict | None) -> None:
+    """Refuse reset options BlockWorld would ignore: a typo would otherwise leave the time
+    random, and ``reset_mask`` would reset every world of a vector env, not the chosen ones.
+
+    Raises:
+        SettingError: Naming the unknown keys.
+    """
+    unknown = sorted(set(options or {}) - set(RESET_OPTIONS), key=str)
+    if unknown:
+        hint = " (the vector env autoresets in NEXT_STEP mode; it has no partial reset)" if "reset_mask" in unknown else ""
+        raise SettingError(f"unknown reset options {unknown}; BlockWorld takes {list(RESET_OPTIONS)}{hint}")
+
+
 def draw_start(np_random: np.random.Generator, options: dict | None) -> tuple[int, float]:
     """World seed and start time of day for a reset, drawn from the env's generator.
 
     ``options={"time_of_day": t}`` fixes the time (t in [0, 1]); otherwise it is uniform,
-    so that recorded data covers day and night alike.
+    so that recorded data covers day and night alike. Other keys raise :class:`SettingError`.
     """
+    check_reset_options(options)
     world_seed = int(np_random.integers(0, 2**31 - 1))
     tod = float(np_random.random())
     if options and "time_of_day" in options:

@@ -56,7 +56,8 @@ class BlockWorldEnv(gym.Env):
     ## Starting State
     A new world from a seed drawn from ``np_random``, the player standing on the driest
     column nearest the origin, full health (20) and an empty hotbar. The time of day is
-    uniform in [0, 1) unless ``options={"time_of_day": t}`` sets it.
+    uniform in [0, 1) unless ``options={"time_of_day": t}`` sets it; any other option key
+    raises ``ValueError``.
 
     ## Episode End
     Terminated when health reaches 0 (falls over 3 blocks, lava, drowning). Truncated

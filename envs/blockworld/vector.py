@@ -12,7 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from envs.blockworld.achievements import ACHIEVEMENT_NAMES
 from envs.blockworld.blocks import AIR, BLOCK_NAMES
-from envs.blockworld.engine import Engine, EngineConfig, draw_start
+from envs.blockworld.engine import Engine, EngineConfig, check_reset_options, draw_start
 from envs.blockworld.env import ACTION_SPEC, DEFAULT_MAX_STEPS, TICKS_PER_SECOND
 from envs.blockworld.worldgen import BIOME_NAMES
 from worldsim.errors import SettingError
@@ -44,13 +44,15 @@ class BlockWorldVectorEnv(VectorEnv):
     Args:
         num_envs: Number of worlds.
         width, height, render_mode, max_steps, day_length, view_distance, hud: As for
-            :class:`BlockWorldEnv`; ``render()`` returns the (N, H, W, 3) frames.
+            :class:`BlockWorldEnv`; ``render()`` returns a tuple of the N (H, W, 3) frames.
         render_threads: Threads that render (and step) the batch; 0 (the default) uses
             ``min(os.cpu_count(), num_envs)``. Pass 1 when several processes record at
             once, so that they do not oversubscribe the CPUs.
         max_episode_steps: What ``gymnasium.make``'s time limit is for the single env, so
             that ``gymnasium.make_vec(..., max_episode_steps=n)`` works: a world truncates
-            at the smaller of this and ``max_steps``. None or -1: ``max_steps`` alone.
+            at the smaller of this and ``max_steps``, and, as ``gymnasium.make``'s
+            ``TimeLimit`` does, reports truncated at step n even when it also terminates
+            there. None or -1: ``max_steps`` alone.
     """
 
     metadata = {
@@ -84,7 +86,8 @@ class BlockWorldVectorEnv(VectorEnv):
             raise SettingError(f"max_episode_steps must be >= 1, or None or -1 for no limit, got {max_episode_steps}")
         self.num_envs = num_envs
         self.render_mode = render_mode
-        self.max_steps = int(max_steps) if max_episode_steps in (None, -1) else min(int(max_steps), int(max_episode_steps))
+        self.max_episode_steps = None if max_episode_steps in (None, -1) else int(max_episode_steps)
+        self.max_steps = int(max_steps) if self.max_episode_steps is None else min(int(max_steps), self.max_episode_steps)
         self.engine = Engine(num_envs, EngineConfig(width, height, day_length, view_distance, hud, render_threads))
         self.single_observation_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.single_action_space = ACTION_SPEC.to_space()
@@ -96,6 +99,7 @@ class BlockWorldVectorEnv(VectorEnv):
         self._reset_done = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        check_reset_options(options)  # before any world's generator is reseeded
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
         elif isinstance(seed, int):
@@ -130,6 +134,8 @@ class BlockWorldVectorEnv(VectorEnv):
         rewards = players["reward"].astype(np.float64)
         terminated = players["dead"].astype(np.bool_)
         truncated = (self._steps >= self.max_steps) & ~terminated
+        if self.max_episode_steps is not None:  # the TimeLimit's flag: set even on a terminating step
+            truncated |= self._steps >= self.max_episode_steps
         for w in np.flatnonzero(self._needs_reset):
             self._reset_world(int(w), None)
             rewards[w] = 0.0
@@ -139,9 +145,11 @@ class BlockWorldVectorEnv(VectorEnv):
         frames = self.engine.render()
         return frames.copy(), rewards, terminated, truncated, self._info()
 
-    def render(self):
+    def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode == "rgb_array":
-            return self.engine.frames.copy()
+            # A tuple of frames, as VectorEnv.render promises: Gymnasium's vector RecordVideo
+            # asserts a Sequence, which an (N, H, W, 3) array is not.
+            return tuple(self.engine.frames.copy())
         return None
 
     def close_extras(self, **kwargs: Any) -> None:

@@ -113,6 +113,14 @@ def test_time_of_day_option_and_night_is_darker():
         env.reset(seed=4, options={"time_of_day": 1.5})
 
 
+def test_unknown_reset_options_are_refused_not_ignored():
+    """A typo would leave the time of day random without a word."""
+    env = BlockWorldEnv(width=16, height=16)
+    with pytest.raises(ValueError, match=re.escape("unknown reset options ['time_of_dya']")):
+        env.reset(seed=4, options={"time_of_dya": 0.25})
+    assert env.reset(seed=4, options={"time_of_day": 0.25})[1]["time_of_day"] == pytest.approx(0.25)
+
+
 def test_default_start_time_is_drawn_from_the_seed():
     env = BlockWorldEnv(width=16, height=16)
     times = {round(env.reset(seed=s)[1]["time_of_day"], 6) for s in range(6)}

@@ -97,3 +97,67 @@ def test_make_vec_takes_a_time_limit_and_refuses_a_step_before_reset():
     with pytest.raises(ValueError, match="max_episode_steps must be >= 1"):
         BlockWorldVectorEnv(2, width=16, height=16, max_episode_steps=0)
     assert BlockWorldVectorEnv(1, width=16, height=16, max_steps=7, max_episode_steps=-1).max_steps == 7
+
+
+def test_vector_reset_refuses_a_reset_mask_instead_of_resetting_every_world():
+    """Gymnasium's ``reset_mask`` resets only the chosen worlds of a vector env; the native
+    env has no partial reset (it autoresets NEXT_STEP), so it must not reset them all."""
+    venv = BlockWorldVectorEnv(2, width=16, height=16, render_mode="rgb_array", render_threads=1)
+    venv.reset(seed=0)
+    before, *_ = venv.step(np.ones((2, len(ACTION_NVEC)), dtype=np.int64))
+    with pytest.raises(ValueError, match="unknown reset options \\['reset_mask'\\].*no partial reset"):
+        venv.reset(options={"reset_mask": np.array([True, False])})
+    assert np.array_equal(np.stack(venv.render()), before)  # nothing was reset
+    venv.close()
+
+
+def test_vector_render_is_a_tuple_of_frames_that_record_video_takes(monkeypatch, tmp_path):
+    """``VectorEnv.render`` returns a tuple of frames; Gymnasium's vector ``RecordVideo``
+    asserts a ``Sequence``, which an (N, H, W, 3) array is not."""
+    import sys
+    import types
+
+    from gymnasium.wrappers.vector import RecordVideo
+
+    if "moviepy" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "moviepy", types.ModuleType("moviepy"))  # no video is written
+    venv = BlockWorldVectorEnv(2, width=16, height=16, render_mode="rgb_array", render_threads=1)
+    obs, _ = venv.reset(seed=0)
+    frames = venv.render()
+    assert isinstance(frames, tuple) and len(frames) == 2
+    assert all(np.array_equal(f, o) for f, o in zip(frames, obs))
+    recorder = RecordVideo(venv, str(tmp_path / "videos"), episode_trigger=lambda _: True)
+    recorder.reset(seed=0)
+    recorder.step(np.zeros((2, len(ACTION_NVEC)), dtype=np.int64))
+    assert len(recorder.recorded_frames) == 2 and recorder.recorded_frames[0].shape == (16, 32, 3)
+    recorder.recorded_frames, recorder.recording = [], False  # nothing to save (moviepy may be a stub)
+    venv.close()
+
+
+def _fall_to_death(mode: str, **kwargs) -> list[tuple[int, bool, bool]]:
+    """(step, terminated, truncated) of every episode end of one world dropped from 30 blocks up."""
+    venv = gym.make_vec("worldsim/BlockWorld-v0", num_envs=1, vectorization_mode=mode, width=16, height=16, **kwargs)
+    venv.reset(seed=0)
+    engine = venv.unwrapped.engine if mode == "vector_entry_point" else venv.unwrapped.envs[0].unwrapped.engine
+    x, y, z = engine.players["pos"][0]
+    engine.place_player(0, float(x), float(y) + 30.0, float(z))
+    ends = []
+    for t in range(1, 61):
+        _, _, terminated, truncated, _ = venv.step(np.zeros((1, len(ACTION_NVEC)), dtype=np.int64))
+        if terminated[0] or truncated[0]:
+            ends.append((t, bool(terminated[0]), bool(truncated[0])))
+            break
+    venv.close()
+    return ends
+
+
+def test_time_limit_on_a_terminating_step_says_truncated_as_gymnasium_time_limit_does():
+    """A death on the time limit's last step: the sync vector env's TimeLimit reports both
+    flags, and the native env given the same ``max_episode_steps`` must too."""
+    (death, terminated, _), = _fall_to_death("vector_entry_point", render_threads=1)
+    assert terminated
+    sync = _fall_to_death("sync", max_episode_steps=death)
+    assert sync == [(death, True, True)]
+    assert _fall_to_death("vector_entry_point", render_threads=1, max_episode_steps=death) == sync
+    # the env's own max_steps is no TimeLimit: there termination alone is reported, as in the single env
+    assert _fall_to_death("vector_entry_point", render_threads=1, max_steps=death) == [(death, True, False)]

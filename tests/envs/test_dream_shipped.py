@@ -9,6 +9,11 @@ engine made for the seed, moves when the player moves, and keeps frames valid.
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -104,3 +109,31 @@ def test_play_side_by_side_on_the_shipped_model(tmp_path, monkeypatch) -> None:
     assert lead_in >= 1 and [r.kind for r in records] == ["reset"] + ["step"] * (lead_in + 6)
     assert all(r.action.tolist() == [0] * 8 for r in records[1 : 1 + lead_in])
     assert all(r.action.tolist() == TURN_RIGHT for r in records[1 + lead_in :])
+
+
+def test_async_vector_env_with_fork_does_not_hang() -> None:
+    """``make_vec(..., vectorization_mode="async")`` forks on Linux after building one env in
+    the parent on two torch threads; the workers used to wait forever on the parent's
+    OpenMP threads. Run in its own process group, so that a hang is killed whole."""
+    code = f"""
+import gymnasium as gym, torch, worldsim
+torch.set_num_threads(2)  # a parallel region in the parent before the fork
+venv = gym.make_vec("{DREAM_ID}", num_envs=2, vectorization_mode="async", vector_kwargs={{"context": "fork"}},
+                    max_episode_steps=2)
+venv.reset(seed=0)
+for _ in range(3):
+    venv.step(venv.action_space.sample())
+venv.close()
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the async vector env's forked workers hung")
+    assert proc.returncode == 0 and out.strip().endswith("ok"), err[-2000:]
