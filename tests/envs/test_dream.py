@@ -260,3 +260,37 @@ def test_onnx_backend_dreams_the_same_frames(checkpoint, tmp_path, monkeypatch):
     b, rb = rollout(ref, 2, actions)
     assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1
     np.testing.assert_allclose(ra, rb, atol=1e-3)
+
+
+def test_the_default_frame_size_is_the_checkpoints(tmp_path):
+    """A model of a 12x16 env dreams 12x16 frames without width and height: from its env,
+    from its own recording, as a vector env and in the viewer."""
+    import torch
+
+    from agents.worlds import make_world
+    from tests.worldsim.toy_env import FULL_ID, record_toy
+    from worldsim.checkpoint import ModelConfig, save_model
+    from worldsim.presets import dynamics_config, get_preset
+    from worldsim.spaces import ActionSpec
+    from worldsim.tokenizer import Tokenizer
+    from worldsim.transformer import Dynamics
+
+    torch.manual_seed(0)
+    preset = get_preset("tiny")
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, ActionSpec("Discrete", (5,)), 4))
+    ckpt = str(tmp_path / "toy.safetensors")
+    config = ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn.cfg, frame_shape=(12, 16), env_id=FULL_ID,
+                         env_kwargs={"discrete": True})  # fmt: skip
+    save_model(ckpt, config, Tokenizer(preset.tokenizer), dyn)
+    record_toy(tmp_path / "toy.msgpack", 1, discrete=True, end_prob=0.0)
+
+    env = gym.make(DREAM_ID, checkpoint=ckpt)
+    assert env.observation_space == gym.spaces.Box(0, 255, (12, 16, 3), np.uint8)
+    assert env.reset(seed=0)[0].shape == (12, 16, 3)
+    assert env.reset(options={"recording": str(tmp_path / "toy.msgpack"), "t": 3})[0].shape == (12, 16, 3)
+    assert env.step(2)[0].shape == (12, 16, 3)
+    vec = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=ckpt)
+    assert vec.reset(seed=0)[0].shape == (2, 12, 16, 3)
+    world = make_world("dream", checkpoint=ckpt)
+    assert world.frame_shape == (12, 16) and world.reset(0)[0].shape == (12, 16, 3)
+    world.close()
