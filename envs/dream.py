@@ -99,6 +99,11 @@ def make_source_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
             f"cannot make {env_id!r}, the env this model was trained on ({e}); import the package that "
             "registers it, or reset with options={'frames': ...} instead of a seed"
         ) from None
+    except TypeError as e:  # an env of one fixed size asked for the dream's width and height
+        raise WorldSimError(
+            f"{env_id!r}, the env this model was trained on, does not accept {sorted(kwargs)} ({e}); leave the "
+            "dream's width and height at the model's, or reset with options={'frames': ...} instead of a seed"
+        ) from None
 
 
 def noop_actions(spec: ActionSpec, n: int) -> np.ndarray:
