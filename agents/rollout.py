@@ -120,6 +120,8 @@ def small_info(info: dict[str, Any]) -> dict[str, Any]:
     """
     out = {}
     for key, value in info.items():
+        if not isinstance(key, str):  # a recording's maps have string keys only
+            continue
         kind = type(value)
         if value is None or kind in _SCALARS:
             out[key] = value
@@ -139,7 +141,7 @@ def unbatch_info(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """Split a vector env's info (dict of arrays with ``_key`` masks) into n per-env dicts."""
     out: list[dict[str, Any]] = [{} for _ in range(n)]
     for key, value in info.items():
-        if key.startswith("_"):
+        if not isinstance(key, str) or key.startswith("_"):  # masks, and keys no recording could hold
             continue
         mask = info.get(f"_{key}")
         if isinstance(value, dict):

@@ -324,3 +324,25 @@ def test_the_reference_env_imports_a_module_id_from_the_current_folder(tmp_path,
     ref = ReferenceEnv("their_envs:TheirToy-v0", {})
     script = np.zeros((3, ref.spec.num_components), np.int64)
     assert ref.env_id == "TheirToy-v0" and ref.rollout(0, 3, script=script).frames.shape[0] == 4
+
+
+class IntKeyInfoEnv(ToyImageEnv):
+    """The toy env whose info also has a key no recording can hold (an int) and a nested dict."""
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        return obs, reward, term, trunc, {**info, 7: "seven", "nested": {"a": 1}}
+
+
+if "IntKeyInfo-v0" not in gym.registry:
+    gym.register(id="IntKeyInfo-v0", entry_point=IntKeyInfoEnv)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_info_keys_no_recording_can_hold_are_left_out(tmp_path, num_envs):
+    out = tmp_path / ("one.msgpack" if num_envs == 1 else "vec")
+    argv = ["record", "--env", "tests.agents.test_record:IntKeyInfo-v0", "--steps", "20", "--out", str(out),
+            "--num-envs", str(num_envs), "--workers", "1", "--quiet"]  # fmt: skip
+    assert cli(argv) == 0
+    steps = [r for r in RecordingReader(out) if r.kind == "step"]
+    assert len(steps) == 20 and all(r.extra["info"]["label"] == "go" for r in steps)
