@@ -22,7 +22,7 @@ from agents.coverage import Coverage
 from worldsim.errors import WorldSimError
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID, resolve_env_id
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 AGENTS = ("random", "explorer")
 PROGRESS_EVERY = 64
@@ -266,13 +266,12 @@ class _Rollout:
         """
         actions = np.stack([self.agents[i].act(obs[i], infos[i]) for i in range(self.n)])  # [n, C]
         prev_obs = np.array(obs)  # a copy: some envs render into the same buffer every step
-        discrete = self.spec.kind == "Discrete"
         info: dict[str, Any] = {}
         if self.vector:
-            obs, rew, term, trunc, info = self.env.step(actions[:, 0] if discrete else actions)
+            obs, rew, term, trunc, info = self.env.step(native_action(self.env.single_action_space, actions))
             infos = unbatch_info(info, self.n)
         else:
-            o, r, te, tr, inf = self.env.step(int(actions[0, 0]) if discrete else actions[0])
+            o, r, te, tr, inf = self.env.step(native_action(self.env.action_space, actions[0]))
             obs, rew, term, trunc, infos = o[None], [r], [te], [tr], [inf]
         written = 0
         reset_mask = np.zeros(self.n, dtype=bool)

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldsim.errors import WorldSimError
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 PSNR_CAP_DB = 99.0
 """PSNR reported for identical frames (the formula gives infinity)."""
@@ -176,9 +176,7 @@ class SideBySideWorld(World):
 
 def _native(space: gym.Space, action: np.ndarray) -> Any:
     """A canonical int64 action vector in the form the env's space holds."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(np.asarray(action).reshape(-1)[0])
-    return np.asarray(action, dtype=np.int64)
+    return native_action(space, action)
 
 
 def make_world(

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldsim.errors import WorldSimError
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 DEFAULT_CONTEXT = 4
 """Prompt frames taken from the engine at reset: enough to fix place, light and motion."""
@@ -122,8 +122,7 @@ def engine_context(env: gym.Env, seed: int | None, length: int) -> tuple[np.ndar
     spec = ActionSpec.from_space(env.action_space)
     obs, _ = env.reset(seed=seed)
     frames = [np.asarray(obs)]
-    noop = noop_actions(spec, 1)[0]
-    native = int(noop[0]) if spec.kind == "Discrete" else noop
+    native = native_action(env.action_space, noop_actions(spec, 1)[0])
     for _ in range(length - 1):
         obs, _, terminated, truncated, _ = env.step(native)
         frames.append(np.asarray(obs))
