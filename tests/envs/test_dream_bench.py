@@ -50,3 +50,12 @@ def test_bench_dream_times_the_runtime_then_the_env_through_gymnasium(capsys, tm
     assert re.search(r"vector env N=2\s+[\d.]+ steps/s", out), out
     assert cli([*args, "--no-env"]) == 0
     assert "through Gymnasium" not in capsys.readouterr().out
+
+
+def test_a_trained_model_is_timed_at_its_own_frame_size(capsys, tmp_path):
+    from tests.envs.test_dream import untrained_toy_model
+    from tests.worldsim.toy_env import FULL_ID
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    assert main(["--checkpoint", ckpt, "--threads", "1", "--steps", "2", "--warmup", "0", "--nums", "2"]) == 0
+    assert "16x12" in capsys.readouterr().out
