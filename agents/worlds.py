@@ -147,11 +147,11 @@ class SideBySideWorld(World):
         those frames."""
         context = self.dream.unwrapped.context_length
         obs, _ = self.engine.reset(seed=seed)
-        frames, lead_in = [np.asarray(obs)], []
+        frames, lead_in = [np.array(obs)], []  # copies: an env may render every frame into the same buffer
         still = np.zeros(ActionSpec.from_space(self.action_space).num_components, np.int64)
         for _ in range(context - 1):
             obs, reward, terminated, truncated, _ = self.engine.step(_native(self.action_space, still))
-            frames.append(np.asarray(obs))
+            frames.append(np.array(obs))
             lead_in.append(LeadIn(still, float(reward), bool(terminated), bool(truncated), frames[-1]))
             if terminated or truncated:
                 break

@@ -121,11 +121,11 @@ def engine_context(env: gym.Env, seed: int | None, length: int) -> tuple[np.ndar
     """
     spec = ActionSpec.from_space(env.action_space)
     obs, _ = env.reset(seed=seed)
-    frames = [np.asarray(obs)]
+    frames = [np.array(obs)]  # copies: an env may render every frame into the same buffer
     native = native_action(env.action_space, noop_actions(spec, 1)[0])
     for _ in range(length - 1):
         obs, _, terminated, truncated, _ = env.step(native)
-        frames.append(np.asarray(obs))
+        frames.append(np.array(obs))
         if terminated or truncated:
             break
     return np.stack(frames), noop_actions(spec, len(frames) - 1)

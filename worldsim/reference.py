@@ -147,7 +147,8 @@ class ReferenceEnv:
         obs, info = self.env.reset(seed=seed)
         if policy is not None:
             policy.reset(obs, info)
-        frames, actions = [obs], []
+        # Copies: an env may render every frame into the same buffer.
+        frames, actions = [np.array(obs)], []
         rewards = np.zeros(steps, np.float32)
         terminated = np.zeros(steps, bool)
         resets = np.zeros(steps, bool)
@@ -163,7 +164,7 @@ class ReferenceEnv:
                 next_seed += 1
                 if policy is not None:
                     policy.reset(obs, info)
-            frames.append(obs)
+            frames.append(np.array(obs))
             actions.append(a)
         acts = np.stack(actions) if actions else np.zeros((0, self.spec.num_components), np.int64)
         return Trajectory(np.stack(frames), acts, rewards, terminated, resets, seed)

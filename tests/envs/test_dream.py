@@ -316,3 +316,18 @@ def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
     env = gym.make(DREAM_ID, checkpoint=ckpt, width=16, height=16)
     with pytest.raises(WorldSimError, match=r"does not accept \['height', 'width'\].*leave the dream's width and height"):
         env.reset(seed=0)
+
+
+def test_the_engine_prompt_keeps_every_frame_of_an_env_that_reuses_its_buffer():
+    from envs.dream import engine_context
+    from tests.worldsim.toy_env import ToyImageEnv
+
+    class OneBuffer(ToyImageEnv):
+        def _obs(self):
+            self.buffer = getattr(self, "buffer", np.zeros((self.height, self.width, 3), np.uint8))
+            self.buffer[...] = super()._obs()
+            return self.buffer
+
+    frames, _ = engine_context(OneBuffer(end_prob=0.0), 0, 4)
+    want, _ = engine_context(ToyImageEnv(end_prob=0.0), 0, 4)
+    np.testing.assert_array_equal(frames, want)
