@@ -83,7 +83,10 @@ def make_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> gym.Env | gy
         mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
         return gym.make_vec(name, num_envs=num_envs, vectorization_mode=mode, **kwargs)
     except gym.error.Error as e:
-        raise WorldSimError(f"cannot make env {name!r}: {e}") from None
+        hint = ""
+        if isinstance(e, gym.error.UnregisteredEnv) and ":" not in env_id:
+            hint = f"; if a module of yours registers it, name that module too: --env my_module:{env_id}"
+        raise WorldSimError(f"cannot make env {name!r}: {str(e).rstrip('.')}{hint}") from None
     except TypeError as e:
         raise WorldSimError(f"env {name!r} does not accept {sorted(kwargs)}: {e}") from None
 

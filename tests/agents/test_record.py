@@ -381,3 +381,8 @@ def test_actions_reach_the_env_in_its_spaces_own_dtype(tmp_path):
     assert ref.rollout(0, 10, policy).actions.shape == (10, 2)
     frames, _ = engine_context(gym.make("Int32Actions-v0"), 0, 4)
     assert len(frames) >= 2
+
+
+def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
+    assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
+    assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
