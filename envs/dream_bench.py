@@ -207,10 +207,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(random_checkpoint(a.preset, Path(tmp))) if a.preset else a.checkpoint
         if a.width is None or a.height is None:  # the size the model was trained at, as the dream env's default
-            from worldsim.checkpoint import load_model
-            from worldsim.runtime import DEFAULT_CHECKPOINT
+            from worldsim.runtime import load
 
-            h, w = load_model(checkpoint or DEFAULT_CHECKPOINT).config.frame_shape
+            h, w = load(checkpoint, backend=a.backend, device=a.device).config.frame_shape  # an export folder too
             a.width, a.height = w if a.width is None else a.width, h if a.height is None else a.height
         kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
                       chunks=a.chunks, precision=a.precision)  # fmt: skip
