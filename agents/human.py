@@ -72,10 +72,10 @@ class PlayConfig:
     """Save the window to this PNG file when the session ends."""
     actions: str | None = None
     """Scripted action file (JSON lines) to play instead of the keyboard."""
-    width: int = 64
-    """Frame width."""
-    height: int = 64
-    """Frame height."""
+    width: int | None = None
+    """Frame width (``None``: the dream model's training frames; 64 for the engine alone)."""
+    height: int | None = None
+    """Frame height (``None``: the dream model's training frames; 64 for the engine alone)."""
     chunks: int | None = None
     """Dream chunks per frame (``None``: the model's default)."""
     temperature: float | None = None
@@ -318,8 +318,9 @@ class _Session:
         self.pg, self.world, self.cfg, self.script = pygame, world, config, script
         self.keymap = keymap
         pygame.display.init()  # not pygame.init(): the viewer needs no audio device
-        scale = config.scale or max(1, WINDOW_TARGET_PX // config.height)
-        self.overlay = Overlay(pygame, world.titles, (config.width, config.height), scale, keymap.help_lines())
+        height, width = world.frame_shape
+        scale = config.scale or max(1, WINDOW_TARGET_PX // height)
+        self.overlay = Overlay(pygame, world.titles, (width, height), scale, keymap.help_lines())
         pygame.display.set_caption(f"WorldSim: {config.world}")
         self.screen = pygame.display.set_mode(self.overlay.window_size)
         self.input = _Input(pygame, keymap)
@@ -332,7 +333,7 @@ class _Session:
         self.episodes = 0
         self.recorder = None
         if config.record:
-            self.recorder = _Recorder(config.record, world, (config.height, config.width, 3), script is not None)
+            self.recorder = _Recorder(config.record, world, (height, width, 3), script is not None)
 
     def _reset(self) -> None:
         self.frames = self.world.reset(self.episode_seed)
@@ -503,8 +504,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--screenshot", metavar="PATH", help="save the window to this PNG when the session ends")
     p.add_argument("--actions", metavar="FILE", help="play a scripted action file (JSON lines) instead of the keyboard")
-    p.add_argument("--width", type=int, default=64, help="frame width (default 64)")
-    p.add_argument("--height", type=int, default=64, help="frame height (default 64)")
+    p.add_argument("--width", type=int, help="frame width (default: the dream model's training frames; 64 for the engine)")
+    p.add_argument("--height", type=int, help="frame height (default: the dream model's training frames; 64 for the engine)")
     p.add_argument("--chunks", type=int, help="dream chunks per frame (default: the model's)")
     p.add_argument("--temperature", type=float, help="dream sampling temperature (default: the model's)")
     p.add_argument("--guidance", type=float, help="dream action guidance scale, 1 = none (default: the model's)")

@@ -22,7 +22,7 @@ from agents.coverage import Coverage
 from worldsim.errors import WorldSimError
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID, resolve_env_id
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 AGENTS = ("random", "explorer")
 PROGRESS_EVERY = 64
@@ -83,7 +83,10 @@ def make_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> gym.Env | gy
         mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
         return gym.make_vec(name, num_envs=num_envs, vectorization_mode=mode, **kwargs)
     except gym.error.Error as e:
-        raise WorldSimError(f"cannot make env {name!r}: {e}") from None
+        hint = ""
+        if isinstance(e, gym.error.UnregisteredEnv) and ":" not in env_id:
+            hint = f"; if a module of yours registers it, name that module too: --env my_module:{env_id}"
+        raise WorldSimError(f"cannot make env {name!r}: {str(e).rstrip('.')}{hint}") from None
     except TypeError as e:
         raise WorldSimError(f"env {name!r} does not accept {sorted(kwargs)}: {e}") from None
 
@@ -120,6 +123,8 @@ def small_info(info: dict[str, Any]) -> dict[str, Any]:
     """
     out = {}
     for key, value in info.items():
+        if not isinstance(key, str):  # a recording's maps have string keys only
+            continue
         kind = type(value)
         if value is None or kind in _SCALARS:
             out[key] = value
@@ -139,7 +144,7 @@ def unbatch_info(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """Split a vector env's info (dict of arrays with ``_key`` masks) into n per-env dicts."""
     out: list[dict[str, Any]] = [{} for _ in range(n)]
     for key, value in info.items():
-        if key.startswith("_"):
+        if not isinstance(key, str) or key.startswith("_"):  # masks, and keys no recording could hold
             continue
         mask = info.get(f"_{key}")
         if isinstance(value, dict):
@@ -264,13 +269,12 @@ class _Rollout:
         """
         actions = np.stack([self.agents[i].act(obs[i], infos[i]) for i in range(self.n)])  # [n, C]
         prev_obs = np.array(obs)  # a copy: some envs render into the same buffer every step
-        discrete = self.spec.kind == "Discrete"
         info: dict[str, Any] = {}
         if self.vector:
-            obs, rew, term, trunc, info = self.env.step(actions[:, 0] if discrete else actions)
+            obs, rew, term, trunc, info = self.env.step(native_action(self.env.single_action_space, actions))
             infos = unbatch_info(info, self.n)
         else:
-            o, r, te, tr, inf = self.env.step(int(actions[0, 0]) if discrete else actions[0])
+            o, r, te, tr, inf = self.env.step(native_action(self.env.action_space, actions[0]))
             obs, rew, term, trunc, infos = o[None], [r], [te], [tr], [inf]
         written = 0
         reset_mask = np.zeros(self.n, dtype=bool)

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldsim.errors import WorldSimError
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 PSNR_CAP_DB = 99.0
 """PSNR reported for identical frames (the formula gives infinity)."""
@@ -83,6 +83,8 @@ class World:
     differs from the first frame returned (side by side: before the prompt's context steps)."""
     lead_in: tuple[LeadIn, ...] = ()
     """After :meth:`reset`: the steps from ``reset_frame`` to the first frame returned."""
+    frame_shape: tuple[int, int]
+    """(height, width) of every pane's frames."""
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
         """Start a new episode in every pane and return their first frames."""
@@ -104,6 +106,7 @@ class EnvWorld(World):
         self.titles = (title,)
         self.backend = backend
         self.action_space = env.action_space
+        self.frame_shape = tuple(env.observation_space.shape[:2])
         self.env_id, self.env_kwargs = env_id, env_kwargs
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
@@ -135,6 +138,7 @@ class SideBySideWorld(World):
         self.titles = ("engine (real)", "dream (generated)")
         self.backend = backend
         self.action_space = engine.action_space
+        self.frame_shape = tuple(dream.observation_space.shape[:2])
         self.env_id, self.env_kwargs = env_id, env_kwargs
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
@@ -143,11 +147,11 @@ class SideBySideWorld(World):
         those frames."""
         context = self.dream.unwrapped.context_length
         obs, _ = self.engine.reset(seed=seed)
-        frames, lead_in = [np.asarray(obs)], []
+        frames, lead_in = [np.array(obs)], []  # copies: an env may render every frame into the same buffer
         still = np.zeros(ActionSpec.from_space(self.action_space).num_components, np.int64)
         for _ in range(context - 1):
             obs, reward, terminated, truncated, _ = self.engine.step(_native(self.action_space, still))
-            frames.append(np.asarray(obs))
+            frames.append(np.array(obs))
             lead_in.append(LeadIn(still, float(reward), bool(terminated), bool(truncated), frames[-1]))
             if terminated or truncated:
                 break
@@ -172,9 +176,7 @@ class SideBySideWorld(World):
 
 def _native(space: gym.Space, action: np.ndarray) -> Any:
     """A canonical int64 action vector in the form the env's space holds."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(np.asarray(action).reshape(-1)[0])
-    return np.asarray(action, dtype=np.int64)
+    return native_action(space, action)
 
 
 def make_world(
@@ -182,8 +184,8 @@ def make_world(
     *,
     checkpoint: str | None = None,
     backend: str = "torch",
-    width: int = 64,
-    height: int = 64,
+    width: int | None = None,
+    height: int | None = None,
     chunks: int | None = None,
     temperature: float | None = None,
     guidance: float | None = None,
@@ -195,8 +197,9 @@ def make_world(
         mode: ``engine``, ``dream`` or ``side-by-side``.
         checkpoint: The dream's checkpoint (``None``: the shipped default model).
         backend: The dream's runtime backend, ``torch`` or ``onnx``.
-        width: Frame width in pixels.
-        height: Frame height in pixels.
+        width: Frame width in pixels (``None``: the dream model's training frames; 64 for
+            the engine alone).
+        height: Frame height in pixels (``None``: as for ``width``).
         chunks: The dream's chunks per frame (``None``: the model's default).
         temperature: The dream's sampling temperature (``None``: the model's default).
         guidance: The dream's action guidance scale (``None``: the model's default).
@@ -209,7 +212,7 @@ def make_world(
     from worldsim.registration import BLOCKWORLD_ID
 
     if mode == "engine":
-        kwargs = {"width": width, "height": height}
+        kwargs = {"width": 64 if width is None else width, "height": 64 if height is None else height}
         env = gym.make(BLOCKWORLD_ID, **kwargs)
         return EnvWorld(env, "engine", "engine", BLOCKWORLD_ID, kwargs)
     if mode not in ("dream", "side-by-side"):

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldsim.errors import WorldSimError
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 DEFAULT_CONTEXT = 4
 """Prompt frames taken from the engine at reset: enough to fix place, light and motion."""
@@ -42,23 +42,28 @@ def load_setup(
     backend: str,
     chunks: int | None,
     temperature: float | None,
-    width: int,
-    height: int,
+    width: int | None,
+    height: int | None,
     context: int | None,
     device: str = "auto",
     precision: str | None = None,
     guidance: float | None = None,
     ranked_moves: bool | None = None,
 ) -> DreamSetup:
-    """Load the model and derive the spaces; bad sizes raise :class:`WorldSimError`."""
+    """Load the model and derive the spaces; bad sizes raise :class:`WorldSimError`.
+
+    ``width`` or ``height`` None is the size of the frames the model was trained on.
+    """
     from worldsim.runtime import load
 
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
+        if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
             raise WorldSimError(f"{name} must be a positive integer, got {v!r}")
     model = load(checkpoint, backend=backend, device=device, precision=precision, chunks=chunks, temperature=temperature,
                  guidance=guidance, ranked_moves=ranked_moves)  # fmt: skip
     cfg = model.config
+    height = int(cfg.frame_shape[0]) if height is None else int(height)
+    width = int(cfg.frame_shape[1]) if width is None else int(width)
     patch = model.frame_multiple
     if width % patch or height % patch:
         raise WorldSimError(f"width and height must be multiples of {patch} for this model, got {width}x{height}")
@@ -94,6 +99,11 @@ def make_source_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
             f"cannot make {env_id!r}, the env this model was trained on ({e}); import the package that "
             "registers it, or reset with options={'frames': ...} instead of a seed"
         ) from None
+    except TypeError as e:  # an env of one fixed size asked for the dream's width and height
+        raise WorldSimError(
+            f"{env_id!r}, the env this model was trained on, does not accept {sorted(kwargs)} ({e}); leave the "
+            "dream's width and height at the model's, or reset with options={'frames': ...} instead of a seed"
+        ) from None
 
 
 def noop_actions(spec: ActionSpec, n: int) -> np.ndarray:
@@ -111,12 +121,11 @@ def engine_context(env: gym.Env, seed: int | None, length: int) -> tuple[np.ndar
     """
     spec = ActionSpec.from_space(env.action_space)
     obs, _ = env.reset(seed=seed)
-    frames = [np.asarray(obs)]
-    noop = noop_actions(spec, 1)[0]
-    native = int(noop[0]) if spec.kind == "Discrete" else noop
+    frames = [np.array(obs)]  # copies: an env may render every frame into the same buffer
+    native = native_action(env.action_space, noop_actions(spec, 1)[0])
     for _ in range(length - 1):
         obs, _, terminated, truncated, _ = env.step(native)
-        frames.append(np.asarray(obs))
+        frames.append(np.array(obs))
         if terminated or truncated:
             break
     return np.stack(frames), noop_actions(spec, len(frames) - 1)
@@ -239,7 +248,8 @@ class DreamEnv(gym.Env):
     pitch, attack, use, hotbar.
 
     ## Observation Space
-    ``Box(0, 255, (height, width, 3), uint8)``: RGB frames, 64x64 by default.
+    ``Box(0, 255, (height, width, 3), uint8)``: RGB frames, by default the size the model was
+    trained on (64x64 for the shipped model).
 
     ## Rewards
     The model's predicted reward for each step.
@@ -257,7 +267,8 @@ class DreamEnv(gym.Env):
 
     ## Arguments
     ``checkpoint`` (None: the shipped model), ``backend`` (``torch`` or ``onnx``),
-    ``chunks`` and ``temperature`` (None: the model's defaults), ``width``, ``height``,
+    ``chunks`` and ``temperature`` (None: the model's defaults), ``width``, ``height`` (None:
+    the model's training frame size),
     ``context`` (prompt frames at reset), ``render_mode`` (``rgb_array`` or ``human``),
     ``device``, ``precision`` (``fp32`` or ``bf16``; None: bf16 on CUDA and on CPUs that
     multiply bf16 natively, fp32 elsewhere; see ``worldsim.load``), ``guidance`` (the action
@@ -279,8 +290,8 @@ class DreamEnv(gym.Env):
         backend: str = "torch",
         chunks: int | None = None,
         temperature: float | None = None,
-        width: int = 64,
-        height: int = 64,
+        width: int | None = None,
+        height: int | None = None,
         context: int | None = None,
         render_mode: str | None = None,
         device: str = "auto",

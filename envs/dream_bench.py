@@ -177,8 +177,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--preset", help="benchmark a randomly initialised model of this preset instead")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, help="frame width (default: the model's training frames)")
+    p.add_argument("--height", type=int, help="frame height (default: the model's training frames)")
     p.add_argument("--chunks", type=int, help="chunks per frame (default: the model's)")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the device's fastest accurate one")
     p.add_argument("--nums", default="16,64", help="vector sizes, comma-separated (default 16,64)")
@@ -208,6 +208,11 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp, onnx_cache_in(str(Path(tmp) / "onnx") if a.preset else None):
         checkpoint = str(random_checkpoint(a.preset, Path(tmp))) if a.preset else a.checkpoint
+        if a.width is None or a.height is None:  # the size the model was trained at, as the dream env's default
+            from worldsim.runtime import load
+
+            h, w = load(checkpoint, backend=a.backend, device=a.device).config.frame_shape  # an export folder too
+            a.width, a.height = w if a.width is None else a.width, h if a.height is None else a.height
         kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
                       chunks=a.chunks, precision=a.precision)  # fmt: skip
         what = f"preset {a.preset} (random weights)" if a.preset else (a.checkpoint or "the shipped model")

@@ -46,10 +46,12 @@ def json_object(text: str) -> dict:
     return value
 
 
-def _usage() -> str:
-    width = max(len(name) for name in COMMANDS)
+def _usage(group: str | None = None) -> str:
+    """The command table; with ``group`` (``train``, ``bench``, ...) only that group's commands."""
+    names = sorted(n for n in COMMANDS if group is None or n.split()[0] == group)
+    width = max(len(name) for name in names)
     lines = ["usage: worldsim <command> [options]   (worldsim <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]
+    lines += [f"  {name:<{width}}  {COMMANDS[name][1]}" for name in names]
     return "\n".join(lines)
 
 
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"worldsim {__version__}")
         return 0
     found = _resolve(argv)
+    groups = {name.split()[0] for name in COMMANDS if " " in name}
+    if found is None and argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        asked = len(argv) > 1  # `worldsim train --help`: the train commands; bare `worldsim train` is a usage error
+        print(_usage(argv[0]), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     if found is None:
         print(f"worldsim: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
         return 2

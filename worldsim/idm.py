@@ -202,7 +202,11 @@ def train_idm(
     shape = data.frames.shape[1:3]
     model = InverseDynamics(nvec, shape, config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.train_steps, pct_start=0.1)
+    # OneCycleLR divides by zero when its warm-up ends at step 0, i.e. when pct_start x
+    # total_steps is 1 (10 steps at 0.1); a little more warm-up there leaves every other
+    # step count's schedule as it was.
+    warm = 0.1 if 0.1 * config.train_steps != 1 else 0.15
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.train_steps, pct_start=warm)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     n = len(data)

@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldsim.errors import WorldSimError
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 HELDOUT_SEED_BASE = 1_000_000
 """First reset seed of the evaluation's held-out worlds."""
@@ -136,7 +136,7 @@ class ReferenceEnv:
         self.shape: tuple[int, int] = tuple(space.shape[:2])
 
     def _native(self, action: np.ndarray) -> Any:
-        return int(action[0]) if self.spec.kind == "Discrete" else np.asarray(action, dtype=np.int64)
+        return native_action(self.env.action_space, action)
 
     def rollout(self, seed: int, steps: int, policy: Policy | None = None, script: np.ndarray | None = None) -> Trajectory:
         """Reset with ``seed`` and take ``steps`` actions from ``policy`` or ``script`` [steps, C].
@@ -147,7 +147,8 @@ class ReferenceEnv:
         obs, info = self.env.reset(seed=seed)
         if policy is not None:
             policy.reset(obs, info)
-        frames, actions = [obs], []
+        # Copies: an env may render every frame into the same buffer.
+        frames, actions = [np.array(obs)], []
         rewards = np.zeros(steps, np.float32)
         terminated = np.zeros(steps, bool)
         resets = np.zeros(steps, bool)
@@ -163,7 +164,7 @@ class ReferenceEnv:
                 next_seed += 1
                 if policy is not None:
                     policy.reset(obs, info)
-            frames.append(obs)
+            frames.append(np.array(obs))
             actions.append(a)
         acts = np.stack(actions) if actions else np.zeros((0, self.spec.num_components), np.int64)
         return Trajectory(np.stack(frames), acts, rewards, terminated, resets, seed)

@@ -16,6 +16,19 @@ import numpy as np
 from worldsim.errors import WorldSimError
 
 
+def native_action(space: gym.Space, actions: Any) -> Any:
+    """Canonical int64 actions ``[..., C]`` in the form an env with action space ``space`` takes.
+
+    ``Discrete``: an int (with a leading batch axis, an array of ints). ``MultiDiscrete``: an
+    array of the space's own dtype, because ``space.contains``, which envs may assert, refuses
+    int64 actions for an int32 space.
+    """
+    arr = np.asarray(actions)
+    if isinstance(space, gym.spaces.Discrete):
+        return int(arr.reshape(-1)[0]) if arr.ndim <= 1 else arr[..., 0]
+    return arr.astype(space.dtype, copy=False)
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     """A ``Discrete`` or ``MultiDiscrete`` action space, in a form JSON and msgpack can hold."""

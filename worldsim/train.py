@@ -456,7 +456,7 @@ class TokenizerTask(Task):
                 q.requires_grad_(False)
             self.info["decoder_only"] = True
         h, w = self.train_set.observation_shape[:2]
-        self.module.check_frame_size(h, w)
+        _check_frame_size(h, w, self.module.config.stride, f"the tokenizer (stride {self.module.config.stride})")
         self.config = ModelConfig(tokenizer=tok_config, frame_shape=(h, w), preset=self.preset, **_env(self.train_set))
 
     def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
@@ -503,9 +503,14 @@ class DynamicsTask(Task):
         # Windows of context + 1 frames: the extra first frame gives the action that led to
         # the window's first frame, which a sliding-window rollout has too.
         split = seed if split_seed is None else split_seed
-        self.train_set = CodeWindows(
-            open_split(data, ctx + 1, "train", split), tok.tokenizer, device, code_cache
-        )
+        windows = open_split(data, ctx + 1, "train", split)
+        # Checked before the data is encoded, which may take long: the model cuts each frame's
+        # code grid into patch x patch tokens.
+        patch = start.config.dynamics.patch if start is not None else p.patch
+        h, w = windows.observation_shape[:2]
+        stride = tok.config.tokenizer.stride
+        _check_frame_size(h, w, stride * patch, f"the world model (tokenizer stride {stride} x patch {patch})")
+        self.train_set = CodeWindows(windows, tok.tokenizer, device, code_cache)
         val = open_split(data, ctx + 1, "val", split, required=False)
         self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
         spec = self.train_set.action_spec
@@ -593,6 +598,15 @@ class DynamicsTask(Task):
 
     def save(self, path: Path, info: dict[str, Any]) -> None:
         save_model(path, self.config, self.tokenizer, self.module, {**self.info, **info})
+
+
+def _check_frame_size(h: int, w: int, multiple: int, what: str) -> None:
+    """Refuse frames the model cannot cut evenly, naming the size that would fit."""
+    if h % multiple or w % multiple:
+        raise WorldSimError(
+            f"the recordings' frames are {h}x{w}, but {what} needs a height and width that are multiples of "
+            f"{multiple}; record at a size that is (for example {h - h % multiple or multiple}x{w - w % multiple or multiple})"
+        )
 
 
 def _env(ds: Any) -> dict[str, Any]:

@@ -324,3 +324,65 @@ def test_the_reference_env_imports_a_module_id_from_the_current_folder(tmp_path,
     ref = ReferenceEnv("their_envs:TheirToy-v0", {})
     script = np.zeros((3, ref.spec.num_components), np.int64)
     assert ref.env_id == "TheirToy-v0" and ref.rollout(0, 3, script=script).frames.shape[0] == 4
+
+
+class IntKeyInfoEnv(ToyImageEnv):
+    """The toy env whose info also has a key no recording can hold (an int) and a nested dict."""
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        return obs, reward, term, trunc, {**info, 7: "seven", "nested": {"a": 1}}
+
+
+if "IntKeyInfo-v0" not in gym.registry:
+    gym.register(id="IntKeyInfo-v0", entry_point=IntKeyInfoEnv)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_info_keys_no_recording_can_hold_are_left_out(tmp_path, num_envs):
+    out = tmp_path / ("one.msgpack" if num_envs == 1 else "vec")
+    argv = ["record", "--env", "tests.agents.test_record:IntKeyInfo-v0", "--steps", "20", "--out", str(out),
+            "--num-envs", str(num_envs), "--workers", "1", "--quiet"]  # fmt: skip
+    assert cli(argv) == 0
+    steps = [r for r in RecordingReader(out) if r.kind == "step"]
+    assert len(steps) == 20 and all(r.extra["info"]["label"] == "go" for r in steps)
+
+
+class Int32ActionsEnv(ToyImageEnv):
+    """The toy env with a ``MultiDiscrete(dtype=int32)`` space that it checks every action against."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.action_space = gym.spaces.MultiDiscrete([3, 3], dtype=np.int32)
+
+    def step(self, action):
+        assert self.action_space.contains(action), f"{action!r} is not in {self.action_space}"
+        return super().step(action)
+
+
+if "Int32Actions-v0" not in gym.registry:
+    gym.register(id="Int32Actions-v0", entry_point=Int32ActionsEnv)
+
+
+def test_actions_reach_the_env_in_its_spaces_own_dtype(tmp_path):
+    """Recording (single and vector env), the eval's reference env and the dream's engine
+    prompt all step an env that asserts ``action_space.contains``."""
+    from envs.dream import engine_context
+    from worldsim.reference import ReferenceEnv, make_policy
+
+    env_id = "tests.agents.test_record:Int32Actions-v0"
+    for num_envs, out in ((1, tmp_path / "one.msgpack"), (2, tmp_path / "vec")):
+        argv = ["record", "--env", env_id, "--steps", "20", "--out", str(out), "--num-envs", str(num_envs),
+                "--workers", "1", "--quiet"]  # fmt: skip
+        assert cli(argv) == 0
+        assert sum(r.kind == "step" for r in RecordingReader(out)) == 20
+    ref = ReferenceEnv(env_id, {})
+    policy, _ = make_policy(ref.env_id, ref.spec, np.random.default_rng(0))
+    assert ref.rollout(0, 10, policy).actions.shape == (10, 2)
+    frames, _ = engine_context(gym.make("Int32Actions-v0"), 0, 4)
+    assert len(frames) >= 2
+
+
+def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
+    assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
+    assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err

@@ -283,3 +283,74 @@ def test_onnx_backend_dreams_the_same_frames(checkpoint, tmp_path, monkeypatch):
     b, rb = rollout(ref, 2, actions)
     assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1
     np.testing.assert_allclose(ra, rb, atol=1e-3)
+
+
+def untrained_toy_model(path, env_id: str, env_kwargs: dict, frame_shape: tuple[int, int]) -> str:
+    """A tiny world model of random weights (Discrete(5) actions) that names ``env_id`` as its env."""
+    import torch
+
+    from worldsim.checkpoint import ModelConfig, save_model
+    from worldsim.presets import dynamics_config, get_preset
+    from worldsim.spaces import ActionSpec
+    from worldsim.tokenizer import Tokenizer
+    from worldsim.transformer import Dynamics
+
+    torch.manual_seed(0)
+    preset = get_preset("tiny")
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, ActionSpec("Discrete", (5,)), 4))
+    config = ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn.cfg, frame_shape=frame_shape, env_id=env_id,
+                         env_kwargs=env_kwargs)  # fmt: skip
+    save_model(path, config, Tokenizer(preset.tokenizer), dyn)
+    return str(path)
+
+
+def test_the_default_frame_size_is_the_checkpoints(tmp_path):
+    """A model of a 12x16 env dreams 12x16 frames without width and height: from its env,
+    from its own recording, as a vector env and in the viewer."""
+    from agents.worlds import make_world
+    from tests.worldsim.toy_env import FULL_ID, record_toy
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    record_toy(tmp_path / "toy.msgpack", 1, discrete=True, end_prob=0.0)
+
+    env = gym.make(DREAM_ID, checkpoint=ckpt)
+    assert env.observation_space == gym.spaces.Box(0, 255, (12, 16, 3), np.uint8)
+    assert env.reset(seed=0)[0].shape == (12, 16, 3)
+    assert env.reset(options={"recording": str(tmp_path / "toy.msgpack"), "t": 3})[0].shape == (12, 16, 3)
+    assert env.step(2)[0].shape == (12, 16, 3)
+    vec = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=ckpt)
+    assert vec.reset(seed=0)[0].shape == (2, 12, 16, 3)
+    world = make_world("dream", checkpoint=ckpt)
+    assert world.frame_shape == (12, 16) and world.reset(0)[0].shape == (12, 16, 3)
+    world.close()
+
+
+def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
+    from tests.worldsim.toy_env import ToyImageEnv
+
+    class FixedSize(ToyImageEnv):
+        def __init__(self, render_mode=None):
+            super().__init__(discrete=True, render_mode=render_mode)
+
+    if "FixedSizeToy-v0" not in gym.registry:
+        gym.register(id="FixedSizeToy-v0", entry_point=FixedSize)
+    ckpt = untrained_toy_model(tmp_path / "fixed.safetensors", "FixedSizeToy-v0", {}, (12, 16))
+    assert gym.make(DREAM_ID, checkpoint=ckpt).reset(seed=0)[0].shape == (12, 16, 3)
+    env = gym.make(DREAM_ID, checkpoint=ckpt, width=16, height=16)
+    with pytest.raises(WorldSimError, match=r"does not accept \['height', 'width'\].*leave the dream's width and height"):
+        env.reset(seed=0)
+
+
+def test_the_engine_prompt_keeps_every_frame_of_an_env_that_reuses_its_buffer():
+    from envs.dream import engine_context
+    from tests.worldsim.toy_env import ToyImageEnv
+
+    class OneBuffer(ToyImageEnv):
+        def _obs(self):
+            self.buffer = getattr(self, "buffer", np.zeros((self.height, self.width, 3), np.uint8))
+            self.buffer[...] = super()._obs()
+            return self.buffer
+
+    frames, _ = engine_context(OneBuffer(end_prob=0.0), 0, 4)
+    want, _ = engine_context(ToyImageEnv(end_prob=0.0), 0, 4)
+    np.testing.assert_array_equal(frames, want)

@@ -61,3 +61,12 @@ def test_a_random_model_on_the_onnx_backend_leaves_the_onnx_cache_alone(capsys, 
     assert main([*TINY, "--backend", "onnx", "--steps", "2", "--warmup", "0", "--nums", "2"]) == 0
     assert "backend onnx" in capsys.readouterr().out
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_a_trained_model_is_timed_at_its_own_frame_size(capsys, tmp_path):
+    from tests.envs.test_dream import untrained_toy_model
+    from tests.worldsim.toy_env import FULL_ID
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    assert main(["--checkpoint", ckpt, "--threads", "1", "--steps", "2", "--warmup", "0", "--nums", "2"]) == 0
+    assert "16x12" in capsys.readouterr().out

@@ -34,3 +34,13 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path, monkeypa
     assert message in err and "Traceback" not in err
     assert err.strip().count("\n") == 0
     assert not any(p.name.startswith("never") for p in tmp_path.iterdir())
+
+
+def test_a_command_group_lists_its_commands(capsys):
+    """`worldsim train --help` lists the train commands, as every command takes --help."""
+    assert cli(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "train tokenizer" in out and "train dynamics" in out and "bench engine" not in out
+    assert cli(["bench"]) == 2  # a group alone is not a command
+    err = capsys.readouterr().err
+    assert "bench dream" in err and "train tokenizer" not in err

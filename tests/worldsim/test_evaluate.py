@@ -573,3 +573,40 @@ def test_idm_data_stores_each_frame_once_and_skips_pairs_across_a_reset() -> Non
     prev, nxt = data.pairs(np.array([5, 0]))  # any order, as training draws them
     np.testing.assert_array_equal(prev, want_prev[[5, 0]])
     np.testing.assert_array_equal(nxt, want_next[[5, 0]])
+
+
+@pytest.mark.parametrize("steps", [1, 9, 10, 11])
+def test_idm_trains_for_any_small_number_of_steps(steps: int) -> None:
+    """``--idm-train-steps 10`` once divided by zero in the learning-rate schedule."""
+    from worldsim.idm import IDMConfig, IDMData, train_idm
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    data = IDMData.from_trajectories([(frames, rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
+    config = IDMConfig(channels=(8,), hidden=16, train_steps=steps, batch=4)
+    model, _ = train_idm(data, (3,), config, log=lambda _: None)
+    assert model is not None
+
+
+def test_reference_trajectories_keep_every_frame_of_an_env_that_reuses_its_buffer() -> None:
+    import gymnasium as gym
+
+    from tests.worldsim.toy_env import ToyImageEnv
+    from worldsim.reference import ReferenceEnv, make_policy
+
+    class OneBuffer(ToyImageEnv):
+        """Renders every frame into the same array, as some fast envs do."""
+
+        def _obs(self) -> np.ndarray:
+            self.buffer = getattr(self, "buffer", np.zeros((self.height, self.width, 3), np.uint8))
+            self.buffer[...] = super()._obs()
+            return self.buffer
+
+    if "OneBufferToy-v0" not in gym.registry:
+        gym.register(id="OneBufferToy-v0", entry_point=OneBuffer)
+    trajectories = []
+    for env_id in ("OneBufferToy-v0", "tests.worldsim.toy_env:ToyImage-v0"):
+        ref = ReferenceEnv(env_id, {"end_prob": 0.0})
+        policy, _ = make_policy(env_id, ref.spec, np.random.default_rng(0))
+        trajectories.append(ref.rollout(3, 8, policy).frames)
+    np.testing.assert_array_equal(*trajectories)

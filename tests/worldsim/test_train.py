@@ -37,17 +37,17 @@ FAST = [
 ]
 
 
-def toy_recording(path: Path, episodes: int = 6, steps: int = 12) -> Path:
+def toy_recording(path: Path, episodes: int = 6, steps: int = 12, height: int = 16) -> Path:
     """A world that is not BlockWorld: a square moved left/right by a Discrete(3) action."""
     rng = np.random.default_rng(0)
     spec = ActionSpec("Discrete", (3,))
-    with RecordingWriter(path, env_id="Toy-v0", env_kwargs={}, observation_shape=(16, 16, 3),
+    with RecordingWriter(path, env_id="Toy-v0", env_kwargs={}, observation_shape=(height, 16, 3),
                          action_space=spec, agent="random", seed=0) as w:  # fmt: skip
         for ep in range(episodes):
             x, colour = int(rng.integers(0, 12)), rng.integers(60, 255, 3)
 
             def frame(x: int, colour: np.ndarray = colour) -> np.ndarray:
-                f = np.full((16, 16, 3), 20, dtype=np.uint8)
+                f = np.full((height, 16, 3), 20, dtype=np.uint8)
                 f[6:10, x : x + 4] = colour
                 return f
 
@@ -301,6 +301,23 @@ def test_bad_arguments_are_one_line_errors(data: Path, tmp_path: Path, capsys) -
     for bad, message in ((["--lr", "-1"], "--lr must be a number >= 0"), (["--warmup", "-1"], "--warmup must be at least 0")):
         assert cli([*tok, "--out", str(out), *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_frames_the_model_cannot_cut_evenly_are_one_line_errors_before_encoding(tmp_path: Path, capsys) -> None:
+    """18x16 frames: the tiny tokenizer (stride 2) takes them, its dynamics (2x2-cell patches) does not."""
+    odd = toy_recording(tmp_path / "odd.wsrec", episodes=2, height=18)
+    tok = tmp_path / "tok.safetensors"
+    assert cli(["train", "tokenizer", "--data", str(odd), "--out", str(tok), "--steps", "1", *FAST]) == 0
+    capsys.readouterr()
+    argv = ["train", "dynamics", "--data", str(odd), "--tokenizer", str(tok), "--out", str(tmp_path / "d.safetensors")]
+    assert cli([*argv, "--steps", "1", "--code-cache", str(tmp_path / "codes"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "frames are 18x16" in err and "multiples of 4" in err and "Traceback" not in err
+    assert not (tmp_path / "codes").exists()  # refused before encoding anything
+    small = [a if a != "tiny" else "small" for a in FAST]
+    assert cli(["train", "tokenizer", "--data", str(odd), "--out", str(tmp_path / "t4.safetensors"), "--steps", "1", *small]) == 2
+    err = capsys.readouterr().err
+    assert "frames are 18x16" in err and "multiples of 4" in err and "Traceback" not in err
 
 
 def test_an_existing_checkpoint_is_never_replaced_by_a_forgotten_resume(data: Path, tmp_path: Path, capsys) -> None:
