@@ -5,7 +5,7 @@ dream env) with string entry points, so the core never imports ``envs``.
 """
 
 from worldsim.errors import WorldSimError
-from worldsim.registration import register_envs
+from worldsim.registration import register_envs, warn_if_shadowed
 
 __version__ = "0.1.0"
 __all__ = ["WorldSimError", "__version__", "load", "register_envs"]
@@ -21,3 +21,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'worldsim' has no attribute {name!r}")
 
 register_envs()
+warn_if_shadowed()

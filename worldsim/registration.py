@@ -1,8 +1,11 @@
 """Gymnasium registration by string entry points: the core never imports ``envs``."""
 
 import importlib
+import importlib.util
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import gymnasium as gym
 
@@ -27,6 +30,46 @@ def register_envs() -> None:
             entry_point="envs.dream:DreamEnv",
             vector_entry_point="envs.dream_vector:DreamVectorEnv",
             max_episode_steps=DREAM_MAX_EPISODE_STEPS,
+        )
+
+
+SIBLING_PACKAGES = ("envs", "agents", "export")
+"""WorldSim's top-level packages beside ``worldsim`` (the envs, the agents, the ONNX export)."""
+
+
+def shadowed_siblings() -> dict[str, str]:
+    """``{package: what Python would import instead}`` for each sibling that is not WorldSim's.
+
+    WorldSim installs ``envs``, ``agents`` and ``export`` as top-level packages beside
+    ``worldsim``. A folder of the same name earlier on ``sys.path`` (an RL project's own
+    ``envs/``, next to the script it runs) hides them, and the env ids and CLI commands
+    that need them would fail with a bare ``No module named 'envs.blockworld'``. Looking
+    them up imports nothing.
+    """
+    home = Path(__file__).resolve().parent.parent
+    found = {}
+    for name in SIBLING_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        places = list(spec.submodule_search_locations or []) if spec is not None else []
+        if spec is not None and spec.origin and not places:
+            places = [str(Path(spec.origin).parent)]
+        if not any(Path(p).resolve() == home / name for p in places):
+            found[name] = ", ".join(places) or (spec.origin if spec is not None and spec.origin else "nothing")
+    return found
+
+
+def warn_if_shadowed() -> None:
+    """Warn, once at import, naming each WorldSim package that another folder hides."""
+    for name, instead in shadowed_siblings().items():
+        warnings.warn(
+            f"WorldSim's package {name!r} is hidden by {instead} (a folder named {name!r} earlier on "
+            f"sys.path, such as one beside your script): WorldSim's env ids and commands that need "
+            f"{name!r} can fail to import it; rename that folder or run from another one",
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 

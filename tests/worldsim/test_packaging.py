@@ -1,5 +1,6 @@
 """The package as pip builds it: metadata without deprecated fields, dependency floors that work."""
 
+import os
 import re
 import subprocess
 import sys
@@ -40,3 +41,18 @@ def test_gymnasium_floor_has_what_the_vector_envs_import():
     floor = re.search(r'"gymnasium>=([0-9.]+)', (ROOT / "pyproject.toml").read_text()).group(1)
     assert tuple(int(p) for p in floor.split(".")) >= (1, 1)
     assert "AutoresetMode" in (ROOT / "envs" / "blockworld" / "vector.py").read_text()
+
+
+def test_a_folder_that_hides_a_worldsim_package_is_named_at_import(tmp_path):
+    """An RL project's own ``envs/`` beside its script hides WorldSim's ``envs`` package."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    clean = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", "import worldsim"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert clean.returncode == 0, clean.stderr
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "__init__.py").write_text("")
+    hidden = subprocess.run([sys.executable, "-c", "import worldsim"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert hidden.returncode == 0
+    assert "package 'envs' is hidden by" in hidden.stderr and str(tmp_path / "envs") in hidden.stderr
+    assert "'agents'" not in hidden.stderr
