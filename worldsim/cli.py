@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,7 +65,24 @@ def _resolve(argv: Sequence[str]) -> tuple[str, list[str]] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; user errors print one line and exit 2, never a traceback."""
+    """Run one subcommand; user errors print one line and exit 2, never a traceback.
+
+    Output piped into a reader that stops early (``worldsim --help | head``) ends the
+    command quietly, as other Unix tools do, with the status of a SIGPIPE death (141).
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows up here for output still buffered
+        return code
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print a second traceback: point it at
+        # /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -95,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorldSimError as e:
         print(f"worldsim {name}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # the reader of our output went away: quiet, in main
     except KeyboardInterrupt:
         print(f"worldsim {name}: interrupted", file=sys.stderr)
         return 130
