@@ -153,7 +153,9 @@ class BlockWorldVectorEnv(VectorEnv):
         return None
 
     def close_extras(self, **kwargs: Any) -> None:
-        self.engine.close()
+        engine = getattr(self, "engine", None)  # None when __init__ failed (gymnasium < 1.3 closes in __del__)
+        if engine is not None:
+            engine.close()
 
     def _info(self) -> dict[str, Any]:
         p = self.engine.players

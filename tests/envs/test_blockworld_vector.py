@@ -161,3 +161,9 @@ def test_time_limit_on_a_terminating_step_says_truncated_as_gymnasium_time_limit
     assert _fall_to_death("vector_entry_point", render_threads=1, max_episode_steps=death) == sync
     # the env's own max_steps is no TimeLimit: there termination alone is reported, as in the single env
     assert _fall_to_death("vector_entry_point", render_threads=1, max_steps=death) == [(death, True, False)]
+
+
+def test_a_vector_env_whose_construction_failed_closes_quietly():
+    """Gymnasium before 1.3 closes a vector env in ``__del__``, also one whose ``__init__`` raised."""
+    env = BlockWorldVectorEnv.__new__(BlockWorldVectorEnv)
+    env.close()
