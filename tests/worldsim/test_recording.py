@@ -88,10 +88,32 @@ def test_an_empty_last_shard_is_skipped_with_a_warning(tmp_path):
     folder = tmp_path / "shards"
     episodes = record_toy(folder, 3, shard_records=10, seed=1)
     (folder / "shard-99999.msgpack").touch()
-    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 empty shard"):
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard"):
         _check_same(list(RecordingReader(folder)), episodes)
-    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 empty shard"):
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard"):
         assert len(WindowDataset([folder], window=2)) > 0
+
+
+def test_a_shard_cut_inside_its_header_is_skipped_with_a_warning(tmp_path):
+    """A full disk or an interrupted copy can leave part of a shard's header: that shard holds
+    no record, and the other shards still read, through the reader and the training data."""
+    from worldsim.data import WindowDataset
+
+    folder = tmp_path / "shards"
+    episodes = record_toy(folder, 3, shard_records=10, seed=1)
+    first = (folder / "shard-00000.msgpack").read_bytes()
+    (folder / "shard-99999.msgpack").write_bytes(first[:40])
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard.*shard-99999"):
+        _check_same(list(RecordingReader(folder)), episodes)
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard"):
+        assert len(WindowDataset([folder], window=2)) > 0
+    # A lone file cut inside its header has nothing to read: that stays an error.
+    (tmp_path / "cut.msgpack").write_bytes(first[:40])
+    with (
+        pytest.warns(RecordingTruncatedWarning),
+        pytest.raises(RecordingError, match="cut off inside the header"),
+    ):
+        RecordingReader(tmp_path / "cut.msgpack")
 
 
 def test_every_shard_is_plain_msgpack_with_the_documented_keys(tmp_path):
