@@ -157,9 +157,12 @@ class RecordingWriter:
             name = f"{self.shard_prefix}{self._shard_number:05d}{SHARD_SUFFIX}"
             target = self.path / name
             self._shard_number += 1
-        if target.exists() and not self.overwrite:
-            raise RecordingError(f"{target}: already exists; choose another path or overwrite")
-        self._file = open(target, "wb")  # noqa: SIM115  (closed in _finish_file)
+        # "x" checks and creates in one step: of two writers racing for one path, one gets a
+        # RecordingError instead of both writing into the same file.
+        try:
+            self._file = open(target, "wb" if self.overwrite else "xb")  # noqa: SIM115  (closed in _finish_file)
+        except FileExistsError:
+            raise RecordingError(f"{target}: already exists; choose another path or overwrite") from None
         self._builder = IndexBuilder(name)
         self._pos = 0
         self._write(self._header_bytes)

@@ -162,6 +162,28 @@ def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
     assert len(list(RecordingReader(tmp_path / "a.msgpack"))) == 1
 
 
+def test_a_second_writer_to_the_same_path_is_refused_even_when_it_looked_first(
+    tmp_path, monkeypatch
+):
+    """Two writers started at once (say, a sweep with one --out twice) must not both write one
+    file: checking for the file and creating it are one step, so a writer that looked just
+    before the other created the file is still refused, and the first one's file stays whole."""
+    from pathlib import Path
+
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with _writer(tmp_path / "a.msgpack") as first:
+        first.reset(0, None, frame)
+        with monkeypatch.context() as m:
+            m.setattr(Path, "exists", lambda self: False)  # it looked before the file was made
+            with pytest.raises(RecordingError, match="already exists"):
+                _writer(tmp_path / "a.msgpack")
+        first.step(0, 1, [1, 0], 1.0, False, False, frame)
+    assert [(r.kind, r.reward) for r in RecordingReader(tmp_path / "a.msgpack")] == [
+        ("reset", 0.0),
+        ("step", 1.0),
+    ]
+
+
 @pytest.mark.parametrize(
     ("step", "info", "message"),
     [
