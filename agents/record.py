@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from agents.rollout import (
 )
 from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
+from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in_header, read_header
 from worldsim.recording_writer import now_iso
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
 
@@ -111,6 +113,17 @@ def _preflight(cfg: RecordConfig, parts: int) -> None:
         env.close()
 
 
+def _is_recording(path: Path) -> bool:
+    """A WorldSim recording file, or one a writer left before its header was whole."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordingTruncatedWarning)
+            read_header(path)
+    except RecordingError:
+        return cut_in_header(path)
+    return True
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.suffix == SHARD_SUFFIX:
         if out.exists() and not overwrite:
@@ -130,6 +143,15 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if out.is_dir()
         else []
     )
+    # Readers take every *.msgpack in a folder for a shard, so a foreign one would spoil the
+    # new recording; and --overwrite replaces a recording, not files that are none.
+    foreign = [p.name for p in ours if p.suffix == SHARD_SUFFIX and not _is_recording(p)]
+    if foreign:
+        raise WorldSimError(
+            f"{out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not a "
+            f"WorldSim recording, and a reader would take every {SHARD_SUFFIX} file there for a "
+            "shard: move it or choose another --out"
+        )
     if ours and not overwrite:
         raise WorldSimError(
             f"{out} already holds a recording; pass --overwrite or choose another --out"

@@ -290,7 +290,7 @@ def iter_file(path: str | Path) -> Iterator[tuple[dict[str, Any], Record | None]
         yield header, rec
 
 
-def _cut_in_header(path: Path) -> bool:
+def cut_in_header(path: Path) -> bool:
     """True when a file ends before its first map (the header) is complete."""
     with open(path, "rb") as f:
         unpacker = msgpack.Unpacker(f, read_size=1 << 12, **UNPACK_LIMITS)
@@ -321,7 +321,7 @@ def recording_files(path: str | Path) -> list[Path]:
         # A writer stopped between creating a shard and writing its header leaves it empty;
         # a full disk or an interrupted copy can leave part of the header. Neither holds a
         # record, and neither may make the rest of the folder unreadable.
-        cut = [p for p in files if _cut_in_header(p)]
+        cut = [p for p in files if cut_in_header(p)]
         if cut:
             names = [p.name for p in cut]
             warnings.warn(f"{path}: skipping {len(cut)} shard(s) that end before their header is complete, so hold no record: "

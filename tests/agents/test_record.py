@@ -130,6 +130,22 @@ def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_pat
     assert err.startswith("worldsim record: error: ") and str(out) in err and "Traceback" not in err
 
 
+def test_overwrite_replaces_a_recording_but_never_deletes_a_foreign_msgpack_file(tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet", "--shard-steps", "4"]
+    assert cli(base) == 0
+    assert cli([*base, "--overwrite"]) == 0  # a recording is replaced
+    capsys.readouterr()
+    mine = out / "notes.msgpack"  # not a recording: a reader would fail on it as a shard
+    mine.write_bytes(b"\x81\xa1a\x01")
+    for args in (base, [*base, "--overwrite"]):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert "notes.msgpack, not a WorldSim recording" in err and "Traceback" not in err
+        assert mine.read_bytes() == b"\x81\xa1a\x01"
+    assert len(list(RecordingReader(out / "shard-00000.msgpack"))) > 0  # nor the recording
+
+
 def test_random_agent_is_uniform_and_seeded():
     space = gym.spaces.MultiDiscrete([3, 2, 10])
     a = RandomAgent(space, np.random.default_rng(1))
