@@ -130,6 +130,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise WorldSimError(f"{out} exists; pass --overwrite or choose another --out")
         if out.exists():
             out.unlink()
+        # The old run's coverage goes with it: beside a new recording that stops short, it
+        # would describe data that is gone.
+        output_path(out).unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         return
     if out.exists() and not out.is_dir():

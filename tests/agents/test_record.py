@@ -146,6 +146,26 @@ def test_overwrite_replaces_a_recording_but_never_deletes_a_foreign_msgpack_file
     assert len(list(RecordingReader(out / "shard-00000.msgpack"))) > 0  # nor the recording
 
 
+def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, capsys, monkeypatch):
+    """A run that replaces run.msgpack and then stops short must not leave run.coverage.json
+    describing the recording it replaced."""
+    import agents.record
+    from worldsim.errors import WorldSimError
+
+    out = tmp_path / "run.msgpack"
+    base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
+    assert cli(base) == 0
+    coverage = tmp_path / "run.coverage.json"
+    assert coverage.is_file()
+
+    def stopped(*args, **kwargs):
+        raise WorldSimError("stopped")
+
+    monkeypatch.setattr(agents.record, "record_part", stopped)
+    assert cli([*base, "--overwrite"]) == 2
+    assert not coverage.exists()
+
+
 def test_random_agent_is_uniform_and_seeded():
     space = gym.spaces.MultiDiscrete([3, 2, 10])
     a = RandomAgent(space, np.random.default_rng(1))
