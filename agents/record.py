@@ -257,9 +257,13 @@ def _run_parallel(
             try:
                 status, part, payload = results_q.get(timeout=0.2)
             except queue.Empty:
-                if not any(p.is_alive() for p in procs) and results_q.empty():
+                # Any one worker gone without a result fails the run now, not when the others
+                # finish their shares (a dead worker's result would already be in the queue).
+                dead = [p for p, proc in enumerate(procs) if p not in results and not proc.is_alive()]
+                if dead and results_q.empty():
                     raise WorldSimError(
-                        "a recording worker died without a result (out of memory?)"
+                        f"recording worker {dead[0]} died without a result (exit code "
+                        f"{procs[dead[0]].exitcode}; out of memory?); what it wrote stays readable"
                     ) from None
             else:
                 if status == "user":

@@ -328,6 +328,39 @@ def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrot
     assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # both workers' shards read back
 
 
+def test_a_worker_killed_mid_run_fails_the_run_at_once(tmp_path):
+    """A worker killed (say, by the out-of-memory killer) while the others record must stop the
+    run with an error then, not after the others have spent hours on their shares."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "one_dead"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim", "record", "--env", FULL_ID, "--steps", "100000000", "--num-envs", "2",
+         "--workers", "2", "--shard-steps", "50", "--out", str(out), "--quiet"],
+        cwd=Path(__file__).parents[2], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("shard-01-*.msgpack"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()
+        workers = [pid for pid in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and "died without a result" in err and "Traceback" not in err
+    assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # what was written reads
+
+
 def test_the_worldsim_script_finds_an_env_module_in_the_current_folder(tmp_path):
     """`--env my_envs:Id` imports ./my_envs.py, as `python -m worldsim` would."""
     import subprocess
