@@ -10,6 +10,7 @@ finished shards; readers scan any shard the index does not cover.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -211,7 +212,12 @@ class RecordingWriter:
             self._finish_file()
             self._open_next()
         if info is not None:
-            rec["info"] = info
+            if not isinstance(info, Mapping):
+                raise RecordingError(
+                    f"info must be a map with str keys, as the format promises readers; got "
+                    f"{type(info).__name__}, so it was not written"
+                )
+            rec["info"] = dict(info)
         try:
             buf = self._packer.pack(rec)
         except (TypeError, ValueError) as e:

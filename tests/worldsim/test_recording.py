@@ -191,6 +191,8 @@ def test_a_second_writer_to_the_same_path_is_refused_even_when_it_looked_first(
         ((0, 0, [0, 0], 0.0), None, "t must be an int >= 1, got 0"),
         ((-1, 1, [0, 0], 0.0), None, "episode must be a non-negative int"),
         ((0, 1, [0, 0], 0.0), {1: 2}, "map key"),
+        ((0, 1, [0, 0], 0.0), 5, "info must be a map"),
+        ((0, 1, [0, 0], 0.0), [("a", 1)], "info must be a map"),
         ((0, 1, [0, 0], 0.0), {"big": list(range(70_000))}, "exceeds max_array_len"),
     ],
 )
