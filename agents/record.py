@@ -40,7 +40,7 @@ from agents.rollout import (
 from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
 from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in_header, read_header
-from worldsim.recording_writer import now_iso
+from worldsim.recording_writer import now_iso, pack_readable
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
 
 
@@ -102,6 +102,7 @@ def _preflight(cfg: RecordConfig, parts: int) -> None:
 
     from worldsim.spaces import ActionSpec
 
+    pack_readable({"env_kwargs": cfg.make_kwargs()}, "--env-kwargs")  # the header holds them
     n = cfg.num_envs // parts + (cfg.num_envs % parts > 0)
     env = make_env(cfg.env, n, cfg.make_kwargs())
     try:

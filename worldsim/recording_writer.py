@@ -46,6 +46,29 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a recording")
 
 
+def pack_readable(obj: Any, what: str) -> bytes:
+    """``obj`` packed as the writer packs it, if a reader will accept it.
+
+    Every record is checked against the reader's limits before it is written; the header must
+    be too (a long list or a big map in ``env_kwargs``, say), or a whole run would be recorded
+    that no reader opens.
+
+    Raises:
+        RecordingError: naming ``what``, if ``obj`` cannot be packed or a reader would refuse it.
+    """
+    try:
+        buf = msgpack.packb(obj, default=_plain, use_bin_type=True)
+    except (TypeError, ValueError) as e:
+        raise RecordingError(f"{what} cannot be stored as msgpack: {e}") from None
+    try:
+        if len(buf) > MAX_RECORD_BYTES:
+            raise ValueError(f"{len(buf):,} bytes, over {MAX_RECORD_BYTES:,}")
+        msgpack.unpackb(buf, **UNPACKB_LIMITS)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise RecordingError(f"a reader would refuse {what} ({e}), so nothing was written") from None
+    return buf
+
+
 def now_iso() -> str:
     """The current UTC time in ISO 8601, as the header's ``created`` holds it.
 
@@ -121,10 +144,7 @@ class RecordingWriter:
             seed=seed,
         )
         self._packer = msgpack.Packer(default=_plain, use_bin_type=True)
-        try:
-            self._header_bytes = self._packer.pack(header)
-        except (TypeError, ValueError) as e:
-            raise RecordingError(f"header cannot be stored as msgpack: {e}") from None
+        self._header_bytes = pack_readable(header, f"{path}: this header")
         self.header = validate_header(header, path)
         self._hw = tuple(self.header["observation_shape"][:2])
         if shard_records is not None and shard_records < 1:

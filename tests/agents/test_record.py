@@ -166,6 +166,23 @@ def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, caps
     assert not coverage.exists()
 
 
+def test_env_kwargs_no_reader_accepts_fail_before_the_old_recording_is_replaced(tmp_path, capsys):
+    """--env-kwargs go into every header: a map a reader refuses (over 4,096 keys) must fail
+    before recording, and before --overwrite removes the recording it would replace."""
+    if "KwargsToy-v0" not in gym.registry:
+        gym.register("KwargsToy-v0", entry_point=lambda layout=None, **kw: ToyImageEnv(**kw))
+    out = tmp_path / "x.msgpack"
+    base = ["record", "--env", "KwargsToy-v0", "--steps", "5", "--out", str(out), "--quiet"]
+    assert cli(base) == 0
+    kept = out.read_bytes()
+    capsys.readouterr()
+    layout = json.dumps({"layout": {f"k{i}": i for i in range(5000)}})
+    assert cli([*base, "--overwrite", "--env-kwargs", layout]) == 2
+    err = capsys.readouterr().err
+    assert "a reader would refuse --env-kwargs" in err and "max_map_len" in err and "Traceback" not in err
+    assert out.read_bytes() == kept
+
+
 def test_random_agent_is_uniform_and_seeded():
     space = gym.spaces.MultiDiscrete([3, 2, 10])
     a = RandomAgent(space, np.random.default_rng(1))

@@ -207,6 +207,20 @@ def test_writer_refuses_what_a_reader_would_refuse_and_keeps_the_file_readable(t
     assert [(r.kind, r.t) for r in RecordingReader(path)] == [("reset", 0), ("step", 1)]
 
 
+@pytest.mark.parametrize(
+    "env_kwargs", [{"layout": list(range(70_000))}, {"note": "x" * (2 << 20)}, {str(i): i for i in range(5000)}]
+)
+def test_writer_refuses_a_header_a_reader_would_refuse_before_writing_anything(tmp_path, env_kwargs):
+    """The header goes through the reader's size limits as every record does: a long list in
+    env_kwargs must fail at once, not after a whole run that no reader can open."""
+    with pytest.raises(RecordingError, match="a reader would refuse .*this header"):
+        RecordingWriter(
+            tmp_path / "a.msgpack", env_id="Toy", env_kwargs=env_kwargs, observation_shape=(4, 4, 3),
+            action_space=gym.spaces.Discrete(3), agent="test",
+        )  # fmt: skip
+    assert not (tmp_path / "a.msgpack").exists()
+
+
 def test_a_killed_writer_loses_nothing_it_wrote(tmp_path):
     path = tmp_path / "killed.msgpack"
     code = f"""
