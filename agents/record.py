@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from agents.rollout import (
 )
 from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
-from worldsim.recording_writer import now_iso
+from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in_header, read_header
+from worldsim.recording_writer import now_iso, pack_readable
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
 
 
@@ -100,6 +102,7 @@ def _preflight(cfg: RecordConfig, parts: int) -> None:
 
     from worldsim.spaces import ActionSpec
 
+    pack_readable({"env_kwargs": cfg.make_kwargs()}, "--env-kwargs")  # the header holds them
     n = cfg.num_envs // parts + (cfg.num_envs % parts > 0)
     env = make_env(cfg.env, n, cfg.make_kwargs())
     try:
@@ -111,12 +114,26 @@ def _preflight(cfg: RecordConfig, parts: int) -> None:
         env.close()
 
 
+def _is_recording(path: Path) -> bool:
+    """A WorldSim recording file, or one a writer left before its header was whole."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordingTruncatedWarning)
+            read_header(path)
+    except RecordingError:
+        return cut_in_header(path)
+    return True
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.suffix == SHARD_SUFFIX:
         if out.exists() and not overwrite:
             raise WorldSimError(f"{out} exists; pass --overwrite or choose another --out")
         if out.exists():
             out.unlink()
+        # The old run's coverage goes with it: beside a new recording that stops short, it
+        # would describe data that is gone.
+        output_path(out).unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         return
     if out.exists() and not out.is_dir():
@@ -130,6 +147,15 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if out.is_dir()
         else []
     )
+    # Readers take every *.msgpack in a folder for a shard, so a foreign one would spoil the
+    # new recording; and --overwrite replaces a recording, not files that are none.
+    foreign = [p.name for p in ours if p.suffix == SHARD_SUFFIX and not _is_recording(p)]
+    if foreign:
+        raise WorldSimError(
+            f"{out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not a "
+            f"WorldSim recording, and a reader would take every {SHARD_SUFFIX} file there for a "
+            "shard: move it or choose another --out"
+        )
     if ours and not overwrite:
         raise WorldSimError(
             f"{out} already holds a recording; pass --overwrite or choose another --out"
@@ -232,9 +258,13 @@ def _run_parallel(
             try:
                 status, part, payload = results_q.get(timeout=0.2)
             except queue.Empty:
-                if not any(p.is_alive() for p in procs) and results_q.empty():
+                # Any one worker gone without a result fails the run now, not when the others
+                # finish their shares (a dead worker's result would already be in the queue).
+                dead = [p for p, proc in enumerate(procs) if p not in results and not proc.is_alive()]
+                if dead and results_q.empty():
                     raise WorldSimError(
-                        "a recording worker died without a result (out of memory?)"
+                        f"recording worker {dead[0]} died without a result (exit code "
+                        f"{procs[dead[0]].exitcode}; out of memory?); what it wrote stays readable"
                     ) from None
             else:
                 if status == "user":

@@ -12,7 +12,9 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 # name -> ("module:function", one-line help). Longest name wins ("bench engine" over "bench").
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +66,23 @@ def _resolve(argv: Sequence[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _warning_printer(name: str, fallback: Any) -> Any:
+    """A ``warnings.showwarning`` that prints WorldSim's own warnings (a truncated recording,
+    say) as one line, once each, instead of with the source line that raised them."""
+    shown: set[str] = set()
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if category.__module__.split(".")[0] not in ("worldsim", "envs", "agents", "export"):
+            fallback(message, category, filename, lineno, file, line)
+            return
+        text = f"worldsim {name}: warning: {message}"
+        if text not in shown:
+            shown.add(text)
+            print(text, file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; user errors print one line and exit 2, never a traceback.
 
@@ -107,6 +126,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from worldsim.errors import WorldSimError
 
+    previous = warnings.showwarning
+    warnings.showwarning = _warning_printer(name, previous)
     try:
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(rest) or 0)
@@ -130,6 +151,8 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         print(f"worldsim {name}: error: {e.name} is not installed; run `{hint}`", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

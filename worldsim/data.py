@@ -35,8 +35,11 @@ from worldsim.recording import (
     recording_files,
     scan_file,
 )
-from worldsim.shard_index import FileIndex, load_index
+from worldsim.shard_index import INDEX_NAME, FileIndex, load_index
 from worldsim.spaces import ActionSpec
+
+_STALE = f"the file changed since it was indexed (in a shard folder, delete {INDEX_NAME} to rescan)"
+"""What a record that no longer matches its index means, and the way out."""
 
 
 @dataclass
@@ -241,11 +244,11 @@ class WindowDataset:
         try:
             obj = msgpack.unpackb(self._map(fid)[off:end], **UNPACKB_LIMITS)
         except Exception as e:  # any unpack failure means the file changed under the index
-            raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}") from None
+            raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}; {_STALE}?") from None
         rec = parse_record(obj, self.action_spec, file, None, off)
         if rec.t != self._rec_t[r]:
             raise RecordingError(
-                f"{file}: byte {off}: expected step {self._rec_t[r]}, found {rec.t}; index out of date"
+                f"{file}: byte {off}: expected step {self._rec_t[r]}, found {rec.t}: {_STALE}"
             )
         rec.end = end
         return rec

@@ -290,6 +290,19 @@ def iter_file(path: str | Path) -> Iterator[tuple[dict[str, Any], Record | None]
         yield header, rec
 
 
+def cut_in_header(path: Path) -> bool:
+    """True when a file ends before its first map (the header) is complete."""
+    with open(path, "rb") as f:
+        unpacker = msgpack.Unpacker(f, read_size=1 << 12, **UNPACK_LIMITS)
+        try:
+            next(unpacker)
+        except StopIteration:
+            return True
+        except Exception:  # corrupt rather than cut: reading the file reports it
+            return False
+    return False
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
     """The header of a file, or of the first shard of a folder, without reading records."""
     files = recording_files(path)
@@ -305,12 +318,16 @@ def recording_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_dir():
         files = shard_files(path)
-        empty = [p.name for p in files if p.stat().st_size == 0]
-        if empty:  # a writer stopped between creating a shard and writing its header
-            warnings.warn(f"{path}: skipping {len(empty)} empty shard(s), cut off before their header: "
-                          f"{', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}",
+        # A writer stopped between creating a shard and writing its header leaves it empty;
+        # a full disk or an interrupted copy can leave part of the header. Neither holds a
+        # record, and neither may make the rest of the folder unreadable.
+        cut = [p for p in files if cut_in_header(p)]
+        if cut:
+            names = [p.name for p in cut]
+            warnings.warn(f"{path}: skipping {len(cut)} shard(s) that end before their header is complete, so hold no record: "
+                          f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}",
                           RecordingTruncatedWarning, stacklevel=3)  # fmt: skip
-            files = [p for p in files if p.stat().st_size > 0]
+            files = [p for p in files if p not in cut]
         if not files:
             raise RecordingError(f"{path}: folder holds no *.msgpack shards")
         return files

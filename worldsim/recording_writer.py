@@ -10,6 +10,7 @@ finished shards; readers scan any shard the index does not cover.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +44,29 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (tuple, set)):
         return list(obj)
     raise TypeError(f"cannot store a {type(obj).__name__} in a recording")
+
+
+def pack_readable(obj: Any, what: str) -> bytes:
+    """``obj`` packed as the writer packs it, if a reader will accept it.
+
+    Every record is checked against the reader's limits before it is written; the header must
+    be too (a long list or a big map in ``env_kwargs``, say), or a whole run would be recorded
+    that no reader opens.
+
+    Raises:
+        RecordingError: naming ``what``, if ``obj`` cannot be packed or a reader would refuse it.
+    """
+    try:
+        buf = msgpack.packb(obj, default=_plain, use_bin_type=True)
+    except (TypeError, ValueError) as e:
+        raise RecordingError(f"{what} cannot be stored as msgpack: {e}") from None
+    try:
+        if len(buf) > MAX_RECORD_BYTES:
+            raise ValueError(f"{len(buf):,} bytes, over {MAX_RECORD_BYTES:,}")
+        msgpack.unpackb(buf, **UNPACKB_LIMITS)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise RecordingError(f"a reader would refuse {what} ({e}), so nothing was written") from None
+    return buf
 
 
 def now_iso() -> str:
@@ -120,10 +144,7 @@ class RecordingWriter:
             seed=seed,
         )
         self._packer = msgpack.Packer(default=_plain, use_bin_type=True)
-        try:
-            self._header_bytes = self._packer.pack(header)
-        except (TypeError, ValueError) as e:
-            raise RecordingError(f"header cannot be stored as msgpack: {e}") from None
+        self._header_bytes = pack_readable(header, f"{path}: this header")
         self.header = validate_header(header, path)
         self._hw = tuple(self.header["observation_shape"][:2])
         if shard_records is not None and shard_records < 1:
@@ -157,9 +178,12 @@ class RecordingWriter:
             name = f"{self.shard_prefix}{self._shard_number:05d}{SHARD_SUFFIX}"
             target = self.path / name
             self._shard_number += 1
-        if target.exists() and not self.overwrite:
-            raise RecordingError(f"{target}: already exists; choose another path or overwrite")
-        self._file = open(target, "wb")  # noqa: SIM115  (closed in _finish_file)
+        # "x" checks and creates in one step: of two writers racing for one path, one gets a
+        # RecordingError instead of both writing into the same file.
+        try:
+            self._file = open(target, "wb" if self.overwrite else "xb")  # noqa: SIM115  (closed in _finish_file)
+        except FileExistsError:
+            raise RecordingError(f"{target}: already exists; choose another path or overwrite") from None
         self._builder = IndexBuilder(name)
         self._pos = 0
         self._write(self._header_bytes)
@@ -208,7 +232,12 @@ class RecordingWriter:
             self._finish_file()
             self._open_next()
         if info is not None:
-            rec["info"] = info
+            if not isinstance(info, Mapping):
+                raise RecordingError(
+                    f"info must be a map with str keys, as the format promises readers; got "
+                    f"{type(info).__name__}, so it was not written"
+                )
+            rec["info"] = dict(info)
         try:
             buf = self._packer.pack(rec)
         except (TypeError, ValueError) as e:

@@ -130,18 +130,23 @@ def load_index(folder: Path) -> dict[str, FileIndex]:
     path = Path(folder) / INDEX_NAME
     if not path.is_file():
         return {}
+    # The index is only an optimisation, so every complaint says how to do without it.
+    fix = "; delete it to have the shards scanned instead"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise WorldSimError(f"{path}: not a readable JSON index: {e}") from None
+        raise WorldSimError(f"{path}: not a readable JSON index: {e}{fix}") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
-        raise WorldSimError(f"{path}: not a {INDEX_FORMAT} file")
+        raise WorldSimError(f"{path}: not a {INDEX_FORMAT} file{fix}")
     if doc.get("version") != INDEX_VERSION:
-        raise WorldSimError(f"{path}: unsupported index version {doc.get('version')!r}")
+        raise WorldSimError(f"{path}: unsupported index version {doc.get('version')!r}{fix}")
     shards = doc.get("shards")
     if not isinstance(shards, list):
-        raise WorldSimError(f"{path}: 'shards' must be a list")
-    entries = [FileIndex.from_json(s) for s in shards]
+        raise WorldSimError(f"{path}: 'shards' must be a list{fix}")
+    try:
+        entries = [FileIndex.from_json(s) for s in shards]
+    except WorldSimError as e:
+        raise WorldSimError(f"{path}: {e}{fix}") from None
     return {e.file: e for e in entries}
 
 

@@ -130,6 +130,59 @@ def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_pat
     assert err.startswith("worldsim record: error: ") and str(out) in err and "Traceback" not in err
 
 
+def test_overwrite_replaces_a_recording_but_never_deletes_a_foreign_msgpack_file(tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet", "--shard-steps", "4"]
+    assert cli(base) == 0
+    assert cli([*base, "--overwrite"]) == 0  # a recording is replaced
+    capsys.readouterr()
+    mine = out / "notes.msgpack"  # not a recording: a reader would fail on it as a shard
+    mine.write_bytes(b"\x81\xa1a\x01")
+    for args in (base, [*base, "--overwrite"]):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert "notes.msgpack, not a WorldSim recording" in err and "Traceback" not in err
+        assert mine.read_bytes() == b"\x81\xa1a\x01"
+    assert len(list(RecordingReader(out / "shard-00000.msgpack"))) > 0  # nor the recording
+
+
+def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, capsys, monkeypatch):
+    """A run that replaces run.msgpack and then stops short must not leave run.coverage.json
+    describing the recording it replaced."""
+    import agents.record
+    from worldsim.errors import WorldSimError
+
+    out = tmp_path / "run.msgpack"
+    base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
+    assert cli(base) == 0
+    coverage = tmp_path / "run.coverage.json"
+    assert coverage.is_file()
+
+    def stopped(*args, **kwargs):
+        raise WorldSimError("stopped")
+
+    monkeypatch.setattr(agents.record, "record_part", stopped)
+    assert cli([*base, "--overwrite"]) == 2
+    assert not coverage.exists()
+
+
+def test_env_kwargs_no_reader_accepts_fail_before_the_old_recording_is_replaced(tmp_path, capsys):
+    """--env-kwargs go into every header: a map a reader refuses (over 4,096 keys) must fail
+    before recording, and before --overwrite removes the recording it would replace."""
+    if "KwargsToy-v0" not in gym.registry:
+        gym.register("KwargsToy-v0", entry_point=lambda layout=None, **kw: ToyImageEnv(**kw))
+    out = tmp_path / "x.msgpack"
+    base = ["record", "--env", "KwargsToy-v0", "--steps", "5", "--out", str(out), "--quiet"]
+    assert cli(base) == 0
+    kept = out.read_bytes()
+    capsys.readouterr()
+    layout = json.dumps({"layout": {f"k{i}": i for i in range(5000)}})
+    assert cli([*base, "--overwrite", "--env-kwargs", layout]) == 2
+    err = capsys.readouterr().err
+    assert "a reader would refuse --env-kwargs" in err and "max_map_len" in err and "Traceback" not in err
+    assert out.read_bytes() == kept
+
+
 def test_random_agent_is_uniform_and_seeded():
     space = gym.spaces.MultiDiscrete([3, 2, 10])
     a = RandomAgent(space, np.random.default_rng(1))
@@ -290,6 +343,39 @@ def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrot
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"the workers outlived their parent's {how}")
     assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # both workers' shards read back
+
+
+def test_a_worker_killed_mid_run_fails_the_run_at_once(tmp_path):
+    """A worker killed (say, by the out-of-memory killer) while the others record must stop the
+    run with an error then, not after the others have spent hours on their shares."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "one_dead"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim", "record", "--env", FULL_ID, "--steps", "100000000", "--num-envs", "2",
+         "--workers", "2", "--shard-steps", "50", "--out", str(out), "--quiet"],
+        cwd=Path(__file__).parents[2], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("shard-01-*.msgpack"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()
+        workers = [pid for pid in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and "died without a result" in err and "Traceback" not in err
+    assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # what was written reads
 
 
 def test_the_worldsim_script_finds_an_env_module_in_the_current_folder(tmp_path):

@@ -62,3 +62,18 @@ def test_output_into_a_closed_pipe_ends_quietly(argv):
         os.close(write)
     assert done.stderr == ""  # no BrokenPipeError traceback
     assert done.returncode in (0, 141)  # argparse's own --help exits 0 before the pipe is seen
+
+
+def test_a_truncated_recording_is_one_warning_line_naming_the_cut(capsys, tmp_path):
+    """Replaying what a killed recorder left: the cut is reported once, as one line in the
+    CLI's voice, without the source line of WorldSim's code that noticed it."""
+    from tests.worldsim.toy_env import record_toy
+
+    path = tmp_path / "run.msgpack"
+    record_toy(path, 2, seed=1)
+    path.write_bytes(path.read_bytes()[:-10])
+    assert cli(["replay", str(path), "--out", str(tmp_path / "r.gif")]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"worldsim replay: warning: {path}: truncated at byte ")

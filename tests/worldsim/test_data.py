@@ -111,6 +111,36 @@ def test_dataset_without_index_or_with_a_stale_index_scans(shards, tmp_path):
     assert len(WindowDataset([copy], 4)) == len(ds)
 
 
+def test_a_broken_or_stale_index_is_named_with_the_way_out_and_deleting_it_works(shards, tmp_path):
+    """index.json is only an optimisation: when it is unreadable or no longer matches its
+    shards, the error names it and says to delete it, and deleting it is enough."""
+    from worldsim.errors import WorldSimError
+
+    folder, episodes = shards
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in folder.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    index = copy / "index.json"
+    good = index.read_text()
+    doc = json.loads(good)
+    del doc["shards"][0]["segments"]
+    for text in (good[: len(good) // 2], json.dumps(doc)):
+        index.write_text(text)
+        with pytest.raises(WorldSimError, match=f"{index}: .*delete it to have the shards scanned"):
+            WindowDataset([copy], 4)
+    doc = json.loads(good)
+    first = doc["shards"][0]["segments"][0]["offsets"]
+    first[1:] = [o + 1 for o in first[1:]]  # as if the shard had been rewritten
+    index.write_text(json.dumps(doc))
+    ds = WindowDataset([copy], 1)
+    with pytest.raises(RecordingError, match="changed since it was indexed.*delete index.json"):
+        for i in range(len(ds)):
+            ds[i]
+    index.unlink()
+    assert len(WindowDataset([copy], 4)) == len(_truth(episodes, 4))
+
+
 def test_files_and_folders_combine_and_must_agree(shards, tmp_path):
     folder, episodes = shards
     single = tmp_path / "one.msgpack"

@@ -88,10 +88,32 @@ def test_an_empty_last_shard_is_skipped_with_a_warning(tmp_path):
     folder = tmp_path / "shards"
     episodes = record_toy(folder, 3, shard_records=10, seed=1)
     (folder / "shard-99999.msgpack").touch()
-    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 empty shard"):
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard"):
         _check_same(list(RecordingReader(folder)), episodes)
-    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 empty shard"):
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard"):
         assert len(WindowDataset([folder], window=2)) > 0
+
+
+def test_a_shard_cut_inside_its_header_is_skipped_with_a_warning(tmp_path):
+    """A full disk or an interrupted copy can leave part of a shard's header: that shard holds
+    no record, and the other shards still read, through the reader and the training data."""
+    from worldsim.data import WindowDataset
+
+    folder = tmp_path / "shards"
+    episodes = record_toy(folder, 3, shard_records=10, seed=1)
+    first = (folder / "shard-00000.msgpack").read_bytes()
+    (folder / "shard-99999.msgpack").write_bytes(first[:40])
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard.*shard-99999"):
+        _check_same(list(RecordingReader(folder)), episodes)
+    with pytest.warns(RecordingTruncatedWarning, match="skipping 1 shard"):
+        assert len(WindowDataset([folder], window=2)) > 0
+    # A lone file cut inside its header has nothing to read: that stays an error.
+    (tmp_path / "cut.msgpack").write_bytes(first[:40])
+    with (
+        pytest.warns(RecordingTruncatedWarning),
+        pytest.raises(RecordingError, match="cut off inside the header"),
+    ):
+        RecordingReader(tmp_path / "cut.msgpack")
 
 
 def test_every_shard_is_plain_msgpack_with_the_documented_keys(tmp_path):
@@ -140,6 +162,28 @@ def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
     assert len(list(RecordingReader(tmp_path / "a.msgpack"))) == 1
 
 
+def test_a_second_writer_to_the_same_path_is_refused_even_when_it_looked_first(
+    tmp_path, monkeypatch
+):
+    """Two writers started at once (say, a sweep with one --out twice) must not both write one
+    file: checking for the file and creating it are one step, so a writer that looked just
+    before the other created the file is still refused, and the first one's file stays whole."""
+    from pathlib import Path
+
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with _writer(tmp_path / "a.msgpack") as first:
+        first.reset(0, None, frame)
+        with monkeypatch.context() as m:
+            m.setattr(Path, "exists", lambda self: False)  # it looked before the file was made
+            with pytest.raises(RecordingError, match="already exists"):
+                _writer(tmp_path / "a.msgpack")
+        first.step(0, 1, [1, 0], 1.0, False, False, frame)
+    assert [(r.kind, r.reward) for r in RecordingReader(tmp_path / "a.msgpack")] == [
+        ("reset", 0.0),
+        ("step", 1.0),
+    ]
+
+
 @pytest.mark.parametrize(
     ("step", "info", "message"),
     [
@@ -147,6 +191,8 @@ def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
         ((0, 0, [0, 0], 0.0), None, "t must be an int >= 1, got 0"),
         ((-1, 1, [0, 0], 0.0), None, "episode must be a non-negative int"),
         ((0, 1, [0, 0], 0.0), {1: 2}, "map key"),
+        ((0, 1, [0, 0], 0.0), 5, "info must be a map"),
+        ((0, 1, [0, 0], 0.0), [("a", 1)], "info must be a map"),
         ((0, 1, [0, 0], 0.0), {"big": list(range(70_000))}, "exceeds max_array_len"),
     ],
 )
@@ -159,6 +205,20 @@ def test_writer_refuses_what_a_reader_would_refuse_and_keeps_the_file_readable(t
             w.step(*step, False, False, frame, info)
         w.step(0, 1, [1, 0], 0.5, False, False, frame)
     assert [(r.kind, r.t) for r in RecordingReader(path)] == [("reset", 0), ("step", 1)]
+
+
+@pytest.mark.parametrize(
+    "env_kwargs", [{"layout": list(range(70_000))}, {"note": "x" * (2 << 20)}, {str(i): i for i in range(5000)}]
+)
+def test_writer_refuses_a_header_a_reader_would_refuse_before_writing_anything(tmp_path, env_kwargs):
+    """The header goes through the reader's size limits as every record does: a long list in
+    env_kwargs must fail at once, not after a whole run that no reader can open."""
+    with pytest.raises(RecordingError, match="a reader would refuse .*this header"):
+        RecordingWriter(
+            tmp_path / "a.msgpack", env_id="Toy", env_kwargs=env_kwargs, observation_shape=(4, 4, 3),
+            action_space=gym.spaces.Discrete(3), agent="test",
+        )  # fmt: skip
+    assert not (tmp_path / "a.msgpack").exists()
 
 
 def test_a_killed_writer_loses_nothing_it_wrote(tmp_path):
