@@ -588,6 +588,7 @@ def test_idm_trains_for_any_small_number_of_steps(steps: int) -> None:
     assert model is not None
 
 
+@pytest.mark.filterwarnings("ignore:.*share an object:UserWarning")  # Gymnasium's checker sees the reuse this test is about
 def test_reference_trajectories_keep_every_frame_of_an_env_that_reuses_its_buffer() -> None:
     import gymnasium as gym
 
