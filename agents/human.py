@@ -294,15 +294,22 @@ def check_display(pygame: Any) -> None:
     so by setting ``SDL_VIDEODRIVER`` itself, as the tests and ``make demo`` do.
 
     Raises:
-        WorldSimError: SDL found no display and ``SDL_VIDEODRIVER`` is not set.
+        WorldSimError: SDL found no display and ``SDL_VIDEODRIVER`` is not set, or the
+            driver that ``SDL_VIDEODRIVER`` names cannot start (``x11`` with no X server).
     """
-    if os.environ.get("SDL_VIDEODRIVER"):
-        return
+    chosen = os.environ.get("SDL_VIDEODRIVER")
     try:
         pygame.display.init()
         driver = pygame.display.get_driver()
-    except pygame.error:  # an SDL built without the offscreen fallback finds no driver at all
+    except pygame.error as e:  # an SDL built without the offscreen fallback finds no driver at all
+        if chosen:
+            raise WorldSimError(
+                f"SDL_VIDEODRIVER={chosen} cannot open a window here ({e}); unset it to let SDL pick the "
+                "display, or set SDL_VIDEODRIVER=dummy to run headless with --actions FILE"
+            ) from None
         driver = None
+    if chosen:
+        return
     if driver in (None, "offscreen", "dummy"):
         pygame.display.quit()
         raise WorldSimError(

@@ -124,6 +124,13 @@ def test_play_without_a_display_is_an_error_not_an_invisible_game(monkeypatch):
         play(PlayConfig(world="engine", max_steps=1))
 
 
+def test_an_unavailable_sdl_videodriver_is_a_one_line_error(monkeypatch):
+    # SDL_VIDEODRIVER=x11 over SSH without X forwarding: a clear error, not pygame's traceback.
+    monkeypatch.setenv("SDL_VIDEODRIVER", "no-such-driver")
+    with pytest.raises(WorldSimError, match="SDL_VIDEODRIVER=no-such-driver cannot open a window here"):
+        play(PlayConfig(world="engine", max_steps=1))
+
+
 def test_psnr():
     a = np.zeros((8, 8, 3), np.uint8)
     b = a.copy()
