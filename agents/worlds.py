@@ -18,6 +18,9 @@ from worldsim.spaces import ActionSpec, native_action
 
 PSNR_CAP_DB = 99.0
 """PSNR reported for identical frames (the formula gives infinity)."""
+ENDLESS_STEPS = 2**31 - 1
+"""BlockWorld's ``max_steps`` in the viewer: its default of 2,000 would move a human to a new
+world after 100 s of play; this many steps take over three years at 20 steps/s."""
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -212,7 +215,8 @@ def make_world(
     from worldsim.registration import BLOCKWORLD_ID
 
     if mode == "engine":
-        kwargs = {"width": 64 if width is None else width, "height": 64 if height is None else height}
+        kwargs = {"width": 64 if width is None else width, "height": 64 if height is None else height,
+                  "max_steps": ENDLESS_STEPS}  # fmt: skip
         env = gym.make(BLOCKWORLD_ID, **kwargs)
         return EnvWorld(env, "engine", "engine", BLOCKWORLD_ID, kwargs)
     if mode not in ("dream", "side-by-side"):
@@ -236,5 +240,7 @@ def make_world(
     from envs.dream import make_source_env
 
     source_id, source_kwargs = dream.unwrapped.source_env
+    if source_id == BLOCKWORLD_ID:  # as the dream: no step limit, a human plays as long as they like
+        source_kwargs = {**source_kwargs, "max_steps": ENDLESS_STEPS}
     engine = make_source_env(source_id, source_kwargs)
     return SideBySideWorld(engine, dream, backend, source_id, source_kwargs)

@@ -139,6 +139,20 @@ def test_psnr():
     assert psnr(a, b) == pytest.approx(10 * np.log10(192), abs=1e-4)
 
 
+def test_the_engine_world_has_no_step_limit():
+    # BlockWorld's default max_steps (2,000) would move a human to a new world after 100 s.
+    from agents.worlds import make_world
+
+    world = make_world("engine", width=16, height=16)
+    try:
+        world.reset(0)
+        still = np.zeros(len(NVEC), np.int64)
+        assert not any(world.step(still).done for _ in range(2001))
+        assert world.env_kwargs["max_steps"] > 10**9  # and a recording re-creates it so
+    finally:
+        world.close()
+
+
 def check_window(image: np.ndarray, panes: int, scale: int, side: int = 64) -> None:
     """The screenshot is the whole window: titles, the upscaled panes, the status panel."""
     h, w = image.shape[:2]
@@ -243,7 +257,9 @@ def test_a_side_by_side_recording_replays_in_the_engine_from_its_seed(tmp_path, 
                         height=SIDE, scale=1, max_steps=6, record=str(rec)))  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    records = list(RecordingReader(rec))
+    reader = RecordingReader(rec)
+    assert reader.header["env_kwargs"]["max_steps"] > 10**9  # no step limit: the session lasts as long as the human
+    records = list(reader)
     assert records[0].kind == "reset" and records[0].seed == 1 and len(records) > 7  # the prompt's steps, then 6
     env = gym.make("worldsim/BlockWorld-v0", width=SIDE, height=SIDE)
     obs, _ = env.reset(seed=1)
