@@ -209,9 +209,14 @@ class _Input:
 
     def take_action(self) -> np.ndarray:
         action = compose_action(self.keymap, self.held(), self.pressed, self.dx, self.dy)
+        self.discard()
+        return action
+
+    def discard(self) -> None:
+        """Forget the presses and mouse motion since the last tick: made during a pause, they
+        would otherwise all act on the first tick after it (a block placed, a slot changed)."""
         self.pressed.clear()
         self.dx = self.dy = 0.0
-        return action
 
 
 class _Recorder:
@@ -478,6 +483,7 @@ class _Session:
                 elif self.state.paused:
                     next_tick = now + interval
                     self.tick_times.clear()  # a pause is not slowness
+                    self.input.discard()  # keys still held after it act; taps and clicks during it do not
                 if time.perf_counter() >= next_draw:
                     self._draw()
                     next_draw = time.perf_counter() + 1.0 / RENDER_FPS

@@ -153,6 +153,43 @@ def test_the_engine_world_has_no_step_limit():
         world.close()
 
 
+def play_keyboard(monkeypatch, batches, ticks, **config):
+    """Play the engine from the keyboard: ``batches[i]`` are the pygame events of the i-th poll,
+    Esc comes once ``ticks`` steps are played. Returns the actions played, as lists."""
+    import pygame
+
+    from agents.worlds import EnvWorld
+
+    played, polls = [], iter(batches)
+    real_step = EnvWorld.step
+    monkeypatch.setattr(EnvWorld, "step", lambda self, a: played.append(a.tolist()) or real_step(self, a))
+    escape = pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE)
+    monkeypatch.setattr(pygame.event, "get", lambda: next(polls, [escape] if len(played) >= ticks else []))
+    play(PlayConfig(world="engine", seed=0, scale=1, **config))
+    return played
+
+
+def key(name, down=True):
+    import pygame
+
+    code = getattr(pygame, f"K_{name if len(name) == 1 else name.upper()}")
+    return pygame.event.Event(pygame.KEYDOWN if down else pygame.KEYUP, key=code)
+
+
+def click(button):
+    import pygame
+
+    return [pygame.event.Event(t, button=button, pos=(1, 1)) for t in (pygame.MOUSEBUTTONDOWN, pygame.MOUSEBUTTONUP)]
+
+
+def test_taps_and_clicks_during_a_pause_do_not_act_after_it(monkeypatch, headless):
+    # P, then (paused) a tap of W, E (place), 3 (hotbar) and a left click (mine), then P again:
+    # none of them may act on the first tick after the pause.
+    paused = [key("w"), key("w", False), key("e"), key("e", False), key("3"), key("3", False), *click(1)]
+    played = play_keyboard(monkeypatch, [[key("p")], paused, [], [key("p")]], ticks=2)
+    assert played == [[0] * len(NVEC)] * 2
+
+
 def check_window(image: np.ndarray, panes: int, scale: int, side: int = 64) -> None:
     """The screenshot is the whole window: titles, the upscaled panes, the status panel."""
     h, w = image.shape[:2]
