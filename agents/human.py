@@ -39,7 +39,8 @@ from worldsim.spaces import ActionSpec
 MIN_TICK_RATE, MAX_TICK_RATE = 10.0, 20.0
 """Playable tick rates: below 10 steps/s the game feels broken, above 20 it outruns BlockWorld's clock."""
 WINDOW_TARGET_PX = 512
-"""Default window height: the scale is picked so the frames fill about this many pixels."""
+"""Default pane size: the scale is picked so a frame's larger side fills about this many pixels
+(by its height alone, a 256x64 frame would open a window 2,048 px wide)."""
 RENDER_FPS = 60.0
 """Redraw rate between ticks (mouse, pause screen, help), independent of the tick rate."""
 SLOW_FRACTION = 0.9
@@ -59,7 +60,7 @@ class PlayConfig:
     backend: str = "torch"
     """Dream runtime backend: ``torch`` or ``onnx``."""
     scale: int | None = None
-    """Integer upscale factor of the frames (``None``: fit about 512 px)."""
+    """Integer upscale factor of the frames (``None``: a frame's larger side fills about 512 px)."""
     record: str | None = None
     """Write the session to this recording file (the first pane's frames, the human's actions)."""
     seed: int | None = None
@@ -331,7 +332,7 @@ class _Session:
         self.keymap = keymap
         pygame.display.init()  # not pygame.init(): the viewer needs no audio device
         height, width = world.frame_shape
-        scale = config.scale or max(1, WINDOW_TARGET_PX // height)
+        scale = config.scale or max(1, WINDOW_TARGET_PX // max(height, width))
         self.overlay = Overlay(pygame, world.titles, (width, height), scale, keymap.help_lines())
         pygame.display.set_caption(f"WorldSim: {config.world}")
         self.screen = pygame.display.set_mode(self.overlay.window_size)
@@ -510,7 +511,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--world", choices=("dream", "engine", "side-by-side"), default="dream", help="what to play (default: dream)")
     p.add_argument("--checkpoint", help="dream checkpoint (.safetensors); default: the shipped BlockWorld model")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="dream runtime backend")
-    p.add_argument("--scale", type=int, help="integer upscale of the frames (default: fit about 512 px)")
+    p.add_argument("--scale", type=int, help="integer upscale of the frames (default: a frame's larger side fills about 512 px)")
     p.add_argument("--record", metavar="PATH", help="write the session as a recording (frames and your actions)")
     p.add_argument("--seed", type=int, help="world seed of the first episode")
     p.add_argument("--tick-rate", type=float, default=20.0, help="game steps per second, 10-20 (default 20)")

@@ -244,6 +244,15 @@ def test_screenshots_make_their_folder_and_a_failed_one_does_not_end_the_game(tm
                         screenshot_dir=str(tmp_path)))  # fmt: skip
 
 
+@pytest.mark.parametrize(("width", "height", "size"), [(64, 64, (512, 512)), (256, 64, (512, 128)), (63, 17, (504, 136))])
+def test_the_default_scale_fits_a_frames_larger_side(tmp_path, headless, width, height, size):
+    shot = tmp_path / "w.png"
+    path = write_lines(tmp_path / "a.jsonl", [json.dumps(FORWARD)])
+    play(PlayConfig(world="engine", actions=path, seed=0, width=width, height=height, screenshot=str(shot)))
+    w, h = Image.open(shot).size
+    assert w == size[0] and TITLE_PX + size[1] < h < TITLE_PX + size[1] + 160
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from tests.envs.dream_checkpoint import blockworld_checkpoint
