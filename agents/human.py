@@ -187,8 +187,8 @@ class _Input:
     def poll(self) -> None:
         pg = self.pg
         for ev in pg.event.get():
-            if ev.type == pg.QUIT:
-                self.commands.append("quit")
+            if ev.type == pg.QUIT:  # the window closed (or SIGTERM): ends the game, mouse captured or not
+                self.commands.append("close")
             elif ev.type == pg.KEYDOWN:
                 self.any_key = True
                 if ev.key in self.command_codes:
@@ -419,7 +419,11 @@ class _Session:
         return None
 
     def _command(self, cmd: str) -> None:
-        if cmd == "quit":
+        if cmd == "quit" and self.pg.event.get_grab():
+            # Esc is how a player gets a captured mouse back: it frees it, and quits only once it is free.
+            self._capture_mouse(False)
+            self.state.message = "mouse freed (Esc again quits)"
+        elif cmd in ("quit", "close"):
             self.running = False
         elif cmd == "pause":
             self.state.paused = not self.state.paused
@@ -432,9 +436,11 @@ class _Session:
             self.help_pinned = not self.show_help()
             self.help_until = 0.0
         elif cmd == "capture mouse":
-            grab = not self.pg.event.get_grab()
-            self.pg.event.set_grab(grab)
-            self.pg.mouse.set_visible(not grab)
+            self._capture_mouse(not self.pg.event.get_grab())
+
+    def _capture_mouse(self, grab: bool) -> None:
+        self.pg.event.set_grab(grab)
+        self.pg.mouse.set_visible(not grab)
 
     def show_help(self) -> bool:
         return self.help_pinned or time.perf_counter() < self.help_until

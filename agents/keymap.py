@@ -58,7 +58,7 @@ class Keymap:
             if len(digits) > 2:  # 1/2/3/.../9 reads better as a range
                 keys = [f"{digits[0]}-{digits[-1]}"] + [k for k in keys if not k.isdigit()]
             lines.append(f"{'/'.join(keys)}: {label}")
-        lines.append("mouse: look (M captures the mouse)")
+        lines.append("mouse: look (M captures the mouse; M or Esc frees it)")
         lines += [f"{_display(k)}: {cmd}" for k, cmd in self.commands.items()]
         return lines
 
@@ -94,7 +94,7 @@ DEFAULT_KEYMAP = Keymap(
         *_hotbar(),
     ),
     commands={
-        "escape": "quit",
+        "escape": "quit",  # with the mouse captured, Esc frees it first (agents/human.py)
         "p": "pause",
         "r": "reset",
         "f2": "screenshot",

@@ -190,6 +190,21 @@ def test_taps_and_clicks_during_a_pause_do_not_act_after_it(monkeypatch, headles
     assert played == [[0] * len(NVEC)] * 2
 
 
+def test_esc_frees_a_captured_mouse_before_it_quits(monkeypatch, headless):
+    import pygame
+
+    grab = {"on": False}  # SDL's dummy driver never grabs: stand in for a desktop's window
+    monkeypatch.setattr(pygame.event, "set_grab", lambda on: grab.update(on=bool(on)))
+    monkeypatch.setattr(pygame.event, "get_grab", lambda: grab["on"])
+    # M captures the mouse; the first Esc frees it and the game goes on; the next one quits.
+    played = play_keyboard(monkeypatch, [[key("m")], [], [key("escape")]], ticks=5)
+    assert len(played) >= 5 and grab["on"] is False
+    # Closing the window ends the game at once, mouse captured or not.
+    grab["on"] = False
+    played = play_keyboard(monkeypatch, [[key("m")], [pygame.event.Event(pygame.QUIT)]], ticks=50)
+    assert len(played) <= 2
+
+
 def check_window(image: np.ndarray, panes: int, scale: int, side: int = 64) -> None:
     """The screenshot is the whole window: titles, the upscaled panes, the status panel."""
     h, w = image.shape[:2]
