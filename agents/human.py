@@ -364,7 +364,11 @@ class _Session:
     def _tick(self, action: np.ndarray) -> bool:
         t0 = time.perf_counter()
         out = self.world.step(action)
-        self.gen_times.append(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        if self.state.step > 0:
+            # The session's first step warms up (numba's kernels, torch's or CUDA's first call) and
+            # can take many ticks: counted, it would call every start slow.
+            self.gen_times.append(took)
         self.frames = out.frames
         if self.recorder:
             terminated, truncated = out.first_ended or (out.terminated, out.truncated)
@@ -378,13 +382,14 @@ class _Session:
         if out.psnr is not None:
             self.psnrs.append(out.psnr)
             st.psnr, st.mean_psnr = out.psnr, float(np.mean(self.psnrs))
-        st.gen_fps = len(self.gen_times) / max(sum(self.gen_times), 1e-9)
+        times = self.gen_times or (took,)
+        st.gen_fps = len(times) / max(sum(times), 1e-9)
         self.tick_times.append(time.perf_counter())
         if len(self.tick_times) == self.tick_times.maxlen:
             # The rate the player gets: generation plus drawing, over the last ~2 s of ticks.
             st.game_rate = (len(self.tick_times) - 1) / max(self.tick_times[-1] - self.tick_times[0], 1e-9)
         slow_game = st.game_rate is not None and st.game_rate < SLOW_FRACTION * self.cfg.tick_rate
-        st.behind = st.gen_fps < self.cfg.tick_rate or slow_game
+        st.behind = (bool(self.gen_times) and st.gen_fps < self.cfg.tick_rate) or slow_game
         st.ever_behind |= st.behind
         return out.done
 

@@ -84,6 +84,24 @@ def test_f2_twice_at_one_step_keeps_both_pictures(tmp_path, headless):
     assert all(Path(p).is_file() for p in result.screenshots)
 
 
+def test_a_slow_first_step_is_warm_up_not_a_slow_game(tmp_path, headless, monkeypatch, capsys):
+    # The first step compiles or warms up (numba, torch, CUDA); the game keeps its rate after it.
+    import time
+
+    from agents.worlds import EnvWorld
+
+    real_step, calls = EnvWorld.step, []
+    monkeypatch.setattr(EnvWorld, "step", lambda self, a: calls.append(time.sleep(0.3 if not calls else 0)) or real_step(self, a))
+    path = write_lines(tmp_path / "a.jsonl", [json.dumps({"action": FORWARD, "repeat": 5})])
+    result = play(PlayConfig(world="engine", actions=path, seed=0, scale=1))
+    assert result.steps == 5 and not result.fell_behind
+    assert "warning" not in capsys.readouterr().out
+    # A game that stays slow is still called slow.
+    monkeypatch.setattr(EnvWorld, "step", lambda self, a: time.sleep(0.1) or real_step(self, a))
+    assert play(PlayConfig(world="engine", actions=path, seed=0, scale=1)).fell_behind
+    assert "cannot keep the 20 steps/s tick rate" in capsys.readouterr().out
+
+
 def test_a_huge_repeat_costs_nothing_until_played(tmp_path, headless):
     path = write_lines(tmp_path / "long.jsonl", [json.dumps({"action": FORWARD, "repeat": 10**12})])
     first = next(read_script(path, SPEC))
