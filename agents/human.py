@@ -47,6 +47,8 @@ SLOW_FRACTION = 0.9
 """The game counts as slowed when it reaches less than this share of the tick rate."""
 HELP_SECONDS = 6.0
 """How long the controls stay on screen at start (F1 shows them again)."""
+MAX_DRAWN_SEED = 2**31
+"""Without ``--seed``, the first episode's seed is drawn below this (any seed an env takes)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class PlayConfig:
     record: str | None = None
     """Write the session to this recording file (the first pane's frames, the human's actions)."""
     seed: int | None = None
-    """World seed of the first episode (later episodes use seed + 1, + 2, ...)."""
+    """World seed of the first episode (later episodes use seed + 1, + 2, ...; ``None``: drawn and printed)."""
     tick_rate: float = 20.0
     """Game steps per second, 10 to 20."""
     max_steps: int | None = None
@@ -342,7 +344,9 @@ class _Session:
         self.tick_times: deque[float] = deque(maxlen=2 * int(config.tick_rate))
         self.psnrs: list[float] = []
         self.screenshots: list[str] = []
-        self.episode_seed = config.seed
+        # Without --seed a seed is drawn, so that every episode's world can be made again (a
+        # recording names it, the console prints it); the env would otherwise record none.
+        self.episode_seed = int(np.random.default_rng().integers(MAX_DRAWN_SEED)) if config.seed is None else config.seed
         self.episodes = 0
         self.recorder = None
         if config.record:
@@ -355,7 +359,7 @@ class _Session:
             self.recorder.reset(self.episode_seed, self.frames[0] if first is None else first)
             for s in self.world.lead_in:
                 self.recorder.step(s.action, s.reward, s.terminated, s.truncated, s.frame)
-        self.episode_seed = None if self.episode_seed is None else self.episode_seed + 1
+        self.episode_seed += 1
         self.episodes += 1
         self.state.episode = self.episodes
         self.state.slot = 1
@@ -458,6 +462,8 @@ class _Session:
     def run(self) -> PlayResult:
         cfg = self.cfg
         print("WorldSim play controls:\n  " + "\n  ".join(self.keymap.help_lines()), flush=True)
+        print(f"world seed {self.episode_seed} (--seed {self.episode_seed} plays this world again; R and episode ends "
+              "go on to the next seed)", flush=True)
         self._reset()
         self.running = True
         self.help_pinned = False
@@ -524,7 +530,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="dream runtime backend")
     p.add_argument("--scale", type=int, help="integer upscale of the frames (default: a frame's larger side fills about 512 px)")
     p.add_argument("--record", metavar="PATH", help="write the session as a recording (frames and your actions)")
-    p.add_argument("--seed", type=int, help="world seed of the first episode")
+    p.add_argument("--seed", type=int, help="world seed of the first episode (default: drawn at random and printed)")
     p.add_argument("--tick-rate", type=float, default=20.0, help="game steps per second, 10-20 (default 20)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--screenshot", metavar="PATH", help="save the window to this PNG when the session ends")

@@ -263,6 +263,23 @@ def test_engine_headless_screenshot_and_recording(tmp_path, headless):
     assert actions == [FORWARD] * 4 + [TURN_RIGHT] * 3 + [[0, 0, 0, 0, 0, 0, 0, 3]] * 3
 
 
+def test_without_seed_a_recording_names_the_seed_that_makes_its_world(tmp_path, headless, capsys):
+    import gymnasium as gym
+
+    from worldsim.recording import RecordingReader
+
+    rec = tmp_path / "s.msgpack"
+    path = write_lines(tmp_path / "a.jsonl", [json.dumps(FORWARD), json.dumps({"command": "reset"}), json.dumps(FORWARD)])
+    play(PlayConfig(world="engine", actions=path, width=16, height=16, scale=1, record=str(rec)))
+    resets = [r for r in RecordingReader(rec) if r.kind == "reset"]
+    seed = resets[0].seed
+    assert isinstance(seed, int) and resets[1].seed == seed + 1  # R: the next seed
+    assert f"world seed {seed}" in capsys.readouterr().out
+    env = gym.make("worldsim/BlockWorld-v0", width=16, height=16)
+    for r in resets:
+        np.testing.assert_array_equal(env.reset(seed=r.seed)[0], r.image())
+
+
 def test_screenshots_make_their_folder_and_a_failed_one_does_not_end_the_game(tmp_path, headless):
     blocked = tmp_path / "a-file"
     blocked.write_text("")
