@@ -527,7 +527,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim play", description="Play the dream, the engine, or both side by side.")
     p.add_argument("--world", choices=("dream", "engine", "side-by-side"), default="dream", help="what to play (default: dream)")
     p.add_argument("--checkpoint", help="dream checkpoint (.safetensors); default: the shipped BlockWorld model")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="dream runtime backend")
+    p.add_argument("--backend", choices=("torch", "onnx"), help="dream runtime backend (default: torch)")
     p.add_argument("--scale", type=int, help="integer upscale of the frames (default: a frame's larger side fills about 512 px)")
     p.add_argument("--record", metavar="PATH", help="write the session as a recording (frames and your actions)")
     p.add_argument("--seed", type=int, help="world seed of the first episode (default: drawn at random and printed)")
@@ -549,6 +549,12 @@ def main(argv: list[str]) -> int:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
     if a.seed is not None and a.seed < 0:
         raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
+    dream_only = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "backend", "chunks", "temperature", "guidance", "ranked_moves")
+                  if getattr(a, k) is not None]  # fmt: skip
+    if a.world == "engine" and dream_only:  # the engine has no model: these would be ignored without a word
+        raise WorldSimError(f"{', '.join(dream_only)} set the dream's model, but --world engine plays BlockWorld "
+                            "alone; use --world dream or side-by-side")  # fmt: skip
+    a.backend = a.backend or "torch"
     from worldsim.evaluate import set_threads
 
     set_threads(a.threads)

@@ -118,6 +118,7 @@ def test_a_huge_repeat_costs_nothing_until_played(tmp_path, headless):
         (["--record", "pyproject.toml"], "--record pyproject.toml exists; choose another path"),
         (["--seed", "-1"], "--seed must be at least 0"),
         (["--threads", "0"], "--threads must be at least 1"),
+        (["--backend", "onnx", "--guidance", "1.3"], "--backend, --guidance set the dream's model, but --world engine"),
     ],
 )
 def test_bad_options_fail_before_opening_a_window(argv, message):
