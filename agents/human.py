@@ -228,6 +228,7 @@ class _Recorder:
     def __init__(self, path: str, world: World, shape: tuple[int, int, int], scripted: bool):
         from worldsim.recording import RecordingWriter
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as `worldsim record --out` and F2's folder
         self.writer = RecordingWriter(
             path,
             env_id=world.env_id,

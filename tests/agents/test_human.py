@@ -264,15 +264,16 @@ def test_engine_headless_screenshot_and_recording(tmp_path, headless):
     assert actions == [FORWARD] * 4 + [TURN_RIGHT] * 3 + [[0, 0, 0, 0, 0, 0, 0, 3]] * 3
 
 
-def test_without_seed_a_recording_names_the_seed_that_makes_its_world(tmp_path, headless, capsys):
+def test_without_seed_a_recording_in_a_new_folder_names_the_seed_that_makes_its_world(tmp_path, headless, capsys):
     import gymnasium as gym
 
     from worldsim.recording import RecordingReader
 
-    rec = tmp_path / "s.msgpack"
+    rec = tmp_path / "new" / "folder" / "s.msgpack"  # made, as `worldsim record --out` makes it
     path = write_lines(tmp_path / "a.jsonl", [json.dumps(FORWARD), json.dumps({"command": "reset"}), json.dumps(FORWARD)])
     play(PlayConfig(world="engine", actions=path, width=16, height=16, scale=1, record=str(rec)))
     resets = [r for r in RecordingReader(rec) if r.kind == "reset"]
+    assert len(resets) == 2
     seed = resets[0].seed
     assert isinstance(seed, int) and resets[1].seed == seed + 1  # R: the next seed
     assert f"world seed {seed}" in capsys.readouterr().out
