@@ -129,7 +129,7 @@ class Overlay:
         pg = self.pg
         lines = ["controls (F1 toggles)", *self.help_lines]
         h = len(lines) * self.line_px + 8
-        w = min(self.window_size[0] - 16, 300)
+        w = min(self.window_size[0] - 16, max(self.font.size(line)[0] for line in lines) + 12)  # the widest line
         box = pg.Surface((w, h), pg.SRCALPHA)
         box.fill((0, 0, 0, 170))
         screen.blit(box, (8, TITLE_PX + 8))
