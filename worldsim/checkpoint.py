@@ -334,7 +334,13 @@ def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], state:
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read what :func:`save_state` wrote."""
     meta, tensors = _read(path, STATE_FORMAT)
-    return tensors, json.loads(meta["state"])
+    try:
+        state = json.loads(meta["state"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed training state in its metadata ({e!r})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: malformed training state in its metadata (not a JSON object)")
+    return tensors, state
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -113,6 +113,9 @@ def test_training_state_round_trip_restores_the_optimizer_exactly(tmp_path) -> N
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
     with pytest.raises(CheckpointError, match="not a WorldSim"):
         load_model(tmp_path / "s.safetensors")  # a state file is not a model
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "cut.safetensors"), metadata={"format": "worldsim-train-state", "version": "1", "state": "{cut"})
+    with pytest.raises(CheckpointError, match="malformed training state"):  # was a JSONDecodeError traceback
+        load_state(tmp_path / "cut.safetensors")
 
 
 def _resave(tmp_path, name: str, config=None, tensors=None, **meta_changes) -> str:
