@@ -184,3 +184,12 @@ def test_an_export_whose_manifest_config_does_not_describe_its_graphs_is_refused
         (folder / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(ManifestError, match="does not describe its dynamics graph"):
             load(folder, backend="onnx", device="cpu")
+
+
+def test_an_unwritable_onnx_cache_is_one_error_naming_it_and_the_ways_around(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """It was a bare NotADirectoryError or PermissionError from mkdir (a read-only home, say)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("WORLDSIM_ONNX_CACHE", str(blocker / "cache"))
+    with pytest.raises(WorldSimError, match=r"cannot write the ONNX cache .*WORLDSIM_ONNX_CACHE.*worldsim export onnx"):
+        load(tiny_checkpoint, backend="onnx", device="cpu")
