@@ -225,7 +225,7 @@ def _read(path: str | os.PathLike, fmt: str) -> tuple[dict[str, str], dict[str, 
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
     except Exception as e:  # safetensors raises its own types for bad headers and short files
-        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: not a safetensors file, or one cut short or damaged ({e})") from None
     if meta.get("format") != fmt:
         raise CheckpointError(f"{path}: not a WorldSim {fmt} file (metadata format={meta.get('format')!r})")
     if meta.get("version") != str(VERSION):

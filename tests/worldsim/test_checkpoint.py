@@ -94,6 +94,10 @@ def test_files_that_are_not_worldsim_checkpoints_are_refused(tmp_path) -> None:
         load_model(tmp_path / "mismatch.safetensors")
     with pytest.raises(worldsim.WorldSimError):  # the runtime reports the same, as a WorldSimError
         worldsim.load(junk)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:1000])  # a copy or download stopped early
+    with pytest.raises(CheckpointError, match="cut short"):
+        load_model(cut)
 
 
 def test_training_state_round_trip_restores_the_optimizer_exactly(tmp_path) -> None:
