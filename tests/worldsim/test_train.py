@@ -171,6 +171,13 @@ def test_encoded_codes_are_cached_and_reused_only_for_the_same_data_and_tokenize
     train("d/d.safetensors", "--code-cache", "none")
     assert not (tmp_path / "d" / "code-cache").exists()
 
+    # A cache folder that cannot be written costs the cache, not the run (it used to fail
+    # after encoding everything).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    train("e.safetensors", "--code-cache", str(blocker / "codes"))
+    assert "could not write the code cache" in capsys.readouterr().err and (tmp_path / "e.safetensors").is_file()
+
 
 def test_decoder_fine_tuning_keeps_the_codes_and_swaps_into_a_world_model(
     data: Path, tokenizer: Path, tmp_path: Path, capsys
