@@ -126,6 +126,9 @@ class ModelConfig:
                 raise ValueError(f"dynamics.{name} must be an integer >= 1, got {v!r}")
         if d.width % d.heads:
             raise ValueError(f"dynamics.width {d.width} is not a multiple of dynamics.heads {d.heads}")
+        if d.context > d.time_period:  # the runtime's cache holds context - 1 frames: 10**6 of them is gigabytes
+            raise ValueError(f"dynamics.context {d.context} exceeds dynamics.time_period {d.time_period}, after which "
+                             "frame positions repeat")  # fmt: skip
         for name in ("max_corruption", "inference_corruption", "reward_weight", "done_weight", "still_weight",
                      "rollout_share", "rollout_temperature", "change_weight"):  # fmt: skip
             if not _is_number(getattr(d, name)):

@@ -150,6 +150,7 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "layers": (lambda c: c["dynamics"].update(layers=10**7), "asks for 10000004 blocks"),
         "channels": (lambda c: c["tokenizer"].update(channels=[10**6, 10**6]), "tokenizer.encoder.0.weight has shape"),
         "heads": (lambda c: c["dynamics"].update(heads=0), "dynamics.heads must be an integer >= 1"),
+        "context": (lambda c: c["dynamics"].update(context=10**6), "context 1000000 exceeds dynamics.time_period"),
         "guidance": (lambda c: c.update(guidance=float("nan")), "guidance must be a finite scale"),
         "guided": (lambda c: c.update(guided_actions=[7]), "guided_actions must be distinct"),
         "kind": (lambda c: c["dynamics"].update(action_kind="Box"), "action_kind"),
