@@ -184,6 +184,10 @@ def test_an_export_whose_manifest_config_does_not_describe_its_graphs_is_refused
         (folder / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(ManifestError, match="does not describe its dynamics graph"):
             load(folder, backend="onnx", device="cpu")
+    manifest["config"]["dynamics"].update(width=64, heads=2, context=10**7)  # 153 GB of cache at the first prompt
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="has a bad one.*context 10000000 exceeds"):
+        load(folder, backend="onnx", device="cpu")
 
 
 def test_an_unwritable_onnx_cache_is_one_error_naming_it_and_the_ways_around(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
