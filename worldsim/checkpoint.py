@@ -109,8 +109,9 @@ class ModelConfig:
         _check_ints("frame_shape", self.frame_shape, 1, 2)
         if not _is_number(self.guidance) or not self.guidance >= 0:
             raise ValueError(f"guidance must be a finite scale >= 0, got {self.guidance!r}")
-        if self.env_id is not None and not isinstance(self.env_id, str):
-            raise ValueError(f"env_id must be a string or null, got {self.env_id!r}")
+        for name in ("env_id", "preset"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string or null, got {getattr(self, name)!r}")
         if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
             raise ValueError(f"env_kwargs must be an object or null, got {self.env_kwargs!r}")
         if d is None:
