@@ -155,6 +155,7 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "guided": (lambda c: c.update(guided_actions=[7]), "guided_actions must be distinct"),
         "kind": (lambda c: c["dynamics"].update(action_kind="Box"), "action_kind"),
         "frame_shape": (lambda c: c.update(frame_shape="abc"), "frame_shape must be 2 integers"),
+        "preset": (lambda c: c.update(preset=5), "preset must be a string or null"),
         "levels": (lambda c: c["dynamics"].update(levels=[5, 5]), "differ from tokenizer.levels"),
     }
     for name, (change, message) in cases.items():
