@@ -93,9 +93,15 @@ def resolve_export(path: str | Path) -> ResolvedExport:
 def _export_into_cache(checkpoint: Path, folder: Path) -> None:
     from export.onnx_export import write_export  # torch and the exporter load only when exporting
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as e:  # a read-only home, say: say which folder, and the ways around it
+        raise WorldSimError(
+            f"cannot write the ONNX cache {folder.parent} ({e.strerror or e}); set {CACHE_ENV} to a writable folder, "
+            f"or export once with `worldsim export onnx --checkpoint {checkpoint} --out {beside(checkpoint)}`"
+        ) from None
     print(f"worldsim: exporting {checkpoint} to ONNX once, cached in {folder}", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         write_export(checkpoint, tmp)
         tmp.chmod(0o755)

@@ -70,7 +70,7 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, 
         graphs = {name: manifest["graphs"][name] for name in GRAPHS}
         files = {name: (g["file"], g["sha256"]) for name, g in graphs.items()}
     except (KeyError, TypeError, ValueError) as e:
-        raise ManifestError(f"{path}: manifest lacks a field the runtime needs ({e!r})") from None
+        raise ManifestError(f"{path}: manifest lacks a field the runtime needs or has a bad one ({e!r})") from None
     if not isinstance(sha, str) or len(sha) != 64:
         raise ManifestError(f"{path}: manifest has no valid checkpoint sha256")
     for name, (file, digest) in files.items():

@@ -146,6 +146,9 @@ def write_export(checkpoint: Path, folder: Path, *, opset: int = DEFAULT_OPSET, 
     if opset not in OPSETS:
         raise WorldSimError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
     ort = require_onnxruntime()  # verification needs it: fail before minutes of work
+    # Hashed before it is read and compared after: the manifest's sha256 must be that of the
+    # weights in the graphs, also when a training run replaces the checkpoint meanwhile.
+    digest = sha256_file(checkpoint)
     loaded = load_model(checkpoint, "cpu")
     if loaded.dynamics is None:
         raise WorldSimError(f"{checkpoint}: a tokenizer checkpoint; the ONNX export needs a dynamics checkpoint")
@@ -164,12 +167,14 @@ def write_export(checkpoint: Path, folder: Path, *, opset: int = DEFAULT_OPSET, 
     if failed:
         lines = "; ".join(f"{c.graph} {c.output} [{c.case}]: error {c.error:.3g} > limit {c.limit:.3g}" for c in failed)
         raise ExportVerificationError(f"ONNX Runtime and torch disagree on {checkpoint}: {lines}")
+    if sha256_file(checkpoint) != digest:
+        raise WorldSimError(f"{checkpoint} changed while it was exported (a training run saving it?); export again")
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "opset": opset,
         "precision": "fp32",
-        "checkpoint": {"file": checkpoint.name, "bytes": checkpoint.stat().st_size, "sha256": sha256_file(checkpoint)},
+        "checkpoint": {"file": checkpoint.name, "bytes": checkpoint.stat().st_size, "sha256": digest},
         "config": loaded.config.to_dict(),
         "graphs": {name: {**spec.to_dict(), "sha256": sha256_file(folder / spec.file)} for name, spec in specs.items()},
         "verification": {"tolerance": asdict(tolerance), "checks": [asdict(c) for c in checks]},

@@ -20,6 +20,7 @@ import numpy as np
 
 from export.cache import resolve_export
 from export.graphs import cache_feed
+from export.manifest import MANIFEST, ManifestError
 from export.ort_session import choose_placement, open_session, require_onnxruntime, session_device
 from worldsim.checkpoint import ModelConfig
 from worldsim.errors import WorldSimError
@@ -59,6 +60,25 @@ class OrtBackend:
         dyn = self.config.dynamics
         self._kv_shape = (dyn.layers, 2, dyn.heads, dyn.width // dyn.heads)
         self._components = len(dyn.action_nvec)
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """Refuse a manifest config that does not describe the dynamics graph. The graphs'
+        hashes are checked, the manifest's config is not: sizes edited there would otherwise
+        size the KV cache (10**6 layers: a 53 GB allocation) or fail deep inside a step."""
+        dyn, L, _, heads, dh = self.config.dynamics, *self._kv_shape
+        inputs = {i.name: i.shape for i in self._dynamics.get_inputs()}
+        logits = self._dynamics.get_outputs()[0].shape[-1]
+        V = sum(dyn.levels) + (len(dyn.levels) if dyn.stay_gate else 0)
+        kv = [shape for name, shape in inputs.items() if name.startswith(("cache_key_", "cache_value_"))]
+        if (
+            len(kv) != 2 * L or any(shape[1] != heads or shape[3] != dh for shape in kv)
+            or inputs.get("context_actions", [None] * 3)[2] != self._components or logits != V
+        ):  # fmt: skip
+            raise ManifestError(
+                f"{self.folder / MANIFEST}: its config does not describe its dynamics graph (layers, heads, width, "
+                "levels, stay gate or action components differ); export again with `worldsim export onnx`"
+            )
 
     @classmethod
     def from_checkpoint(cls, path: str, *, device: str = "auto", precision: str | None = None) -> OrtBackend:

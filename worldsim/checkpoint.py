@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -81,7 +82,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return cls(
+        """The config ``to_dict`` wrote, checked with :meth:`check` (it may come from a file made elsewhere)."""
+        config = cls(
             tokenizer=TokenizerConfig.from_dict(d["tokenizer"]),
             dynamics=None if d.get("dynamics") is None else DynamicsConfig.from_dict(d["dynamics"]),
             frame_shape=tuple(d.get("frame_shape", (64, 64))),
@@ -91,6 +93,67 @@ class ModelConfig:
             guidance=float(d.get("guidance", 1.0)),
             guided_actions=None if d.get("guided_actions") is None else tuple(int(i) for i in d["guided_actions"]),
         )
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse a config no model can have, before anything is built from it.
+
+        Raises:
+            ValueError: naming the first bad field.
+        """
+        t, d = self.tokenizer, self.dynamics
+        _check_ints("tokenizer.channels", t.channels, 1)
+        _check_ints("tokenizer.levels", t.levels, 2)  # an FSQ channel of one level divides by zero
+        _check_ints("tokenizer.res_blocks", t.res_blocks, 0, len(t.channels))
+        _check_ints("frame_shape", self.frame_shape, 1, 2)
+        if not _is_number(self.guidance) or not self.guidance >= 0:
+            raise ValueError(f"guidance must be a finite scale >= 0, got {self.guidance!r}")
+        for name in ("env_id", "preset"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string or null, got {getattr(self, name)!r}")
+        if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be an object or null, got {self.env_kwargs!r}")
+        if d is None:
+            return
+        if tuple(d.levels) != tuple(t.levels):
+            raise ValueError(f"dynamics.levels {list(d.levels)} differ from tokenizer.levels {list(t.levels)}")
+        _check_ints("dynamics.action_nvec", d.action_nvec, 1)
+        if d.action_kind not in ("Discrete", "MultiDiscrete") or (d.action_kind == "Discrete" and len(d.action_nvec) != 1):
+            raise ValueError(f"dynamics.action_kind must be Discrete (one component) or MultiDiscrete, got {d.action_kind!r}")
+        for name in ("width", "layers", "heads", "patch", "context", "mlp_ratio", "time_period", "rollout_passes"):
+            v = getattr(d, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"dynamics.{name} must be an integer >= 1, got {v!r}")
+        if d.width % d.heads:
+            raise ValueError(f"dynamics.width {d.width} is not a multiple of dynamics.heads {d.heads}")
+        if d.context > d.time_period:  # the runtime's cache holds context - 1 frames: 10**6 of them is gigabytes
+            raise ValueError(f"dynamics.context {d.context} exceeds dynamics.time_period {d.time_period}, after which "
+                             "frame positions repeat")  # fmt: skip
+        for name in ("max_corruption", "inference_corruption", "reward_weight", "done_weight", "still_weight",
+                     "rollout_share", "rollout_temperature", "change_weight"):  # fmt: skip
+            if not _is_number(getattr(d, name)):
+                raise ValueError(f"dynamics.{name} must be a finite number, got {getattr(d, name)!r}")
+        for name in ("stay_gate", "still_head"):
+            if not isinstance(getattr(d, name), bool):
+                raise ValueError(f"dynamics.{name} must be true or false, got {getattr(d, name)!r}")
+        g, C = self.guided_actions, len(d.action_nvec)
+        if g is not None and (not g or len(set(g)) != len(g) or not all(0 <= i < C for i in g)):
+            raise ValueError(f"guided_actions must be distinct action component indices in [0, {C}), got {list(g)}")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_ints(name: str, values: Any, minimum: int, length: int | None = None) -> None:
+    """``values``: a non-empty sequence of ints >= ``minimum`` (of ``length`` items if given)."""
+    if (
+        not isinstance(values, tuple | list) or not values or (length is not None and len(values) != length)
+        or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in values)
+    ):  # fmt: skip
+        count = "" if length is None else f"{length} "
+        raise ValueError(f"{name} must be {count}integers >= {minimum}, got {values!r}")
 
 
 @dataclass
@@ -139,6 +202,21 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file via a temporary file and ``os.replace``: a kill leaves the old file
+    (or none), never half of the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _read(path: str | os.PathLike, fmt: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     path = Path(path)
     if path.is_dir():
@@ -151,7 +229,7 @@ def _read(path: str | os.PathLike, fmt: str) -> tuple[dict[str, str], dict[str, 
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
     except Exception as e:  # safetensors raises its own types for bad headers and short files
-        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: not a safetensors file, or one cut short or damaged ({e})") from None
     if meta.get("format") != fmt:
         raise CheckpointError(f"{path}: not a WorldSim {fmt} file (metadata format={meta.get('format')!r})")
     if meta.get("version") != str(VERSION):
@@ -183,19 +261,67 @@ def save_model(
     atomic_save(tensors, path, meta)
 
 
+def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that are not the ones ``config``'s modules hold, before those are built.
+
+    A config from a file made elsewhere may ask for any size. The modules are built on the
+    meta device, which allocates nothing, and compared with the file, so a width of 10**9 is
+    an error at once instead of a 48 GB allocation (and a layer count of 10**7 is refused
+    before 10**7 blocks are made: each block holds at least one tensor).
+    """
+    t, d = config.tokenizer, config.dynamics
+    blocks = len(t.channels) + 2 * sum(t.res_blocks) + (0 if d is None else d.layers)
+    if blocks > len(tensors):
+        raise CheckpointError(f"{path}: its config asks for {blocks} blocks and layers, the file holds only {len(tensors)} tensors")
+    try:
+        with torch.device("meta"):
+            want = {f"tokenizer.{k}": v for k, v in Tokenizer(t).state_dict().items()}
+            if d is not None:
+                want.update({f"dynamics.{k}": v for k, v in Dynamics(d).state_dict().items()})
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError) as e:
+        raise CheckpointError(f"{path}: its config describes no model that can be built ({e})") from None
+    missing, extra = sorted(want.keys() - tensors.keys()), sorted(tensors.keys() - want.keys())
+    if missing or extra:
+        some = [f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else "",
+                f"not in the model {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}" if extra else ""]  # fmt: skip
+        raise CheckpointError(f"{path}: its tensors do not match its config ({'; '.join(s for s in some if s)})")
+    for name, w in want.items():
+        v = tensors[name]
+        if v.shape != w.shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {list(v.shape)}, its config needs {list(w.shape)}")
+        # Weights stored in another float precision load as the model's; anything else is not weights.
+        if v.dtype != w.dtype and not (v.dtype.is_floating_point and w.dtype.is_floating_point):
+            raise CheckpointError(f"{path}: tensor {name} is {v.dtype}, the model needs {w.dtype}")
+        if v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values; the weights are damaged")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the modules a checkpoint describes; bad files raise :class:`CheckpointError`."""
     meta, tensors = _read(path, FORMAT)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: no model config in its metadata")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        raw = json.loads(meta["config"])
+        config = ModelConfig.from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as e:
+        detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"{path}: malformed model config in its metadata ({detail})") from None
+    try:
         info = json.loads(meta.get("info", "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: malformed info in its metadata ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: malformed info in its metadata (not a JSON object)")
+    _check_tensors(path, config, tensors)
+    try:
         tokenizer = Tokenizer(config.tokenizer)
         tokenizer.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("tokenizer.")})
         dynamics = None
         if config.dynamics is not None:
             dynamics = Dynamics(config.dynamics)
             dynamics.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("dynamics.")})
-    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: config and weights do not match a WorldSim model ({e})") from None
     tokenizer.to(device).eval()
     if dynamics is not None:
@@ -212,7 +338,13 @@ def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], state:
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read what :func:`save_state` wrote."""
     meta, tensors = _read(path, STATE_FORMAT)
-    return tensors, json.loads(meta["state"])
+    try:
+        state = json.loads(meta["state"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed training state in its metadata ({e!r})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: malformed training state in its metadata (not a JSON object)")
+    return tensors, state
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.checkpoint import atomic_write_text
 from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
 from worldsim.eval_probes import action_names, permanence, stability
@@ -301,7 +302,7 @@ class Evaluation:
         m["targets"] = _targets(m, k)
         m["seconds"] = time.perf_counter() - start
         m = _clean(m)
-        (self.out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+        atomic_write_text(self.out / "metrics.json", json.dumps(m, indent=2) + "\n")
         return m
 
     def _controllability(self, frames: np.ndarray, actions: np.ndarray, dream: np.ndarray, stab: Any, policy: str) -> dict[str, Any]:
@@ -438,7 +439,7 @@ def main(argv: list[str]) -> int:
     if several:
         spread = across_seeds(runs)
         path = Path(a.out) / "seeds.json"
-        path.write_text(json.dumps(spread, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(spread, indent=2) + "\n")
         print(f"# over seeds {', '.join(map(str, a.seed))}")
         print(spread_table(spread))
         print(f"wrote {path}")

@@ -275,5 +275,9 @@ def load_or_train(
     model, logs = train_idm(data, nvec, config, device, log=log)
     info = {"cache": str(path), "cached": False, "collect_seconds": collected,
             "train_seconds": time.perf_counter() - start - collected, "train_accuracy": logs, "pairs": len(data)}  # fmt: skip
-    save_idm(path, model, info)
+    try:
+        save_idm(path, model, info)
+    except OSError as e:  # a read-only cache must not throw away the minutes just spent training
+        log(f"worldsim: could not cache the inverse-dynamics model in {path} ({e.strerror or e}); "
+            "it is trained again next time (--cache-dir or WORLDSIM_CACHE choose another folder)")  # fmt: skip
     return model, info

@@ -58,7 +58,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from worldsim.checkpoint import checkpoint_steps
+from worldsim.checkpoint import atomic_write_text, checkpoint_steps
 from worldsim.errors import WorldSimError
 
 ASSEMBLY_FIELDS = ("guidance", "guided_actions")
@@ -329,7 +329,7 @@ class RecipeRun:
                 said = "; ".join(f"{k} pinned {old.get(k)!r}, now {new.get(k)!r}" for k in changed[:4])
                 raise WorldSimError(f"{self.root} holds the work of recipe {want['name']} as it was pinned, and the recipe "
                                     f"has changed since ({said}); choose another --dir, or restore those values")  # fmt: skip
-        pin.write_text(json.dumps(want, indent=2) + "\n")
+        atomic_write_text(pin, json.dumps(want, indent=2) + "\n")  # half a pin would refuse the next run
 
     def _stage(self, name: str, fn: Any) -> None:
         start = time.perf_counter()

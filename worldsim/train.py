@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from worldsim.checkpoint import (
     ModelConfig,
+    atomic_write_text,
     checkpoint_steps,
     load_model,
     load_state,
@@ -423,7 +424,7 @@ def _trim_metrics(path: Path, kind: str, checkpoint: str, step: int) -> None:
         mine = row.get("kind") == kind and row.get("checkpoint", checkpoint) == checkpoint
         if not mine or row.get("step", 0) <= step:
             keep.append(line)
-    path.write_text("".join(x + "\n" for x in keep))
+    atomic_write_text(path, "".join(x + "\n" for x in keep))  # a kill here must not lose the whole log
 
 
 class TokenizerTask(Task):

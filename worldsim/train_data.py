@@ -94,11 +94,18 @@ class CodeWindows:
         self._encode(windows, tokenizer, device)
         if self.cache_file is not None:
             tensors = {name: torch.from_numpy(getattr(self, name)) for name in _ARRAYS}
-            atomic_save(
-                tensors,
-                self.cache_file,
-                {"format": "worldsim-codes-1", "frames": str(windows.num_frames)},
-            )
+            try:
+                atomic_save(
+                    tensors,
+                    self.cache_file,
+                    {"format": "worldsim-codes-1", "frames": str(windows.num_frames)},
+                )
+            except OSError as e:  # the codes are encoded: train on them rather than fail the run
+                print(
+                    f"worldsim: could not write the code cache {self.cache_file} ({e.strerror or e}); "
+                    "the codes are encoded again next time",
+                    file=sys.stderr,
+                )
 
     def _load_cache(self, n: int, stride: int) -> bool:
         """Take the arrays from ``self.cache_file`` if it holds this dataset's; else False."""

@@ -129,3 +129,29 @@ def test_missing_onnxruntime_says_how_to_install_it(tiny_export: Path, tiny_chec
     assert cli.main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "pip install onnxruntime" in err and "onnxruntime-gpu" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_replaced_during_its_export_is_an_error_not_a_mislabelled_export(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """The manifest's sha256 is what ties an export to its checkpoint. It was hashed after the
+    export, so a training run replacing the checkpoint meanwhile gave graphs of the old
+    weights a manifest naming the new file, which the runtime then used for it."""
+    ckpt = tmp_path / "m.safetensors"
+    shutil.copyfile(tiny_checkpoint, ckpt)
+    loaded = load_model(tiny_checkpoint)
+    with torch.no_grad():
+        loaded.dynamics.head.bias.add_(1.0)
+    from worldsim.checkpoint import save_model
+
+    newer = tmp_path / "newer.safetensors"
+    save_model(newer, loaded.config, loaded.tokenizer, loaded.dynamics)
+    verify = onnx_export.verify_export
+
+    def replaced_meanwhile(*args, **kwargs):
+        shutil.copyfile(newer, ckpt)  # the next save of a training run lands now
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "verify_export", replaced_meanwhile)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(WorldSimError, match="changed while it was exported"):
+        onnx_export.export_onnx(ckpt, out)
+    assert not out.exists()

@@ -170,3 +170,30 @@ def test_bench_dream_times_both_backends_side_by_side(tmp_path: Path, private_ca
     # thrown away with it rather than left in the user's cache, a new copy every run.
     assert not private_cache.exists() or not any(private_cache.iterdir())
     assert os.environ["WORLDSIM_ONNX_CACHE"] == str(private_cache)
+
+
+def test_an_export_whose_manifest_config_does_not_describe_its_graphs_is_refused(tiny_export: Path, tmp_path: Path) -> None:
+    """The graphs' hashes are checked, the manifest's config is not: a layer count edited
+    there sized the KV cache (10**6 layers tried to allocate 53 GB), other sizes failed
+    deep inside a step with an ONNX Runtime or numpy error."""
+    for name, change in {"layers": {"layers": 10**6}, "width": {"width": 512, "heads": 2}}.items():
+        folder = tmp_path / name
+        shutil.copytree(tiny_export, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["config"]["dynamics"].update(change)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ManifestError, match="does not describe its dynamics graph"):
+            load(folder, backend="onnx", device="cpu")
+    manifest["config"]["dynamics"].update(width=64, heads=2, context=10**7)  # 153 GB of cache at the first prompt
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="has a bad one.*context 10000000 exceeds"):
+        load(folder, backend="onnx", device="cpu")
+
+
+def test_an_unwritable_onnx_cache_is_one_error_naming_it_and_the_ways_around(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """It was a bare NotADirectoryError or PermissionError from mkdir (a read-only home, say)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("WORLDSIM_ONNX_CACHE", str(blocker / "cache"))
+    with pytest.raises(WorldSimError, match=r"cannot write the ONNX cache .*WORLDSIM_ONNX_CACHE.*worldsim export onnx"):
+        load(tiny_checkpoint, backend="onnx", device="cpu")

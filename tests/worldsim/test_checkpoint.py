@@ -90,10 +90,14 @@ def test_files_that_are_not_worldsim_checkpoints_are_refused(tmp_path) -> None:
     bad_cfg = json.loads(meta["config"])
     bad_cfg["dynamics"]["width"] = 32
     save_file(tensors, str(tmp_path / "mismatch.safetensors"), metadata={**meta, "config": json.dumps(bad_cfg)})
-    with pytest.raises(CheckpointError, match="do not match"):
+    with pytest.raises(CheckpointError, match=r"mask_emb has shape \[64\], its config needs \[32\]"):
         load_model(tmp_path / "mismatch.safetensors")
     with pytest.raises(worldsim.WorldSimError):  # the runtime reports the same, as a WorldSimError
         worldsim.load(junk)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:1000])  # a copy or download stopped early
+    with pytest.raises(CheckpointError, match="cut short"):
+        load_model(cut)
 
 
 def test_training_state_round_trip_restores_the_optimizer_exactly(tmp_path) -> None:
@@ -113,3 +117,73 @@ def test_training_state_round_trip_restores_the_optimizer_exactly(tmp_path) -> N
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
     with pytest.raises(CheckpointError, match="not a WorldSim"):
         load_model(tmp_path / "s.safetensors")  # a state file is not a model
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "cut.safetensors"), metadata={"format": "worldsim-train-state", "version": "1", "state": "{cut"})
+    with pytest.raises(CheckpointError, match="malformed training state"):  # was a JSONDecodeError traceback
+        load_state(tmp_path / "cut.safetensors")
+
+
+def _resave(tmp_path, name: str, config=None, tensors=None, **meta_changes) -> str:
+    """The tiny model saved, then rewritten with another config, tensors or metadata."""
+    from safetensors import safe_open
+
+    cfg, tok, dyn = build()
+    good = tmp_path / "good.safetensors"
+    save_model(good, cfg, tok, dyn)
+    with safe_open(str(good), framework="pt") as f:
+        meta, original = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    c = json.loads(meta["config"])
+    if config is not None:
+        config(c)
+    path = tmp_path / name
+    save_file(original if tensors is None else tensors(original), str(path), metadata={**meta, "config": json.dumps(c), **meta_changes})
+    return str(path)
+
+
+def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_path) -> None:
+    """A config made elsewhere is checked against the file's tensors before any module is
+    built: a width of 10**9 used to try a 48 GB allocation, 10**7 layers ran out of memory
+    after half a minute; heads 0 was a ZeroDivisionError."""
+    import time
+
+    cases = {
+        "width": (lambda c: c["dynamics"].update(width=10**9), "no model that can be built|shape"),
+        "layers": (lambda c: c["dynamics"].update(layers=10**7), "asks for 10000004 blocks"),
+        "channels": (lambda c: c["tokenizer"].update(channels=[10**6, 10**6]), "tokenizer.encoder.0.weight has shape"),
+        "heads": (lambda c: c["dynamics"].update(heads=0), "dynamics.heads must be an integer >= 1"),
+        "context": (lambda c: c["dynamics"].update(context=10**6), "context 1000000 exceeds dynamics.time_period"),
+        "guidance": (lambda c: c.update(guidance=float("nan")), "guidance must be a finite scale"),
+        "guided": (lambda c: c.update(guided_actions=[7]), "guided_actions must be distinct"),
+        "kind": (lambda c: c["dynamics"].update(action_kind="Box"), "action_kind"),
+        "frame_shape": (lambda c: c.update(frame_shape="abc"), "frame_shape must be 2 integers"),
+        "preset": (lambda c: c.update(preset=5), "preset must be a string or null"),
+        "levels": (lambda c: c["dynamics"].update(levels=[5, 5]), "differ from tokenizer.levels"),
+    }
+    for name, (change, message) in cases.items():
+        path = _resave(tmp_path, f"{name}.safetensors", config=change)
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match=message) as e:
+            worldsim.load(path, device="cpu")
+        assert str(path) in str(e.value)
+        assert time.perf_counter() - start < 5, name
+
+
+def test_weights_of_the_wrong_kind_or_with_nan_are_refused_by_name(tmp_path) -> None:
+    def nan(t):
+        t = {k: v.clone() for k, v in t.items()}
+        t["dynamics.act_emb.weight"][0, 0] = float("nan")
+        return t
+
+    cases = {
+        "nan": (nan, "dynamics.act_emb.weight holds NaN"),
+        "int": (lambda t: {k: v.to(torch.int32) for k, v in t.items()}, "is torch.int32, the model needs torch.float32"),
+        "extra": (lambda t: {**t, "dynamics.extra": torch.zeros(3)}, "not in the model dynamics.extra"),
+        "missing": (lambda t: {k: v for k, v in t.items() if k != "dynamics.head.bias"}, "missing dynamics.head.bias"),
+    }
+    for name, (change, message) in cases.items():
+        path = _resave(tmp_path, f"{name}.safetensors", tensors=change)
+        with pytest.raises(CheckpointError, match=message):
+            load_model(path)
+    half = _resave(tmp_path, "half.safetensors", tensors=lambda t: {k: v.half() for k, v in t.items()})
+    assert load_model(half).dynamics.head.weight.dtype == torch.float32  # another float precision loads as fp32
+    with pytest.raises(CheckpointError, match="malformed info"):
+        load_model(_resave(tmp_path, "info.safetensors", info="[1]"))

@@ -611,3 +611,19 @@ def test_reference_trajectories_keep_every_frame_of_an_env_that_reuses_its_buffe
         policy, _ = make_policy(env_id, ref.spec, np.random.default_rng(0))
         trajectories.append(ref.rollout(3, 8, policy).frames)
     np.testing.assert_array_equal(*trajectories)
+
+
+def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Path) -> None:
+    """Saving the trained IDM into a cache that cannot be written (a read-only home, say) used
+    to raise after the minutes of training, and the eval failed."""
+    from worldsim.idm import IDMConfig, IDMData, load_or_train
+
+    rng = np.random.default_rng(0)
+    data = IDMData.from_trajectories([(rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    said: list[str] = []
+    model, info = load_or_train("k", lambda: data, (3,), (16, 16), IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4),
+                                blocker / "idm", log=said.append)  # fmt: skip
+    assert model is not None and info["cached"] is False
+    assert any("could not cache the inverse-dynamics model" in s for s in said)

@@ -171,6 +171,13 @@ def test_encoded_codes_are_cached_and_reused_only_for_the_same_data_and_tokenize
     train("d/d.safetensors", "--code-cache", "none")
     assert not (tmp_path / "d" / "code-cache").exists()
 
+    # A cache folder that cannot be written costs the cache, not the run (it used to fail
+    # after encoding everything).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    train("e.safetensors", "--code-cache", str(blocker / "codes"))
+    assert "could not write the code cache" in capsys.readouterr().err and (tmp_path / "e.safetensors").is_file()
+
 
 def test_decoder_fine_tuning_keeps_the_codes_and_swaps_into_a_world_model(
     data: Path, tokenizer: Path, tmp_path: Path, capsys
@@ -448,3 +455,24 @@ def test_without_held_out_episodes_no_validation_is_claimed(tmp_path: Path, caps
     captured = capsys.readouterr()
     assert "no held-out episodes" in captured.err and "held-out PSNR None dB" in captured.out
     assert all(r.get("val_loss") is None for r in metrics(out))
+
+
+def test_a_kill_while_trimming_metrics_leaves_the_log_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a resume the log is rewritten without the lines past the checkpoint; it used to be
+    rewritten in place, so a kill during that write lost the whole run's history."""
+    from worldsim.train import _trim_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    lines = "".join(json.dumps({"kind": "dynamics", "checkpoint": "m.safetensors", "step": s}) + "\n" for s in (10, 20, 30))
+    log.write_text(lines)
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # the process dies before the new log is in place
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _trim_metrics(log, "dynamics", "m.safetensors", 20)
+    assert log.read_text() == lines and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    monkeypatch.undo()
+    _trim_metrics(log, "dynamics", "m.safetensors", 20)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [10, 20]
