@@ -94,7 +94,7 @@ def measure(kwargs: dict, batch: int, steps: int, warmup: int, seed: int) -> Rat
     """Gymnasium and bare-runtime steps/s for one batch size (1 = the single env)."""
     rng = np.random.default_rng(seed)
     if batch == 1:
-        env = gym.make("worldsim/Dream-v0", max_episode_steps=-1, **kwargs)
+        env = gym.make("worldsim/Dream-v0", **kwargs)  # with its TimeLimit, as an RL user makes it
         nvec = np.asarray(env.unwrapped.setup.action_spec.nvec)
         env.reset(seed=seed)
         actions = rng.integers(0, nvec, size=(steps + warmup, len(nvec)))

@@ -20,6 +20,20 @@ def test_bench_reports_single_and_vector_rates(capsys):
     assert "target single env >= 30 steps/s" in out
 
 
+def test_the_single_env_is_timed_with_the_wrappers_gym_make_gives_it(capsys, monkeypatch):
+    """What an RL user gets, as the module says: the TimeLimit wrapper included, as in the vector env."""
+    import gymnasium as gym
+
+    made, real = [], gym.make
+    monkeypatch.setattr(gym, "make", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    assert main([*TINY, "--steps", "2", "--warmup", "0", "--nums", ""]) == 0
+    env, wrappers = made[0], []
+    while isinstance(env, gym.Wrapper):
+        wrappers.append(type(env).__name__)
+        env = env.env
+    assert "TimeLimit" in wrappers, wrappers
+
+
 def test_rollout_reports_memory_and_frame_health(capsys):
     assert main([*TINY, "--rollout", "20"]) == 0
     out = capsys.readouterr().out
