@@ -94,7 +94,7 @@ def measure(kwargs: dict, batch: int, steps: int, warmup: int, seed: int) -> Rat
     """Gymnasium and bare-runtime steps/s for one batch size (1 = the single env)."""
     rng = np.random.default_rng(seed)
     if batch == 1:
-        env = gym.make("worldsim/Dream-v0", max_episode_steps=-1, **kwargs)
+        env = gym.make("worldsim/Dream-v0", **kwargs)  # with its TimeLimit, as an RL user makes it
         nvec = np.asarray(env.unwrapped.setup.action_spec.nvec)
         env.reset(seed=seed)
         actions = rng.integers(0, nvec, size=(steps + warmup, len(nvec)))
@@ -170,6 +170,17 @@ def rollout(kwargs: dict, steps: int, seed: int, warmup: int = 200) -> RolloutRe
     return RolloutReport(steps, base, rss_mb(), blank, frozen, rate)
 
 
+def parse_nums(text: str, flag: str) -> list[int]:
+    """Vector sizes from a comma-separated ``flag`` value; a bad one raises :class:`WorldSimError` naming ``flag``."""
+    try:
+        nums = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise WorldSimError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if any(n < 1 for n in nums):
+        raise WorldSimError(f"every {flag} entry must be at least 1, got {text!r}")
+    return nums
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``worldsim bench dream-env``."""
     p = argparse.ArgumentParser(prog="worldsim bench dream-env", description=__doc__.split("\n\n")[0])
@@ -190,12 +201,9 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.checkpoint and a.preset:
         raise WorldSimError("give --checkpoint or --preset, not both")
-    try:
-        nums = [int(n) for n in a.nums.split(",") if n.strip()]
-    except ValueError:
-        raise WorldSimError(f"--nums must be comma-separated integers, got {a.nums!r}") from None
-    if a.steps < 1 or a.warmup < 0 or any(n < 1 for n in nums) or (a.rollout is not None and a.rollout < 1):
-        raise WorldSimError("--steps, --rollout and every --nums entry must be at least 1, --warmup at least 0")
+    nums = parse_nums(a.nums, "--nums")
+    if a.steps < 1 or a.warmup < 0 or (a.rollout is not None and a.rollout < 1):
+        raise WorldSimError("--steps and --rollout must be at least 1, --warmup at least 0")
     if a.threads is not None and a.threads < 1:
         raise WorldSimError(f"--threads must be at least 1, got {a.threads}")
     import torch
@@ -255,7 +263,7 @@ def bench_dream_main(argv: list[str]) -> int:
 
     ap = dream_parser()
     ap.description = (
-        "Generation frames/s at B=1 and B=64, K=1 and the default K (random `small` weights unless --checkpoint), "
+        "Generation frames/s at B=1 and B=64, K=1, 2 and the default K (random `small` weights unless --checkpoint), "
         "then worldsim/Dream-v0 steps/s through Gymnasium: single env, N=16 and N=64 (the shipped model unless "
         "--checkpoint, or an explicit --preset)."
     )
@@ -265,6 +273,10 @@ def bench_dream_main(argv: list[str]) -> int:
     g.add_argument("--env-steps", type=int, default=60, help="timed env steps per configuration (default 60)")
     g.add_argument("--env-nums", default="16,64", help="vector env sizes, comma-separated (default 16,64)")
     a = ap.parse_args(argv)
+    if a.env:  # refused now, not after the runtime's part has run for a minute
+        parse_nums(a.env_nums, "--env-nums")
+        if a.env_steps < 1:
+            raise WorldSimError(f"--env-steps must be at least 1, got {a.env_steps}")
     rc = run_dream(a)
     if rc or not a.env:
         return rc

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from envs.dream_bench import main
+from envs.dream_bench import bench_dream_main, main
 from worldsim.errors import WorldSimError
 
 TINY = ["--preset", "tiny", "--width", "16", "--height", "16", "--threads", "1"]
@@ -20,6 +20,20 @@ def test_bench_reports_single_and_vector_rates(capsys):
     assert "target single env >= 30 steps/s" in out
 
 
+def test_the_single_env_is_timed_with_the_wrappers_gym_make_gives_it(capsys, monkeypatch):
+    """What an RL user gets, as the module says: the TimeLimit wrapper included, as in the vector env."""
+    import gymnasium as gym
+
+    made, real = [], gym.make
+    monkeypatch.setattr(gym, "make", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    assert main([*TINY, "--steps", "2", "--warmup", "0", "--nums", ""]) == 0
+    env, wrappers = made[0], []
+    while isinstance(env, gym.Wrapper):
+        wrappers.append(type(env).__name__)
+        env = env.env
+    assert "TimeLimit" in wrappers, wrappers
+
+
 def test_rollout_reports_memory_and_frame_health(capsys):
     assert main([*TINY, "--rollout", "20"]) == 0
     out = capsys.readouterr().out
@@ -32,6 +46,20 @@ def test_bad_options():
         main(["--preset", "tiny", "--checkpoint", "x.safetensors"])
     with pytest.raises(WorldSimError, match="comma-separated"):
         main([*TINY, "--nums", "a,b"])
+
+
+def test_bench_dream_refuses_bad_env_options_before_timing_the_runtime(monkeypatch):
+    """A typo in the env part's options is reported at once, naming the flag that was given,
+    not after the runtime's part has run (a minute at the defaults)."""
+    import worldsim.bench
+
+    monkeypatch.setattr(worldsim.bench, "run_dream", lambda a: pytest.fail("the runtime's part ran first"))
+    with pytest.raises(WorldSimError, match="--env-nums must be comma-separated integers, got '16,x'"):
+        bench_dream_main(["--env-nums", "16,x"])
+    with pytest.raises(WorldSimError, match="every --env-nums entry must be at least 1"):
+        bench_dream_main(["--env-nums", "16,0"])
+    with pytest.raises(WorldSimError, match="--env-steps must be at least 1, got 0"):
+        bench_dream_main(["--env-steps", "0"])
 
 
 def test_bench_dream_times_the_runtime_then_the_env_through_gymnasium(capsys, tmp_path):

@@ -80,6 +80,30 @@ def test_shard_folder_round_trip_with_interleaved_episodes(tmp_path):
     assert sum(e.records for e in index.values()) == total
 
 
+def test_a_long_sharded_run_rewrites_its_index_a_logarithmic_number_of_times(tmp_path, monkeypatch):
+    """The index lists every record: rewritten after every shard, a long run would write
+    O(shards^2) bytes of it. It is rewritten after shards 1, 2, 4, 8, ... and at close, so a
+    killed run still has an index of at least half its finished shards, and a closed one of all."""
+    import worldsim.recording_writer as writer_module
+
+    folder = tmp_path / "shards"
+    writes: list[int] = []
+    real = writer_module.write_index
+    monkeypatch.setattr(writer_module, "write_index", lambda d, h, files: writes.append(len(files)) or real(d, h, files))
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with writer_module.RecordingWriter(folder, env_id="X-v0", env_kwargs={}, observation_shape=(4, 4, 3),
+                                       action_space=gym.spaces.Discrete(2), agent="a", shard_records=1) as w:  # fmt: skip
+        w.reset(0, 0, frame)
+        for t in range(1, 100):
+            w.step(0, t, 0, 0.0, False, False, frame)
+            if t == 70:  # 70 shards finished: what a run killed now would leave
+                assert len(load_index(folder)) == 64
+    assert writes == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert len(load_index(folder)) == 100
+    w.close()
+    assert writes[-1] == 100 and len(writes) == 8  # closing twice writes nothing more
+
+
 def test_an_empty_last_shard_is_skipped_with_a_warning(tmp_path):
     """A writer killed between creating a shard and writing its header leaves it empty; the
     records before it still read, through the reader and the training data alike."""
