@@ -217,9 +217,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp, onnx_cache_in(str(Path(tmp) / "onnx") if a.preset else None):
         checkpoint = str(random_checkpoint(a.preset, Path(tmp))) if a.preset else a.checkpoint
         if a.width is None or a.height is None:  # the size the model was trained at, as the dream env's default
-            from worldsim.runtime import load
+            from worldsim.bench import model_frame_shape
 
-            h, w = load(checkpoint, backend=a.backend, device=a.device).config.frame_shape  # an export folder too
+            h, w = model_frame_shape(checkpoint, a.backend, a.device)  # an export folder too
             a.width, a.height = w if a.width is None else a.width, h if a.height is None else a.height
         kwargs = dict(checkpoint=checkpoint, backend=a.backend, device=a.device, width=a.width, height=a.height,
                       chunks=a.chunks, precision=a.precision)  # fmt: skip
@@ -256,7 +256,8 @@ def bench_dream_main(argv: list[str]) -> int:
     of the matmul peak), then the dream env through Gymnasium (:func:`main`: single env and
     the vector env at N = 16 and N = 64, with the targets), unless ``--no-env``.
 
-    The env part times the shipped model (or ``--checkpoint``) at ``--size``; a ``--preset``
+    The env part times the shipped model (or ``--checkpoint``) at ``--size``, by default the
+    model's training frames; a ``--preset``
     given explicitly makes it time a random model of that preset as well.
     """
     from worldsim.bench import dream_parser, run_dream
@@ -280,7 +281,7 @@ def bench_dream_main(argv: list[str]) -> int:
     rc = run_dream(a)
     if rc or not a.env:
         return rc
-    H, W = a.size
+    H, W = a.size  # run_dream resolved a size left out to the model's
     env_argv = ["--steps", str(a.env_steps), "--nums", a.env_nums, "--width", str(W), "--height", str(H),
                 "--device", a.device, "--backend", a.backend[0]]  # fmt: skip
     if a.checkpoint:

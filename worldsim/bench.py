@@ -104,7 +104,8 @@ def _params(m: torch.nn.Module) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="frame size (default 64 64)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="frame size (default: a --checkpoint's training frames, else 64 64)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     p.add_argument(
         "--precision",
@@ -122,8 +123,14 @@ def _check_common(a: argparse.Namespace) -> None:
     """One-line errors for the shared flags, before any model is built."""
     if a.threads is not None and a.threads < 1:
         raise WorldSimError(f"--threads must be at least 1, got {a.threads}")
-    if min(a.size) < 1:
+    if a.size is not None and min(a.size) < 1:
         raise WorldSimError(f"--size must be positive, got {a.size[0]} {a.size[1]}")
+
+
+def model_frame_shape(checkpoint: str | None, backend: str = "torch", device: str = "auto") -> tuple[int, int]:
+    """(H, W) of the frames ``checkpoint`` (a file or an ONNX export folder) was trained on."""
+    h, w = load(checkpoint, backend=backend, device=device).config.frame_shape
+    return int(h), int(w)
 
 
 def _finish(
@@ -204,6 +211,8 @@ def run_dream(a: argparse.Namespace) -> int:
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)
     rows = []
+    if a.size is None:  # a checkpoint is timed at the size it was trained at, as the dream env's default
+        a.size = model_frame_shape(a.checkpoint, a.backend[0], a.device) if a.checkpoint else (64, 64)
     H, W = a.size
     checkpoint, scratch = a.checkpoint, None
     if checkpoint is None and set(a.backend) != {"torch"}:
@@ -380,7 +389,7 @@ def train_main(argv: list[str]) -> int:
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)
-    H, W = a.size
+    H, W = a.size or (64, 64)
     rows = []
     for name in a.presets:
         if name not in PRESETS:

@@ -98,3 +98,16 @@ def test_a_trained_model_is_timed_at_its_own_frame_size(capsys, tmp_path):
     ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
     assert main(["--checkpoint", ckpt, "--threads", "1", "--steps", "2", "--warmup", "0", "--nums", "2"]) == 0
     assert "16x12" in capsys.readouterr().out
+
+
+def test_bench_dream_times_a_checkpoint_at_its_own_frame_size_in_both_parts(capsys, tmp_path):
+    from tests.envs.test_dream import untrained_toy_model
+    from tests.worldsim.toy_env import FULL_ID
+    from worldsim.cli import main as cli
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    assert cli(["bench", "dream", "--checkpoint", ckpt, "--threads", "1", "--batch", "1", "--chunks", "1",
+                "--seconds", "0.2", "--rounds", "1", "--env-steps", "2", "--env-nums", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "12x16" in out  # the runtime's part: H x W
+    assert "16x12" in out and "64x64" not in out  # the env's part: W x H
