@@ -127,6 +127,8 @@ def _is_recording(path: Path) -> bool:
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.suffix == SHARD_SUFFIX:
+        if out.exists() and not _is_recording(out):  # --overwrite replaces a recording, nothing else
+            raise WorldSimError(f"{out} exists and is not a WorldSim recording; choose another --out")
         if out.exists() and not overwrite:
             raise WorldSimError(f"{out} exists; pass --overwrite or choose another --out")
         if out.exists():

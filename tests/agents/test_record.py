@@ -144,6 +144,11 @@ def test_overwrite_replaces_a_recording_but_never_deletes_a_foreign_msgpack_file
         assert "notes.msgpack, not a WorldSim recording" in err and "Traceback" not in err
         assert mine.read_bytes() == b"\x81\xa1a\x01"
     assert len(list(RecordingReader(out / "shard-00000.msgpack"))) > 0  # nor the recording
+    single = tmp_path / "notes.msgpack"  # nor when --out names the file itself
+    single.write_bytes(b"\x81\xa1a\x01")
+    assert cli(["record", "--env", FULL_ID, "--steps", "5", "--out", str(single), "--quiet", "--overwrite"]) == 2
+    assert "not a WorldSim recording" in capsys.readouterr().err
+    assert single.read_bytes() == b"\x81\xa1a\x01"
 
 
 def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, capsys, monkeypatch):

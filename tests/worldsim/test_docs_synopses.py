@@ -1,4 +1,5 @@
-"""The command synopses in docs/ name every option the command takes, with its real defaults."""
+"""The command synopses in docs/ name every option the command takes; eval's and demo's also state
+their parsers' real defaults (the other synopses name values, not defaults: `[--width W]`)."""
 
 from __future__ import annotations
 
