@@ -84,7 +84,9 @@ def make_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> gym.Env | gy
         return gym.make_vec(name, num_envs=num_envs, vectorization_mode=mode, **kwargs)
     except gym.error.Error as e:
         hint = ""
-        if isinstance(e, gym.error.UnregisteredEnv) and ":" not in env_id:
+        if isinstance(e, gym.error.UnregisteredEnv) and f"worldsim/{env_id}" in gym.registry:
+            hint = f"; did you mean --env worldsim/{env_id}?"
+        elif isinstance(e, gym.error.UnregisteredEnv) and ":" not in env_id:
             hint = f"; if a module of yours registers it, name that module too: --env my_module:{env_id}"
         raise WorldSimError(f"cannot make env {name!r}: {str(e).rstrip('.')}{hint}") from None
     except TypeError as e:

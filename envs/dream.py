@@ -100,6 +100,9 @@ def make_source_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
             "registers it, or reset with options={'frames': ...} instead of a seed"
         ) from None
     except TypeError as e:  # an env of one fixed size asked for the dream's width and height
+        refused = "unexpected keyword argument" in str(e) and any(f"'{k}'" in str(e) for k in ("width", "height"))
+        if not refused:  # a TypeError of the env's own: its traceback is the user's best guide
+            raise
         raise WorldSimError(
             f"{env_id!r}, the env this model was trained on, does not accept {sorted(kwargs)} ({e}); leave the "
             "dream's width and height at the model's, or reset with options={'frames': ...} instead of a seed"

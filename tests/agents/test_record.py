@@ -477,3 +477,5 @@ def test_actions_reach_the_env_in_its_spaces_own_dtype(tmp_path):
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
     assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
+    assert cli(["record", "--env", "BlockWorld-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
+    assert "did you mean --env worldsim/BlockWorld-v0?" in capsys.readouterr().err

@@ -340,6 +340,17 @@ def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
     with pytest.raises(WorldSimError, match=r"does not accept \['height', 'width'\].*leave the dream's width and height"):
         env.reset(seed=0)
 
+    class Buggy(ToyImageEnv):  # a TypeError of the env's own is not blamed on the size
+        def __init__(self, width=16, height=12, render_mode=None):
+            super().__init__(discrete=True, render_mode=render_mode, width=None + width, height=height)
+
+    if "BuggyToy-v0" not in gym.registry:
+        gym.register(id="BuggyToy-v0", entry_point=Buggy)
+    from envs.dream import make_source_env
+
+    with pytest.raises(TypeError, match="unsupported operand"):
+        make_source_env("BuggyToy-v0", {"width": 16, "height": 12})
+
 
 def test_the_engine_prompt_keeps_every_frame_of_an_env_that_reuses_its_buffer():
     from envs.dream import engine_context
