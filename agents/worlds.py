@@ -117,7 +117,7 @@ class EnvWorld(World):
         return [obs]
 
     def step(self, action: np.ndarray) -> WorldStep:
-        obs, reward, terminated, truncated, info = self.env.step(_native(self.action_space, action))
+        obs, reward, terminated, truncated, info = self.env.step(native_action(self.action_space, action))
         return WorldStep([obs], [float(reward)], bool(terminated), bool(truncated), dict(info))
 
     def close(self) -> None:
@@ -153,7 +153,7 @@ class SideBySideWorld(World):
         frames, lead_in = [np.array(obs)], []  # copies: an env may render every frame into the same buffer
         still = np.zeros(ActionSpec.from_space(self.action_space).num_components, np.int64)
         for _ in range(context - 1):
-            obs, reward, terminated, truncated, _ = self.engine.step(_native(self.action_space, still))
+            obs, reward, terminated, truncated, _ = self.engine.step(native_action(self.action_space, still))
             frames.append(np.array(obs))
             lead_in.append(LeadIn(still, float(reward), bool(terminated), bool(truncated), frames[-1]))
             if terminated or truncated:
@@ -164,7 +164,7 @@ class SideBySideWorld(World):
         return [frames[-1].copy(), d_obs]
 
     def step(self, action: np.ndarray) -> WorldStep:
-        native = _native(self.action_space, action)
+        native = native_action(self.action_space, action)
         e_obs, e_rew, e_term, e_trunc, info = self.engine.step(native)
         d_obs, d_rew, d_term, d_trunc, _ = self.dream.step(native)
         return WorldStep(
@@ -175,11 +175,6 @@ class SideBySideWorld(World):
     def close(self) -> None:
         self.engine.close()
         self.dream.close()
-
-
-def _native(space: gym.Space, action: np.ndarray) -> Any:
-    """A canonical int64 action vector in the form the env's space holds."""
-    return native_action(space, action)
 
 
 def make_world(

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.checkpoint import atomic_write_text
+from worldsim.atomic import atomic_write_text
 from worldsim.cli import json_object
 from worldsim.errors import WorldSimError
 from worldsim.eval_probes import action_names, permanence, stability

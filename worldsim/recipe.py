@@ -48,9 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -58,7 +55,8 @@ from typing import Any
 
 from safetensors import safe_open
 
-from worldsim.checkpoint import atomic_write_text, checkpoint_steps
+from worldsim.atomic import atomic_copy, atomic_write_text
+from worldsim.checkpoint import checkpoint_steps
 from worldsim.errors import WorldSimError
 
 ASSEMBLY_FIELDS = ("guidance", "guided_actions")
@@ -201,22 +199,6 @@ RECIPES: dict[str, Recipe] = {
         guidance=1.5, guided_actions=(3,),
     ),
 }  # fmt: skip
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` through a temporary file and a rename, so ``dest`` is never half-written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        from worldsim.checkpoint import new_file_mode
-
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cli(argv: list[str]) -> None:
@@ -410,7 +392,7 @@ class RecipeRun:
             _cli(["train", "swap-decoder", "--checkpoint", str(self.world_model_path), "--tokenizer", str(self.decoder_path),
                   "--out", str(self.model_path)])  # fmt: skip
         else:
-            _atomic_copy(self.world_model_path, self.model_path)
+            atomic_copy(self.world_model_path, self.model_path)
         r = self.recipe
         if r.guidance != 1.0 or r.guided_actions is not None:
             actions = [] if r.guided_actions is None else ["--actions", ",".join(map(str, r.guided_actions))]
@@ -458,7 +440,7 @@ class RecipeRun:
             raise WorldSimError(f"{self.model_path} is not finished; run the recipe without --install first")
         load_model(self.model_path)  # refuse to ship a file that does not load
         dest = DEFAULT_CHECKPOINT.parent / self.recipe.asset
-        _atomic_copy(self.model_path, dest)
+        atomic_copy(self.model_path, dest)
         self.log(f"recipe {self.name}: installed {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
         return dest
 

@@ -135,9 +135,6 @@ class ReferenceEnv:
         self.spec = ActionSpec.from_space(self.env.action_space)
         self.shape: tuple[int, int] = tuple(space.shape[:2])
 
-    def _native(self, action: np.ndarray) -> Any:
-        return native_action(self.env.action_space, action)
-
     def rollout(self, seed: int, steps: int, policy: Policy | None = None, script: np.ndarray | None = None) -> Trajectory:
         """Reset with ``seed`` and take ``steps`` actions from ``policy`` or ``script`` [steps, C].
 
@@ -156,7 +153,7 @@ class ReferenceEnv:
         for i in range(steps):
             a = policy.act(obs, info) if script is None else script[i]
             a = self.spec.as_array(a, ())
-            obs, r, term, trunc, info = self.env.step(self._native(a))
+            obs, r, term, trunc, info = self.env.step(native_action(self.env.action_space, a))
             rewards[i], terminated[i] = r, term
             if term or trunc:
                 resets[i] = True

@@ -14,11 +14,11 @@ longer matches, is scanned instead (see :func:`worldsim.recording.scan_file`).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worldsim.atomic import atomic_write_text
 from worldsim.errors import WorldSimError
 
 INDEX_NAME = "index.json"
@@ -115,9 +115,7 @@ def write_index(folder: Path, header: dict[str, Any], files: list[FileIndex]) ->
         "header": header,
         "shards": [f.to_json() for f in sorted(files, key=lambda f: f.file)],
     }
-    tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
     return path
 
 

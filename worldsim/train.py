@@ -41,9 +41,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from worldsim.atomic import atomic_write_text
 from worldsim.checkpoint import (
     ModelConfig,
-    atomic_write_text,
     checkpoint_steps,
     load_model,
     load_state,

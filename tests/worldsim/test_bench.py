@@ -41,3 +41,10 @@ def test_bench_dream_reports_frames_per_second_for_each_batch_and_k(tmp_path) ->
     k1 = next(r for r in rows if (r["batch"], r["chunks"]) == (1, 1))
     k2 = next(r for r in rows if (r["batch"], r["chunks"]) == (1, 2))
     assert k2["gflop_per_frame"] > k1["gflop_per_frame"]  # a second pass costs FLOPs
+
+
+def test_the_bench_points_the_onnx_cache_through_the_variable_the_export_reads():
+    from export.cache import CACHE_ENV
+    from worldsim.bench import ONNX_CACHE_ENV
+
+    assert ONNX_CACHE_ENV == CACHE_ENV  # the core names it itself: it never imports export
