@@ -280,4 +280,5 @@ def load_or_train(
     except OSError as e:  # a read-only cache must not throw away the minutes just spent training
         log(f"worldsim: could not cache the inverse-dynamics model in {path} ({e.strerror or e}); "
             "it is trained again next time (--cache-dir or WORLDSIM_CACHE choose another folder)")  # fmt: skip
+        info["cache"] = None  # metrics.json must not name a file that was never written
     return model, info

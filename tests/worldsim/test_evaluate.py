@@ -625,5 +625,5 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
     said: list[str] = []
     model, info = load_or_train("k", lambda: data, (3,), (16, 16), IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4),
                                 blocker / "idm", log=said.append)  # fmt: skip
-    assert model is not None and info["cached"] is False
+    assert model is not None and info["cached"] is False and info["cache"] is None
     assert any("could not cache the inverse-dynamics model" in s for s in said)
