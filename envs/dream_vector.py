@@ -184,6 +184,8 @@ class DreamVectorEnv(VectorEnv):
         else:
             engine_seeds = [self._draw(w) if s is None else s for w, s in enumerate(seeds)]
             frames, actions = self._engine_prompts(engine_seeds)
+        kind = "frames" if "frames" in options else "recording" if "recording" in options else "engine"
+        info = self._prompt_info(np.arange(n), kind, actions, None if kind != "engine" else engine_seeds)
         for w in range(n):
             self._draw(w)  # the single env's draw for its sampler, to keep the streams in step
         self.model.reseed(int(self.np_random.integers(2**31 - 1)))
@@ -191,7 +193,27 @@ class DreamVectorEnv(VectorEnv):
         self._frames = frames[:, -1].copy()
         self._steps[:] = 0
         self._autoreset[:] = False
-        return self._frames.copy(), {}
+        return self._frames.copy(), info
+
+    def _prompt_info(self, worlds: np.ndarray, kind: str, actions: np.ndarray, engine_seeds: list[int] | None) -> dict[str, Any]:
+        """The single env's reset info for ``worlds``, as Gymnasium's vector envs merge infos:
+        one array per key over all N worlds, and a ``_key`` mask of the worlds that have it."""
+        n = self.num_envs
+        mask = np.zeros(n, dtype=bool)
+        mask[worlds] = True
+        prompt = np.full(n, None, dtype=object)
+        prompt[worlds] = kind
+        context_frames = np.zeros(n, dtype=np.int64)
+        context_frames[worlds] = actions.shape[1] + 1
+        context_actions = np.zeros((n, *actions.shape[1:]), dtype=actions.dtype)
+        context_actions[worlds] = actions
+        info = {"prompt": prompt, "_prompt": mask, "context_frames": context_frames, "_context_frames": mask.copy(),
+                "context_actions": context_actions, "_context_actions": mask.copy()}  # fmt: skip
+        if engine_seeds is not None:
+            seeds = np.zeros(n, dtype=np.int64)
+            seeds[worlds] = engine_seeds
+            info.update(engine_seed=seeds, _engine_seed=mask.copy())
+        return info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._frames is None:
@@ -206,9 +228,14 @@ class DreamVectorEnv(VectorEnv):
         if self.max_episode_steps is not None:
             truncated = self._steps >= self.max_episode_steps
         restart = np.flatnonzero(self._autoreset)
+        info: dict[str, Any] = {"step": self._steps.copy(), "_step": ~self._autoreset}
         if restart.size:
             seeds = [self._restart_seed(int(w)) for w in restart]
             ctx_frames, ctx_actions = self._engine_prompts(seeds)
+            info.update(self._prompt_info(restart, "engine", ctx_actions, seeds))
+            info["step"][restart] = 0
+            if restart.size == self.num_envs:  # no world stepped: Gymnasium would have no "step" key
+                del info["step"], info["_step"]
             # Only these worlds restart; the others keep their KV cache.
             self.model.prompt(ctx_frames, ctx_actions, worlds=restart)
             frames[restart] = ctx_frames[:, -1]
@@ -218,7 +245,7 @@ class DreamVectorEnv(VectorEnv):
             self._steps[restart] = 0
         self._autoreset = terminated | truncated
         self._frames = frames
-        return frames.copy(), rewards, terminated, truncated, {}
+        return frames.copy(), rewards, terminated, truncated, info
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode is None:

@@ -59,13 +59,25 @@ def test_vector_env_equals_sync_vector_env_across_autoresets(checkpoint):
     sync = gym.make_vec(DREAM_ID, vectorization_mode="sync", **kwargs)
     native.action_space.seed(0)
     actions = [native.action_space.sample() for _ in range(7)]  # two autoresets per world
-    frames = []
+    frames, infos = [], []
     for venv in (native, sync):
-        obs, _ = venv.reset(seed=4)
-        frames.append([obs] + [venv.step(a)[0] for a in actions])
+        obs, info = venv.reset(seed=4)
+        steps = [venv.step(a) for a in actions]
+        frames.append([obs] + [s[0] for s in steps])
+        infos.append([info] + [s[4] for s in steps])
     for t, (a, b) in enumerate(zip(*frames)):
         diff = np.abs(a.astype(np.int16) - b.astype(np.int16))  # decoder rounding, as above
         assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, f"step {t}: {np.mean(diff > 0):.2%} of pixels differ"
+    # The same infos as the single envs', merged as Gymnasium merges them: reset's prompt
+    # facts, each step's count, and a restart's prompt facts on the step after an end.
+    for t, (a, b) in enumerate(zip(*infos)):
+        assert sorted(a) == sorted(b), f"step {t}: {sorted(a)} against {sorted(b)}"
+        for key in a:
+            if key.startswith("_"):
+                assert np.array_equal(a[key], b[key]), f"step {t}: {key}"
+            else:
+                mask = a[f"_{key}"]
+                assert np.array_equal(np.asarray(a[key])[mask], np.asarray(b[key])[mask]), f"step {t}: {key}"
 
 
 def test_one_batch_for_all_worlds_and_spaces(checkpoint):
