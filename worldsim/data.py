@@ -41,6 +41,20 @@ from worldsim.spaces import ActionSpec
 _STALE = f"the file changed since it was indexed (in a shard folder, delete {INDEX_NAME} to rescan)"
 """What a record that no longer matches its index means, and the way out."""
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def training_reward(rec: Any) -> float:
+    """A step record's reward, refused when float32 (what training holds) cannot hold it:
+    it would train as inf, and the reward loss as NaN.
+
+    Raises:
+        RecordingError: naming the file and the record's byte offset.
+    """
+    if abs(rec.reward) > FLOAT32_MAX:
+        raise RecordingError(f"{rec.file}: byte {rec.offset}: reward {rec.reward!r} is beyond float32's range, which training uses")
+    return rec.reward
+
 
 @dataclass
 class Window:
@@ -270,7 +284,7 @@ class WindowDataset:
                         f"{rec.file}: byte {rec.offset}: a reset record inside an episode"
                     )
                 actions[j - 1] = rec.action
-                rewards[j - 1] = rec.reward
+                rewards[j - 1] = training_reward(rec)
                 terminated[j - 1] = rec.terminated
         return Window(frames, actions, rewards, terminated)
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from worldsim.checkpoint import atomic_save, weights_digest
+from worldsim.data import training_reward
 from worldsim.errors import WorldSimError
 from worldsim.tokenizer import Tokenizer
 
@@ -158,7 +159,7 @@ class CodeWindows:
                 buf.append(rec.image((h, w)))
                 if rec.kind == "step":
                     self.actions[r] = rec.action
-                    self.rewards[r] = rec.reward
+                    self.rewards[r] = training_reward(rec)
                     self.terminated[r] = rec.terminated
                 if len(buf) == ENCODE_BATCH or r == n - 1:
                     frames = torch.from_numpy(np.stack(buf)).to(device)

@@ -191,3 +191,21 @@ def test_two_recordings_made_in_the_same_second_stay_apart(tmp_path):
     assert collections.Counter(_key(ds[i]) for i in range(len(ds))) == collections.Counter(
         _truth(first, 5) + _truth(second, 5)
     )
+
+
+def test_a_reward_beyond_float32_is_an_error_naming_the_record_not_an_inf_in_training(tmp_path):
+    import gymnasium as gym
+
+    from worldsim.recording import RecordingError
+    from worldsim.recording_writer import RecordingWriter
+
+    frame = np.zeros((8, 8, 3), np.uint8)
+    path = tmp_path / "big.msgpack"
+    with RecordingWriter(path, env_id="X-v0", env_kwargs={}, observation_shape=(8, 8, 3),
+                         action_space=gym.spaces.Discrete(2), agent="a") as w:  # fmt: skip
+        w.reset(0, 0, frame)
+        for t in range(1, 4):
+            w.step(0, t, 0, 1e300 if t == 2 else 1.0, False, False, frame)
+    ds = WindowDataset([path], 4)
+    with pytest.raises(RecordingError, match=r"big.msgpack: byte \d+: reward 1e\+300 is beyond float32"):
+        ds[0]
