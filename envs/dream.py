@@ -6,6 +6,7 @@ env it was trained on, and producing a real prompt context from that env for a s
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -89,24 +90,40 @@ def load_setup(
 
 
 def make_source_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
-    """Make the env a model was trained on, for prompts; an unknown id is a clear error."""
+    """Make the env a model was trained on, for prompts; an unknown id is a clear error, and
+    so is a size asked of an env whose constructor takes none."""
     from worldsim.registration import resolve_env_id
 
     try:
-        return gym.make(resolve_env_id(env_id), **kwargs)
+        env_id = resolve_env_id(env_id)
+        if {"width", "height"} & set(kwargs) and _takes_size(env_id) is False:
+            raise WorldSimError(
+                f"{env_id!r}, the env this model was trained on, takes no width or height, so it cannot render "
+                f"the size asked of the dream ({kwargs.get('width')}x{kwargs.get('height')}); leave the dream's width "
+                "and height at the model's, or reset with options={'frames': ...} instead of a seed"
+            )
+        return gym.make(env_id, **kwargs)
     except gym.error.Error as e:
         raise WorldSimError(
             f"cannot make {env_id!r}, the env this model was trained on ({e}); import the package that "
             "registers it, or reset with options={'frames': ...} instead of a seed"
         ) from None
-    except TypeError as e:  # an env of one fixed size asked for the dream's width and height
-        refused = "unexpected keyword argument" in str(e) and any(f"'{k}'" in str(e) for k in ("width", "height"))
-        if not refused:  # a TypeError of the env's own: its traceback is the user's best guide
-            raise
-        raise WorldSimError(
-            f"{env_id!r}, the env this model was trained on, does not accept {sorted(kwargs)} ({e}); leave the "
-            "dream's width and height at the model's, or reset with options={'frames': ...} instead of a seed"
-        ) from None
+
+
+def _takes_size(env_id: str) -> bool | None:
+    """Whether the registered constructor of ``env_id`` takes ``width`` and ``height`` (or any
+    keyword); None when its signature cannot be read. Read from the signature rather than
+    guessed from a TypeError, which may as well come from a fault inside the constructor."""
+    from gymnasium.envs.registration import load_env_creator
+
+    try:
+        entry = gym.spec(env_id).entry_point
+        creator = load_env_creator(entry) if isinstance(entry, str) else entry
+        params = inspect.signature(creator).parameters.values()
+    except (gym.error.Error, ImportError, AttributeError, TypeError, ValueError):
+        return None
+    names = {p.name for p in params}
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params) or {"width", "height"} <= names
 
 
 def noop_actions(spec: ActionSpec, n: int) -> np.ndarray:

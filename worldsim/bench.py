@@ -103,9 +103,8 @@ def _params(m: torch.nn.Module) -> int:
     return sum(x.numel() for x in m.parameters())
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="frame size (default: a --checkpoint's training frames, else 64 64)")  # fmt: skip
+def _common(p: argparse.ArgumentParser, size_help: str = "frame size (default 64 64)") -> None:
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help=size_help)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     p.add_argument(
         "--precision",
@@ -182,7 +181,7 @@ def dream_parser() -> argparse.ArgumentParser:
         default=3,
         help="alternate the backends this many times per setting (default 3)",
     )
-    _common(ap)
+    _common(ap, "frame size (default: a --checkpoint's training frames, else 64 64)")
     return ap
 
 

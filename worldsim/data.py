@@ -41,18 +41,23 @@ from worldsim.spaces import ActionSpec
 _STALE = f"the file changed since it was indexed (in a shard folder, delete {INDEX_NAME} to rescan)"
 """What a record that no longer matches its index means, and the way out."""
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+REWARD_LIMIT = 1e18
+"""The largest reward magnitude training takes: the reward loss squares errors in float32,
+whose range ends at 3.4e38, so a reward near 1.8e19 already makes it inf."""
 
 
 def training_reward(rec: Any) -> float:
-    """A step record's reward, refused when float32 (what training holds) cannot hold it:
-    it would train as inf, and the reward loss as NaN.
+    """A step record's reward, refused when its size would overflow training's float32
+    reward loss (a reward of 1e20 made it inf and the run trained on).
 
     Raises:
         RecordingError: naming the file and the record's byte offset.
     """
-    if abs(rec.reward) > FLOAT32_MAX:
-        raise RecordingError(f"{rec.file}: byte {rec.offset}: reward {rec.reward!r} is beyond float32's range, which training uses")
+    if abs(rec.reward) > REWARD_LIMIT:
+        raise RecordingError(
+            f"{rec.file}: byte {rec.offset}: reward {rec.reward!r} is beyond the ±{REWARD_LIMIT:g} training takes "
+            "(its float32 loss would overflow); scale the env's rewards down"
+        )
     return rec.reward
 
 

@@ -337,7 +337,7 @@ def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
     ckpt = untrained_toy_model(tmp_path / "fixed.safetensors", "FixedSizeToy-v0", {}, (12, 16))
     assert gym.make(DREAM_ID, checkpoint=ckpt).reset(seed=0)[0].shape == (12, 16, 3)
     env = gym.make(DREAM_ID, checkpoint=ckpt, width=16, height=16)
-    with pytest.raises(WorldSimError, match=r"does not accept \['height', 'width'\].*leave the dream's width and height"):
+    with pytest.raises(WorldSimError, match=r"takes no width or height.*16x16.*leave the dream's width and height"):
         env.reset(seed=0)
 
     class Buggy(ToyImageEnv):  # a TypeError of the env's own is not blamed on the size
@@ -350,6 +350,21 @@ def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
 
     with pytest.raises(TypeError, match="unsupported operand"):
         make_source_env("BuggyToy-v0", {"width": 16, "height": 12})
+
+    class OwnBug(ToyImageEnv):  # takes the size; fails on a bad keyword of its own
+        def __init__(self, width=16, height=12, render_mode=None):
+            np.zeros(3, dtyp=np.uint8)
+
+    class NoInit(gym.Env):  # takes nothing at all
+        pass
+
+    for name, entry in (("OwnBugToy-v0", OwnBug), ("NoInitToy-v0", NoInit)):
+        if name not in gym.registry:
+            gym.register(id=name, entry_point=entry)
+    with pytest.raises(TypeError, match="dtyp"):
+        make_source_env("OwnBugToy-v0", {"width": 16, "height": 12})
+    with pytest.raises(WorldSimError, match="takes no width or height"):
+        make_source_env("NoInitToy-v0", {"width": 16, "height": 12})
 
 
 def test_the_engine_prompt_keeps_every_frame_of_an_env_that_reuses_its_buffer():

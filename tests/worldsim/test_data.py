@@ -193,7 +193,7 @@ def test_two_recordings_made_in_the_same_second_stay_apart(tmp_path):
     )
 
 
-def test_a_reward_beyond_float32_is_an_error_naming_the_record_not_an_inf_in_training(tmp_path):
+def test_a_reward_too_large_for_the_float32_loss_is_an_error_naming_the_record(tmp_path):
     import gymnasium as gym
 
     from worldsim.recording import RecordingError
@@ -205,7 +205,7 @@ def test_a_reward_beyond_float32_is_an_error_naming_the_record_not_an_inf_in_tra
                          action_space=gym.spaces.Discrete(2), agent="a") as w:  # fmt: skip
         w.reset(0, 0, frame)
         for t in range(1, 4):
-            w.step(0, t, 0, 1e300 if t == 2 else 1.0, False, False, frame)
+            w.step(0, t, 0, 1e20 if t == 2 else 1e17, False, False, frame)  # 1e20 squared is inf in float32
     ds = WindowDataset([path], 4)
-    with pytest.raises(RecordingError, match=r"big.msgpack: byte \d+: reward 1e\+300 is beyond float32"):
+    with pytest.raises(RecordingError, match=r"big.msgpack: byte \d+: reward 1e\+20 is beyond the ±1e\+18 training takes"):
         ds[0]
