@@ -125,6 +125,29 @@ class DreamVectorEnv(VectorEnv):
         actions = np.stack([a[a.shape[0] - (t - 1) :] for _, a in contexts])
         return frames, actions
 
+    def _check_seed(self, seed: Any) -> int | list[int | None] | None:
+        """``seed`` as a Python int, a list of ``num_envs`` ints and Nones, or None.
+
+        Raises:
+            WorldSimError: naming the seed: a string is not a list of seeds, and a float or
+                a bool is not quietly truncated to another seed.
+        """
+
+        def one(s: Any) -> int:
+            if not isinstance(s, (int, np.integer)) or isinstance(s, (bool, np.bool_)) or s < 0:
+                raise WorldSimError(f"reset seed must be a non-negative integer, a list of {self.num_envs} of them "
+                                    f"(None for a world to draw its own) or None, got {seed!r}")  # fmt: skip
+            return int(s)
+
+        if seed is None or isinstance(seed, (int, np.integer, bool, np.bool_)):
+            return None if seed is None else one(seed)
+        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
+            one(seed)  # raises: neither an integer nor a sequence of seeds
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise WorldSimError(f"reset got {len(seeds)} seeds for {self.num_envs} envs")
+        return [None if s is None else one(s) for s in seeds]
+
     def _seed_worlds(self, seed: int | list[int | None] | None) -> list[int | None]:
         """(Re)seed each world's generator as ``DreamEnv.reset`` seeds its ``np_random``;
         returns the worlds' seeds (None where a world keeps drawing from its generator)."""
@@ -154,13 +177,8 @@ class DreamVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        if seed is not None and not isinstance(seed, (int, np.integer)):
-            seed = list(seed)
-            if len(seed) != self.num_envs:
-                raise WorldSimError(f"reset got {len(seed)} seeds for {self.num_envs} envs")
-            super().reset(seed=None if seed[0] is None else int(seed[0]))
-        else:
-            super().reset(seed=seed)
+        seed = self._check_seed(seed)
+        super().reset(seed=seed[0] if isinstance(seed, list) else seed)
         options = options or {}
         check_reset_options(options)
         seeds = self._seed_worlds(seed)

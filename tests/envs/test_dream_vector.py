@@ -133,3 +133,20 @@ def test_bad_actions(checkpoint):
     venv.reset(seed=0)
     with pytest.raises(ValueError, match="actions must have shape \\(2, 8\\)"):
         venv.step(np.zeros((3, 8), np.int64))
+
+
+def test_a_seed_of_the_wrong_type_is_one_error_naming_the_seed(tmp_path):
+    """A string is not a list of seeds, and a float or a bool is not quietly another seed; numpy
+    integers are seeds like Python's."""
+    from tests.envs.test_dream import untrained_toy_model
+    from tests.worldsim.toy_env import FULL_ID
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    venv = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=ckpt, device="cpu")
+    for bad in (1.5, "ab", [1.7, 2.2], [True, False], [0, "1"], [0, -1], -1, True):
+        with pytest.raises(WorldSimError, match="reset seed must be a non-negative integer"):
+            venv.reset(seed=bad)
+    a, info = venv.reset(seed=np.int64(3))
+    assert list(info["engine_seed"]) == [3, 4]
+    b, _ = venv.reset(seed=np.array([3, 4]))
+    np.testing.assert_array_equal(a, b)
