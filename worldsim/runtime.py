@@ -219,6 +219,9 @@ class WorldModel:
         for name, value in (("chunks", chunks), ("unfreeze", unfreeze)):  # whole numbers, not truncated floats
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
                 raise SettingError(f"{name} must be an integer, got {value!r}")
+        for name, value in (("temperature", temperature), ("guidance", guidance)):  # float("0.5") and float(True) would pass
+            if value is not None and (not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool)):
+                raise SettingError(f"{name} must be a number, got {value!r}")
         for name, value in (("ranked_moves", ranked_moves), ("still", still), ("keep_pixels", keep_pixels)):
             if value is not None and not isinstance(value, (bool, np.bool_)):  # bool("no") would be True
                 raise SettingError(f"{name} must be True, False or None, got {value!r}")

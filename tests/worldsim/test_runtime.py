@@ -335,7 +335,11 @@ def test_bad_settings_and_codes_are_value_errors_naming_them(ckpt) -> None:
     for kwargs, message in (({"temperature": float("nan")}, "temperature must be a finite number"),
                             ({"chunks": 1.7}, "chunks must be an integer"), ({"unfreeze": 2.5}, "unfreeze must be an integer"),
                             ({"ranked_moves": "no"}, "ranked_moves must be True, False or None"),
-                            ({"device": "meta"}, "runs on cpu or cuda")):  # fmt: skip
+                            ({"device": "meta"}, "runs on cpu or cuda"),
+                            ({"temperature": "hot"}, "temperature must be a number, got 'hot'"),
+                            ({"temperature": "0.5"}, "temperature must be a number"),  # not read as 0.5
+                            ({"temperature": True}, "temperature must be a number"),  # not read as 1.0
+                            ({"guidance": "x"}, "guidance must be a number, got 'x'")):  # fmt: skip
         with pytest.raises((ValueError, WorldSimError), match=message):
             worldsim.load(ckpt, **{"device": "cpu", **kwargs})
     m = worldsim.load(ckpt, device="cpu", seed=0)
