@@ -338,12 +338,17 @@ class WorldModel:
         n, T, H, W, _ = frames.shape
         if actions is None and T == 1:
             actions = np.zeros((n, 0, self.action_spec.num_components), dtype=np.int64)
+        elif actions is None:
+            raise ValueError(f"actions may be None only for a one-frame prompt; {T} frames need [{n}, {T - 1}, ...] actions")
         acts = self.action_spec.as_array(actions, (n, T - 1))
         if worlds is not None:
             if self._shape is None:
                 raise WorldSimError("prompt(worlds=...) restarts some worlds: call prompt() for all worlds first")
-            idx = np.asarray(worlds, dtype=np.int64).reshape(-1)
+            idx = np.asarray(worlds).reshape(-1)
             B = self._shape[0]
+            if idx.dtype.kind not in "iu":  # a bool mask [True, False] would be read as indices [1, 0]
+                raise ValueError(f"worlds must be integer indices into the batch, got {worlds!r}")
+            idx = idx.astype(np.int64)
             if idx.shape != (n,) or np.any(idx < 0) or np.any(idx >= B) or len(set(idx.tolist())) != n:
                 raise ValueError(f"worlds must be {n} distinct indices in [0, {B}) matching the frames, got {worlds!r}")
             if (H, W) != self._shape[1:]:

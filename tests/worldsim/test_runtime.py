@@ -160,7 +160,12 @@ def test_bad_inputs_raise_value_errors_that_say_what_was_expected(ckpt: str) -> 
         model.prompt(frames[:, :, :15], actions)
     with pytest.raises(ValueError, match=r"\(2, 2, 2\)"):
         model.prompt(frames, actions[:, :1])
+    with pytest.raises(ValueError, match=r"None only for a one-frame prompt; 3 frames need \[2, 2, \.\.\.\] actions"):
+        model.prompt(frames, None)
     model.prompt(frames, actions)
+    for mask in ([True, False], [1.0, 0.0]):  # read as indices [1, 0], these restarted both worlds swapped
+        with pytest.raises(ValueError, match="worlds must be integer indices"):
+            model.prompt(frames, actions, worlds=mask)
     with pytest.raises(ValueError, match="out of range"):
         model.step(np.array([[3, 0], [0, 0]]))
     with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
