@@ -526,7 +526,9 @@ def load(
             (default :data:`DEFAULT_RANKED_MOVES`; see :class:`WorldModel`).
 
     Raises:
-        WorldSimError: no default model, unknown backend, or a bad checkpoint file.
+        WorldSimError: no default model, unknown backend or device, or a bad checkpoint file.
+        SettingError: a bad setting (chunks, temperature, seed ...), named in the message; it
+            is also a ``ValueError``.
     """
     if checkpoint is None:
         if not DEFAULT_CHECKPOINT.is_file():

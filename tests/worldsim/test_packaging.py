@@ -56,3 +56,16 @@ def test_a_folder_that_hides_a_worldsim_package_is_named_at_import(tmp_path):
     assert hidden.returncode == 0
     assert "package 'envs' is hidden by" in hidden.stderr and str(tmp_path / "envs") in hidden.stderr
     assert "'agents'" not in hidden.stderr
+
+
+def test_help_and_dir_show_the_public_api():
+    """``load`` is imported lazily; dir(), tab completion and help(worldsim) still show it."""
+    import pydoc
+
+    import worldsim
+
+    assert set(worldsim.__all__) <= set(dir(worldsim))
+    assert all(getattr(worldsim, name) is not None for name in worldsim.__all__)
+    text = pydoc.render_doc(worldsim, renderer=pydoc.plaintext)
+    assert "load(checkpoint" in text and "Load a world model checkpoint" in text
+    assert "worldsim.load(" in text  # the module docstring says how to start
