@@ -57,8 +57,8 @@ def load_setup(
     """
     from worldsim.runtime import load
 
-    for name, v in (("width", width), ("height", height)):
-        if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+    for name, v in (("width", width), ("height", height), ("context", context)):  # True is not a size of 1
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
             raise WorldSimError(f"{name} must be a positive integer, got {v!r}")
     model = load(checkpoint, backend=backend, device=device, precision=precision, chunks=chunks, temperature=temperature,
                  guidance=guidance, ranked_moves=ranked_moves)  # fmt: skip
@@ -70,8 +70,11 @@ def load_setup(
         raise WorldSimError(f"width and height must be multiples of {patch} for this model, got {width}x{height}")
     if context is None:
         context = min(DEFAULT_CONTEXT, model.context_frames)
-    if not isinstance(context, (int, np.integer)) or context < 1:
-        raise WorldSimError(f"context must be a positive number of frames, got {context!r}")
+    if context > model.context_frames:
+        # The model would see only the last context_frames of them: every reset would step the
+        # engine for frames thrown away, and info["context_frames"] would count them.
+        raise WorldSimError(f"context must be at most {model.context_frames} frames, the most this model sees; "
+                            f"got {context}")  # fmt: skip
     source = None
     if cfg.env_id:
         kwargs = dict(cfg.env_kwargs or {})
@@ -289,7 +292,7 @@ class DreamEnv(gym.Env):
     ``checkpoint`` (None: the shipped model), ``backend`` (``torch`` or ``onnx``),
     ``chunks`` and ``temperature`` (None: the model's defaults), ``width``, ``height`` (None:
     the model's training frame size),
-    ``context`` (prompt frames at reset), ``render_mode`` (``rgb_array`` or ``human``),
+    ``context`` (prompt frames at reset; at most the model's ``context_frames``), ``render_mode`` (``rgb_array`` or ``human``),
     ``device``, ``precision`` (``fp32`` or ``bf16``; None: bf16 on CUDA and on CPUs that
     multiply bf16 natively, fp32 elsewhere; see ``worldsim.load``), ``guidance`` (the action
     guidance scale; None: the checkpoint's, which for the shipped model is 1, none; 1.3

@@ -80,7 +80,9 @@ class DreamVectorEnv(VectorEnv):
             raise WorldSimError(f"the vector dream env renders 'rgb_array' or None, got {render_mode!r}")
         if max_episode_steps == -1:
             max_episode_steps = None
-        if max_episode_steps is not None and max_episode_steps < 1:
+        if max_episode_steps is not None and (
+            not isinstance(max_episode_steps, (int, np.integer)) or isinstance(max_episode_steps, bool) or max_episode_steps < 1
+        ):
             raise WorldSimError(f"max_episode_steps must be positive, or None or -1 for no limit, got {max_episode_steps}")
         self.setup = load_setup(checkpoint, backend, chunks, temperature, width, height, context, device, precision, guidance,
                                 ranked_moves)

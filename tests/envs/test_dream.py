@@ -325,6 +325,25 @@ def test_the_default_frame_size_is_the_checkpoints(tmp_path):
     world.close()
 
 
+def test_bad_sizes_contexts_and_step_limits_are_errors_naming_them(tmp_path):
+    """True is not a size or a context of 1; a context beyond the model's own would step the
+    engine for frames the model never sees; a step limit must be a whole number."""
+    from tests.worldsim.toy_env import FULL_ID
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    for kwargs, message in (({"width": True}, "width must be a positive integer, got True"),
+                            ({"context": True}, "context must be a positive integer, got True"),
+                            ({"context": 2.0}, "context must be a positive integer"),
+                            ({"context": 5}, "context must be at most 4 frames, the most this model sees; got 5")):  # fmt: skip
+        with pytest.raises(WorldSimError, match=message):
+            DreamEnv(checkpoint=ckpt, device="cpu", **kwargs)
+    assert DreamEnv(checkpoint=ckpt, device="cpu", context=4).context_length == 4
+    for steps in ("10", 2.5, True):
+        with pytest.raises(WorldSimError, match="max_episode_steps must be positive"):
+            gym.make_vec(DREAM_ID, num_envs=1, vectorization_mode="vector_entry_point", checkpoint=ckpt,
+                         max_episode_steps=steps)  # fmt: skip
+
+
 def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
     from tests.worldsim.toy_env import ToyImageEnv
 
