@@ -17,6 +17,8 @@ import numpy as np
 
 MASKED = -1
 """Code value of a cell that is not generated yet (the dynamics model's mask)."""
+TINY_TEMPERATURE = float(np.finfo(np.float32).tiny)
+"""The lowest temperature above 0 that sampling uses: lower ones are raised to it."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ class MaskGitSampler:
         self.levels = tuple(levels)
         self.patch = patch
         self.chunks = chunks
-        self.temperature = float(temperature)
+        # A positive temperature below float32's smallest normal number is 0 in the float32
+        # division by it: the argmax's logit became 0/0 = NaN, and every cell drew level 0 (a
+        # blank frame). At the smallest normal temperature the draw is already the argmax.
+        self.temperature = max(float(temperature), TINY_TEMPERATURE) if temperature > 0 else 0.0
         self.rng = rng
         self._radix = np.array([math.prod(levels[:i]) for i in range(len(levels))], dtype=np.int64)
         self._levels = np.array(levels, dtype=np.int64)
@@ -164,7 +169,8 @@ class MaskGitSampler:
             if self.temperature == 0:
                 idx = z.argmax(0)
             else:
-                cdf = np.exp(z / temp)
+                with np.errstate(over="ignore"):  # a logit far below the best at a low temperature: -inf, weight 0
+                    cdf = np.exp(z / temp)
                 for k in range(1, lv):  # a running sum row by row: np.cumsum along axis 0 is 10x slower
                     np.add(cdf[k - 1], cdf[k], out=cdf[k])
                 if ranked is None:

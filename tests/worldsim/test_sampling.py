@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -53,6 +54,17 @@ def test_temperature_zero_takes_the_argmax_and_the_first_of_ties() -> None:
     want = logits[..., :4].argmax(-1) + 4 * logits[..., 4:].argmax(-1)
     np.testing.assert_array_equal(code, want)
     assert code[0, 0, 0] % 4 == 1
+
+
+@pytest.mark.parametrize("temperature", [1e-50, 1e-38, 1e-20])
+def test_a_tiny_positive_temperature_draws_the_argmax_not_a_blank_frame(temperature: float) -> None:
+    """1e-50 is 0 in float32: dividing the logits by it made the argmax NaN and every cell level 0."""
+    logits = np.random.default_rng(3).standard_normal((2, 5, 6, 7)).astype(np.float32) * 30
+    want, _ = MaskGitSampler(LEVELS, 1, 1, 0.0, np.random.default_rng(0))._choose(logits, None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or invalid-value warnings either
+        code, _ = MaskGitSampler(LEVELS, 1, 1, temperature, np.random.default_rng(0))._choose(logits, None, None)
+    np.testing.assert_array_equal(code, want)
 
 
 def test_the_stay_bonus_goes_to_the_previous_level_in_gated_worlds_only() -> None:
