@@ -182,6 +182,8 @@ def check_reset_options(options: dict[str, Any]) -> None:
     Raises:
         WorldSimError: Naming the options at fault.
     """
+    if not isinstance(options, dict):  # a string would be read as a set of one-letter options
+        raise WorldSimError(f"reset options must be a dict such as {{'frames': ...}} or None, got {options!r}")
     unknown = set(options) - {"frames", "actions", "recording", "episode", "t"}
     if unknown:
         raise WorldSimError(f"unknown reset options {sorted(unknown)}; expected 'frames' (with 'actions') or "

@@ -344,6 +344,17 @@ def test_bad_sizes_contexts_and_step_limits_are_errors_naming_them(tmp_path):
                          max_episode_steps=steps)  # fmt: skip
 
 
+def test_reset_options_that_are_not_a_dict_are_refused_by_name(tmp_path):
+    from tests.worldsim.toy_env import FULL_ID
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    env = DreamEnv(checkpoint=ckpt, device="cpu")
+    venv = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=ckpt, device="cpu")
+    for e in (env, venv):
+        with pytest.raises(WorldSimError, match="reset options must be a dict .* got 'frames'"):
+            e.reset(options="frames")  # was "unknown reset options ['a', 'e', 'f', 'm', 'r', 's']"
+
+
 def test_a_fixed_size_env_asked_for_another_size_is_a_clear_error(tmp_path):
     from tests.worldsim.toy_env import ToyImageEnv
 
