@@ -171,7 +171,8 @@ class WorldModel:
 
     Args:
         backend: the inference engine (see the module docstring).
-        chunks: K, passes per generated frame (1 = all patches in one pass).
+        chunks: K, passes per generated frame (1 = all patches in one pass; a K above the number
+            of a frame's patches makes one pass per patch).
         temperature: 0 = greedy and deterministic; above 0 samples.
         seed: seeds every random draw of sampling.
         still: act on the model's still head (if it has one): keep the previous frame exactly
