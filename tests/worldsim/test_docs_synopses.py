@@ -153,3 +153,20 @@ def test_quoted_synopses_name_required_options_and_real_choices() -> None:
                     f"{page}: `worldsim {command}` lists {option} {values}; the parser takes {{{choices.group(1)}}}"
                 )
     assert not bad, "\n".join(bad)
+
+
+def test_documented_load_signature_is_the_real_one() -> None:
+    """docs/model.md's ``worldsim.load(...)`` names every parameter, with its default."""
+    import inspect
+
+    import worldsim
+
+    text = " ".join((DOCS / "model.md").read_text().split())
+    shown = re.search(r"`worldsim\.load\((checkpoint=None, \*,[^`]*)\)`", text)
+    assert shown, "docs/model.md has no synopsis of worldsim.load"
+    params = [p.strip() for p in shown.group(1).split(",") if p.strip() != "*"]
+    real = [
+        f"{n}={p.default!r}".replace("'", '"')
+        for n, p in inspect.signature(worldsim.load).parameters.items()
+    ]
+    assert params == real
