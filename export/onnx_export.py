@@ -205,7 +205,8 @@ def export_onnx(
     if ckpt.is_dir():
         raise WorldSimError(f"{ckpt}: a folder, not a checkpoint file (--checkpoint takes a .safetensors world model)")
     if not ckpt.is_file():
-        raise WorldSimError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else " (no default model is shipped yet)"))
+        missing = " (the shipped model is missing; `make model` trains it again from nothing)"
+        raise WorldSimError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else missing))
     out = Path(out)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)

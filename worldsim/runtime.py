@@ -534,8 +534,9 @@ def load(
     if checkpoint is None:
         if not DEFAULT_CHECKPOINT.is_file():
             raise WorldSimError(
-                f"no default world model is shipped yet ({DEFAULT_CHECKPOINT} does not exist); train one with "
-                "`worldsim train tokenizer` then `worldsim train dynamics` and pass its path to worldsim.load()"
+                f"the shipped world model {DEFAULT_CHECKPOINT} is missing; `make model` (`worldsim train recipe "
+                "blockworld-64 --install`) trains it again from nothing, or pass worldsim.load() a checkpoint "
+                "of your own (`worldsim train tokenizer`, then `worldsim train dynamics`)"
             )
         checkpoint = DEFAULT_CHECKPOINT
     if precision not in (None, "fp32", "bf16"):

@@ -78,6 +78,14 @@ def test_export_refuses_a_folder_that_is_not_an_export_and_bad_opsets(tiny_check
         onnx_export.export_onnx(tiny_checkpoint, tmp_path / "out", opset=12)
 
 
+def test_export_of_a_missing_shipped_model_says_how_to_get_it_back(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(onnx_export, "DEFAULT_CHECKPOINT", tmp_path / "blockworld-64.safetensors")
+    with pytest.raises(WorldSimError, match="the shipped model is missing; `make model` trains it again"):
+        onnx_export.export_onnx(None, tmp_path / "out")
+    with pytest.raises(WorldSimError, match="mine.safetensors: no such checkpoint$"):
+        onnx_export.export_onnx(tmp_path / "mine.safetensors", tmp_path / "out")
+
+
 def test_export_replaces_only_an_earlier_export(tiny_checkpoint: Path, tiny_export: Path, tmp_path: Path, monkeypatch) -> None:
     """A folder that holds a manifest.json of its own, or an export with the user's files
     beside it, or the current folder, is never removed."""

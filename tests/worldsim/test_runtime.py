@@ -181,10 +181,12 @@ def test_discrete_action_space_and_other_frame_sizes(tmp_path) -> None:
     assert out.frames.shape == (3, 12, 20, 3)
 
 
-def test_load_errors(tmp_path, ckpt: str) -> None:
-    if not worldsim.runtime.DEFAULT_CHECKPOINT.exists():
-        with pytest.raises(WorldSimError, match="train"):
-            worldsim.load()
+def test_load_errors(tmp_path, ckpt: str, monkeypatch) -> None:
+    # an install whose shipped model is missing says how to get it back
+    monkeypatch.setattr("worldsim.runtime.DEFAULT_CHECKPOINT", tmp_path / "blockworld-64.safetensors")
+    with pytest.raises(WorldSimError, match="is missing; `make model` \\(`worldsim train recipe blockworld-64 --install`\\)"):
+        worldsim.load()
+    monkeypatch.undo()
     with pytest.raises(WorldSimError, match="backend"):
         worldsim.load(ckpt, backend="nope")
     with pytest.raises(WorldSimError, match="precision"):
