@@ -80,7 +80,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float
 
 def _peaks(device: torch.device) -> dict[str, float]:
     big = 4096 if device.type == "cuda" else 1024
-    # bf16 on a CPU without native support is ~60x slower: a smaller matrix keeps this short.
+    # bf16 on a CPU without native support is ~50x slower: a smaller matrix keeps this short.
     small = big if default_precision(device) == "bf16" else 256
     return {
         "fp32": matmul_peak(device, torch.float32, big),

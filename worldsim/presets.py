@@ -4,10 +4,11 @@ The dynamics config needs the action space and the tokenizer's levels, which com
 data and the tokenizer checkpoint, so a preset is a tokenizer config plus the dynamics
 *sizes*; :func:`dynamics_config` joins them.
 
-Budget: this project's CPU (2 AVX2 cores, no native bf16) does ~40 GFLOP/s fp32 in large
-matmuls and far less in the small ones of single-world generation, so ``small`` is sized for
-30 frames/s at B=1: 64x64 frames, a stride-4 tokenizer (16x16 codes) and 4x4-cell patches,
-so only 16 tokens per frame.
+Budget: ``small`` was sized on the project's first CPU (2 AVX2 cores, no native bf16, about
+40 GFLOP/s fp32 in large matmuls and far less in the small ones of single-world generation)
+for 30 frames/s at B=1: 64x64 frames, a stride-4 tokenizer (16x16 codes) and 4x4-cell
+patches, so only 16 tokens per frame. The current machine (AVX512-BF16) runs it in bf16;
+README, "Benchmarks", has its rates.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def default_precision(device: torch.device) -> str:
 
     Measured on a 2-vCPU AMD EPYC with AVX512-BF16, two threads: a 1024x1024 matmul runs at
     about 950 GFLOP/s in bf16 against 215 in fp32 (`worldsim bench train` prints both peaks).
-    On a CPU without native bf16 (AVX2 only) a bf16 matmul is emulated and runs ~60x slower
+    On a CPU without native bf16 (AVX2 only) a bf16 matmul is emulated and runs ~50x slower
     than fp32. Accuracy in bf16 is checked on the shipped model by the eval (docs/model.md).
     """
     if device.type == "cuda":
