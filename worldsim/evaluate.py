@@ -157,15 +157,21 @@ def _held_out(ref: ReferenceEnv, env_id: str, n: int, steps: int, seed: int) -> 
     """``n`` trajectories of ``steps`` steps that stay inside one episode."""
     out: list[Trajectory] = []
     name = "random"
+    longest = 0
     for k in range(max(50, 4 * n)):
         policy, name = make_policy(env_id, ref.spec, np.random.default_rng([seed, k]))
-        traj = ref.rollout(HELDOUT_SEED_BASE + k, steps, policy)
+        # stops where the episode ends: an env whose episodes are far shorter than a large
+        # --horizon is told so after a few episode lengths, not after 50 full horizons
+        traj = ref.rollout(HELDOUT_SEED_BASE + k, steps, policy, stop_at_end=True)
         if not traj.resets.any():
             out.append(traj)
+        else:
+            longest = max(longest, len(traj.actions) - 1)
         if len(out) == n:
             return out, name
     raise WorldSimError(
-        f"{env_id}: fewer than {n} of {max(50, 4 * n)} held-out episodes last {steps} steps; lower --context or --horizon"
+        f"{env_id}: fewer than {n} of {max(50, 4 * n)} held-out episodes last {steps} steps (context - 1 + horizon) "
+        f"without ending; in the others at most {longest} fit; lower --context or --horizon"
     )
 
 

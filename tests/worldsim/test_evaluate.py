@@ -627,3 +627,28 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
                                 blocker / "idm", log=said.append)  # fmt: skip
     assert model is not None and info["cached"] is False and info["cache"] is None
     assert any("could not cache the inverse-dynamics model" in s for s in said)
+
+
+def test_held_out_episodes_shorter_than_the_horizon_are_refused_after_their_own_length() -> None:
+    """With --horizon far beyond the env's episodes, every one of the 50 tries used to run the
+    whole horizon through resets (50 x 100,002 steps for --horizon 100000 on 40-step
+    episodes, minutes before the error); each now stops where its episode ends."""
+    from worldsim.evaluate import _held_out
+
+    ref = ReferenceEnv(FULL_ID, {"max_len": 10, "end_prob": 0.0})
+    calls = [0]
+    step = ref.env.step
+
+    def counted(action):
+        calls[0] += 1
+        return step(action)
+
+    ref.env.step = counted
+    with pytest.raises(WorldSimError, match="fewer than 2 of 50 held-out episodes last 2000 steps.*at most 9 fit"):
+        _held_out(ref, FULL_ID, 2, 2000, 0)
+    assert calls[0] == 50 * 10
+    # episodes that fit are unchanged: the same frames as a rollout that would not stop
+    trajs, _ = _held_out(ref, FULL_ID, 2, 9, 0)
+    full = ref.rollout(HELDOUT_SEED_BASE, 9, make_policy(FULL_ID, ref.spec, np.random.default_rng([0, 0]))[0])
+    np.testing.assert_array_equal(trajs[0].frames, full.frames)
+    assert len(trajs[0].actions) == 9
