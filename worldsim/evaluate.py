@@ -175,12 +175,26 @@ def _held_out(ref: ReferenceEnv, env_id: str, n: int, steps: int, seed: int) -> 
     )
 
 
+def _check(config: EvalConfig) -> None:
+    """Refuse budgets and thresholds that would fail late or measure nothing, before the model loads."""
+    sizes = {"episodes": config.episodes, "horizon": config.horizon, "stability_steps": config.stability_steps,
+             "probe_worlds": config.probe_worlds, "idm_data_steps": config.idm.data_steps, "idm_train_steps": config.idm.train_steps}  # fmt: skip
+    for name, value in sizes.items():
+        if value < 1:
+            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
+    # |reward| >= 0 holds for every step, so 0 would make every step a reward event (precision
+    # and recall 1 on an env that never rewards); NaN would make none
+    if not (math.isfinite(config.reward_threshold) and config.reward_threshold > 0):
+        raise WorldSimError(f"--reward-threshold must be a number above 0, got {config.reward_threshold}")
+
+
 class Evaluation:
     """One ``worldsim eval`` run (see the module docstring). Call :meth:`run`."""
 
     def __init__(self, config: EvalConfig, log: Any = print) -> None:
         from worldsim.runtime import load
 
+        _check(config)
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
                           temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels,
@@ -417,9 +431,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     kwargs = a.env_kwargs
-    for name in ("episodes", "horizon", "stability_steps", "probe_worlds", "idm_data_steps", "idm_train_steps"):
-        if getattr(a, name) < 1:
-            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
     if len(set(a.seed)) != len(a.seed):
         raise WorldSimError(f"--seed values must differ, got {a.seed}")
     if min(a.seed) < 0:

@@ -652,3 +652,18 @@ def test_held_out_episodes_shorter_than_the_horizon_are_refused_after_their_own_
     full = ref.rollout(HELDOUT_SEED_BASE, 9, make_policy(FULL_ID, ref.spec, np.random.default_rng([0, 0]))[0])
     np.testing.assert_array_equal(trajs[0].frames, full.frames)
     assert len(trajs[0].actions) == 9
+
+
+@pytest.mark.parametrize("threshold", ["0", "-1", "nan", "inf"])
+def test_a_reward_threshold_that_counts_every_step_or_none_is_refused(threshold: str, tmp_path: Path, capsys) -> None:
+    """``--reward-threshold 0`` made every step a reward event (|r| >= 0), so an env that never
+    rewards read precision and recall 1.00; NaN made none. Refused before the model loads."""
+    rc = cli(["eval", "--checkpoint", str(tmp_path / "never-read.safetensors"), "--reward-threshold", threshold,
+              "--out", str(tmp_path / "x")])  # fmt: skip
+    assert rc == 2 and "--reward-threshold must be a number above 0" in capsys.readouterr().err
+    from worldsim.evaluate import EvalConfig, Evaluation
+
+    with pytest.raises(WorldSimError, match="--reward-threshold"):
+        Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), reward_threshold=float(threshold)))
+    with pytest.raises(WorldSimError, match="--horizon must be at least 1"):  # the Python API checks what the CLI does
+        Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), horizon=0))
