@@ -55,6 +55,19 @@ MEAN_HORIZON = 16
 """Open-loop PSNR is summarised as the mean over horizons 1..16, as the targets state it."""
 IDM_EPISODE_STEPS = 500
 """Steps per world of the IDM's training data: many short worlds beat one long one."""
+OUTPUTS = ("metrics.json", "seeds.json", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png",
+           "side_by_side.gif", "stability.mp4", "permanence_turn.gif", "permanence_walk.gif")  # fmt: skip
+"""Every file an eval writes into its folder (some only with videos, a probe or several seeds)."""
+
+
+def clear_outputs(folder: Path) -> None:
+    """Remove an earlier eval's files from ``folder`` (:data:`OUTPUTS`; nothing else).
+
+    A run writes only some of them (no videos with ``--no-videos``, no probe GIFs for an env
+    without a probe), so without this a folder used again kept the earlier run's videos
+    beside this run's figures, as if they showed this model."""
+    for name in OUTPUTS:
+        (folder / name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -235,6 +248,7 @@ class Evaluation:
         """Run every section, write the files, and return the metrics."""
         cfg, P, Hz = self.cfg, self.P, self.cfg.horizon
         start = time.perf_counter()
+        clear_outputs(self.out)
         self.log(f"eval: {self.env_id} {self.ref.shape[0]}x{self.ref.shape[1]}, {cfg.episodes} held-out episodes, "
                  f"context {P}, horizon {Hz}")  # fmt: skip
         trajs, policy = _held_out(self.ref, self.ref.env_id, cfg.episodes, P - 1 + Hz, cfg.seed)
@@ -455,6 +469,7 @@ def main(argv: list[str]) -> int:
         print(f"wrote {out / 'metrics.json'}")
     if several:
         spread = across_seeds(runs)
+        clear_outputs(Path(a.out))  # this run writes only seeds.json here; an earlier single-seed run's files would read as its own
         path = Path(a.out) / "seeds.json"
         atomic_write_text(path, json.dumps(spread, indent=2) + "\n")
         print(f"# over seeds {', '.join(map(str, a.seed))}")

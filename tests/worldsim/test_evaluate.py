@@ -172,6 +172,17 @@ def test_eval_generic_env_discrete_actions(tiny_toy: Path, tmp_path: Path) -> No
     assert "no object-permanence probe" in m["permanence"]["skipped"]
     assert list(m["controllability"]["components"]) == ["a0"]
 
+    # the same folder again without videos: the earlier run's videos (and an earlier
+    # several-seed run's seeds.json) are not left beside the new figures; other files stay
+    assert (out / "side_by_side.gif").exists() and (out / "stability.mp4").exists()
+    (out / "seeds.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--no-videos",
+              "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    assert rc == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["metrics.json", "notes.txt", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png"]
+
 
 def test_eval_user_errors(tiny_toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # the toy model's actions do not fit BlockWorld
@@ -502,9 +513,13 @@ def test_recipe_final_and_polish_phases_alone_train_on_all_parts_with_their_own_
 
 def test_eval_over_several_seeds_reports_each_and_the_spread(tiny_toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "seeds"
+    out.mkdir()
+    for name in ("metrics.json", "side_by_side.gif"):  # an earlier single-seed run into the same folder
+        (out / name).write_text("earlier")
     rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
               "--no-videos", "--temperature", "1", "--seed", "3", "7", *SMALL])  # fmt: skip
     assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["seed-3", "seed-7", "seeds.json"]
     runs = {s: json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (3, 7)}
     spread = json.loads((out / "seeds.json").read_text())
     assert spread["seeds"] == [3, 7]
