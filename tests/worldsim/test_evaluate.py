@@ -95,6 +95,50 @@ def tiny_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "eval.md"
+
+
+def _documented_keys() -> tuple[set[str], set[str]]:
+    """The keys of docs/eval.md's "metrics.json, key by key" table: all, and those not marked *only*."""
+    text = DOCS.read_text().split("### `metrics.json`, key by key")[1].split("\n### ")[0]
+    every, always = set(), set()
+    for row in text.splitlines():
+        if not row.startswith("| `"):
+            continue
+        cells = row.split(" | ")
+        for key in cells[0].strip("| ").replace("`", "").split(", "):
+            for k in [key.replace("<probe>", p) for p in ("turn", "walk")] if "<probe>" in key else [key]:
+                every.add(k)
+                if not cells[1].startswith("*only*"):
+                    always.add(k)
+    return every, always
+
+
+def _keys(m: dict, parent: str = "") -> set[str]:
+    """Dotted paths of ``m``'s leaves, the parts that vary named as docs/eval.md names them."""
+    out: set[str] = set()
+    for k, v in m.items():
+        last = parent.rsplit(".", 1)[-1]
+        name = {"horizons": "<h>", "components": "<component>", "targets": "<target>"}.get(last, k)
+        if last == "train_accuracy":
+            name = "acc<i>"
+        if parent == "open_loop" and k.startswith("mean_1_"):
+            name = "mean_1_<k>"
+        path = f"{parent}.{name}" if parent else name
+        if isinstance(v, dict) and path != "env_kwargs":
+            out |= _keys(v, path)
+        else:
+            out.add(path)
+    return out
+
+
+def _assert_schema_documented(m: dict) -> None:
+    every, always = _documented_keys()
+    keys = _keys(m)
+    assert keys <= every, f"metrics.json keys missing from docs/eval.md: {sorted(keys - every)}"
+    assert always <= keys, f"keys docs/eval.md promises that metrics.json lacks: {sorted(always - keys)}"
+
+
 def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"
     rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *SMALL])
@@ -102,6 +146,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     printed = capsys.readouterr().out
     assert "teacher-forced next frame" in printed and "copy-last" in printed
     m = json.loads((out / "metrics.json").read_text())
+    _assert_schema_documented(m)
     for name in ("metrics.json", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png", "side_by_side.gif",
                  "stability.mp4", "permanence_turn.gif", "permanence_walk.gif"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
@@ -142,6 +187,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(tmp_path / "again"), "--no-videos",
               "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    _assert_schema_documented(again)  # a cached IDM: no training facts
     assert again["controllability"]["idm"]["cached"] is True
     assert again["open_loop"] == m["open_loop"]  # greedy decoding: the same seeds give the same dream
     assert not (tmp_path / "again" / "side_by_side.gif").exists()
@@ -167,7 +213,9 @@ def test_eval_generic_env_discrete_actions(tiny_toy: Path, tmp_path: Path) -> No
     rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out),
               "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
     assert rc == 0
-    m = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    m = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}, which strict JSON parsers refuse"))
+    _assert_schema_documented(m)
     assert m["env_kwargs"] == TOY_KWARGS and m["frame_shape"] == [12, 16] and m["policy"] == "random"
     assert "no object-permanence probe" in m["permanence"]["skipped"]
     assert list(m["controllability"]["components"]) == ["a0"]
@@ -682,3 +730,4 @@ def test_a_reward_threshold_that_counts_every_step_or_none_is_refused(threshold:
         Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), reward_threshold=float(threshold)))
     with pytest.raises(WorldSimError, match="--horizon must be at least 1"):  # the Python API checks what the CLI does
         Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), horizon=0))
+
