@@ -731,3 +731,31 @@ def test_a_reward_threshold_that_counts_every_step_or_none_is_refused(threshold:
     with pytest.raises(WorldSimError, match="--horizon must be at least 1"):  # the Python API checks what the CLI does
         Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), horizon=0))
 
+
+def test_the_stability_rollout_is_prompted_from_one_episode(tmp_path: Path) -> None:
+    """In an env whose episodes end early, the stability world's episode used to end inside
+    the prompt (here after 4 of its 7 frames), so the model was prompted with frames of two
+    worlds; the rollout now starts from the first seed whose episode outlasts the prompt."""
+    from types import SimpleNamespace
+
+    from worldsim.eval_probes import stability
+    from worldsim.reference import STABILITY_SEED_BASE
+
+    class Model:
+        def prompt(self, frames: np.ndarray, actions: np.ndarray) -> None:
+            self.prompted = frames
+
+        def step(self, actions: np.ndarray) -> SimpleNamespace:
+            return SimpleNamespace(frames=self.prompted[:, -1])
+
+    ref = ReferenceEnv(FULL_ID, {"discrete": True, "end_prob": 0.2})
+    P = 7
+    ev = SimpleNamespace(P=P, cfg=SimpleNamespace(stability_steps=3, videos=False), model=Model(), ref=ref,
+                         env_id=FULL_ID, out=tmp_path)  # fmt: skip
+    assert ref.rollout(STABILITY_SEED_BASE, P - 1, make_policy(FULL_ID, ref.spec, np.random.default_rng([0, 5]))[0]).resets.any()
+    result = stability(ev, policy_seed=0)
+    prompt = ev.model.prompted[0]
+    # the toy env writes the step number into pixel (0, 0) and the episode's seed colour into (0, 0, 2)
+    np.testing.assert_array_equal(prompt[:, 0, 0, 0], np.arange(P))
+    assert len(set(prompt[:, 0, 0, 2])) == 1
+    assert result.metrics["seed"] > STABILITY_SEED_BASE
