@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from worldsim.errors import WorldSimError
 from worldsim.metrics import (
     Band,
     detect_collapse,
@@ -86,8 +87,9 @@ class StabilityResult:
 def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     """The long open-loop rollout of one world (see the module docstring)."""
     P, S, model = ev.P, ev.cfg.stability_steps, ev.model
+    seed = _stability_seed(ev, policy_seed)
     policy, _ = make_policy(ev.ref.env_id, ev.ref.spec, np.random.default_rng([policy_seed, 5]))
-    tr = ev.ref.rollout(STABILITY_SEED_BASE, P - 1 + S, policy)
+    tr = ev.ref.rollout(seed, P - 1 + S, policy)
     model.prompt(tr.frames[None, :P], tr.actions[None, : P - 1])
     dream = []
     t0 = time.perf_counter()
@@ -101,7 +103,7 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     real_stats = frame_stats(real)
     moves = ~tr.resets[P - 1 :]  # a real reset jumps to another world: not motion
     late = moves & (np.arange(S) >= S // 2)
-    metrics = {**report.summary(), "steps": S, "real_resets": int(tr.resets[P - 1 :].sum()),
+    metrics = {**report.summary(), "steps": S, "seed": seed, "real_resets": int(tr.resets[P - 1 :].sum()),
                "mean_psnr_vs_real": float(np.mean(psnr(dream, real))),
                "copy_last_mean_psnr_vs_real": float(np.mean(psnr(np.broadcast_to(tr.frames[P - 1], real.shape), real))),
                "motion_ratio": motion_ratio(report.stats, real_stats, moves),
@@ -120,6 +122,21 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
         real_prev=tr.frames[P - 1 : -1][ok], real_next=real[ok], real_actions=acts[ok],
         dream_prev=prev_dream[ok], dream_next=dream[ok], dream_actions=acts[ok],  # the same pairs as the real ones
     )  # fmt: skip
+
+
+def _stability_seed(ev: Evaluation, policy_seed: int, tries: int = 50) -> int:
+    """The first reset seed from :data:`STABILITY_SEED_BASE` whose episode outlasts the ``P``
+    prompt frames under the policy's actions.
+
+    The real rollout restarts when its episode ends; one that ended inside the prompt gave
+    the model a context that jumps from one world to the next, and every figure of the
+    rollout was measured from it."""
+    steps = ev.P - 1
+    for k in range(tries):
+        policy, _ = make_policy(ev.ref.env_id, ev.ref.spec, np.random.default_rng([policy_seed, 5]))
+        if not ev.ref.rollout(STABILITY_SEED_BASE + k, steps, policy, stop_at_end=True).resets.any():
+            return STABILITY_SEED_BASE + k
+    raise WorldSimError(f"{ev.env_id}: no episode of {tries} lasted the {steps} steps of the stability rollout's prompt; lower --context")
 
 
 def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: bool = False) -> tuple[dict[str, Any] | None, np.ndarray | None]:

@@ -55,6 +55,19 @@ MEAN_HORIZON = 16
 """Open-loop PSNR is summarised as the mean over horizons 1..16, as the targets state it."""
 IDM_EPISODE_STEPS = 500
 """Steps per world of the IDM's training data: many short worlds beat one long one."""
+OUTPUTS = ("metrics.json", "seeds.json", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png",
+           "side_by_side.gif", "stability.mp4", "permanence_turn.gif", "permanence_walk.gif")  # fmt: skip
+"""Every file an eval writes into its folder (some only with videos, a probe or several seeds)."""
+
+
+def clear_outputs(folder: Path) -> None:
+    """Remove an earlier eval's files from ``folder`` (:data:`OUTPUTS`; nothing else).
+
+    A run writes only some of them (no videos with ``--no-videos``, no probe GIFs for an env
+    without a probe), so without this a folder used again kept the earlier run's videos
+    beside this run's figures, as if they showed this model."""
+    for name in OUTPUTS:
+        (folder / name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -157,16 +170,35 @@ def _held_out(ref: ReferenceEnv, env_id: str, n: int, steps: int, seed: int) -> 
     """``n`` trajectories of ``steps`` steps that stay inside one episode."""
     out: list[Trajectory] = []
     name = "random"
+    longest = 0
     for k in range(max(50, 4 * n)):
         policy, name = make_policy(env_id, ref.spec, np.random.default_rng([seed, k]))
-        traj = ref.rollout(HELDOUT_SEED_BASE + k, steps, policy)
+        # stops where the episode ends: an env whose episodes are far shorter than a large
+        # --horizon is told so after a few episode lengths, not after 50 full horizons
+        traj = ref.rollout(HELDOUT_SEED_BASE + k, steps, policy, stop_at_end=True)
         if not traj.resets.any():
             out.append(traj)
+        else:
+            longest = max(longest, len(traj.actions) - 1)
         if len(out) == n:
             return out, name
     raise WorldSimError(
-        f"{env_id}: fewer than {n} of {max(50, 4 * n)} held-out episodes last {steps} steps; lower --context or --horizon"
+        f"{env_id}: fewer than {n} of {max(50, 4 * n)} held-out episodes last {steps} steps (context - 1 + horizon) "
+        f"without ending; in the others at most {longest} fit; lower --context or --horizon"
     )
+
+
+def _check(config: EvalConfig) -> None:
+    """Refuse budgets and thresholds that would fail late or measure nothing, before the model loads."""
+    sizes = {"episodes": config.episodes, "horizon": config.horizon, "stability_steps": config.stability_steps,
+             "probe_worlds": config.probe_worlds, "idm_data_steps": config.idm.data_steps, "idm_train_steps": config.idm.train_steps}  # fmt: skip
+    for name, value in sizes.items():
+        if value < 1:
+            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
+    # |reward| >= 0 holds for every step, so 0 would make every step a reward event (precision
+    # and recall 1 on an env that never rewards); NaN would make none
+    if not (math.isfinite(config.reward_threshold) and config.reward_threshold > 0):
+        raise WorldSimError(f"--reward-threshold must be a number above 0, got {config.reward_threshold}")
 
 
 class Evaluation:
@@ -175,6 +207,7 @@ class Evaluation:
     def __init__(self, config: EvalConfig, log: Any = print) -> None:
         from worldsim.runtime import load
 
+        _check(config)
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
                           temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels,
@@ -215,6 +248,7 @@ class Evaluation:
         """Run every section, write the files, and return the metrics."""
         cfg, P, Hz = self.cfg, self.P, self.cfg.horizon
         start = time.perf_counter()
+        clear_outputs(self.out)
         self.log(f"eval: {self.env_id} {self.ref.shape[0]}x{self.ref.shape[1]}, {cfg.episodes} held-out episodes, "
                  f"context {P}, horizon {Hz}")  # fmt: skip
         trajs, policy = _held_out(self.ref, self.ref.env_id, cfg.episodes, P - 1 + Hz, cfg.seed)
@@ -411,9 +445,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     kwargs = a.env_kwargs
-    for name in ("episodes", "horizon", "stability_steps", "probe_worlds", "idm_data_steps", "idm_train_steps"):
-        if getattr(a, name) < 1:
-            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1")
     if len(set(a.seed)) != len(a.seed):
         raise WorldSimError(f"--seed values must differ, got {a.seed}")
     if min(a.seed) < 0:
@@ -438,6 +469,7 @@ def main(argv: list[str]) -> int:
         print(f"wrote {out / 'metrics.json'}")
     if several:
         spread = across_seeds(runs)
+        clear_outputs(Path(a.out))  # this run writes only seeds.json here; an earlier single-seed run's files would read as its own
         path = Path(a.out) / "seeds.json"
         atomic_write_text(path, json.dumps(spread, indent=2) + "\n")
         print(f"# over seeds {', '.join(map(str, a.seed))}")

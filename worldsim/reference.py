@@ -135,11 +135,16 @@ class ReferenceEnv:
         self.spec = ActionSpec.from_space(self.env.action_space)
         self.shape: tuple[int, int] = tuple(space.shape[:2])
 
-    def rollout(self, seed: int, steps: int, policy: Policy | None = None, script: np.ndarray | None = None) -> Trajectory:
+    def rollout(
+        self, seed: int, steps: int, policy: Policy | None = None, script: np.ndarray | None = None, stop_at_end: bool = False
+    ) -> Trajectory:
         """Reset with ``seed`` and take ``steps`` actions from ``policy`` or ``script`` [steps, C].
 
         An episode that ends is reset with the next seed and the rollout goes on (``resets``
-        marks where), so the trajectory always has ``steps`` steps.
+        marks where), so the trajectory always has ``steps`` steps. With ``stop_at_end`` it
+        stops instead at the step that ended the episode (its last frame the episode's
+        last, ``resets[-1]`` True): a caller that wants ``steps`` inside one episode then
+        learns at once that this one is too short, rather than after ``steps`` steps.
         """
         obs, info = self.env.reset(seed=seed)
         if policy is not None:
@@ -157,6 +162,11 @@ class ReferenceEnv:
             rewards[i], terminated[i] = r, term
             if term or trunc:
                 resets[i] = True
+                if stop_at_end:
+                    frames.append(np.array(obs))
+                    actions.append(a)
+                    rewards, terminated, resets = rewards[: i + 1], terminated[: i + 1], resets[: i + 1]
+                    break
                 obs, info = self.env.reset(seed=next_seed)
                 next_seed += 1
                 if policy is not None:

@@ -95,6 +95,50 @@ def tiny_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "eval.md"
+
+
+def _documented_keys() -> tuple[set[str], set[str]]:
+    """The keys of docs/eval.md's "metrics.json, key by key" table: all, and those not marked *only*."""
+    text = DOCS.read_text().split("### `metrics.json`, key by key")[1].split("\n### ")[0]
+    every, always = set(), set()
+    for row in text.splitlines():
+        if not row.startswith("| `"):
+            continue
+        cells = row.split(" | ")
+        for key in cells[0].strip("| ").replace("`", "").split(", "):
+            for k in [key.replace("<probe>", p) for p in ("turn", "walk")] if "<probe>" in key else [key]:
+                every.add(k)
+                if not cells[1].startswith("*only*"):
+                    always.add(k)
+    return every, always
+
+
+def _keys(m: dict, parent: str = "") -> set[str]:
+    """Dotted paths of ``m``'s leaves, the parts that vary named as docs/eval.md names them."""
+    out: set[str] = set()
+    for k, v in m.items():
+        last = parent.rsplit(".", 1)[-1]
+        name = {"horizons": "<h>", "components": "<component>", "targets": "<target>"}.get(last, k)
+        if last == "train_accuracy":
+            name = "acc<i>"
+        if parent == "open_loop" and k.startswith("mean_1_"):
+            name = "mean_1_<k>"
+        path = f"{parent}.{name}" if parent else name
+        if isinstance(v, dict) and path != "env_kwargs":
+            out |= _keys(v, path)
+        else:
+            out.add(path)
+    return out
+
+
+def _assert_schema_documented(m: dict) -> None:
+    every, always = _documented_keys()
+    keys = _keys(m)
+    assert keys <= every, f"metrics.json keys missing from docs/eval.md: {sorted(keys - every)}"
+    assert always <= keys, f"keys docs/eval.md promises that metrics.json lacks: {sorted(always - keys)}"
+
+
 def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"
     rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *SMALL])
@@ -102,6 +146,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     printed = capsys.readouterr().out
     assert "teacher-forced next frame" in printed and "copy-last" in printed
     m = json.loads((out / "metrics.json").read_text())
+    _assert_schema_documented(m)
     for name in ("metrics.json", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png", "side_by_side.gif",
                  "stability.mp4", "permanence_turn.gif", "permanence_walk.gif"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
@@ -142,6 +187,7 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     rc = cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(tmp_path / "again"), "--no-videos",
               "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    _assert_schema_documented(again)  # a cached IDM: no training facts
     assert again["controllability"]["idm"]["cached"] is True
     assert again["open_loop"] == m["open_loop"]  # greedy decoding: the same seeds give the same dream
     assert not (tmp_path / "again" / "side_by_side.gif").exists()
@@ -167,10 +213,23 @@ def test_eval_generic_env_discrete_actions(tiny_toy: Path, tmp_path: Path) -> No
     rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out),
               "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
     assert rc == 0
-    m = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    m = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}, which strict JSON parsers refuse"))
+    _assert_schema_documented(m)
     assert m["env_kwargs"] == TOY_KWARGS and m["frame_shape"] == [12, 16] and m["policy"] == "random"
     assert "no object-permanence probe" in m["permanence"]["skipped"]
     assert list(m["controllability"]["components"]) == ["a0"]
+
+    # the same folder again without videos: the earlier run's videos (and an earlier
+    # several-seed run's seeds.json) are not left beside the new figures; other files stay
+    assert (out / "side_by_side.gif").exists() and (out / "stability.mp4").exists()
+    (out / "seeds.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--no-videos",
+              "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    assert rc == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["metrics.json", "notes.txt", "psnr_vs_horizon.png", "ssim_vs_horizon.png", "stability.png"]
 
 
 def test_eval_user_errors(tiny_toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -502,9 +561,13 @@ def test_recipe_final_and_polish_phases_alone_train_on_all_parts_with_their_own_
 
 def test_eval_over_several_seeds_reports_each_and_the_spread(tiny_toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "seeds"
+    out.mkdir()
+    for name in ("metrics.json", "side_by_side.gif"):  # an earlier single-seed run into the same folder
+        (out / name).write_text("earlier")
     rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
               "--no-videos", "--temperature", "1", "--seed", "3", "7", *SMALL])  # fmt: skip
     assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["seed-3", "seed-7", "seeds.json"]
     runs = {s: json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (3, 7)}
     spread = json.loads((out / "seeds.json").read_text())
     assert spread["seeds"] == [3, 7]
@@ -627,3 +690,72 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
                                 blocker / "idm", log=said.append)  # fmt: skip
     assert model is not None and info["cached"] is False and info["cache"] is None
     assert any("could not cache the inverse-dynamics model" in s for s in said)
+
+
+def test_held_out_episodes_shorter_than_the_horizon_are_refused_after_their_own_length() -> None:
+    """With --horizon far beyond the env's episodes, every one of the 50 tries used to run the
+    whole horizon through resets (50 x 100,002 steps for --horizon 100000 on 40-step
+    episodes, minutes before the error); each now stops where its episode ends."""
+    from worldsim.evaluate import _held_out
+
+    ref = ReferenceEnv(FULL_ID, {"max_len": 10, "end_prob": 0.0})
+    calls = [0]
+    step = ref.env.step
+
+    def counted(action):
+        calls[0] += 1
+        return step(action)
+
+    ref.env.step = counted
+    with pytest.raises(WorldSimError, match="fewer than 2 of 50 held-out episodes last 2000 steps.*at most 9 fit"):
+        _held_out(ref, FULL_ID, 2, 2000, 0)
+    assert calls[0] == 50 * 10
+    # episodes that fit are unchanged: the same frames as a rollout that would not stop
+    trajs, _ = _held_out(ref, FULL_ID, 2, 9, 0)
+    full = ref.rollout(HELDOUT_SEED_BASE, 9, make_policy(FULL_ID, ref.spec, np.random.default_rng([0, 0]))[0])
+    np.testing.assert_array_equal(trajs[0].frames, full.frames)
+    assert len(trajs[0].actions) == 9
+
+
+@pytest.mark.parametrize("threshold", ["0", "-1", "nan", "inf"])
+def test_a_reward_threshold_that_counts_every_step_or_none_is_refused(threshold: str, tmp_path: Path, capsys) -> None:
+    """``--reward-threshold 0`` made every step a reward event (|r| >= 0), so an env that never
+    rewards read precision and recall 1.00; NaN made none. Refused before the model loads."""
+    rc = cli(["eval", "--checkpoint", str(tmp_path / "never-read.safetensors"), "--reward-threshold", threshold,
+              "--out", str(tmp_path / "x")])  # fmt: skip
+    assert rc == 2 and "--reward-threshold must be a number above 0" in capsys.readouterr().err
+    from worldsim.evaluate import EvalConfig, Evaluation
+
+    with pytest.raises(WorldSimError, match="--reward-threshold"):
+        Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), reward_threshold=float(threshold)))
+    with pytest.raises(WorldSimError, match="--horizon must be at least 1"):  # the Python API checks what the CLI does
+        Evaluation(EvalConfig(checkpoint=str(tmp_path / "never-read.safetensors"), horizon=0))
+
+
+def test_the_stability_rollout_is_prompted_from_one_episode(tmp_path: Path) -> None:
+    """In an env whose episodes end early, the stability world's episode used to end inside
+    the prompt (here after 4 of its 7 frames), so the model was prompted with frames of two
+    worlds; the rollout now starts from the first seed whose episode outlasts the prompt."""
+    from types import SimpleNamespace
+
+    from worldsim.eval_probes import stability
+    from worldsim.reference import STABILITY_SEED_BASE
+
+    class Model:
+        def prompt(self, frames: np.ndarray, actions: np.ndarray) -> None:
+            self.prompted = frames
+
+        def step(self, actions: np.ndarray) -> SimpleNamespace:
+            return SimpleNamespace(frames=self.prompted[:, -1])
+
+    ref = ReferenceEnv(FULL_ID, {"discrete": True, "end_prob": 0.2})
+    P = 7
+    ev = SimpleNamespace(P=P, cfg=SimpleNamespace(stability_steps=3, videos=False), model=Model(), ref=ref,
+                         env_id=FULL_ID, out=tmp_path)  # fmt: skip
+    assert ref.rollout(STABILITY_SEED_BASE, P - 1, make_policy(FULL_ID, ref.spec, np.random.default_rng([0, 5]))[0]).resets.any()
+    result = stability(ev, policy_seed=0)
+    prompt = ev.model.prompted[0]
+    # the toy env writes the step number into pixel (0, 0) and the episode's seed colour into (0, 0, 2)
+    np.testing.assert_array_equal(prompt[:, 0, 0, 0], np.arange(P))
+    assert len(set(prompt[:, 0, 0, 2])) == 1
+    assert result.metrics["seed"] > STABILITY_SEED_BASE
