@@ -114,6 +114,23 @@ def _preflight(cfg: RecordConfig, parts: int) -> None:
         env.close()
 
 
+def worker_shares(steps: int, num_envs: int, parts: int) -> list[int]:
+    """Step records per worker: each env's share summed over the envs the worker holds.
+
+    Every env gets ``steps // num_envs`` records, and the first ``steps % num_envs`` envs one
+    more, as when one process steps them all. Sharing by worker instead would give an env of a
+    worker that holds fewer envs than the others more steps than theirs (a lone env of three
+    over two workers would get half the run).
+    """
+    k, extra = divmod(num_envs, parts)
+    shares, first = [], 0
+    for p in range(parts):
+        n = k + (p < extra)  # as record_part splits the envs
+        shares.append(sum(steps // num_envs + (j < steps % num_envs) for j in range(first, first + n)))
+        first += n
+    return shares
+
+
 def _is_recording(path: Path) -> bool:
     """A WorldSim recording file, or one a writer left before its header was whole."""
     try:
@@ -187,7 +204,7 @@ def record(
     _preflight(cfg, parts)
     _prepare_out(out, overwrite)
     cfg.created = cfg.created or now_iso()
-    shares = [cfg.steps // parts + (p < cfg.steps % parts) for p in range(parts)]
+    shares = worker_shares(cfg.steps, cfg.num_envs, parts)
 
     from tqdm import tqdm
 

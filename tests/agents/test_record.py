@@ -106,6 +106,19 @@ def test_uneven_workers_give_every_env_its_own_reset_seed(tmp_path):
         assert sorted(s for _, s in first) == seeds
 
 
+def test_uneven_workers_give_every_env_the_same_share_of_steps(tmp_path):
+    """Three endless envs over two workers (two, and one alone) record 200 steps each, as one
+    worker would, not 150, 150 and 300."""
+    out = tmp_path / "shares"
+    cfg = RecordConfig(
+        env=FULL_ID, steps=600, out=str(out), num_envs=3, workers=2, shard_steps=1000,
+        env_kwargs={"end_prob": 0.0, "max_len": 10_000},
+    )  # fmt: skip
+    assert record(cfg, progress_bar=False).steps == 600
+    steps = [len(recs) - 1 for _, recs in sorted(_episodes(out).items())]
+    assert steps == [200, 200, 200]
+
+
 def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "x.msgpack"
     base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
