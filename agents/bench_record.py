@@ -31,7 +31,7 @@ from worldsim.data import WindowDataset
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 
 def _split(env_id: str, agent: str, steps: int, size: int, seed: int) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def _split(env_id: str, agent: str, steps: int, size: int, seed: int) -> dict[st
         t0 = time.process_time()
         action = agent_.act(obs, info)
         t1 = time.process_time()
-        obs, _, term, trunc, info = env.step(action)
+        obs, _, term, trunc, info = env.step(native_action(env.action_space, action))
         t2 = time.process_time()
         t_agent += t1 - t0
         t_env += t2 - t1

@@ -487,6 +487,16 @@ def test_actions_reach_the_env_in_its_spaces_own_dtype(tmp_path):
     assert len(frames) >= 2
 
 
+def test_bench_record_steps_an_env_in_its_spaces_own_dtype(tmp_path, capsys):
+    """The bench's split of a step's time steps the env itself: with the action the env's
+    space takes, not the agent's int64 vector."""
+    argv = ["bench", "record", "--env", "tests.agents.test_record:Int32Actions-v0", "--agent", "random",
+            "--steps", "30", "--num-envs", "1", "--size", "16", "--window", "2", "--batch", "1",
+            "--read-seconds", "0.1"]  # fmt: skip
+    assert cli(argv) == 0
+    assert "CPU time per step in one process" in capsys.readouterr().out
+
+
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
     assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
