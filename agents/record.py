@@ -43,6 +43,9 @@ from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in
 from worldsim.recording_writer import now_iso, pack_readable
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
 
+SEED_MAX = 2**63
+"""Reset seeds stay below this, so that every reader (and numpy's int64) holds them."""
+
 
 @dataclass
 class RecordResult:
@@ -193,6 +196,10 @@ def record(
     """
     if cfg.steps < 1 or cfg.num_envs < 1 or cfg.workers < 1 or cfg.shard_steps < 1:
         raise WorldSimError("--steps, --num-envs, --workers and --shard-steps must be >= 1")
+    # Checked before --out is touched: numpy and Gymnasium refuse negative seeds only once
+    # recording has begun, and a recording holds integers below 2**64 (env j resets with seed + j).
+    if not 0 <= cfg.seed <= SEED_MAX - cfg.num_envs:
+        raise WorldSimError(f"--seed must be between 0 and {SEED_MAX - cfg.num_envs}, got {cfg.seed}")
     if cfg.agent not in AGENTS:
         raise WorldSimError(f"unknown agent {cfg.agent!r}; choose from {', '.join(AGENTS)}")
     parts = min(cfg.workers, cfg.num_envs)

@@ -133,6 +133,11 @@ def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_pat
     err = capsys.readouterr().err
     assert "explorer drives worldsim/BlockWorld-v0 only" in err and "Traceback" not in err
     assert out.read_bytes() == kept  # a run that cannot start leaves the recording it would replace
+    for seed in ("-1", str(2**64)):  # seeds numpy or the recording cannot take
+        assert cli([*base, "--seed", seed, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "--seed must be between 0 and" in err and "Traceback" not in err
+        assert out.read_bytes() == kept
     assert (
         cli(["record", "--env", "CartPole-v1", "--steps", "5", "--out", str(tmp_path / "c")]) == 2
     )
