@@ -161,9 +161,19 @@ def unbatch_info(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return out
 
 
+EPISODE_SEEDS = (2**24, 2**31)
+"""Range of a single-env run's episode seeds: above every seed WorldSim's evaluation keeps
+for itself (held-out worlds from 10^6, the IDM's from 2 * 10^6, :mod:`worldsim.reference`),
+so that no recorded episode resets into an evaluated world, and below 2^31, a seed any env
+takes."""
+
+
 def episode_seed(seed: int, episode: int) -> int:
-    """The reset seed of one episode of a single-env run: distinct, and derived from the run's."""
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0] >> 1)
+    """The reset seed of one episode of a single-env run, a hash of the run's seed and the
+    episode in :data:`EPISODE_SEEDS` (two episodes share one only by chance, 1 in 2 * 10^9)."""
+    low, high = EPISODE_SEEDS
+    digest = int(np.random.SeedSequence([seed, episode]).generate_state(1, np.uint64)[0])
+    return low + digest % (high - low)
 
 
 def record_part(

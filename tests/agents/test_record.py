@@ -119,6 +119,21 @@ def test_uneven_workers_give_every_env_the_same_share_of_steps(tmp_path):
     assert steps == [200, 200, 200]
 
 
+def test_single_env_episodes_never_reset_into_the_evaluations_held_out_worlds(tmp_path):
+    """Episode seeds of a single-env run are hashes, but never the eval's or the IDM's: episode
+    16,745 of --seed 0 used to reset with seed 1,008,584, a held-out world."""
+    from agents.rollout import episode_seed
+    from worldsim.reference import HELDOUT_SEED_BASE, IDM_SEED_BASE
+
+    seeds = np.array([episode_seed(0, e) for e in range(20_000)])
+    reserved = (seeds >= HELDOUT_SEED_BASE) & (seeds < IDM_SEED_BASE + 10**6)
+    assert not reserved.any() and seeds.max() < 2**31
+    out = tmp_path / "short.msgpack"
+    record(RecordConfig(env=FULL_ID, steps=12, out=str(out), env_kwargs={"max_len": 3}), progress_bar=False)
+    resets = [r.seed for r in RecordingReader(out) if r.kind == "reset"]
+    assert len(resets) >= 4 and resets == [episode_seed(0, e) for e in range(len(resets))]
+
+
 def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "x.msgpack"
     base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
