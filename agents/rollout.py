@@ -205,6 +205,18 @@ def image_shape(space: gym.Space, env_id: str) -> tuple[int, int, int]:
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 
+def _action_names(env: Any, vector: bool) -> Any:
+    """The env's ``action_names``: a vector env's own, else its first sub-env's (Gymnasium's
+    sync and async vector envs do not pass their envs' attributes on), or None."""
+    names = getattr(env if vector else env.unwrapped, "action_names", None)
+    if names is None and vector and hasattr(env, "get_attr"):
+        try:
+            names = env.get_attr("action_names")[0]
+        except AttributeError:
+            return None
+    return names
+
+
 class _Rollout:
     """One process's envs, agents and writer, and the bookkeeping of their episodes."""
 
@@ -219,7 +231,7 @@ class _Rollout:
         self.mode = (
             env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) if self.vector else None
         )
-        names = getattr(env if self.vector else env.unwrapped, "action_names", None)
+        names = _action_names(env, self.vector)
         if names is None and resolve_env_id(cfg.env) == BLOCKWORLD_ID:
             from envs.blockworld import ACTION_NAMES as names  # noqa: N811
         self.coverage = Coverage.for_spec(self.spec, tuple(names) if names else None)

@@ -517,6 +517,25 @@ def test_bench_record_steps_an_env_in_its_spaces_own_dtype(tmp_path, capsys):
     assert "CPU time per step in one process" in capsys.readouterr().out
 
 
+class NamedActionsEnv(ToyImageEnv):
+    """The toy env naming its action components, as the eval and the replay overlay read them."""
+
+    action_names = ("dy", "dx")
+
+
+if "NamedActions-v0" not in gym.registry:
+    gym.register(id="NamedActions-v0", entry_point=NamedActionsEnv)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_an_envs_action_names_reach_the_header_and_coverage_from_a_vector_env_too(tmp_path, num_envs):
+    out = tmp_path / "named"
+    cfg = RecordConfig(env="tests.agents.test_record:NamedActions-v0", steps=10, out=str(out), num_envs=num_envs)
+    record(cfg, progress_bar=False)
+    assert RecordingReader(out).header["action_names"] == ["dy", "dx"]
+    assert list(json.loads((out / "coverage.json").read_text())["components"]) == ["dy", "dx"]
+
+
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
     assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
