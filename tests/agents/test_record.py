@@ -536,6 +536,37 @@ def test_an_envs_action_names_reach_the_header_and_coverage_from_a_vector_env_to
     assert list(json.loads((out / "coverage.json").read_text())["components"]) == ["dy", "dx"]
 
 
+class FixedSizeEnv(gym.Env):
+    """An 8x8 env that takes no size argument and checks its ``Discrete`` actions."""
+
+    metadata = {"render_modes": [], "render_fps": 20}
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((8, 8, 3), np.uint8), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), f"{action!r} is not in {self.action_space}"
+        return np.full((8, 8, 3), 50 * action, np.uint8), 0.0, False, False, {}
+
+
+if "FixedSize-v0" not in gym.registry:
+    gym.register(id="FixedSize-v0", entry_point=FixedSizeEnv)
+
+
+def test_bench_record_runs_an_env_of_its_own_frame_size(tmp_path, capsys):
+    """Without --size the bench passes no size to the env, and its time split steps it with
+    an int, as a ``Discrete`` env takes."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "record", "--env", "tests.agents.test_record:FixedSize-v0", "--agent", "random",
+            "--steps", "30", "--num-envs", "1", "--window", "2", "--batch", "1", "--read-seconds", "0.1",
+            "--json", str(out)]  # fmt: skip
+    assert cli(argv) == 0
+    assert json.loads(out.read_text())["frame_shape"] == [8, 8, 3]
+
+
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
     assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
