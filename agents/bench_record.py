@@ -31,12 +31,12 @@ from worldsim.data import WindowDataset
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID
-from worldsim.spaces import ActionSpec
+from worldsim.spaces import ActionSpec, native_action
 
 
-def _split(env_id: str, agent: str, steps: int, size: int, seed: int) -> dict[str, Any]:
+def _split(env_id: str, agent: str, steps: int, size: int | None, seed: int) -> dict[str, Any]:
     """Time env, agent and writer separately in one process (CPU seconds per step)."""
-    env = make_env(env_id, 1, {"width": size, "height": size})
+    env = make_env(env_id, 1, {} if size is None else {"width": size, "height": size})
     spec = ActionSpec.from_space(env.action_space)
     agent_ = make_agent(agent, env_id, spec, np.random.default_rng(seed))
     obs, info = env.reset(seed=seed)
@@ -47,7 +47,7 @@ def _split(env_id: str, agent: str, steps: int, size: int, seed: int) -> dict[st
         t0 = time.process_time()
         action = agent_.act(obs, info)
         t1 = time.process_time()
-        obs, _, term, trunc, info = env.step(action)
+        obs, _, term, trunc, info = env.step(native_action(env.action_space, action))
         t2 = time.process_time()
         t_agent += t1 - t0
         t_env += t2 - t1
@@ -117,7 +117,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement")
     p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
-    p.add_argument("--size", type=int, default=64, help="frame width and height")
+    p.add_argument(
+        "--size", type=int, default=None,
+        help="frame width and height, passed to the env (default: the env's own; 64 for BlockWorld)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=16, help="frames per window for the read rate")
     p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate")
@@ -163,6 +166,7 @@ def main(argv: list[str]) -> int:
         print(f"  {key[:-3]:>6}: {split[key]:6.3f} ms  ({100 * split[key] / total:4.1f}%)")
     print(f"  the writer alone sustains {1e3 / split['writer_ms']:.0f} steps/s per core")
     results["cpu_ms_per_step"] = {k: split[k] for k in ("env_ms", "agent_ms", "writer_ms")}
+    results["frame_shape"] = list(split["frames"][0].shape)
 
     print("\nPNG codecs on the same frames:")
     codecs = _codecs(split["frames"])

@@ -43,6 +43,9 @@ from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in
 from worldsim.recording_writer import now_iso, pack_readable
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
 
+SEED_MAX = 2**63
+"""Reset seeds stay below this, so that every reader (and numpy's int64) holds them."""
+
 
 @dataclass
 class RecordResult:
@@ -114,6 +117,23 @@ def _preflight(cfg: RecordConfig, parts: int) -> None:
         env.close()
 
 
+def worker_shares(steps: int, num_envs: int, parts: int) -> list[int]:
+    """Step records per worker: each env's share summed over the envs the worker holds.
+
+    Every env gets ``steps // num_envs`` records, and the first ``steps % num_envs`` envs one
+    more, as when one process steps them all. Sharing by worker instead would give an env of a
+    worker that holds fewer envs than the others more steps than theirs (a lone env of three
+    over two workers would get half the run).
+    """
+    k, extra = divmod(num_envs, parts)
+    shares, first = [], 0
+    for p in range(parts):
+        n = k + (p < extra)  # as record_part splits the envs
+        shares.append(sum(steps // num_envs + (j < steps % num_envs) for j in range(first, first + n)))
+        first += n
+    return shares
+
+
 def _is_recording(path: Path) -> bool:
     """A WorldSim recording file, or one a writer left before its header was whole."""
     try:
@@ -176,6 +196,10 @@ def record(
     """
     if cfg.steps < 1 or cfg.num_envs < 1 or cfg.workers < 1 or cfg.shard_steps < 1:
         raise WorldSimError("--steps, --num-envs, --workers and --shard-steps must be >= 1")
+    # Checked before --out is touched: numpy and Gymnasium refuse negative seeds only once
+    # recording has begun, and a recording holds integers below 2**64 (env j resets with seed + j).
+    if not 0 <= cfg.seed <= SEED_MAX - cfg.num_envs:
+        raise WorldSimError(f"--seed must be between 0 and {SEED_MAX - cfg.num_envs}, got {cfg.seed}")
     if cfg.agent not in AGENTS:
         raise WorldSimError(f"unknown agent {cfg.agent!r}; choose from {', '.join(AGENTS)}")
     parts = min(cfg.workers, cfg.num_envs)
@@ -187,7 +211,7 @@ def record(
     _preflight(cfg, parts)
     _prepare_out(out, overwrite)
     cfg.created = cfg.created or now_iso()
-    shares = [cfg.steps // parts + (p < cfg.steps % parts) for p in range(parts)]
+    shares = worker_shares(cfg.steps, cfg.num_envs, parts)
 
     from tqdm import tqdm
 

@@ -161,9 +161,19 @@ def unbatch_info(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return out
 
 
+EPISODE_SEEDS = (2**24, 2**31)
+"""Range of a single-env run's episode seeds: above every seed WorldSim's evaluation keeps
+for itself (held-out worlds from 10^6, the IDM's from 2 * 10^6, :mod:`worldsim.reference`),
+so that no recorded episode resets into an evaluated world, and below 2^31, a seed any env
+takes."""
+
+
 def episode_seed(seed: int, episode: int) -> int:
-    """The reset seed of one episode of a single-env run: distinct, and derived from the run's."""
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0] >> 1)
+    """The reset seed of one episode of a single-env run, a hash of the run's seed and the
+    episode in :data:`EPISODE_SEEDS` (two episodes share one only by chance, 1 in 2 * 10^9)."""
+    low, high = EPISODE_SEEDS
+    digest = int(np.random.SeedSequence([seed, episode]).generate_state(1, np.uint64)[0])
+    return low + digest % (high - low)
 
 
 def record_part(
@@ -195,6 +205,18 @@ def image_shape(space: gym.Space, env_id: str) -> tuple[int, int, int]:
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 
+def _action_names(env: Any, vector: bool) -> Any:
+    """The env's ``action_names``: a vector env's own, else its first sub-env's (Gymnasium's
+    sync and async vector envs do not pass their envs' attributes on), or None."""
+    names = getattr(env if vector else env.unwrapped, "action_names", None)
+    if names is None and vector and hasattr(env, "get_attr"):
+        try:
+            names = env.get_attr("action_names")[0]
+        except AttributeError:
+            return None
+    return names
+
+
 class _Rollout:
     """One process's envs, agents and writer, and the bookkeeping of their episodes."""
 
@@ -209,7 +231,7 @@ class _Rollout:
         self.mode = (
             env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) if self.vector else None
         )
-        names = getattr(env if self.vector else env.unwrapped, "action_names", None)
+        names = _action_names(env, self.vector)
         if names is None and resolve_env_id(cfg.env) == BLOCKWORLD_ID:
             from envs.blockworld import ACTION_NAMES as names  # noqa: N811
         self.coverage = Coverage.for_spec(self.spec, tuple(names) if names else None)

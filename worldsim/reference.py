@@ -3,7 +3,8 @@ and trajectories recorded from any registered Gymnasium pixel env.
 
 **Seeds.** Training data comes from ``worldsim record`` runs whose reset seeds are small
 (``--seed S`` gives vector env ``i`` the seed ``S + i``, and the recipe uses ``S < 10^5``)
-or 63-bit hashes (single-env runs). The evaluation draws its reset seeds from
+or hashes in ``[2^24, 2^31)`` (single-env runs, ``agents.rollout.EPISODE_SEEDS``). The
+evaluation draws its reset seeds from
 ``[HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 10^5)`` and the inverse-dynamics model its
 training data from ``[IDM_SEED_BASE, ...)``, so no evaluated world was seen in training,
 and the IDM never trains on an evaluated world either.

@@ -106,6 +106,34 @@ def test_uneven_workers_give_every_env_its_own_reset_seed(tmp_path):
         assert sorted(s for _, s in first) == seeds
 
 
+def test_uneven_workers_give_every_env_the_same_share_of_steps(tmp_path):
+    """Three endless envs over two workers (two, and one alone) record 200 steps each, as one
+    worker would, not 150, 150 and 300."""
+    out = tmp_path / "shares"
+    cfg = RecordConfig(
+        env=FULL_ID, steps=600, out=str(out), num_envs=3, workers=2, shard_steps=1000,
+        env_kwargs={"end_prob": 0.0, "max_len": 10_000},
+    )  # fmt: skip
+    assert record(cfg, progress_bar=False).steps == 600
+    steps = [len(recs) - 1 for _, recs in sorted(_episodes(out).items())]
+    assert steps == [200, 200, 200]
+
+
+def test_single_env_episodes_never_reset_into_the_evaluations_held_out_worlds(tmp_path):
+    """Episode seeds of a single-env run are hashes, but never the eval's or the IDM's: episode
+    16,745 of --seed 0 used to reset with seed 1,008,584, a held-out world."""
+    from agents.rollout import episode_seed
+    from worldsim.reference import HELDOUT_SEED_BASE, IDM_SEED_BASE
+
+    seeds = np.array([episode_seed(0, e) for e in range(20_000)])
+    reserved = (seeds >= HELDOUT_SEED_BASE) & (seeds < IDM_SEED_BASE + 10**6)
+    assert not reserved.any() and seeds.max() < 2**31
+    out = tmp_path / "short.msgpack"
+    record(RecordConfig(env=FULL_ID, steps=12, out=str(out), env_kwargs={"max_len": 3}), progress_bar=False)
+    resets = [r.seed for r in RecordingReader(out) if r.kind == "reset"]
+    assert len(resets) >= 4 and resets == [episode_seed(0, e) for e in range(len(resets))]
+
+
 def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "x.msgpack"
     base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
@@ -120,6 +148,11 @@ def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_pat
     err = capsys.readouterr().err
     assert "explorer drives worldsim/BlockWorld-v0 only" in err and "Traceback" not in err
     assert out.read_bytes() == kept  # a run that cannot start leaves the recording it would replace
+    for seed in ("-1", str(2**64)):  # seeds numpy or the recording cannot take
+        assert cli([*base, "--seed", seed, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "--seed must be between 0 and" in err and "Traceback" not in err
+        assert out.read_bytes() == kept
     assert (
         cli(["record", "--env", "CartPole-v1", "--steps", "5", "--out", str(tmp_path / "c")]) == 2
     )
@@ -472,6 +505,66 @@ def test_actions_reach_the_env_in_its_spaces_own_dtype(tmp_path):
     assert ref.rollout(0, 10, policy).actions.shape == (10, 2)
     frames, _ = engine_context(gym.make("Int32Actions-v0"), 0, 4)
     assert len(frames) >= 2
+
+
+def test_bench_record_steps_an_env_in_its_spaces_own_dtype(tmp_path, capsys):
+    """The bench's split of a step's time steps the env itself: with the action the env's
+    space takes, not the agent's int64 vector."""
+    argv = ["bench", "record", "--env", "tests.agents.test_record:Int32Actions-v0", "--agent", "random",
+            "--steps", "30", "--num-envs", "1", "--size", "16", "--window", "2", "--batch", "1",
+            "--read-seconds", "0.1"]  # fmt: skip
+    assert cli(argv) == 0
+    assert "CPU time per step in one process" in capsys.readouterr().out
+
+
+class NamedActionsEnv(ToyImageEnv):
+    """The toy env naming its action components, as the eval and the replay overlay read them."""
+
+    action_names = ("dy", "dx")
+
+
+if "NamedActions-v0" not in gym.registry:
+    gym.register(id="NamedActions-v0", entry_point=NamedActionsEnv)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_an_envs_action_names_reach_the_header_and_coverage_from_a_vector_env_too(tmp_path, num_envs):
+    out = tmp_path / "named"
+    cfg = RecordConfig(env="tests.agents.test_record:NamedActions-v0", steps=10, out=str(out), num_envs=num_envs)
+    record(cfg, progress_bar=False)
+    assert RecordingReader(out).header["action_names"] == ["dy", "dx"]
+    assert list(json.loads((out / "coverage.json").read_text())["components"]) == ["dy", "dx"]
+
+
+class FixedSizeEnv(gym.Env):
+    """An 8x8 env that takes no size argument and checks its ``Discrete`` actions."""
+
+    metadata = {"render_modes": [], "render_fps": 20}
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((8, 8, 3), np.uint8), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), f"{action!r} is not in {self.action_space}"
+        return np.full((8, 8, 3), 50 * action, np.uint8), 0.0, False, False, {}
+
+
+if "FixedSize-v0" not in gym.registry:
+    gym.register(id="FixedSize-v0", entry_point=FixedSizeEnv)
+
+
+def test_bench_record_runs_an_env_of_its_own_frame_size(tmp_path, capsys):
+    """Without --size the bench passes no size to the env, and its time split steps it with
+    an int, as a ``Discrete`` env takes."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "record", "--env", "tests.agents.test_record:FixedSize-v0", "--agent", "random",
+            "--steps", "30", "--num-envs", "1", "--window", "2", "--batch", "1", "--read-seconds", "0.1",
+            "--json", str(out)]  # fmt: skip
+    assert cli(argv) == 0
+    assert json.loads(out.read_text())["frame_shape"] == [8, 8, 3]
 
 
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
