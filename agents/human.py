@@ -47,8 +47,10 @@ SLOW_FRACTION = 0.9
 """The game counts as slowed when it reaches less than this share of the tick rate."""
 HELP_SECONDS = 6.0
 """How long the controls stay on screen at start (F1 shows them again)."""
-MAX_DRAWN_SEED = 2**31
-"""Without ``--seed``, the first episode's seed is drawn below this (any seed an env takes)."""
+DRAWN_SEEDS = (2**24, 2**31 - 2**20)
+"""Without ``--seed``, the first episode's seed is drawn from this range: above the seeds the
+eval holds out (``worldsim.reference``), so a recorded game never plays an eval world, and
+below 2^31 (any seed an env takes) with room for a million more episodes."""
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,7 @@ class _Session:
         self.screenshots: list[str] = []
         # Without --seed a seed is drawn, so that every episode's world can be made again (a
         # recording names it, the console prints it); the env would otherwise record none.
-        self.episode_seed = int(np.random.default_rng().integers(MAX_DRAWN_SEED)) if config.seed is None else config.seed
+        self.episode_seed = int(np.random.default_rng().integers(*DRAWN_SEEDS)) if config.seed is None else config.seed
         self.episodes = 0
         self.recorder = None
         if config.record:

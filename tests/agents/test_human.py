@@ -267,7 +267,9 @@ def test_engine_headless_screenshot_and_recording(tmp_path, headless):
 def test_without_seed_a_recording_in_a_new_folder_names_the_seed_that_makes_its_world(tmp_path, headless, capsys):
     import gymnasium as gym
 
+    from agents.human import DRAWN_SEEDS
     from worldsim.recording import RecordingReader
+    from worldsim.reference import IDM_SEED_BASE
 
     rec = tmp_path / "new" / "folder" / "s.msgpack"  # made, as `worldsim record --out` makes it
     path = write_lines(tmp_path / "a.jsonl", [json.dumps(FORWARD), json.dumps({"command": "reset"}), json.dumps(FORWARD)])
@@ -276,6 +278,8 @@ def test_without_seed_a_recording_in_a_new_folder_names_the_seed_that_makes_its_
     assert len(resets) == 2
     seed = resets[0].seed
     assert isinstance(seed, int) and resets[1].seed == seed + 1  # R: the next seed
+    # drawn above every seed the eval holds out, so a recorded game never plays an eval world
+    assert DRAWN_SEEDS[0] <= seed < DRAWN_SEEDS[1] and DRAWN_SEEDS[0] >= IDM_SEED_BASE + 10**6
     assert f"world seed {seed}" in capsys.readouterr().out
     env = gym.make("worldsim/BlockWorld-v0", width=16, height=16)
     for r in resets:
