@@ -321,58 +321,76 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
         dynamic_ncols=True,
     )
     last: dict[str, Any] = {}
+    saved = step if resumed is not None else None  # the step of the last checkpoint written
     t_log, frames, tokens = time.perf_counter(), 0, 0
-    while step < cfg.steps:
-        module.train()
-        rng = np.random.default_rng([cfg.seed, dd.rank, step])
-        gen = torch.Generator(device=dd.device).manual_seed(
-            hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF
-        )
-        batch = task.batch(rng, cfg.batch, "train")
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
-        with _autocast(dd.device, cfg.precision):
-            loss, logs = task.loss(model, batch, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
-        step += 1
-        f, k = task.counts(batch)
-        frames, tokens = frames + f * dd.world, tokens + k * dd.world
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            dt = time.perf_counter() - t_log
-            last = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
-                    **{k2: round(v, 5) for k2, v in logs.items()},
-                    "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1)}  # fmt: skip
-            t_log, frames, tokens = time.perf_counter(), 0, 0
-            bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.1f}")
-            if dd.main:
-                _append(metrics_path, last)
-        if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
-            v = _validate(task, module, val, cfg)
-            row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
-            if task.kind == "tokenizer" and v is not None:
-                row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
-            last.update(row)
-            _append(metrics_path, row)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            if dd.main:
-                # The state goes first and holds the weights too: a kill between the two writes
-                # leaves a state at least as new as the checkpoint, never a checkpoint without
-                # one, and resume takes the state's own weights.
-                tensors, struct = optimizer_to_tensors(opt)
-                tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
-                save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct, "settings": settings})
-                task.save(
-                    cfg.out,
-                    {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
-                )
-            if dd.world > 1:
-                dist.barrier()
-    bar.close()
+    try:  # an error mid-run ends the bar first, so its message starts a line of its own
+        while step < cfg.steps:
+            module.train()
+            rng = np.random.default_rng([cfg.seed, dd.rank, step])
+            gen = torch.Generator(device=dd.device).manual_seed(
+                hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF
+            )
+            batch = task.batch(rng, cfg.batch, "train")
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, step)
+            with _autocast(dd.device, cfg.precision):
+                loss, logs = task.loss(model, batch, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            # A diverged step (a learning rate too high, say) makes every weight NaN: stop before the
+            # optimizer takes it, so the last checkpoint stays one that loads. Every rank agrees.
+            if dd.mean(float(not (torch.isfinite(loss.detach()) & torch.isfinite(norm)))) > 0:
+                _diverged(cfg, step, float(loss.detach()), float(norm), saved)
+            opt.step()
+            step += 1
+            f, k = task.counts(batch)
+            frames, tokens = frames + f * dd.world, tokens + k * dd.world
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t_log
+                last = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
+                        **{k2: round(v, 5) for k2, v in logs.items()},
+                        "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1)}  # fmt: skip
+                t_log, frames, tokens = time.perf_counter(), 0, 0
+                bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.1f}")
+                if dd.main:
+                    _append(metrics_path, last)
+            if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
+                v = _validate(task, module, val, cfg)
+                row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
+                if task.kind == "tokenizer" and v is not None:
+                    row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
+                last.update(row)
+                _append(metrics_path, row)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                if dd.main:
+                    # The state goes first and holds the weights too: a kill between the two writes
+                    # leaves a state at least as new as the checkpoint, never a checkpoint without
+                    # one, and resume takes the state's own weights.
+                    tensors, struct = optimizer_to_tensors(opt)
+                    tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
+                    save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct, "settings": settings})
+                    task.save(
+                        cfg.out,
+                        {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
+                    )
+                saved = step
+                if dd.world > 1:
+                    dist.barrier()
+    finally:
+        bar.close()
     return last
+
+
+def _diverged(cfg: LoopConfig, step: int, loss: float, norm: float, saved: int | None) -> None:
+    """Stop a run whose loss or gradient is no longer finite, naming the step and what stands."""
+    kept = (f"{cfg.out} stays at step {saved}, as its last checkpoint left it" if saved is not None
+            else f"nothing was saved to {cfg.out}")  # fmt: skip
+    raise WorldSimError(
+        f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm} (learning rate {_lr(cfg, step):.3g}); "
+        f"{kept}; train again with a lower --lr or a longer --warmup (--overwrite)"
+    )
 
 
 def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:

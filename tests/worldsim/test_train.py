@@ -476,3 +476,15 @@ def test_a_kill_while_trimming_metrics_leaves_the_log_as_it_was(tmp_path: Path, 
     monkeypatch.undo()
     _trim_metrics(log, "dynamics", "m.safetensors", 20)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [10, 20]
+
+
+def test_a_diverged_run_stops_with_one_error_and_keeps_its_last_good_checkpoint(data: Path, tmp_path: Path, capsys) -> None:
+    """A learning rate far too high made the loss NaN; the run trained on, wrote NaN weights over
+    its last checkpoint (which then would not load) and NaN into metrics.jsonl, and exited 0."""
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "6", "--ckpt-every", "1", *FAST]
+    assert cli([*args, "--lr", "1e30", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 2" in err and "stays at step 1" in err and "lower --lr" in err
+    assert load_model(out).info["steps"] == 1  # loads: no NaN weights were written
+    assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
