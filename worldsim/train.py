@@ -154,6 +154,9 @@ def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
     if Path(a.out).exists() and not a.resume and not a.overwrite:
         raise WorldSimError(f"{a.out} exists; pass --resume to continue its run, or --overwrite to train a new "
                             "model in its place")  # fmt: skip
+    if state_path(Path(a.out)).is_file() and not a.resume and not a.overwrite:  # a run killed before its first checkpoint
+        raise WorldSimError(f"{state_path(Path(a.out))} exists, the training state of an earlier run; pass --resume to "
+                            "continue it, or --overwrite to train a new model")  # fmt: skip
     # Every other field is the flag of the same name.
     same = {f.name: getattr(a, f.name) for f in fields(LoopConfig) if f.name not in ("out", "kind")}
     return LoopConfig(out=Path(a.out), kind=kind, **same)
@@ -302,6 +305,10 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
     metrics_path = cfg.out.parent / "metrics.jsonl"
     if dd.main:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        if resumed is None:
+            # A new run: the state of the run it replaces must go now, or a --resume after a kill
+            # before this run's first checkpoint would continue that other run.
+            spath.unlink(missing_ok=True)
         _trim_metrics(metrics_path, task.kind, cfg.out.name, step)
     model = module
     if dd.world > 1:

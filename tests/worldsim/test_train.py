@@ -488,3 +488,29 @@ def test_a_diverged_run_stops_with_one_error_and_keeps_its_last_good_checkpoint(
     assert "training diverged at step 2" in err and "stays at step 1" in err and "lower --lr" in err
     assert load_model(out).info["steps"] == 1  # loads: no NaN weights were written
     assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_is_not_resumed_as_the_old_run(
+    data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--overwrite` left the replaced run's state in place, so a kill before the new run's first
+    checkpoint and a `--resume` continued the old run, under the new run's metrics."""
+    import worldsim.train as train
+
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--ckpt-every", "3", *FAST]
+    assert cli([*args, "--steps", "3"]) == 0
+
+    def killed(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # the kill lands as the new run's first save begins
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "save_state", killed)
+        assert cli([*args, "--steps", "6", "--overwrite"]) == 130
+    capsys.readouterr()
+    assert cli([*args, "--steps", "6", "--resume"]) == 2
+    assert "has no training state" in capsys.readouterr().err
+    assert cli([*args, "--steps", "3", "--overwrite"]) == 0
+    out.unlink()  # a state without its checkpoint is not trained over without a word either
+    assert cli([*args, "--steps", "3"]) == 2
+    assert "t.state.safetensors exists" in capsys.readouterr().err
