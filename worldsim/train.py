@@ -402,10 +402,10 @@ def _diverged(cfg: LoopConfig, step: int, loss: float, norm: float, saved: int |
 
 def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:
     """Refuse to resume a run with other settings than it was started with (a state written
-    before states kept them is not checked)."""
+    before states kept them is not checked, nor a setting a state written before it was kept)."""
     if before is None:
         return
-    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    changed = [k for k in sorted(set(before) | set(now)) if k in before and before.get(k) != now.get(k)]
     if changed:
         said = "; ".join(f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in changed[:4])
         more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
@@ -646,11 +646,14 @@ def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
 
 
 def _run_settings(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    """The flags a ``--resume`` must repeat: the data (by name), batch, learning rate, warm-up,
+    """The flags a ``--resume`` must repeat: the data and ``--init`` (by name), batch, learning rate, warm-up,
     seeds and the task's own ``names``. Steps, checkpoint and log intervals, device and
     precision may change between sessions."""
     shared = ("batch", "lr", "warmup", "seed", "split_seed")
-    return {"data": [Path(d).name for d in a.data], **{k: getattr(a, k) for k in (*shared, *names)}}
+    # --init by name too: it gives a fine-tune its architecture and defaults, so a resume that
+    # drops or changes it would train another model on the state's weights.
+    init = None if a.init is None else Path(a.init).name
+    return {"data": [Path(d).name for d in a.data], "init": init, **{k: getattr(a, k) for k in (*shared, *names)}}
 
 
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:

@@ -514,3 +514,26 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_not_resumed_as_the_o
     out.unlink()  # a state without its checkpoint is not trained over without a word either
     assert cli([*args, "--steps", "3"]) == 2
     assert "t.state.safetensors exists" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_dropped_or_added_init(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
+    """--init gives a fine-tune its architecture and defaults (its rollout share, say): a resume
+    without it trained the state's weights on as another model, and one that added it to a run
+    started without it recorded an init the weights never came from."""
+    base = tmp_path / "base.safetensors"
+    dyn = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--context", "4", *FAST]
+    assert cli([*dyn, "--out", str(base), "--steps", "1", "--rollout-share", "0.5"]) == 0
+    ft = tmp_path / "ft.safetensors"
+    assert cli([*dyn, "--out", str(ft), "--steps", "1", "--init", str(base)]) == 0
+    kept = ft.read_bytes()
+    capsys.readouterr()
+    assert cli([*dyn, "--out", str(ft), "--steps", "2", "--resume"]) == 2
+    assert "init was 'base.safetensors', now None" in capsys.readouterr().err and ft.read_bytes() == kept
+    assert cli([*dyn, "--out", str(ft), "--steps", "2", "--resume", "--init", str(base)]) == 0
+    assert load_model(ft).info["init"] == str(base)
+    tok = tmp_path / "tok.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(tok), *FAST]
+    assert cli([*args, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert cli([*args, "--steps", "2", "--resume", "--init", str(tokenizer)]) == 2
+    assert "init was None, now 'tok.safetensors'" in capsys.readouterr().err
