@@ -401,12 +401,15 @@ class RecipeRun:
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""
-        r = self.recipe
-        self._pin()
-        if self.threads is not None:
-            import torch
+        from worldsim.evaluate import set_threads
+        from worldsim.torch_backend import pick_device
 
-            torch.set_num_threads(self.threads)
+        r = self.recipe
+        # Checked before any work: a device this machine lacks failed only at the first training
+        # stage, after every data part was recorded (hours, for blockworld-64).
+        pick_device(self.device)
+        set_threads(self.threads)
+        self._pin()
         for i in range(r.data_parts):
             if (self.part_dir(i).parent / f"part-{i:03d}.done.json").is_file():
                 self.log(f"recipe {self.name}: data part {i + 1}/{r.data_parts} complete, skipped")

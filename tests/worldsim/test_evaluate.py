@@ -627,3 +627,20 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
                                 blocker / "idm", log=said.append)  # fmt: skip
     assert model is not None and info["cached"] is False and info["cache"] is None
     assert any("could not cache the inverse-dynamics model" in s for s in said)
+
+
+def test_recipe_refuses_a_device_or_thread_count_this_machine_lacks_before_recording(monkeypatch, tmp_path: Path, capsys) -> None:
+    """`--device cuda` on a machine without that GPU failed only at the first training stage,
+    after every data part was recorded; `--threads 0` was a traceback."""
+    from worldsim import recipe
+
+    def recorded(argv: list[str]) -> None:
+        raise AssertionError(f"work started: {argv[:2]}")
+
+    monkeypatch.setattr(recipe, "_cli", recorded)
+    missing = f"cuda:{torch.cuda.device_count()}"  # one GPU more than torch sees
+    assert cli(["train", "recipe", "blockworld-16-smoke", "--dir", str(tmp_path / "r"), "--device", missing]) == 2
+    assert f"device '{missing}'" in capsys.readouterr().err
+    assert cli(["train", "recipe", "blockworld-16-smoke", "--dir", str(tmp_path / "r"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing pinned or recorded
