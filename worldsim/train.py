@@ -645,15 +645,17 @@ def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
     return dev, _Dist(dev)
 
 
-def _run_settings(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+def _run_settings(a: argparse.Namespace, names: tuple[str, ...], processes: int) -> dict[str, Any]:
     """The flags a ``--resume`` must repeat: the data and ``--init`` (by name), batch, learning rate, warm-up,
-    seeds and the task's own ``names``. Steps, checkpoint and log intervals, device and
-    precision may change between sessions."""
+    seeds and the task's own ``names``, and the number of DDP ``processes``. Steps, checkpoint
+    and log intervals, device and precision may change between sessions."""
     shared = ("batch", "lr", "warmup", "seed", "split_seed")
     # --init by name too: it gives a fine-tune its architecture and defaults, so a resume that
-    # drops or changes it would train another model on the state's weights.
+    # drops or changes it would train another model on the state's weights. The processes too:
+    # each draws its own --batch windows (seeded by its rank), so their number is the batch.
     init = None if a.init is None else Path(a.init).name
-    return {"data": [Path(d).name for d in a.data], "init": init, **{k: getattr(a, k) for k in (*shared, *names)}}
+    return {"data": [Path(d).name for d in a.data], "init": init, "processes": processes,
+            **{k: getattr(a, k) for k in (*shared, *names)}}  # fmt: skip
 
 
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
@@ -675,7 +677,7 @@ def tokenizer_main(argv: list[str]) -> int:
     _, dd = _setup(a)
     finished = False
     try:
-        settings = _run_settings(a, ("preset", "decoder_only"))
+        settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
         resumed = resume_state(cfg, settings)
         task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
         last = run(task, cfg, dd, settings, resumed)
@@ -738,7 +740,7 @@ def dynamics_main(argv: list[str]) -> int:
     finished = False
     try:
         settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
-                                     "change_weight", "stay_motion"))  # fmt: skip
+                                     "change_weight", "stay_motion"), dd.world)  # fmt: skip
         if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
             settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
         resumed = resume_state(cfg, settings)

@@ -401,7 +401,7 @@ def test_resume_after_kill_continues_exactly(data: Path, tmp_path: Path) -> None
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
-def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path) -> None:
+def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "ddp.safetensors"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -412,6 +412,12 @@ def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: P
     assert load_model(out).info["steps"] == 2
     rows = [r for r in metrics(out) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
+    # Each process draws its own --batch windows: one process would resume another run (it was
+    # accepted, with half the batch and rank 1's data stream gone).
+    kept = out.read_bytes()
+    capsys.readouterr()
+    assert cli([*cmd[5:], "--steps", "3", "--resume"]) == 2
+    assert "processes was 2, now 1" in capsys.readouterr().err and out.read_bytes() == kept
 
 
 def test_resume_is_exact_when_the_checkpoint_is_a_save_ahead_of_the_state(data: Path, tmp_path: Path) -> None:
