@@ -536,6 +536,7 @@ class DynamicsTask(Task):
         h, w = windows.observation_shape[:2]
         stride = tok.config.tokenizer.stride
         _check_frame_size(h, w, stride * patch, f"the world model (tokenizer stride {stride} x patch {patch})")
+        _note_tokenizer_fit(tokenizer, tok.config, _env(windows)["env_id"], (h, w))
         self.train_set = CodeWindows(windows, tok.tokenizer, device, code_cache)
         val = open_split(data, ctx + 1, "val", split, required=False)
         self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
@@ -633,6 +634,20 @@ def _check_frame_size(h: int, w: int, multiple: int, what: str) -> None:
             f"the recordings' frames are {h}x{w}, but {what} needs a height and width that are multiples of "
             f"{multiple}; record at a size that is (for example {h - h % multiple or multiple}x{w - w % multiple or multiple})"
         )
+
+
+def _note_tokenizer_fit(path: str, config: ModelConfig, env_id: str | None, shape: tuple[int, int]) -> None:
+    """Say so when the frozen tokenizer learned other frames than the data's: it still encodes
+    them (it is convolutional), but a tokenizer of another env or size was most often passed
+    by mistake, and a poor fit only shows much later, as a blurry world model."""
+    other = []
+    if config.env_id is not None and env_id is not None and config.env_id != env_id:
+        other.append(f"env {config.env_id}, not {env_id}")
+    if tuple(config.frame_shape) != tuple(shape):
+        other.append(f"{config.frame_shape[0]}x{config.frame_shape[1]} frames, not {shape[0]}x{shape[1]}")
+    if other:
+        print(f"worldsim train: note: --tokenizer {path} was trained on {' and '.join(other)} as in --data; "
+              "it encodes them anyway, but a tokenizer trained on this data fits them better", file=sys.stderr)  # fmt: skip
 
 
 def _env(ds: Any) -> dict[str, Any]:

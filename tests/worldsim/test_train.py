@@ -543,3 +543,13 @@ def test_resume_refuses_a_dropped_or_added_init(data: Path, tokenizer: Path, tmp
     capsys.readouterr()
     assert cli([*args, "--steps", "2", "--resume", "--init", str(tokenizer)]) == 2
     assert "init was None, now 'tok.safetensors'" in capsys.readouterr().err
+
+
+def test_a_tokenizer_of_other_frames_than_the_data_is_named(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
+    """A tokenizer trained on 16x16 frames was taken for 32x16 recordings without a word."""
+    tall = toy_recording(tmp_path / "tall.wsrec", height=32)
+    args = ["train", "dynamics", "--tokenizer", str(tokenizer), "--context", "4", "--steps", "1", *FAST]
+    assert cli([*args, "--data", str(tall), "--out", str(tmp_path / "tall.safetensors")]) == 0
+    assert f"--tokenizer {tokenizer} was trained on 16x16 frames, not 32x16" in capsys.readouterr().err
+    assert cli([*args, "--data", str(data), "--out", str(tmp_path / "same.safetensors")]) == 0
+    assert "was trained on" not in capsys.readouterr().err
