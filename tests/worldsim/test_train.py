@@ -553,3 +553,19 @@ def test_a_tokenizer_of_other_frames_than_the_data_is_named(data: Path, tokenize
     assert f"--tokenizer {tokenizer} was trained on 16x16 frames, not 32x16" in capsys.readouterr().err
     assert cli([*args, "--data", str(data), "--out", str(tmp_path / "same.safetensors")]) == 0
     assert "was trained on" not in capsys.readouterr().err
+
+
+def test_too_little_data_names_the_flag_that_matters(tokenizer: Path, tmp_path: Path, capsys) -> None:
+    """The tokenizer's error told its user to "shorten --context", a flag it does not have."""
+    spec = ActionSpec("Discrete", (3,))
+    empty = tmp_path / "empty.wsrec"
+    with RecordingWriter(empty, env_id="Toy-v0", env_kwargs={}, observation_shape=(16, 16, 3), action_space=spec,
+                         agent="random", seed=0):  # fmt: skip
+        pass
+    assert cli(["train", "tokenizer", "--data", str(empty), "--out", str(tmp_path / "t.safetensors"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "holds a frame" in err and "--context" not in err
+    short = toy_recording(tmp_path / "short.wsrec", episodes=3, steps=2)
+    assert cli(["train", "dynamics", "--data", str(short), "--tokenizer", str(tokenizer), "--context", "4",
+                "--out", str(tmp_path / "d.safetensors"), *FAST]) == 2  # fmt: skip
+    assert "has 5 frames (--context 4, plus the frame before them)" in capsys.readouterr().err
