@@ -41,14 +41,18 @@ finished dynamics and decoder steps and the recipe's guidance. So the command ca
 background across sessions, and it only ever does the work that is left. ``recipe.json``
 in the folder pins the recipe: a folder holding another recipe's work is refused (a pin
 written before a recipe field existed still matches while that field keeps its default).
-``recipe_log.jsonl`` records how long each stage took, which documents the training time.
+``recipe_log.jsonl`` records how long each stage took, which documents the training time. A run
+holds ``recipe.lock`` in the folder while it works, so a second run there is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -209,6 +213,38 @@ def _cli(argv: list[str]) -> None:
         raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` was interrupted; run the recipe again to resume")
     if rc != 0:
         raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` failed (exit {rc}); fix the cause and run the recipe again to resume")
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while the recipe works in its folder.
+
+    A second run in the same folder (the command started again while a background one still
+    runs) used to work beside the first: both recorded and trained the same stages at once,
+    and one stage's files came from one run and the next's from the other. The operating
+    system drops the lock when its process ends, however it ends, so a kill leaves none behind.
+
+    Raises:
+        WorldSimError: another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock, as before
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise WorldSimError(f"{path.parent} is in use by another `worldsim train recipe` (process {pid}); let it "
+                                "finish or stop it, then run this again to resume") from None  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 @dataclass
@@ -401,12 +437,20 @@ class RecipeRun:
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""
+        from worldsim.evaluate import set_threads
+        from worldsim.torch_backend import pick_device
+
+        # Checked before any work: a device this machine lacks failed only at the first training
+        # stage, after every data part was recorded (hours, for blockworld-64).
+        pick_device(self.device)
+        set_threads(self.threads)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.root / "recipe.lock"):
+            return self._run(install)
+
+    def _run(self, install: bool) -> Path:
         r = self.recipe
         self._pin()
-        if self.threads is not None:
-            import torch
-
-            torch.set_num_threads(self.threads)
         for i in range(r.data_parts):
             if (self.part_dir(i).parent / f"part-{i:03d}.done.json").is_file():
                 self.log(f"recipe {self.name}: data part {i + 1}/{r.data_parts} complete, skipped")

@@ -154,6 +154,9 @@ def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
     if Path(a.out).exists() and not a.resume and not a.overwrite:
         raise WorldSimError(f"{a.out} exists; pass --resume to continue its run, or --overwrite to train a new "
                             "model in its place")  # fmt: skip
+    if state_path(Path(a.out)).is_file() and not a.resume and not a.overwrite:  # a run killed before its first checkpoint
+        raise WorldSimError(f"{state_path(Path(a.out))} exists, the training state of an earlier run; pass --resume to "
+                            "continue it, or --overwrite to train a new model")  # fmt: skip
     # Every other field is the flag of the same name.
     same = {f.name: getattr(a, f.name) for f in fields(LoopConfig) if f.name not in ("out", "kind")}
     return LoopConfig(out=Path(a.out), kind=kind, **same)
@@ -302,6 +305,10 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
     metrics_path = cfg.out.parent / "metrics.jsonl"
     if dd.main:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        if resumed is None:
+            # A new run: the state of the run it replaces must go now, or a --resume after a kill
+            # before this run's first checkpoint would continue that other run.
+            spath.unlink(missing_ok=True)
         _trim_metrics(metrics_path, task.kind, cfg.out.name, step)
     model = module
     if dd.world > 1:
@@ -321,66 +328,84 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
         dynamic_ncols=True,
     )
     last: dict[str, Any] = {}
+    saved = step if resumed is not None else None  # the step of the last checkpoint written
     t_log, frames, tokens = time.perf_counter(), 0, 0
-    while step < cfg.steps:
-        module.train()
-        rng = np.random.default_rng([cfg.seed, dd.rank, step])
-        gen = torch.Generator(device=dd.device).manual_seed(
-            hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF
-        )
-        batch = task.batch(rng, cfg.batch, "train")
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
-        with _autocast(dd.device, cfg.precision):
-            loss, logs = task.loss(model, batch, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
-        step += 1
-        f, k = task.counts(batch)
-        frames, tokens = frames + f * dd.world, tokens + k * dd.world
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            dt = time.perf_counter() - t_log
-            last = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
-                    **{k2: round(v, 5) for k2, v in logs.items()},
-                    "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1)}  # fmt: skip
-            t_log, frames, tokens = time.perf_counter(), 0, 0
-            bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.1f}")
-            if dd.main:
-                _append(metrics_path, last)
-        if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
-            v = _validate(task, module, val, cfg)
-            row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
-            if task.kind == "tokenizer" and v is not None:
-                row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
-            last.update(row)
-            _append(metrics_path, row)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            if dd.main:
-                # The state goes first and holds the weights too: a kill between the two writes
-                # leaves a state at least as new as the checkpoint, never a checkpoint without
-                # one, and resume takes the state's own weights.
-                tensors, struct = optimizer_to_tensors(opt)
-                tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
-                save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct, "settings": settings})
-                task.save(
-                    cfg.out,
-                    {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
-                )
-            if dd.world > 1:
-                dist.barrier()
-    bar.close()
+    try:  # an error mid-run ends the bar first, so its message starts a line of its own
+        while step < cfg.steps:
+            module.train()
+            rng = np.random.default_rng([cfg.seed, dd.rank, step])
+            gen = torch.Generator(device=dd.device).manual_seed(
+                hash((cfg.seed, dd.rank, step)) & 0x7FFF_FFFF
+            )
+            batch = task.batch(rng, cfg.batch, "train")
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, step)
+            with _autocast(dd.device, cfg.precision):
+                loss, logs = task.loss(model, batch, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            # A diverged step (a learning rate too high, say) makes every weight NaN: stop before the
+            # optimizer takes it, so the last checkpoint stays one that loads. Every rank agrees.
+            if dd.mean(float(not (torch.isfinite(loss.detach()) & torch.isfinite(norm)))) > 0:
+                _diverged(cfg, step, float(loss.detach()), float(norm), saved)
+            opt.step()
+            step += 1
+            f, k = task.counts(batch)
+            frames, tokens = frames + f * dd.world, tokens + k * dd.world
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t_log
+                last = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "loss": dd.mean(float(loss.detach())), "lr": _lr(cfg, step - 1),
+                        **{k2: round(v, 5) for k2, v in logs.items()},
+                        "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1)}  # fmt: skip
+                t_log, frames, tokens = time.perf_counter(), 0, 0
+                bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.1f}")
+                if dd.main:
+                    _append(metrics_path, last)
+            if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
+                v = _validate(task, module, val, cfg)
+                row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
+                if task.kind == "tokenizer" and v is not None:
+                    row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
+                last.update(row)
+                _append(metrics_path, row)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                if dd.main:
+                    # The state goes first and holds the weights too: a kill between the two writes
+                    # leaves a state at least as new as the checkpoint, never a checkpoint without
+                    # one, and resume takes the state's own weights.
+                    tensors, struct = optimizer_to_tensors(opt)
+                    tensors.update({f"model.{k}": v for k, v in module.state_dict().items()})
+                    save_state(spath, tensors, {"kind": task.kind, "step": step, "opt": struct, "settings": settings})
+                    task.save(
+                        cfg.out,
+                        {"steps": step, "loss": last.get("loss"), "val_loss": last.get("val_loss")},
+                    )
+                saved = step
+                if dd.world > 1:
+                    dist.barrier()
+    finally:
+        bar.close()
     return last
+
+
+def _diverged(cfg: LoopConfig, step: int, loss: float, norm: float, saved: int | None) -> None:
+    """Stop a run whose loss or gradient is no longer finite, naming the step and what stands."""
+    kept = (f"{cfg.out} stays at step {saved}, as its last checkpoint left it" if saved is not None
+            else f"nothing was saved to {cfg.out}")  # fmt: skip
+    raise WorldSimError(
+        f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm} (learning rate {_lr(cfg, step):.3g}); "
+        f"{kept}; train again with a lower --lr or a longer --warmup (--overwrite)"
+    )
 
 
 def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:
     """Refuse to resume a run with other settings than it was started with (a state written
-    before states kept them is not checked)."""
+    before states kept them is not checked, nor a setting a state written before it was kept)."""
     if before is None:
         return
-    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    changed = [k for k in sorted(set(before) | set(now)) if k in before and before.get(k) != now.get(k)]
     if changed:
         said = "; ".join(f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in changed[:4])
         more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
@@ -511,6 +536,7 @@ class DynamicsTask(Task):
         h, w = windows.observation_shape[:2]
         stride = tok.config.tokenizer.stride
         _check_frame_size(h, w, stride * patch, f"the world model (tokenizer stride {stride} x patch {patch})")
+        _note_tokenizer_fit(tokenizer, tok.config, _env(windows)["env_id"], (h, w))
         self.train_set = CodeWindows(windows, tok.tokenizer, device, code_cache)
         val = open_split(data, ctx + 1, "val", split, required=False)
         self.val_set = None if val is None else CodeWindows(val, tok.tokenizer, device, code_cache)
@@ -610,6 +636,20 @@ def _check_frame_size(h: int, w: int, multiple: int, what: str) -> None:
         )
 
 
+def _note_tokenizer_fit(path: str, config: ModelConfig, env_id: str | None, shape: tuple[int, int]) -> None:
+    """Say so when the frozen tokenizer learned other frames than the data's: it still encodes
+    them (it is convolutional), but a tokenizer of another env or size was most often passed
+    by mistake, and a poor fit only shows much later, as a blurry world model."""
+    other = []
+    if config.env_id is not None and env_id is not None and config.env_id != env_id:
+        other.append(f"env {config.env_id}, not {env_id}")
+    if tuple(config.frame_shape) != tuple(shape):
+        other.append(f"{config.frame_shape[0]}x{config.frame_shape[1]} frames, not {shape[0]}x{shape[1]}")
+    if other:
+        print(f"worldsim train: note: --tokenizer {path} was trained on {' and '.join(other)} as in --data; "
+              "it encodes them anyway, but a tokenizer trained on this data fits them better", file=sys.stderr)  # fmt: skip
+
+
 def _env(ds: Any) -> dict[str, Any]:
     header = getattr(ds, "header", {}) or {}
     return {"env_id": header.get("env_id"), "env_kwargs": header.get("env_kwargs")}
@@ -620,12 +660,17 @@ def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
     return dev, _Dist(dev)
 
 
-def _run_settings(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    """The flags a ``--resume`` must repeat: the data (by name), batch, learning rate, warm-up,
-    seeds and the task's own ``names``. Steps, checkpoint and log intervals, device and
-    precision may change between sessions."""
+def _run_settings(a: argparse.Namespace, names: tuple[str, ...], processes: int) -> dict[str, Any]:
+    """The flags a ``--resume`` must repeat: the data and ``--init`` (by name), batch, learning rate, warm-up,
+    seeds and the task's own ``names``, and the number of DDP ``processes``. Steps, checkpoint
+    and log intervals, device and precision may change between sessions."""
     shared = ("batch", "lr", "warmup", "seed", "split_seed")
-    return {"data": [Path(d).name for d in a.data], **{k: getattr(a, k) for k in (*shared, *names)}}
+    # --init by name too: it gives a fine-tune its architecture and defaults, so a resume that
+    # drops or changes it would train another model on the state's weights. The processes too:
+    # each draws its own --batch windows (seeded by its rank), so their number is the batch.
+    init = None if a.init is None else Path(a.init).name
+    return {"data": [Path(d).name for d in a.data], "init": init, "processes": processes,
+            **{k: getattr(a, k) for k in (*shared, *names)}}  # fmt: skip
 
 
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
@@ -647,7 +692,7 @@ def tokenizer_main(argv: list[str]) -> int:
     _, dd = _setup(a)
     finished = False
     try:
-        settings = _run_settings(a, ("preset", "decoder_only"))
+        settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
         resumed = resume_state(cfg, settings)
         task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
         last = run(task, cfg, dd, settings, resumed)
@@ -710,7 +755,7 @@ def dynamics_main(argv: list[str]) -> int:
     finished = False
     try:
         settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
-                                     "change_weight", "stay_motion"))  # fmt: skip
+                                     "change_weight", "stay_motion"), dd.world)  # fmt: skip
         if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
             settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
         resumed = resume_state(cfg, settings)

@@ -49,9 +49,12 @@ def open_split(
     ds = WindowDataset(list(paths), window, split=split, seed=seed)
     if len(ds) == 0:
         if required:
+            where = ", ".join(map(str, paths))
+            if window == 1:  # the tokenizer's: it has no --context to shorten
+                raise WorldSimError(f"no {split} episode in {where} holds a frame; record some")
             raise WorldSimError(
-                f"no {split} episode in {', '.join(map(str, paths))} has {window} frames; record longer "
-                "or more episodes, or shorten --context"
+                f"no {split} episode in {where} has {window} frames (--context {window - 1}, plus the frame "
+                "before them); record longer or more episodes, or shorten --context"
             )
         return None
     return ds

@@ -759,3 +759,45 @@ def test_the_stability_rollout_is_prompted_from_one_episode(tmp_path: Path) -> N
     np.testing.assert_array_equal(prompt[:, 0, 0, 0], np.arange(P))
     assert len(set(prompt[:, 0, 0, 2])) == 1
     assert result.metrics["seed"] > STABILITY_SEED_BASE
+
+
+def test_recipe_refuses_a_device_or_thread_count_this_machine_lacks_before_recording(monkeypatch, tmp_path: Path, capsys) -> None:
+    """`--device cuda` on a machine without that GPU failed only at the first training stage,
+    after every data part was recorded; `--threads 0` was a traceback."""
+    from worldsim import recipe
+
+    def recorded(argv: list[str]) -> None:
+        raise AssertionError(f"work started: {argv[:2]}")
+
+    monkeypatch.setattr(recipe, "_cli", recorded)
+    missing = f"cuda:{torch.cuda.device_count()}"  # one GPU more than torch sees
+    assert cli(["train", "recipe", "blockworld-16-smoke", "--dir", str(tmp_path / "r"), "--device", missing]) == 2
+    assert f"device '{missing}'" in capsys.readouterr().err
+    assert cli(["train", "recipe", "blockworld-16-smoke", "--dir", str(tmp_path / "r"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing pinned or recorded
+
+
+def test_recipe_refuses_a_folder_another_run_is_working_in(monkeypatch, tmp_path: Path) -> None:
+    """The command started again while a background run still worked in the folder: both
+    recorded and trained the same stages at once, and one stage's files came from one run and
+    the next's from the other (a later stage then refused its --init's tokenizer)."""
+    import fcntl
+
+    from worldsim import recipe
+
+    def recorded(argv: list[str]) -> None:
+        raise AssertionError(f"work started: {argv[:2]}")
+
+    monkeypatch.setattr(recipe, "_cli", recorded)
+    root = tmp_path / "r"
+    root.mkdir()
+    with open(root / "recipe.lock", "a+") as held:  # the other run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(WorldSimError, match=r"in use by another `worldsim train recipe` \(process 4242\)"):
+            RecipeRun("blockworld-16-smoke", root, log=lambda s: None).run()
+    assert not (root / "recipe.json").exists()
+    with pytest.raises(AssertionError, match="work started"):  # the lock is gone with its holder
+        RecipeRun("blockworld-16-smoke", root, log=lambda s: None).run()

@@ -401,7 +401,7 @@ def test_resume_after_kill_continues_exactly(data: Path, tmp_path: Path) -> None
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
-def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path) -> None:
+def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "ddp.safetensors"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -412,6 +412,12 @@ def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: P
     assert load_model(out).info["steps"] == 2
     rows = [r for r in metrics(out) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
+    # Each process draws its own --batch windows: one process would resume another run (it was
+    # accepted, with half the batch and rank 1's data stream gone).
+    kept = out.read_bytes()
+    capsys.readouterr()
+    assert cli([*cmd[5:], "--steps", "3", "--resume"]) == 2
+    assert "processes was 2, now 1" in capsys.readouterr().err and out.read_bytes() == kept
 
 
 def test_resume_is_exact_when_the_checkpoint_is_a_save_ahead_of_the_state(data: Path, tmp_path: Path) -> None:
@@ -476,3 +482,90 @@ def test_a_kill_while_trimming_metrics_leaves_the_log_as_it_was(tmp_path: Path, 
     monkeypatch.undo()
     _trim_metrics(log, "dynamics", "m.safetensors", 20)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [10, 20]
+
+
+def test_a_diverged_run_stops_with_one_error_and_keeps_its_last_good_checkpoint(data: Path, tmp_path: Path, capsys) -> None:
+    """A learning rate far too high made the loss NaN; the run trained on, wrote NaN weights over
+    its last checkpoint (which then would not load) and NaN into metrics.jsonl, and exited 0."""
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "6", "--ckpt-every", "1", *FAST]
+    assert cli([*args, "--lr", "1e30", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 2" in err and "stays at step 1" in err and "lower --lr" in err
+    assert load_model(out).info["steps"] == 1  # loads: no NaN weights were written
+    assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_is_not_resumed_as_the_old_run(
+    data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--overwrite` left the replaced run's state in place, so a kill before the new run's first
+    checkpoint and a `--resume` continued the old run, under the new run's metrics."""
+    import worldsim.train as train
+
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--ckpt-every", "3", *FAST]
+    assert cli([*args, "--steps", "3"]) == 0
+
+    def killed(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # the kill lands as the new run's first save begins
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "save_state", killed)
+        assert cli([*args, "--steps", "6", "--overwrite"]) == 130
+    capsys.readouterr()
+    assert cli([*args, "--steps", "6", "--resume"]) == 2
+    assert "has no training state" in capsys.readouterr().err
+    assert cli([*args, "--steps", "3", "--overwrite"]) == 0
+    out.unlink()  # a state without its checkpoint is not trained over without a word either
+    assert cli([*args, "--steps", "3"]) == 2
+    assert "t.state.safetensors exists" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_dropped_or_added_init(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
+    """--init gives a fine-tune its architecture and defaults (its rollout share, say): a resume
+    without it trained the state's weights on as another model, and one that added it to a run
+    started without it recorded an init the weights never came from."""
+    base = tmp_path / "base.safetensors"
+    dyn = ["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--context", "4", *FAST]
+    assert cli([*dyn, "--out", str(base), "--steps", "1", "--rollout-share", "0.5"]) == 0
+    ft = tmp_path / "ft.safetensors"
+    assert cli([*dyn, "--out", str(ft), "--steps", "1", "--init", str(base)]) == 0
+    kept = ft.read_bytes()
+    capsys.readouterr()
+    assert cli([*dyn, "--out", str(ft), "--steps", "2", "--resume"]) == 2
+    assert "init was 'base.safetensors', now None" in capsys.readouterr().err and ft.read_bytes() == kept
+    assert cli([*dyn, "--out", str(ft), "--steps", "2", "--resume", "--init", str(base)]) == 0
+    assert load_model(ft).info["init"] == str(base)
+    tok = tmp_path / "tok.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(tok), *FAST]
+    assert cli([*args, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert cli([*args, "--steps", "2", "--resume", "--init", str(tokenizer)]) == 2
+    assert "init was None, now 'tok.safetensors'" in capsys.readouterr().err
+
+
+def test_a_tokenizer_of_other_frames_than_the_data_is_named(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
+    """A tokenizer trained on 16x16 frames was taken for 32x16 recordings without a word."""
+    tall = toy_recording(tmp_path / "tall.wsrec", height=32)
+    args = ["train", "dynamics", "--tokenizer", str(tokenizer), "--context", "4", "--steps", "1", *FAST]
+    assert cli([*args, "--data", str(tall), "--out", str(tmp_path / "tall.safetensors")]) == 0
+    assert f"--tokenizer {tokenizer} was trained on 16x16 frames, not 32x16" in capsys.readouterr().err
+    assert cli([*args, "--data", str(data), "--out", str(tmp_path / "same.safetensors")]) == 0
+    assert "was trained on" not in capsys.readouterr().err
+
+
+def test_too_little_data_names_the_flag_that_matters(tokenizer: Path, tmp_path: Path, capsys) -> None:
+    """The tokenizer's error told its user to "shorten --context", a flag it does not have."""
+    spec = ActionSpec("Discrete", (3,))
+    empty = tmp_path / "empty.wsrec"
+    with RecordingWriter(empty, env_id="Toy-v0", env_kwargs={}, observation_shape=(16, 16, 3), action_space=spec,
+                         agent="random", seed=0):  # fmt: skip
+        pass
+    assert cli(["train", "tokenizer", "--data", str(empty), "--out", str(tmp_path / "t.safetensors"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "holds a frame" in err and "--context" not in err
+    short = toy_recording(tmp_path / "short.wsrec", episodes=3, steps=2)
+    assert cli(["train", "dynamics", "--data", str(short), "--tokenizer", str(tokenizer), "--context", "4",
+                "--out", str(tmp_path / "d.safetensors"), *FAST]) == 2  # fmt: skip
+    assert "has 5 frames (--context 4, plus the frame before them)" in capsys.readouterr().err
