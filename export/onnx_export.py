@@ -192,8 +192,8 @@ def export_onnx(
 
     Args:
         checkpoint: a dynamics checkpoint; None = the shipped default model.
-        out: the export folder. An existing export there is replaced; any other non-empty
-            folder is refused.
+        out: the export folder; a symlink to a folder is followed. An existing export there
+            is replaced; any other non-empty folder is refused.
         opset: ONNX opset, 14..20.
         tolerance: the self-verification's limits (default :class:`Tolerance`).
 
@@ -206,7 +206,9 @@ def export_onnx(
         raise WorldSimError(f"{ckpt}: a folder, not a checkpoint file (--checkpoint takes a .safetensors world model)")
     if not ckpt.is_file():
         raise WorldSimError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else " (no default model is shipped yet)"))
-    out = Path(out)
+    # Resolved, so that an --out that is a symlink to a folder (on another disk, say) gets the
+    # export in that folder: renaming into place would otherwise replace the link itself.
+    out = Path(out).resolve()
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

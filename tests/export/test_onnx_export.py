@@ -106,6 +106,21 @@ def test_export_replaces_only_an_earlier_export(tiny_checkpoint: Path, tiny_expo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "mixed", "project"]  # nothing left aside
 
 
+def test_an_out_that_links_to_a_folder_gets_the_export_in_that_folder(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Renaming the export into place replaced the link itself with a new folder: the export
+    was not where the link pointed (another disk, say), and the user's link was gone."""
+    target = tmp_path / "big-disk" / "exports"
+    target.mkdir(parents=True)
+    link = tmp_path / "model.onnx"
+    link.symlink_to(target, target_is_directory=True)
+    for _ in range(2):  # a first export, then one that replaces it
+        onnx_export.export_onnx(tiny_checkpoint, link)
+        assert link.is_symlink() and link.resolve() == target.resolve()
+        assert sorted(p.name for p in target.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "model.onnx"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["exports"]  # nothing left aside
+
+
 def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_export, broken)
