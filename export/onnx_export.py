@@ -210,8 +210,7 @@ def export_onnx(
     # export in that folder: renaming into place would otherwise replace the link itself.
     out = Path(out).resolve()
     _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = _private_folder_beside(out)
     try:
         result = write_export(ckpt, tmp, opset=opset, tolerance=tolerance)
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is ordinary shared data
@@ -230,6 +229,25 @@ def export_onnx(
 
 EXPORT_FILES = frozenset({MANIFEST, *(f"{g}.onnx" for g in GRAPHS)})
 """Everything an export folder holds; a folder holding anything else is never replaced."""
+
+
+def _private_folder_beside(out: Path) -> Path:
+    """A new private folder next to ``out`` (its parents made), to write the export into.
+
+    Raises:
+        WorldSimError: a parent of ``out`` is a file, or its folder cannot be made or written.
+            The errors name ``out``'s folder, not the temporary one the user never chose.
+    """
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise WorldSimError(f"{folder} is a file, so it cannot hold the folder {out}; choose another --out")
+            break
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise WorldSimError(f"cannot write into {out.parent} ({e.strerror or e}); choose another --out") from None
 
 
 def _check_replaceable(out: Path) -> None:

@@ -121,6 +121,17 @@ def test_an_out_that_links_to_a_folder_gets_the_export_in_that_folder(tiny_check
     assert sorted(p.name for p in target.parent.iterdir()) == ["exports"]  # nothing left aside
 
 
+def test_an_out_below_a_file_is_one_error_naming_that_file(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """It was the file system's bare "File exists: 'notes.txt'", about a file the user knows exists."""
+    tmp_path = tmp_path.resolve()  # the error names resolved paths
+    (tmp_path / "notes.txt").write_text("keep me")
+    out = tmp_path / "notes.txt" / "export"
+    assert cli.main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'notes.txt'} is a file" in err and str(out) in err and "--out" in err
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_export, broken)
