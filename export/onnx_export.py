@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -192,8 +193,8 @@ def export_onnx(
 
     Args:
         checkpoint: a dynamics checkpoint; None = the shipped default model.
-        out: the export folder. An existing export there is replaced; any other non-empty
-            folder is refused.
+        out: the export folder; a symlink to a folder is followed. An existing export there
+            is replaced; any other non-empty folder is refused.
         opset: ONNX opset, 14..20.
         tolerance: the self-verification's limits (default :class:`Tolerance`).
 
@@ -207,14 +208,18 @@ def export_onnx(
     if not ckpt.is_file():
         missing = " (the shipped model is missing; `make model` trains it again from nothing)"
         raise WorldSimError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else missing))
-    out = Path(out)
+    # Resolved, so that an --out that is a symlink to a folder (on another disk, say) gets the
+    # export in that folder: renaming into place would otherwise replace the link itself.
+    out = Path(out).resolve()
     _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    mounted = out.is_dir() and os.path.ismount(out)  # a container's volume, say: it cannot be renamed
+    tmp = _private_folder(out, inside=mounted)
     try:
         result = write_export(ckpt, tmp, opset=opset, tolerance=tolerance)
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is ordinary shared data
-        if out.exists():  # the old export moves aside until the new one is in place
+        if mounted:
+            _move_files_into(tmp, out)
+        elif out.exists():  # the old export moves aside until the new one is in place
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             out.rename(old / "export")
             tmp.rename(out)
@@ -229,6 +234,41 @@ def export_onnx(
 
 EXPORT_FILES = frozenset({MANIFEST, *(f"{g}.onnx" for g in GRAPHS)})
 """Everything an export folder holds; a folder holding anything else is never replaced."""
+
+
+def _private_folder(out: Path, inside: bool = False) -> Path:
+    """A new private folder to write the export into: next to ``out`` (its parents made), or
+    ``inside`` it.
+
+    Raises:
+        WorldSimError: a parent of ``out`` is a file, or its folder cannot be made or written.
+            The errors name ``out``'s folder, not the temporary one the user never chose.
+    """
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise WorldSimError(f"{folder} is a file, so it cannot hold the folder {out}; choose another --out")
+            break
+    where = out if inside else out.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=where))
+    except OSError as e:
+        raise WorldSimError(f"cannot write into {where} ({e.strerror or e}); choose another --out") from None
+
+
+def _move_files_into(tmp: Path, out: Path) -> None:
+    """Move an export's files from ``tmp`` into the folder ``out``, over an earlier export's.
+
+    For a mount point, which cannot be renamed aside as other folders are. The old manifest
+    goes first and the new one comes last: a reader checks the graphs against the manifest's
+    hashes, so a folder caught half-replaced is never taken for an export.
+    """
+    (out / MANIFEST).unlink(missing_ok=True)
+    for name in sorted(EXPORT_FILES - {MANIFEST}):
+        (tmp / name).replace(out / name)
+    (tmp / MANIFEST).replace(out / MANIFEST)
+    tmp.rmdir()
 
 
 def _check_replaceable(out: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -112,6 +114,57 @@ def test_export_replaces_only_an_earlier_export(tiny_checkpoint: Path, tiny_expo
     assert sorted(p.name for p in again.iterdir()) == sorted(onnx_export.EXPORT_FILES)
     assert result.manifest["checkpoint"]["sha256"] == read_manifest(again)["checkpoint"]["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "mixed", "project"]  # nothing left aside
+
+
+def test_an_out_that_links_to_a_folder_gets_the_export_in_that_folder(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Renaming the export into place replaced the link itself with a new folder: the export
+    was not where the link pointed (another disk, say), and the user's link was gone."""
+    target = tmp_path / "big-disk" / "exports"
+    target.mkdir(parents=True)
+    link = tmp_path / "model.onnx"
+    link.symlink_to(target, target_is_directory=True)
+    for _ in range(2):  # a first export, then one that replaces it
+        onnx_export.export_onnx(tiny_checkpoint, link)
+        assert link.is_symlink() and link.resolve() == target.resolve()
+        assert sorted(p.name for p in target.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "model.onnx"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["exports"]  # nothing left aside
+
+
+def test_an_out_that_is_a_mount_point_gets_the_export_and_stays_the_same_folder(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """A container's volume (``docker run -v ./onnx:/out ... --out /out``) is a mount point, which
+    cannot be renamed: every export into one failed with "Device or resource busy" and left a
+    ``.out.*.old`` folder beside it. Mounting needs privileges a test lacks, so the mount point
+    is a folder that ``os.path.ismount`` reports and that refuses to be renamed, as Linux does."""
+    volume = (tmp_path / "volume").resolve()
+    volume.mkdir()
+    inode = volume.stat().st_ino
+    real_ismount, real_rename = os.path.ismount, Path.rename
+
+    def rename(self: Path, target: str | Path) -> Path:
+        if self.resolve() == volume:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(self), str(target))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p).resolve() == volume or real_ismount(p))
+    monkeypatch.setattr(Path, "rename", rename)
+    for _ in range(2):  # into the empty volume, then over that export
+        result = onnx_export.export_onnx(tiny_checkpoint, volume)
+        assert sorted(p.name for p in volume.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+        assert volume.stat().st_ino == inode
+        assert read_manifest(volume)["checkpoint"]["sha256"] == result.manifest["checkpoint"]["sha256"]
+    assert [p.name for p in tmp_path.iterdir()] == ["volume"]  # nothing left aside
+
+
+def test_an_out_below_a_file_is_one_error_naming_that_file(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """It was the file system's bare "File exists: 'notes.txt'", about a file the user knows exists."""
+    tmp_path = tmp_path.resolve()  # the error names resolved paths
+    (tmp_path / "notes.txt").write_text("keep me")
+    out = tmp_path / "notes.txt" / "export"
+    assert cli.main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'notes.txt'} is a file" in err and str(out) in err and "--out" in err
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> None:
