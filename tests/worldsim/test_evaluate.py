@@ -801,3 +801,19 @@ def test_recipe_refuses_a_folder_another_run_is_working_in(monkeypatch, tmp_path
     assert not (root / "recipe.json").exists()
     with pytest.raises(AssertionError, match="work started"):  # the lock is gone with its holder
         RecipeRun("blockworld-16-smoke", root, log=lambda s: None).run()
+
+
+def test_an_eval_refused_early_leaves_the_earlier_evals_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run refused in seconds (here a --horizon the toy's 30-step episodes cannot hold) used
+    to delete the earlier eval's metrics.json and videos in --out before it found out."""
+    from tests.envs.test_dream import untrained_toy_model
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    out = tmp_path / "eval"
+    out.mkdir()
+    for name in ("metrics.json", "stability.mp4"):
+        (out / name).write_text("an earlier eval's")
+    rc = cli(["eval", "--checkpoint", ckpt, "--env", FULL_ID, "--env-kwargs", '{"discrete": true}', "--out", str(out),
+              "--horizon", "5000", "--threads", "1"])  # fmt: skip
+    assert rc == 2 and "held-out episodes last 5002 steps" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "an earlier eval's", "stability.mp4": "an earlier eval's"}
