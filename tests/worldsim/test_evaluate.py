@@ -816,3 +816,26 @@ def test_an_eval_refused_early_leaves_the_earlier_evals_files(tmp_path: Path, ca
               "--horizon", "5000", "--threads", "1"])  # fmt: skip
     assert rc == 2 and "held-out episodes last 5002 steps" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "an earlier eval's", "stability.mp4": "an earlier eval's"}
+
+
+def test_recipe_runs_on_a_file_system_that_takes_no_locks(monkeypatch, tmp_path: Path) -> None:
+    """NFS without its lock daemon refuses every lock ("No locks available"): the recipe, which ran
+    there before it took a lock, failed at once with that OSError; it now says so and goes on."""
+    import errno
+    import os
+
+    fcntl = pytest.importorskip("fcntl")
+    from worldsim import recipe
+
+    def no_locks(f: object, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    def recorded(argv: list[str]) -> None:
+        raise AssertionError(f"work started: {argv[:2]}")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(recipe, "_cli", recorded)
+    said: list[str] = []
+    with pytest.raises(AssertionError, match="work started"):
+        RecipeRun("blockworld-16-smoke", tmp_path / "r", log=said.append).run()
+    assert any("takes no file locks (No locks available)" in s for s in said)
