@@ -211,8 +211,8 @@ def export_onnx(
     # Resolved, so that an --out that is a symlink to a folder (on another disk, say) gets the
     # export in that folder: renaming into place would otherwise replace the link itself.
     out = Path(out).resolve()
-    _check_replaceable(out)
     mounted = out.is_dir() and os.path.ismount(out)  # a container's volume, say: it cannot be renamed
+    _check_replaceable(out, mounted)
     tmp = _private_folder(out, inside=mounted)
     try:
         result = write_export(ckpt, tmp, opset=opset, tolerance=tolerance)
@@ -257,6 +257,12 @@ def _private_folder(out: Path, inside: bool = False) -> Path:
         raise WorldSimError(f"cannot write into {where} ({e.strerror or e}); choose another --out") from None
 
 
+def _left_by_an_export(path: Path, out: Path) -> bool:
+    """Whether ``path`` is a private folder :func:`_private_folder` made inside ``out``."""
+    name = path.name
+    return name.startswith(f".{out.name}.") and name.endswith(".tmp") and path.is_dir() and not path.is_symlink()
+
+
 def _move_files_into(tmp: Path, out: Path) -> None:
     """Move an export's files from ``tmp`` into the folder ``out``, over an earlier export's.
 
@@ -271,16 +277,20 @@ def _move_files_into(tmp: Path, out: Path) -> None:
     tmp.rmdir()
 
 
-def _check_replaceable(out: Path) -> None:
+def _check_replaceable(out: Path, mounted: bool = False) -> None:
     """Refuse an ``out`` that exists and is not an empty folder or a WorldSim export made of
-    nothing but its own files, and the current folder: a user's files are never removed."""
+    nothing but its own files, and the current folder: a user's files are never removed.
+
+    In a ``mounted`` folder, which an export is written inside, the private folder an export
+    killed there left (``.NAME.*.tmp``) is not counted: it would refuse every later export.
+    """
     if not out.exists():
         return
     if not out.is_dir():
         raise WorldSimError(f"{out} exists and is not a folder; choose another --out")
     if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
         raise WorldSimError(f"{out} is the current folder or holds it; choose another --out")
-    names = {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir() if not (mounted and _left_by_an_export(p, out))}
     if not names:
         return
     other = sorted(names - EXPORT_FILES)

@@ -248,7 +248,6 @@ class Evaluation:
         """Run every section, write the files, and return the metrics."""
         cfg, P, Hz = self.cfg, self.P, self.cfg.horizon
         start = time.perf_counter()
-        clear_outputs(self.out)
         self.log(f"eval: {self.env_id} {self.ref.shape[0]}x{self.ref.shape[1]}, {cfg.episodes} held-out episodes, "
                  f"context {P}, horizon {Hz}")  # fmt: skip
         trajs, policy = _held_out(self.ref, self.ref.env_id, cfg.episodes, P - 1 + Hz, cfg.seed)
@@ -317,6 +316,9 @@ class Evaluation:
 
         from worldsim.eval_media import plot_horizon, side_by_side, write_gif
 
+        # Only now, before this run's first file: a run refused early (a --horizon its episodes
+        # cannot hold, say) leaves an earlier eval's files as they were.
+        clear_outputs(self.out)
         hs = np.arange(1, Hz + 1)
         plot_horizon(self.out / "psnr_vs_horizon.png", hs, {"dream": p_d.mean(0), "copy last frame": p_c.mean(0)},
                      "PSNR (dB)", f"{self.env_id}: open-loop PSNR, {B} held-out episodes")  # fmt: skip

@@ -216,13 +216,14 @@ def _cli(argv: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(path: Path) -> Iterator[None]:
+def _folder_lock(path: Path, log: Any = print) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` while the recipe works in its folder.
 
     A second run in the same folder (the command started again while a background one still
     runs) used to work beside the first: both recorded and trained the same stages at once,
     and one stage's files came from one run and the next's from the other. The operating
     system drops the lock when its process ends, however it ends, so a kill leaves none behind.
+    A file system that takes no locks gets a note in ``log`` and the run goes on unlocked.
 
     Raises:
         WorldSimError: another process holds it.
@@ -240,6 +241,17 @@ def _folder_lock(path: Path) -> Iterator[None]:
             pid = f.read().strip() or "unknown"
             raise WorldSimError(f"{path.parent} is in use by another `worldsim train recipe` (process {pid}); let it "
                                 "finish or stop it, then run this again to resume") from None  # fmt: skip
+        except OSError as e:
+            # NFS without its lock daemon ("No locks available") and some network file systems
+            # take no locks: the recipe ran there before it took one, and still does.
+            log(f"recipe: note: {path.parent} takes no file locks ({e.strerror or e}), so nothing stops a second "
+                "recipe run there; start only one")  # fmt: skip
+            locked = False
+        else:
+            locked = True
+        if not locked:
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -445,7 +457,7 @@ class RecipeRun:
         pick_device(self.device)
         set_threads(self.threads)
         self.root.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(self.root / "recipe.lock"):
+        with _folder_lock(self.root / "recipe.lock", self.log):
             return self._run(install)
 
     def _run(self, install: bool) -> Path:

@@ -156,6 +156,26 @@ def test_an_out_that_is_a_mount_point_gets_the_export_and_stays_the_same_folder(
     assert [p.name for p in tmp_path.iterdir()] == ["volume"]  # nothing left aside
 
 
+def test_an_export_killed_inside_a_mount_point_does_not_block_the_next(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """An export into a mount point is written in a private folder inside it; a kill (the
+    container stopped) left that folder there, and every later export was refused, the volume
+    "also holding" it. A folder of the user's is still never replaced."""
+    volume = (tmp_path / "volume").resolve()
+    volume.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p).resolve() == volume or real_ismount(p))
+    onnx_export.export_onnx(tiny_checkpoint, volume)
+    killed = volume / ".volume.k1ll3d.tmp"  # what SIGKILL during write_export leaves
+    killed.mkdir()
+    (killed / "dynamics_step.onnx").write_bytes(b"half a graph")
+    result = onnx_export.export_onnx(tiny_checkpoint, volume)
+    assert read_manifest(volume)["checkpoint"]["sha256"] == result.manifest["checkpoint"]["sha256"]
+    assert sorted(p.name for p in volume.iterdir()) == sorted({*onnx_export.EXPORT_FILES, killed.name})
+    (volume / "notes").mkdir()
+    with pytest.raises(WorldSimError, match="also holds"):
+        onnx_export.export_onnx(tiny_checkpoint, volume)
+
+
 def test_an_out_below_a_file_is_one_error_naming_that_file(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     """It was the file system's bare "File exists: 'notes.txt'", about a file the user knows exists."""
     tmp_path = tmp_path.resolve()  # the error names resolved paths

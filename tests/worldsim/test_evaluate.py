@@ -782,8 +782,7 @@ def test_recipe_refuses_a_folder_another_run_is_working_in(monkeypatch, tmp_path
     """The command started again while a background run still worked in the folder: both
     recorded and trained the same stages at once, and one stage's files came from one run and
     the next's from the other (a later stage then refused its --init's tokenizer)."""
-    import fcntl
-
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere the recipe takes no lock
     from worldsim import recipe
 
     def recorded(argv: list[str]) -> None:
@@ -801,3 +800,42 @@ def test_recipe_refuses_a_folder_another_run_is_working_in(monkeypatch, tmp_path
     assert not (root / "recipe.json").exists()
     with pytest.raises(AssertionError, match="work started"):  # the lock is gone with its holder
         RecipeRun("blockworld-16-smoke", root, log=lambda s: None).run()
+
+
+def test_an_eval_refused_early_leaves_the_earlier_evals_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run refused in seconds (here a --horizon the toy's 30-step episodes cannot hold) used
+    to delete the earlier eval's metrics.json and videos in --out before it found out."""
+    from tests.envs.test_dream import untrained_toy_model
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    out = tmp_path / "eval"
+    out.mkdir()
+    for name in ("metrics.json", "stability.mp4"):
+        (out / name).write_text("an earlier eval's")
+    rc = cli(["eval", "--checkpoint", ckpt, "--env", FULL_ID, "--env-kwargs", '{"discrete": true}', "--out", str(out),
+              "--horizon", "5000", "--threads", "1"])  # fmt: skip
+    assert rc == 2 and "held-out episodes last 5002 steps" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "an earlier eval's", "stability.mp4": "an earlier eval's"}
+
+
+def test_recipe_runs_on_a_file_system_that_takes_no_locks(monkeypatch, tmp_path: Path) -> None:
+    """NFS without its lock daemon refuses every lock ("No locks available"): the recipe, which ran
+    there before it took a lock, failed at once with that OSError; it now says so and goes on."""
+    import errno
+    import os
+
+    fcntl = pytest.importorskip("fcntl")
+    from worldsim import recipe
+
+    def no_locks(f: object, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    def recorded(argv: list[str]) -> None:
+        raise AssertionError(f"work started: {argv[:2]}")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(recipe, "_cli", recorded)
+    said: list[str] = []
+    with pytest.raises(AssertionError, match="work started"):
+        RecipeRun("blockworld-16-smoke", tmp_path / "r", log=said.append).run()
+    assert any("takes no file locks (No locks available)" in s for s in said)
