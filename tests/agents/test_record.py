@@ -567,6 +567,16 @@ def test_bench_record_runs_an_env_of_its_own_frame_size(tmp_path, capsys):
     assert json.loads(out.read_text())["frame_shape"] == [8, 8, 3]
 
 
+def test_bench_record_runs_where_the_os_reports_no_load_average(tmp_path, capsys, monkeypatch):
+    monkeypatch.delattr("os.getloadavg")  # Windows has none
+    out = tmp_path / "bench.json"
+    argv = ["bench", "record", "--env", FULL_ID, "--agent", "random", "--steps", "20", "--num-envs", "1",
+            "--size", "16", "--window", "2", "--batch", "1", "--read-seconds", "0.1", "--json", str(out)]  # fmt: skip
+    assert cli(argv) == 0
+    assert "load average n/a before the run" in capsys.readouterr().out
+    assert json.loads(out.read_text())["load_average_after"] is None
+
+
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):
     assert cli(["record", "--env", "NotRegistered-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
