@@ -27,6 +27,7 @@ import numpy as np
 
 from agents.record import RecordConfig, record
 from agents.rollout import make_agent, make_env, small_info
+from envs.blockworld.bench import load_average, load_text
 from worldsim.data import WindowDataset
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> int:
     workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
     results: dict[str, Any] = {"cpu_cores": os.cpu_count(), "size": args.size, "agent": args.agent}
     # Other processes share these cores; the load average says how much of them we had.
-    print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} before the run")
+    print(f"{os.cpu_count()} CPU cores, load average {load_text(load_average())} before the run")
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -178,8 +179,8 @@ def main(argv: list[str]) -> int:
     minutes = 1e6 / parallel / 60
     print(f"\n1M steps at {parallel:.0f} steps/s: {minutes:.1f} minutes")
     results["minutes_per_million_steps"] = minutes
-    results["load_average_after"] = os.getloadavg()[0]
-    print(f"load average {results['load_average_after']:.1f} after the run")
+    results["load_average_after"] = load_average()  # null where the OS reports none
+    print(f"load average {load_text(results['load_average_after'])} after the run")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

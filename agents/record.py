@@ -78,10 +78,16 @@ def _worker(
 ) -> None:
     """Record one part; ``parent`` is the recording process's pid, passed in because a worker
     still starting up when its parent dies would otherwise take the reaper's pid for it."""
+    # On Windows a process keeps its dead parent's id (os.getppid never changes), so the pid
+    # alone let orphaned workers record their whole share. The spawn sentinel (a pipe on
+    # POSIX, the parent's process handle on Windows) says on every OS when the parent is gone.
+    spawner = mp.parent_process()
 
     def progress(k: int) -> None:
-        if os.getppid() != parent:  # the parent was killed: stop, keeping what was written,
-            results.cancel_join_thread()  # and exit without waiting for anyone to read the queue
+        if os.getppid() != parent or (spawner is not None and not spawner.is_alive()):
+            # The parent was killed: stop, keeping what was written, and exit without
+            # waiting for anyone to read the queue.
+            results.cancel_join_thread()
             raise WorldSimError("the recording's parent process is gone")
         with counter.get_lock():
             counter.value += k

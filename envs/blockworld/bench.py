@@ -28,6 +28,20 @@ CPUs, threads give the vector env at most 2x its own per-world cost, and a faste
 TARGET_RESET_S = 0.2
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none to give (Windows)."""
+    getloadavg = getattr(os, "getloadavg", None)  # POSIX only
+    try:
+        return getloadavg()[0] if getloadavg is not None else None
+    except OSError:  # "Load averages are unobtainable"
+        return None
+
+
+def load_text(load: float | None) -> str:
+    """``load`` for a report line: one decimal, or ``n/a``."""
+    return "n/a" if load is None else f"{load:.1f}"
+
+
 @dataclass(frozen=True)
 class EngineBench:
     """Results of one benchmark run."""
@@ -42,8 +56,9 @@ class EngineBench:
     """Process CPU time per step of the single env, in microseconds."""
     vector_cpu_us: float
     """Process CPU time (all threads) per world-step of the vector env, in microseconds."""
-    load_average: float
-    """1-minute load average when the run started: other work competing for the CPUs."""
+    load_average: float | None
+    """1-minute load average when the run started: other work competing for the CPUs (None
+    where the OS reports none)."""
     render_cpu_us: float
     """CPU time of rendering one frame (world view and HUD), in microseconds: the part of
     a single-env step that is not Python or game logic."""
@@ -65,7 +80,7 @@ def run_bench(seconds: float, num_envs: int, width: int, height: int, seed: int 
     from envs.blockworld.env import BlockWorldEnv
     from envs.blockworld.vector import BlockWorldVectorEnv
 
-    load = os.getloadavg()[0]
+    load = load_average()
     rng = np.random.default_rng(seed)
     env = BlockWorldEnv(width=width, height=height)
     env.reset(seed=seed)
@@ -132,7 +147,7 @@ def main(argv: list[str]) -> int:
     r = run_bench(args.seconds, args.num_envs, args.width, args.height)
     print(
         f"BlockWorld engine, {r.width}x{r.height}, random actions, resets included "
-        f"({os.cpu_count()} CPUs, load average {r.load_average:.1f} at start)"
+        f"({os.cpu_count()} CPUs, load average {load_text(r.load_average)} at start)"
     )
     print(f"  {'':<28} {'steps/s':>10} {'CPU us/step':>12}")
     print(f"  {'single env':<28} {r.single_steps_per_s:>10,.0f} {r.single_cpu_us:>12,.0f}")

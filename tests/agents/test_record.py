@@ -383,6 +383,50 @@ def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrot
     assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # both workers' shards read back
 
 
+def test_workers_stop_when_their_parent_is_killed_even_where_a_dead_parents_pid_stays(tmp_path):
+    """On Windows ``os.getppid()`` keeps returning a dead parent's id. The script below gives
+    the spawned workers that behaviour (they run its top level too), and its parent is killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "windows_ppid.py"
+    script.write_text(
+        "import os, sys\n"
+        "_parent = os.getppid()\n"
+        "os.getppid = lambda: _parent  # as on Windows: the id outlives the parent\n"
+        "from worldsim.cli import main\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "orphans"
+    root = Path(__file__).parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "record", "--env", FULL_ID, "--steps", "100000000", "--num-envs", "2",
+         "--workers", "2", "--shard-steps", "50", "--out", str(out), "--quiet"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("shard-01-*.msgpack"))) < 2 and time.monotonic() < deadline:  # both workers write
+        time.sleep(0.1)
+    assert proc.poll() is None, "the recording ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the workers share the parent's process group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the workers went on recording after their parent was killed")
+
+
 def test_a_worker_killed_mid_run_fails_the_run_at_once(tmp_path):
     """A worker killed (say, by the out-of-memory killer) while the others record must stop the
     run with an error then, not after the others have spent hours on their shares."""
@@ -565,6 +609,16 @@ def test_bench_record_runs_an_env_of_its_own_frame_size(tmp_path, capsys):
             "--json", str(out)]  # fmt: skip
     assert cli(argv) == 0
     assert json.loads(out.read_text())["frame_shape"] == [8, 8, 3]
+
+
+def test_bench_record_runs_where_the_os_reports_no_load_average(tmp_path, capsys, monkeypatch):
+    monkeypatch.delattr("os.getloadavg")  # Windows has none
+    out = tmp_path / "bench.json"
+    argv = ["bench", "record", "--env", FULL_ID, "--agent", "random", "--steps", "20", "--num-envs", "1",
+            "--size", "16", "--window", "2", "--batch", "1", "--read-seconds", "0.1", "--json", str(out)]  # fmt: skip
+    assert cli(argv) == 0
+    assert "load average n/a before the run" in capsys.readouterr().out
+    assert json.loads(out.read_text())["load_average_after"] is None
 
 
 def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_path, capsys):

@@ -26,3 +26,9 @@ def test_bench_engine_other_sizes_print_no_verdict_and_bad_options_fail(capsys):
     assert "vector env (2 worlds)" in out and "target" not in out
     with pytest.raises(WorldSimError, match="--num-envs"):
         main(["--num-envs", "0"])
+
+
+def test_bench_engine_runs_where_the_os_reports_no_load_average(monkeypatch, capsys):
+    monkeypatch.delattr("os.getloadavg")  # Windows has none
+    assert main(["--seconds", "0.1", "--num-envs", "2", "--width", "16", "--height", "16"]) == 0
+    assert "load average n/a at start" in capsys.readouterr().out
