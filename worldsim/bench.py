@@ -67,12 +67,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
+    if device.type == "cuda":  # the warm-up's kernel must not run on the clock
+        torch.cuda.synchronize(device)
     reps, t0 = 0, time.perf_counter()
     while True:
         a @ b
         reps += 1
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)  # this device's, not the current one's (--device cuda:1)
         dt = time.perf_counter() - t0
         if dt > seconds:
             return 2 * n**3 * reps / dt
@@ -405,11 +407,13 @@ def train_main(argv: list[str]) -> int:
             with FlopCounterMode(display=False) as fc:
                 step()
             flops = fc.get_total_flops()
+            if dev.type == "cuda":  # the counted step's kernels must not run on the clock
+                torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
             for _ in range(a.steps):
                 step()
             if dev.type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(dev)
             dt = (time.perf_counter() - t0) / a.steps
             row = {"preset": name, "model": kind, "params_m": round(_params(module) / 1e6, 3), "batch": B,
                    "frames_per_s": round(frames / dt, 2), "tokens_per_s": round(tokens / dt, 1),

@@ -457,7 +457,9 @@ def test_a_worker_killed_mid_run_fails_the_run_at_once(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 2 and "died without a result" in err and "Traceback" not in err
-    assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # what was written reads
+    # what was written reads: at least worker 1's first shard, closed before its second opened
+    # (the other worker may be a shard behind, so more is not certain)
+    assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 50
 
 
 def test_the_worldsim_script_finds_an_env_module_in_the_current_folder(tmp_path):
