@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def _one_thread_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere children are spawned, not forked
     os.register_at_fork(after_in_child=_one_thread_after_fork)
+if multiprocessing.parent_process() is not None and "OMP_NUM_THREADS" not in os.environ:
+    # A spawned worker (macOS's and Windows' default start method) gets one thread too, as a
+    # forked one does: N async env or record workers at torch's default each would run N x
+    # cores threads on the machine's cores. OMP_NUM_THREADS, when set, is the user's choice.
+    torch.set_num_threads(1)
 
 
 def pick_device(device: str) -> torch.device:

@@ -358,3 +358,27 @@ def test_bad_settings_and_codes_are_value_errors_naming_them(ckpt) -> None:
                          (codes + n, f"in \\[0, {n}\\)"), (codes - codes.max() - 1, f"in \\[0, {n}\\)")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             m.decode(bad)
+
+
+def _threads_in_a_worker() -> int:
+    import torch
+
+    import worldsim.torch_backend  # noqa: F401  (what building a dream env in a worker imports)
+
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("omp", [None, "2"])
+def test_a_spawned_worker_runs_torch_on_one_thread_unless_omp_num_threads_says(monkeypatch, omp) -> None:
+    """macOS and Windows spawn their workers: N async env workers at torch's default thread
+    count each ran N x cores threads. They now get one thread, as forked workers do, unless
+    the user set OMP_NUM_THREADS."""
+    import multiprocessing
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        threads = pool.apply(_threads_in_a_worker)
+    assert threads == (1 if omp is None else int(omp))
