@@ -358,3 +358,13 @@ def test_bad_settings_and_codes_are_value_errors_naming_them(ckpt) -> None:
                          (codes + n, f"in \\[0, {n}\\)"), (codes - codes.max() - 1, f"in \\[0, {n}\\)")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             m.decode(bad)
+
+
+def test_repr_says_what_the_model_was_trained_on_and_how_it_samples(ckpt: str) -> None:
+    """``print(worldsim.load(path))`` is a newcomer's first look at a model: it must say what
+    frames and actions it takes and how it runs here, not ``<WorldModel object at 0x...>``."""
+    text = repr(worldsim.load(ckpt, device="cpu", precision="fp32", chunks=2, temperature=0.25))
+    assert text.startswith("WorldModel(")
+    for part in ("frame_shape=(16, 16)", "actions=MultiDiscrete[3, 2]", "context=4", "frame_multiple=4",
+                 "backend='torch'", "device='cpu'", "precision='fp32'", "chunks=2", "temperature=0.25"):
+        assert part in text, (part, text)
