@@ -89,6 +89,8 @@ class PlayConfig:
     """Dream action guidance scale (``None``: the model's default; 1 = none)."""
     ranked_moves: bool | None = None
     """Decide for each dream frame at once which cells change (``None``: the model's default, off)."""
+    device: str | None = None
+    """The dream's torch device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ... (``None``: ``auto``, CUDA if present)."""
     screenshot_dir: str = "."
     """Where F2 saves screenshots."""
 
@@ -282,6 +284,7 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         temperature=config.temperature,
         guidance=config.guidance,
         ranked_moves=config.ranked_moves,
+        device=config.device,
     )
     try:
         spec = ActionSpec.from_space(world.action_space)
@@ -545,6 +548,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--guidance", type=float, help="dream action guidance scale, 1 = none (default: the model's)")
     p.add_argument("--ranked-moves", action=argparse.BooleanOptionalAction, default=None,
                    help="decide for each dream frame at once which cells change: the most likely ones, as many as expected (default: off)")
+    p.add_argument("--device", help="the dream's torch device: auto, cpu, cuda, cuda:1 ... (default: auto, CUDA if present)")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the dream (default: torch's)")
     a = p.parse_args(argv)
@@ -552,7 +556,8 @@ def main(argv: list[str]) -> int:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
     if a.seed is not None and a.seed < 0:
         raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
-    dream_only = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "backend", "chunks", "temperature", "guidance", "ranked_moves")
+    dream_only = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "backend", "chunks", "temperature", "guidance", "ranked_moves",
+                                                    "device")
                   if getattr(a, k) is not None]  # fmt: skip
     if a.world == "engine" and dream_only:  # the engine has no model: these would be ignored without a word
         raise WorldSimError(f"{', '.join(dream_only)} set the dream's model, but --world engine plays BlockWorld "

@@ -188,6 +188,7 @@ def make_world(
     temperature: float | None = None,
     guidance: float | None = None,
     ranked_moves: bool | None = None,
+    device: str | None = None,
 ) -> World:
     """Build the world the viewer shows.
 
@@ -202,6 +203,7 @@ def make_world(
         temperature: The dream's sampling temperature (``None``: the model's default).
         guidance: The dream's action guidance scale (``None``: the model's default).
         ranked_moves: Decide for each dream frame at once which cells change (``None``: off).
+        device: The dream's torch device (``None``: ``auto``, CUDA if present).
 
     Raises:
         WorldSimError: An unknown mode, or a checkpoint that cannot be loaded.
@@ -229,7 +231,8 @@ def make_world(
         "ranked_moves": ranked_moves,
     }
     # The viewer restarts episodes itself, so no step limit: a human plays as long as they like.
-    dream = gym.make(DREAM_ID, max_episode_steps=-1, **kwargs)
+    # The device is where this session runs, not part of the world: a recording's env_kwargs leave it out.
+    dream = gym.make(DREAM_ID, max_episode_steps=-1, device="auto" if device is None else device, **kwargs)
     if mode == "dream":
         return EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
     from envs.dream import make_source_env

@@ -1,5 +1,6 @@
 """`worldsim play`: scripted action files, option errors, and headless runs of all three worlds."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -119,6 +120,7 @@ def test_a_huge_repeat_costs_nothing_until_played(tmp_path, headless):
         (["--seed", "-1"], "--seed must be at least 0"),
         (["--threads", "0"], "--threads must be at least 1"),
         (["--backend", "onnx", "--guidance", "1.3"], "--backend, --guidance set the dream's model, but --world engine"),
+        (["--device", "cpu"], "--device set the dream's model, but --world engine"),
     ],
 )
 def test_bad_options_fail_before_opening_a_window(argv, message):
@@ -340,6 +342,20 @@ def test_dream_worlds_headless_with_screenshot(tmp_path, headless, checkpoint, w
         assert result.mean_psnr is not None and 0 < result.mean_psnr <= PSNR_CAP_DB
     else:
         assert result.mean_psnr is None
+
+
+def test_the_dream_runs_on_the_device_asked_for(tmp_path, headless, checkpoint):
+    """`worldsim play --device` reaches the dream, as every entry point's does (a machine with a
+    GPU can still play on the CPU); a device this machine lacks is refused, naming it."""
+    from tests.envs.dream_checkpoint import SIDE
+
+    torch = pytest.importorskip("torch")
+    config = PlayConfig(world="dream", checkpoint=checkpoint, actions=script(tmp_path), seed=1, width=SIDE, height=SIDE,
+                        scale=1, max_steps=2, device="cpu")  # fmt: skip
+    assert play(config).steps == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(WorldSimError, match="device 'cuda'"):
+            play(dataclasses.replace(config, device="cuda"))
 
 
 def test_a_side_by_side_recording_replays_in_the_engine_from_its_seed(tmp_path, headless, checkpoint):
