@@ -300,6 +300,24 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         world.close()
 
 
+def slow_hint(world: World) -> str:
+    """What to try when the dream cannot keep the tick rate, or "" when there is no simple cure.
+
+    A torch dream on the CPU with several threads is the common case: when other programs
+    share the cores, OpenMP's threads spin against each other and a step can take 10-60
+    times as long (docs/dream.md, "Threads"); one thread is then much faster.
+    """
+    if world.backend != "torch" or world.device != "cpu":
+        return ""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return ""
+    return (f" (the dream runs on the CPU with {threads} torch threads; when other programs share the CPU, "
+            "--threads 1 is often much faster)")
+
+
 def check_display(pygame: Any) -> None:
     """Refuse to open a window that nobody can see.
 
@@ -501,7 +519,8 @@ class _Session:
                     next_tick = max(next_tick, time.perf_counter())
                     if self.state.behind and not warned:
                         print(f"warning: generation {self.state.gen_fps:.1f} frames/s cannot keep the "
-                              f"{cfg.tick_rate:g} steps/s tick rate; the game runs slower than real time", flush=True)
+                              f"{cfg.tick_rate:g} steps/s tick rate; the game runs slower than real time"
+                              f"{slow_hint(self.world)}", flush=True)
                         warned = True
                     next_draw = 0.0
                 elif self.state.paused:

@@ -88,6 +88,8 @@ class World:
     """After :meth:`reset`: the steps from ``reset_frame`` to the first frame returned."""
     frame_shape: tuple[int, int]
     """(height, width) of every pane's frames."""
+    device: str | None = None
+    """Where the dream's model runs (``cpu``, ``cuda:0`` ...); None for the engine alone."""
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
         """Start a new episode in every pane and return their first frames."""
@@ -234,11 +236,15 @@ def make_world(
     # The device is where this session runs, not part of the world: a recording's env_kwargs leave it out.
     dream = gym.make(DREAM_ID, max_episode_steps=-1, device="auto" if device is None else device, **kwargs)
     if mode == "dream":
-        return EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
+        world: World = EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
+        world.device = dream.unwrapped.model.backend.device
+        return world
     from envs.dream import make_source_env
 
     source_id, source_kwargs = dream.unwrapped.source_env
     if source_id == BLOCKWORLD_ID:  # as the dream: no step limit, a human plays as long as they like
         source_kwargs = {**source_kwargs, "max_steps": ENDLESS_STEPS}
     engine = make_source_env(source_id, source_kwargs)
-    return SideBySideWorld(engine, dream, backend, source_id, source_kwargs)
+    world = SideBySideWorld(engine, dream, backend, source_id, source_kwargs)
+    world.device = dream.unwrapped.model.backend.device
+    return world

@@ -358,6 +358,32 @@ def test_the_dream_runs_on_the_device_asked_for(tmp_path, headless, checkpoint):
             play(dataclasses.replace(config, device="cuda"))
 
 
+def test_a_slow_dream_on_several_cpu_threads_says_to_try_one(tmp_path, headless, checkpoint, monkeypatch, capsys):
+    """On a shared CPU torch's threads spin against each other and the dream crawls; the slow
+    warning says what helps (--threads 1) instead of only that the game is slow."""
+    import time
+
+    from agents.worlds import EnvWorld
+    from tests.envs.dream_checkpoint import SIDE
+
+    torch = pytest.importorskip("torch")
+    real_step = EnvWorld.step
+    monkeypatch.setattr(EnvWorld, "step", lambda self, a: time.sleep(0.1) or real_step(self, a))
+    config = PlayConfig(world="dream", checkpoint=checkpoint, actions=script(tmp_path), seed=1, width=SIDE, height=SIDE,
+                        scale=1, max_steps=4, device="cpu", screenshot_dir=str(tmp_path))  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert play(config).fell_behind
+        assert "--threads 1 is often much faster" in capsys.readouterr().out
+        torch.set_num_threads(1)
+        assert play(config).fell_behind
+        printed = capsys.readouterr().out
+        assert "cannot keep the 20 steps/s tick rate" in printed and "--threads 1" not in printed
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_side_by_side_recording_replays_in_the_engine_from_its_seed(tmp_path, headless, checkpoint):
     """The recording starts at the engine's reset frame and holds the dream's prompt steps, so
     the engine reset with the recorded seed and given the recorded actions makes every frame."""
