@@ -33,6 +33,7 @@ import numpy as np
 from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, check_keymap, compose_action
 from agents.overlay import Overlay, OverlayState
 from agents.worlds import World, make_world
+from envs.window import check_display
 from worldsim.errors import WorldSimError
 from worldsim.spaces import ActionSpec
 
@@ -272,7 +273,8 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         import pygame
     except ModuleNotFoundError as e:
         raise WorldSimError("the viewer needs pygame; run `pip install pygame`") from e
-    check_display(pygame)  # before the model loads: a missing display is the first thing to know
+    # Before the model loads: a missing display is the first thing to know.
+    check_display(pygame, "the game's window", "run `worldsim play` on a desktop", "run it headless with --actions FILE")
 
     world = make_world(
         config.world,
@@ -316,38 +318,6 @@ def slow_hint(world: World) -> str:
         return ""
     return (f" (the dream runs on the CPU with {threads} torch threads; when other programs share the CPU, "
             "--threads 1 is often much faster)")
-
-
-def check_display(pygame: Any) -> None:
-    """Refuse to open a window that nobody can see.
-
-    With no X11 or Wayland display (over SSH, in a container) SDL falls back to its
-    ``offscreen`` driver, and the game would run invisibly until killed. A headless run says
-    so by setting ``SDL_VIDEODRIVER`` itself, as the tests and ``make demo`` do.
-
-    Raises:
-        WorldSimError: SDL found no display and ``SDL_VIDEODRIVER`` is not set, or the
-            driver that ``SDL_VIDEODRIVER`` names cannot start (``x11`` with no X server).
-    """
-    chosen = os.environ.get("SDL_VIDEODRIVER")
-    try:
-        pygame.display.init()
-        driver = pygame.display.get_driver()
-    except pygame.error as e:  # an SDL built without the offscreen fallback finds no driver at all
-        if chosen:
-            raise WorldSimError(
-                f"SDL_VIDEODRIVER={chosen} cannot open a window here ({e}); unset it to let SDL pick the "
-                "display, or set SDL_VIDEODRIVER=dummy to run headless with --actions FILE"
-            ) from None
-        driver = None
-    if chosen:
-        return
-    if driver in (None, "offscreen", "dummy"):
-        pygame.display.quit()
-        raise WorldSimError(
-            "no display to open the game's window on (no X11 or Wayland display was found); run "
-            "`worldsim play` on a desktop, or set SDL_VIDEODRIVER=dummy to run it headless with --actions FILE"
-        )
 
 
 class _Session:
