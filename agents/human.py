@@ -288,6 +288,11 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         ranked_moves=config.ranked_moves,
         device=config.device,
     )
+    if world.model_frame_shape is not None and world.frame_shape != world.model_frame_shape:
+        # The dream runs at any multiple of its patch, but a size it never saw looks worse: say so, as eval does.
+        (h0, w0), (h, w) = world.model_frame_shape, world.frame_shape
+        print(f"note: the dream's model was trained on {w0}x{h0} frames (width x height); at {w}x{h} it dreams "
+              "at a size it never saw, so expect a worse picture", flush=True)
     try:
         spec = ActionSpec.from_space(world.action_space)
         # Read the whole script first: a bad line is an error before the window opens.

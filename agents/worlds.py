@@ -90,6 +90,8 @@ class World:
     """(height, width) of every pane's frames."""
     device: str | None = None
     """Where the dream's model runs (``cpu``, ``cuda:0`` ...); None for the engine alone."""
+    model_frame_shape: tuple[int, int] | None = None
+    """(height, width) of the frames the dream's model was trained on; None for the engine alone."""
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
         """Start a new episode in every pane and return their first frames."""
@@ -237,7 +239,7 @@ def make_world(
     dream = gym.make(DREAM_ID, max_episode_steps=-1, device="auto" if device is None else device, **kwargs)
     if mode == "dream":
         world: World = EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
-        world.device = dream.unwrapped.model.backend.device
+        world.device, world.model_frame_shape = _model_facts(dream)
         return world
     from envs.dream import make_source_env
 
@@ -246,5 +248,12 @@ def make_world(
         source_kwargs = {**source_kwargs, "max_steps": ENDLESS_STEPS}
     engine = make_source_env(source_id, source_kwargs)
     world = SideBySideWorld(engine, dream, backend, source_id, source_kwargs)
-    world.device = dream.unwrapped.model.backend.device
+    world.device, world.model_frame_shape = _model_facts(dream)
     return world
+
+
+def _model_facts(dream: gym.Env) -> tuple[str, tuple[int, int]]:
+    """Where the dream's model runs, and the (height, width) of the frames it was trained on."""
+    model = dream.unwrapped.model
+    h, w = model.config.frame_shape
+    return model.backend.device, (int(h), int(w))

@@ -358,6 +358,20 @@ def test_the_dream_runs_on_the_device_asked_for(tmp_path, headless, checkpoint):
             play(dataclasses.replace(config, device="cuda"))
 
 
+def test_a_dream_played_at_a_size_its_model_never_saw_says_so(tmp_path, headless, checkpoint, capsys):
+    """--width/--height other than the model's training frames make a worse picture; the player
+    is told why, as `worldsim eval` tells its user, and nothing is said at the model's own size."""
+    from tests.envs.dream_checkpoint import SIDE
+
+    config = PlayConfig(world="dream", checkpoint=checkpoint, actions=script(tmp_path), seed=1, scale=1, max_steps=1,
+                        device="cpu", screenshot_dir=str(tmp_path))  # fmt: skip
+    play(config)
+    assert "never saw" not in capsys.readouterr().out
+    play(dataclasses.replace(config, width=2 * SIDE, height=SIDE))
+    out = capsys.readouterr().out
+    assert f"trained on {SIDE}x{SIDE} frames (width x height); at {2 * SIDE}x{SIDE} it dreams at a size it never saw" in out
+
+
 def test_a_slow_dream_on_several_cpu_threads_says_to_try_one(tmp_path, headless, checkpoint, monkeypatch, capsys):
     """On a shared CPU torch's threads spin against each other and the dream crawls; the slow
     warning says what helps (--threads 1) instead of only that the game is slow."""
