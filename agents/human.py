@@ -33,6 +33,7 @@ import numpy as np
 from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, check_keymap, compose_action
 from agents.overlay import Overlay, OverlayState
 from agents.worlds import World, make_world
+from envs.window import check_display
 from worldsim.errors import WorldSimError
 from worldsim.spaces import ActionSpec
 
@@ -89,6 +90,8 @@ class PlayConfig:
     """Dream action guidance scale (``None``: the model's default; 1 = none)."""
     ranked_moves: bool | None = None
     """Decide for each dream frame at once which cells change (``None``: the model's default, off)."""
+    device: str | None = None
+    """The dream's torch device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ... (``None``: ``auto``, CUDA if present)."""
     screenshot_dir: str = "."
     """Where F2 saves screenshots."""
 
@@ -270,7 +273,8 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         import pygame
     except ModuleNotFoundError as e:
         raise WorldSimError("the viewer needs pygame; run `pip install pygame`") from e
-    check_display(pygame)  # before the model loads: a missing display is the first thing to know
+    # Before the model loads: a missing display is the first thing to know.
+    check_display(pygame, "the game's window", "run `worldsim play` on a desktop", "run it headless with --actions FILE")
 
     world = make_world(
         config.world,
@@ -282,7 +286,13 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         temperature=config.temperature,
         guidance=config.guidance,
         ranked_moves=config.ranked_moves,
+        device=config.device,
     )
+    if world.model_frame_shape is not None and world.frame_shape != world.model_frame_shape:
+        # The dream runs at any multiple of its patch, but a size it never saw looks worse: say so, as eval does.
+        (h0, w0), (h, w) = world.model_frame_shape, world.frame_shape
+        print(f"note: the dream's model was trained on {w0}x{h0} frames (width x height); at {w}x{h} it dreams "
+              "at a size it never saw, so expect a worse picture", flush=True)
     try:
         spec = ActionSpec.from_space(world.action_space)
         # Read the whole script first: a bad line is an error before the window opens.
@@ -297,36 +307,22 @@ def play(config: PlayConfig, keymap: Keymap = DEFAULT_KEYMAP) -> PlayResult:
         world.close()
 
 
-def check_display(pygame: Any) -> None:
-    """Refuse to open a window that nobody can see.
+def slow_hint(world: World) -> str:
+    """What to try when the dream cannot keep the tick rate, or "" when there is no simple cure.
 
-    With no X11 or Wayland display (over SSH, in a container) SDL falls back to its
-    ``offscreen`` driver, and the game would run invisibly until killed. A headless run says
-    so by setting ``SDL_VIDEODRIVER`` itself, as the tests and ``make demo`` do.
-
-    Raises:
-        WorldSimError: SDL found no display and ``SDL_VIDEODRIVER`` is not set, or the
-            driver that ``SDL_VIDEODRIVER`` names cannot start (``x11`` with no X server).
+    A torch dream on the CPU with several threads is the common case: when other programs
+    share the cores, OpenMP's threads spin against each other and a step can take 10-60
+    times as long (docs/dream.md, "Threads"); one thread is then much faster.
     """
-    chosen = os.environ.get("SDL_VIDEODRIVER")
-    try:
-        pygame.display.init()
-        driver = pygame.display.get_driver()
-    except pygame.error as e:  # an SDL built without the offscreen fallback finds no driver at all
-        if chosen:
-            raise WorldSimError(
-                f"SDL_VIDEODRIVER={chosen} cannot open a window here ({e}); unset it to let SDL pick the "
-                "display, or set SDL_VIDEODRIVER=dummy to run headless with --actions FILE"
-            ) from None
-        driver = None
-    if chosen:
-        return
-    if driver in (None, "offscreen", "dummy"):
-        pygame.display.quit()
-        raise WorldSimError(
-            "no display to open the game's window on (no X11 or Wayland display was found); run "
-            "`worldsim play` on a desktop, or set SDL_VIDEODRIVER=dummy to run it headless with --actions FILE"
-        )
+    if world.backend != "torch" or world.device != "cpu":
+        return ""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return ""
+    return (f" (the dream runs on the CPU with {threads} torch threads; when other programs share the CPU, "
+            "--threads 1 is often much faster)")
 
 
 class _Session:
@@ -498,7 +494,8 @@ class _Session:
                     next_tick = max(next_tick, time.perf_counter())
                     if self.state.behind and not warned:
                         print(f"warning: generation {self.state.gen_fps:.1f} frames/s cannot keep the "
-                              f"{cfg.tick_rate:g} steps/s tick rate; the game runs slower than real time", flush=True)
+                              f"{cfg.tick_rate:g} steps/s tick rate; the game runs slower than real time"
+                              f"{slow_hint(self.world)}", flush=True)
                         warned = True
                     next_draw = 0.0
                 elif self.state.paused:
@@ -545,6 +542,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--guidance", type=float, help="dream action guidance scale, 1 = none (default: the model's)")
     p.add_argument("--ranked-moves", action=argparse.BooleanOptionalAction, default=None,
                    help="decide for each dream frame at once which cells change: the most likely ones, as many as expected (default: off)")
+    p.add_argument("--device", help="the dream's torch device: auto, cpu, cuda, cuda:1 ... (default: auto, CUDA if present)")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the dream (default: torch's)")
     a = p.parse_args(argv)
@@ -552,7 +550,8 @@ def main(argv: list[str]) -> int:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
     if a.seed is not None and a.seed < 0:
         raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
-    dream_only = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "backend", "chunks", "temperature", "guidance", "ranked_moves")
+    dream_only = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "backend", "chunks", "temperature", "guidance", "ranked_moves",
+                                                    "device")
                   if getattr(a, k) is not None]  # fmt: skip
     if a.world == "engine" and dream_only:  # the engine has no model: these would be ignored without a word
         raise WorldSimError(f"{', '.join(dream_only)} set the dream's model, but --world engine plays BlockWorld "

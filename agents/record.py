@@ -322,17 +322,19 @@ def _run_parallel(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldsim record", description=__doc__.split("\n\n")[0])
     p.add_argument("--env", required=True, help="Gymnasium id (module:Id imports module first)")
-    p.add_argument("--agent", choices=AGENTS, default="random")
+    p.add_argument("--agent", choices=AGENTS, default="random",
+                   help="who acts: random (any env) or explorer (a scripted BlockWorld player that walks, turns, mines and builds: the data world models train on) (default: random)")
     p.add_argument("--steps", type=int, required=True, help="step records to write in total")
     p.add_argument("--out", required=True, help="a .msgpack file, or a folder of shards")
-    p.add_argument("--num-envs", type=int, default=1, help="envs stepped together (vector env)")
+    p.add_argument("--num-envs", type=int, default=1, help="envs stepped together (vector env; default 1)")
     p.add_argument(
         "--workers", type=int, default=None, help="processes (default: min(num-envs, CPU cores))"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the run: the envs' resets and the agents' draws (docs/recording.md; default 0)")
     p.add_argument("--width", type=int, default=None, help="frame width, passed to the env")
     p.add_argument("--height", type=int, default=None, help="frame height, passed to the env")
-    p.add_argument("--shard-steps", type=int, default=4096, help="records per shard file")
+    p.add_argument("--shard-steps", type=int, default=4096, help="records per shard file (default 4096)")
     p.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of more env keyword arguments")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing recording at --out"

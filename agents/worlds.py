@@ -88,6 +88,10 @@ class World:
     """After :meth:`reset`: the steps from ``reset_frame`` to the first frame returned."""
     frame_shape: tuple[int, int]
     """(height, width) of every pane's frames."""
+    device: str | None = None
+    """Where the dream's model runs (``cpu``, ``cuda:0`` ...); None for the engine alone."""
+    model_frame_shape: tuple[int, int] | None = None
+    """(height, width) of the frames the dream's model was trained on; None for the engine alone."""
 
     def reset(self, seed: int | None) -> list[np.ndarray]:
         """Start a new episode in every pane and return their first frames."""
@@ -188,6 +192,7 @@ def make_world(
     temperature: float | None = None,
     guidance: float | None = None,
     ranked_moves: bool | None = None,
+    device: str | None = None,
 ) -> World:
     """Build the world the viewer shows.
 
@@ -202,6 +207,7 @@ def make_world(
         temperature: The dream's sampling temperature (``None``: the model's default).
         guidance: The dream's action guidance scale (``None``: the model's default).
         ranked_moves: Decide for each dream frame at once which cells change (``None``: off).
+        device: The dream's torch device (``None``: ``auto``, CUDA if present).
 
     Raises:
         WorldSimError: An unknown mode, or a checkpoint that cannot be loaded.
@@ -229,13 +235,25 @@ def make_world(
         "ranked_moves": ranked_moves,
     }
     # The viewer restarts episodes itself, so no step limit: a human plays as long as they like.
-    dream = gym.make(DREAM_ID, max_episode_steps=-1, **kwargs)
+    # The device is where this session runs, not part of the world: a recording's env_kwargs leave it out.
+    dream = gym.make(DREAM_ID, max_episode_steps=-1, device="auto" if device is None else device, **kwargs)
     if mode == "dream":
-        return EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
+        world: World = EnvWorld(dream, "dream", backend, DREAM_ID, kwargs)
+        world.device, world.model_frame_shape = _model_facts(dream)
+        return world
     from envs.dream import make_source_env
 
     source_id, source_kwargs = dream.unwrapped.source_env
     if source_id == BLOCKWORLD_ID:  # as the dream: no step limit, a human plays as long as they like
         source_kwargs = {**source_kwargs, "max_steps": ENDLESS_STEPS}
     engine = make_source_env(source_id, source_kwargs)
-    return SideBySideWorld(engine, dream, backend, source_id, source_kwargs)
+    world = SideBySideWorld(engine, dream, backend, source_id, source_kwargs)
+    world.device, world.model_frame_shape = _model_facts(dream)
+    return world
+
+
+def _model_facts(dream: gym.Env) -> tuple[str, tuple[int, int]]:
+    """Where the dream's model runs, and the (height, width) of the frames it was trained on."""
+    model = dream.unwrapped.model
+    h, w = model.config.frame_shape
+    return model.backend.device, (int(h), int(w))

@@ -8,7 +8,8 @@ window working.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -17,6 +18,45 @@ from worldsim.errors import WorldSimError
 WINDOW_TARGET_PX = 512
 """The window is the frame scaled by the largest integer that keeps its longer side about
 this many pixels."""
+
+
+def check_display(pygame: Any, window: str, remedy: str, headless: str) -> None:
+    """Open pygame's display, refusing a window that nobody can see.
+
+    With no X11 or Wayland display (over SSH, in a container) SDL falls back to its
+    ``offscreen`` driver, and the window would be drawn invisibly (an env's at its
+    ``render_fps``, so slowly too). A headless run says so by setting ``SDL_VIDEODRIVER``
+    itself, as the tests and ``make demo`` do.
+
+    Args:
+        pygame: The pygame module.
+        window: What would open, for the message ("the game's window").
+        remedy: What to do instead, for the message ("run `worldsim play` on a desktop").
+        headless: What ``SDL_VIDEODRIVER=dummy`` then does, for the message ("run it headless").
+
+    Raises:
+        WorldSimError: SDL found no display and ``SDL_VIDEODRIVER`` is not set, or the
+            driver that ``SDL_VIDEODRIVER`` names cannot start (``x11`` with no X server).
+    """
+    chosen = os.environ.get("SDL_VIDEODRIVER")
+    try:
+        pygame.display.init()
+        driver = pygame.display.get_driver()
+    except pygame.error as e:  # an SDL built without the offscreen fallback finds no driver at all
+        if chosen:
+            raise WorldSimError(
+                f"SDL_VIDEODRIVER={chosen} cannot open a window here ({e}); unset it to let SDL pick the "
+                f"display, or set SDL_VIDEODRIVER=dummy to {headless}"
+            ) from None
+        driver = None
+    if chosen:
+        return
+    if driver in (None, "offscreen", "dummy"):
+        pygame.display.quit()
+        raise WorldSimError(
+            f"no display to open {window} on (no X11 or Wayland display was found); {remedy}, "
+            f"or set SDL_VIDEODRIVER=dummy to {headless}"
+        )
 
 
 class FrameWindow:
@@ -36,6 +76,9 @@ class FrameWindow:
             import pygame
         except ModuleNotFoundError as e:
             raise WorldSimError("render_mode='human' needs pygame; run `pip install pygame`") from e
+        if not pygame.display.get_init():  # an open display was checked when it opened
+            check_display(pygame, "the render_mode='human' window",
+                          "use render_mode='rgb_array' (or None) on a machine without one", "draw it unseen")
         self.pg = pygame
         self.title = title
         scale = max(1, WINDOW_TARGET_PX // max(width, height))

@@ -413,23 +413,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None, help="reference Gymnasium id (default: the checkpoint's env)")
     p.add_argument("--env-kwargs", type=json_object, default=None, help="JSON object of env kwargs (default: the checkpoint's)")
     p.add_argument("--episodes", type=int, default=EvalConfig.episodes,
-                   help="held-out episodes (one batch; with 16 the tokenizer and copy-last figures swing by a dB or more)")
-    p.add_argument("--horizon", type=int, default=32, help="open-loop steps per episode")
+                   help="held-out episodes (one batch; with 16 the tokenizer and copy-last figures swing by a dB or more; default %(default)s)")
+    p.add_argument("--horizon", type=int, default=32, help="open-loop steps per episode (default %(default)s)")
     p.add_argument("--context", type=int, default=None, help="real prompt frames (default: the model's context - 1)")
-    p.add_argument("--stability-steps", type=int, default=2000, help="length of the long open-loop rollout")
-    p.add_argument("--probe-worlds", type=int, default=EvalConfig.probe_worlds, help="worlds per object-permanence probe (one batch)")
-    p.add_argument("--idm-data-steps", type=int, default=IDMConfig.data_steps, help="reference steps to train the IDM on")
-    p.add_argument("--idm-train-steps", type=int, default=IDMConfig.train_steps, help="IDM optimizer steps")
+    p.add_argument("--stability-steps", type=int, default=2000, help="length of the long open-loop rollout (default %(default)s)")
+    p.add_argument("--probe-worlds", type=int, default=EvalConfig.probe_worlds, help="worlds per object-permanence probe (one batch; default %(default)s)")
+    p.add_argument("--idm-data-steps", type=int, default=IDMConfig.data_steps, help="reference steps to train the IDM on (default %(default)s)")
+    p.add_argument("--idm-train-steps", type=int, default=IDMConfig.train_steps, help="IDM optimizer steps (default %(default)s)")
     p.add_argument("--chunks", type=int, default=None, help="passes per frame (default: the runtime's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the runtime's)")
-    p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx")
+    p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
     p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
                    help="seeds the policies and the sampling; several: one eval each in OUT/seed-S, "
-                        "and OUT/seeds.json with each figure's mean, min and max over them")  # fmt: skip
-    p.add_argument("--reward-threshold", type=float, default=0.5, help="|reward| that counts as a reward event")
+                        "and OUT/seeds.json with each figure's mean, min and max over them (default 0)")  # fmt: skip
+    p.add_argument("--reward-threshold", type=float, default=0.5, help="|reward| that counts as a reward event (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="IDM cache (default: $WORLDSIM_CACHE/idm or ~/.cache/worldsim/idm)")
     p.add_argument("--no-videos", action="store_true", help="skip the GIF and MP4 files")
     p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=None,
@@ -581,7 +581,7 @@ def summary(m: dict[str, Any]) -> str:
                      f"(copy-last {f(bc['moving']['copy_last_psnr'])}); still frames {f(bc['still']['psnr'])} dB, "
                      f"{f(pct(bc['still']['exact']), '.0f')}% exact")  # fmt: skip
     lines += [
-        f"open loop {key[5:]:<6}           PSNR {f(ol['psnr'])} dB  (copy-last {f(ol['copy_last_psnr'])}, gain {f(ol['gain_db'])})",
+        f"open loop {key[5:].replace('_', '-'):<6}           PSNR {f(ol['psnr'])} dB  (copy-last {f(ol['copy_last_psnr'])}, gain {f(ol['gain_db'])})",
     ]
     for h, v in m["open_loop"]["horizons"].items():
         lines.append(f"  horizon {h:>3}              PSNR {f(v['psnr'])} dB  (copy-last {f(v['copy_last_psnr'])})  SSIM {f(v['ssim'], '.3f')}")

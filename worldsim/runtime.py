@@ -268,6 +268,19 @@ class WorldModel:
         self._frame: np.ndarray | None = None  # its pixels [B,H,W,3] as shown: real after a prompt
         self._shape: tuple[int, int, int] | None = None  # (B, H, W)
 
+    def __repr__(self) -> str:
+        # What a user checks first after worldsim.load(): which env and frame size the model
+        # was trained on, what it takes, and how it samples here (device and precision included).
+        spec = self.action_spec
+        h, w = self.config.frame_shape
+        guided = "" if self.guidance == 1 else f", guided_actions={list(self.guided_actions)}"
+        return (f"WorldModel(env_id={self.config.env_id!r}, frame_shape=({h}, {w}), "
+                f"actions={spec.kind}{list(spec.nvec)}, context={self.context_frames}, "
+                f"frame_multiple={self.frame_multiple}, backend={self.backend.name!r}, "
+                f"device={self.backend.device!r}, precision={getattr(self.backend, 'precision', None)!r}, "
+                f"chunks={self.chunks}, temperature={self.temperature:g}, guidance={self.guidance:g}{guided}, "
+                f"unfreeze={self.unfreeze}, ranked_moves={self.ranked_moves})")
+
     @property
     def batch_size(self) -> int:
         """B of the last prompt (0 before the first)."""

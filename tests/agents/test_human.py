@@ -1,5 +1,6 @@
 """`worldsim play`: scripted action files, option errors, and headless runs of all three worlds."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -119,6 +120,7 @@ def test_a_huge_repeat_costs_nothing_until_played(tmp_path, headless):
         (["--seed", "-1"], "--seed must be at least 0"),
         (["--threads", "0"], "--threads must be at least 1"),
         (["--backend", "onnx", "--guidance", "1.3"], "--backend, --guidance set the dream's model, but --world engine"),
+        (["--device", "cpu"], "--device set the dream's model, but --world engine"),
     ],
 )
 def test_bad_options_fail_before_opening_a_window(argv, message):
@@ -340,6 +342,60 @@ def test_dream_worlds_headless_with_screenshot(tmp_path, headless, checkpoint, w
         assert result.mean_psnr is not None and 0 < result.mean_psnr <= PSNR_CAP_DB
     else:
         assert result.mean_psnr is None
+
+
+def test_the_dream_runs_on_the_device_asked_for(tmp_path, headless, checkpoint):
+    """`worldsim play --device` reaches the dream, as every entry point's does (a machine with a
+    GPU can still play on the CPU); a device this machine lacks is refused, naming it."""
+    from tests.envs.dream_checkpoint import SIDE
+
+    torch = pytest.importorskip("torch")
+    config = PlayConfig(world="dream", checkpoint=checkpoint, actions=script(tmp_path), seed=1, width=SIDE, height=SIDE,
+                        scale=1, max_steps=2, device="cpu")  # fmt: skip
+    assert play(config).steps == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(WorldSimError, match="device 'cuda'"):
+            play(dataclasses.replace(config, device="cuda"))
+
+
+def test_a_dream_played_at_a_size_its_model_never_saw_says_so(tmp_path, headless, checkpoint, capsys):
+    """--width/--height other than the model's training frames make a worse picture; the player
+    is told why, as `worldsim eval` tells its user, and nothing is said at the model's own size."""
+    from tests.envs.dream_checkpoint import SIDE
+
+    config = PlayConfig(world="dream", checkpoint=checkpoint, actions=script(tmp_path), seed=1, scale=1, max_steps=1,
+                        device="cpu", screenshot_dir=str(tmp_path))  # fmt: skip
+    play(config)
+    assert "never saw" not in capsys.readouterr().out
+    play(dataclasses.replace(config, width=2 * SIDE, height=SIDE))
+    out = capsys.readouterr().out
+    assert f"trained on {SIDE}x{SIDE} frames (width x height); at {2 * SIDE}x{SIDE} it dreams at a size it never saw" in out
+
+
+def test_a_slow_dream_on_several_cpu_threads_says_to_try_one(tmp_path, headless, checkpoint, monkeypatch, capsys):
+    """On a shared CPU torch's threads spin against each other and the dream crawls; the slow
+    warning says what helps (--threads 1) instead of only that the game is slow."""
+    import time
+
+    from agents.worlds import EnvWorld
+    from tests.envs.dream_checkpoint import SIDE
+
+    torch = pytest.importorskip("torch")
+    real_step = EnvWorld.step
+    monkeypatch.setattr(EnvWorld, "step", lambda self, a: time.sleep(0.1) or real_step(self, a))
+    config = PlayConfig(world="dream", checkpoint=checkpoint, actions=script(tmp_path), seed=1, width=SIDE, height=SIDE,
+                        scale=1, max_steps=4, device="cpu", screenshot_dir=str(tmp_path))  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert play(config).fell_behind
+        assert "--threads 1 is often much faster" in capsys.readouterr().out
+        torch.set_num_threads(1)
+        assert play(config).fell_behind
+        printed = capsys.readouterr().out
+        assert "cannot keep the 20 steps/s tick rate" in printed and "--threads 1" not in printed
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_side_by_side_recording_replays_in_the_engine_from_its_seed(tmp_path, headless, checkpoint):

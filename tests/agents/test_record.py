@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agents.random_agent import RandomAgent
-from agents.record import RecordConfig, record
+from agents.record import RecordConfig, build_parser, record
 from tests.worldsim.toy_env import FULL_ID, ToyImageEnv
 from worldsim.cli import main as cli
 from worldsim.data import WindowDataset
@@ -628,3 +628,14 @@ def test_an_unregistered_id_says_how_to_name_the_module_that_registers_it(tmp_pa
     assert "--env my_module:NotRegistered-v0" in capsys.readouterr().err
     assert cli(["record", "--env", "BlockWorld-v0", "--steps", "5", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "did you mean --env worldsim/BlockWorld-v0?" in capsys.readouterr().err
+
+
+def test_record_help_explains_every_option_and_names_the_default_agent(capsys):
+    """`worldsim record --help` is where a newcomer learns that the default agent is random
+    and that the explorer is the one that makes BlockWorld training data."""
+    with pytest.raises(SystemExit):
+        cli(["record", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for action in build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    assert "explorer (a scripted BlockWorld player" in text and "(default: random)" in text

@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import worldsim  # noqa: F401  (registers the ids)
 from envs.blockworld import ACTION_NAMES, ACTION_NVEC, BlockWorldEnv, DiscreteActions
+from worldsim.errors import WorldSimError
 
 INFO_KEYS = {
     "inventory", "selected_slot", "achievements", "health", "position", "yaw", "pitch",
@@ -172,6 +173,23 @@ def test_human_render_opens_a_window(monkeypatch):
     env.reset(seed=0)
     env.step(np.zeros(8, dtype=np.int64))
     assert env._window is not None
+    env.close()
+
+
+def test_human_render_without_a_display_is_an_error_not_an_invisible_window(monkeypatch):
+    """On a server (no X11 or Wayland) SDL would fall back to its offscreen driver: the env
+    would draw a window nobody sees, at 20 frames/s, so an RL run crawls unseen. It says so."""
+    pygame = pytest.importorskip("pygame")
+    for name in ("SDL_VIDEODRIVER", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    env = BlockWorldEnv(width=16, height=16, render_mode="human")
+    with pytest.raises(WorldSimError, match="no display to open the render_mode='human' window on.*rgb_array"):
+        env.reset(seed=0)
+    assert not pygame.display.get_init()
+    env.close()
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # asked for explicitly, an unseen window is fine
+    env = BlockWorldEnv(width=16, height=16, render_mode="human")
+    env.reset(seed=0)
     env.close()
 
 

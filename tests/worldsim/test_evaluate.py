@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 import worldsim  # noqa: F401  (registers the ids)
 from tests.worldsim.toy_env import FULL_ID
+from worldsim import evaluate
 from worldsim.checkpoint import ModelConfig, load_model, save_model, weights_digest
 from worldsim.cli import main as cli
 from worldsim.errors import WorldSimError
@@ -839,3 +840,26 @@ def test_recipe_runs_on_a_file_system_that_takes_no_locks(monkeypatch, tmp_path:
     with pytest.raises(AssertionError, match="work started"):
         RecipeRun("blockworld-16-smoke", tmp_path / "r", log=said.append).run()
     assert any("takes no file locks (No locks available)" in s for s in said)
+
+
+def test_eval_summary_names_the_open_loop_span_as_the_progress_line_does() -> None:
+    """The table printed at the end says ``open loop 1-8``, as the progress line before it,
+    not the metrics key's ``1_8``; and ``worldsim eval --help`` gives the budget's defaults,
+    which a newcomer needs to scale an eval down."""
+    pr = {"precision": None, "recall": None, "actual": 0}
+    m = {
+        "tokenizer": {"psnr": 30.0, "ssim": 0.9},
+        "teacher_forced": {"psnr": 25.0, "copy_last_psnr": 30.0, "gain_db": -5.0},
+        "open_loop": {"mean_1_8": {"psnr": 20.0, "copy_last_psnr": 22.0, "gain_db": -2.0}, "horizons": {}},
+        "controllability": {"components": {}},
+        "permanence": {"skipped": "no probe"},
+        "stability": {"frames": 100, "collapsed": False, "flagged_fraction": 0.0},
+        "reward": {"teacher_forced": pr}, "termination": {"teacher_forced": pr},
+        "speed": {"fps_single": 50.0, "fps_batched": 200.0, "batch": 4},
+    }
+    line = next(s for s in evaluate.summary(m).splitlines() if s.startswith("open loop"))
+    assert line.split()[:3] == ["open", "loop", "1-8"], line
+    helps = {a.option_strings[0]: a.help % {"default": a.default} for a in evaluate.build_parser()._actions}
+    for option, default in (("--episodes", 64), ("--horizon", 32), ("--stability-steps", 2000), ("--probe-worlds", 16),
+                            ("--idm-data-steps", 32000), ("--idm-train-steps", 6000)):
+        assert f"default {default})" in helps[option], (option, helps[option])

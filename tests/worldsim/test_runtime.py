@@ -382,3 +382,13 @@ def test_a_spawned_worker_runs_torch_on_one_thread_unless_omp_num_threads_says(m
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         threads = pool.apply(_threads_in_a_worker)
     assert threads == (1 if omp is None else int(omp))
+
+
+def test_repr_says_what_the_model_was_trained_on_and_how_it_samples(ckpt: str) -> None:
+    """``print(worldsim.load(path))`` is a newcomer's first look at a model: it must say what
+    frames and actions it takes and how it runs here, not ``<WorldModel object at 0x...>``."""
+    text = repr(worldsim.load(ckpt, device="cpu", precision="fp32", chunks=2, temperature=0.25))
+    assert text.startswith("WorldModel(")
+    for part in ("frame_shape=(16, 16)", "actions=MultiDiscrete[3, 2]", "context=4", "frame_multiple=4",
+                 "backend='torch'", "device='cpu'", "precision='fp32'", "chunks=2", "temperature=0.25"):
+        assert part in text, (part, text)
