@@ -68,12 +68,14 @@ def object_world(batch: int, T: int, seed: int = 0, h: int = 4, w: int = 8) -> t
 
 @pytest.mark.parametrize(
     "heads, rollout, lr",
-    [(False, 0.0, 1e-2), (True, 0.0, 3e-3), (True, 0.5, 3e-3)],
+    [(False, 0.0, 3e-3), (True, 0.0, 3e-3), (True, 0.5, 3e-3)],
     ids=["plain", "stay-gate-and-still-head", "rolled-out-context"],
 )
 def test_overfits_a_short_sequence_and_predicts_it_greedily(heads: bool, rollout: float, lr: float) -> None:
-    # With the stay gate and the still head (opt-in heads), 1e-2 is too high a learning rate
-    # for this toy (greedy 85-89 % after 750 steps); at 3e-3 every variant reaches 100 %.
+    # 1e-2 is too high a learning rate for this toy: with the opt-in heads greedy reached
+    # 85-89 % after 750 steps, and the plain model 77-99 % of the moved cells depending on
+    # float rounding alone (one thread or two, RoPE's rounding). At 3e-3 every variant
+    # reaches 100 % (init seeds 0-2, one or two threads).
     spec = ActionSpec("Discrete", (3,))
     torch.manual_seed(0)
     cfg = dynamics_config(get_preset("tiny"), LEVELS, spec, 6, stay_gate=heads, still_head=heads)
