@@ -123,7 +123,8 @@ def test_sliding_kv_cache_and_a_full_forward_over_the_window(tmp_path, layers: i
                                           torch.full((1, T), dyn.cfg.inference_corruption),
                                           torch.full_like(c[:, 1:], MASKED), first)  # fmt: skip
             gap = float(np.abs(pred.logits[0, -1].numpy() - seen[-1][b]).max())
-            # Equal paths differ by fp32 summation order only: about 1e-6 on these O(1) logits.
+            # Equal paths differ by fp32 summation order only: up to ~4e-6 on these logits
+            # (|logit| up to ~12). Keys that still hold a dropped frame moved them up to 2e-3.
             if layers == 1 or len(codes[b]) <= ctx - 1:
                 assert gap < 1e-4, (i, b, gap)
             else:
