@@ -112,6 +112,11 @@ class FSQ(nn.Module):
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z [B, D, h, w]`` -> (values in [-1, 1] with STE gradient, level indices int64)."""
+        # In fp32 whatever the encoder ran in: bf16 has 1/32 steps between 4 and 8, so tanh,
+        # scale and round in bf16 put about 3 % of a bf16 encoder's cells on another level
+        # than their latent's (shipped model: bf16 encodes matched fp32's, the codes the
+        # dynamics trained on, on 93.7 % of cells; 96.9 % with this).
+        z = z.float()
         top = (self.levels - 1).view(1, -1, 1, 1).to(z.dtype)
         u = (torch.tanh(z) + 1.0) * 0.5 * top  # in (0, L-1)
         idx = u.round()

@@ -17,7 +17,8 @@ mismatch between "a frame being predicted" and "a frame serving as context".
 Positions are 3-D rotary embeddings over (frame, row, column) of the patch grid, so other
 frame sizes and aspect ratios run at inference. The time frequencies are integer multiples
 of ``2 pi / time_period`` so absolute frame indices can be taken modulo ``time_period``
-without changing any attention score: unbounded rollouts never lose float precision.
+without changing any attention score: unbounded rollouts never lose float precision (each
+angle is reduced in integers before it is rounded, :meth:`Rope.angles`).
 
 **Stay gate** (``DynamicsConfig.stay_gate``). Most of a frame does not change from one step
 to the next: on held-out BlockWorld, 57 % of the cells keep their exact code. With one
@@ -179,14 +180,14 @@ def add_stay(logits: torch.Tensor, stay: torch.Tensor, prev_codes: torch.Tensor,
 
 
 def _rope_freqs(head_dim: int, time_period: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (time multiples k int64 ``[nt]``, row and column frequencies ``[ns]``, zeros ``[rest]``)."""
     pairs = head_dim // 2
     nt = max(1, pairs // 3)
     ns = (pairs - nt) // 2
-    # Time: integer multiples of 2*pi/P, from P/4 (a quarter turn per frame) down to 1.
-    k = torch.logspace(math.log10(time_period / 4), 0, nt).round().clamp(min=1)
-    ft = 2 * math.pi * k / time_period
+    # Time: integer multiples k of 2*pi/P, from P/4 (a quarter turn per frame) down to 1.
+    k = torch.logspace(math.log10(time_period / 4), 0, nt).round().clamp(min=1).long()
     fs = 1.0 / (64.0 ** (torch.arange(ns) / max(ns, 1)))  # rows and columns: integer grids
-    return ft, fs, torch.zeros(pairs - nt - 2 * ns)
+    return k, fs, torch.zeros(pairs - nt - 2 * ns)
 
 
 class Rope(nn.Module):
@@ -194,21 +195,26 @@ class Rope(nn.Module):
 
     def __init__(self, head_dim: int, time_period: int) -> None:
         super().__init__()
-        ft, fs, fz = _rope_freqs(head_dim, time_period)
+        kt, fs, fz = _rope_freqs(head_dim, time_period)
         self.time_period = time_period
-        self.register_buffer("ft", ft, persistent=False)
+        self.register_buffer("kt", kt, persistent=False)
         self.register_buffer("fs", fs, persistent=False)
         self.register_buffer("fz", fz, persistent=False)
 
     def angles(self, t: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer positions ``[S]`` each -> (cos, sin) ``[S, head_dim]``."""
-        t = torch.remainder(t, self.time_period).float()
+        P = self.time_period
+        # A frame's time angles are (t * k mod P) steps of 2*pi/P, reduced in integers and
+        # rounded once: as exact at frame 4,000 as at frame 4. As t times a float frequency
+        # they grew to thousands of radians before the wrap, where fp32 keeps ~5e-4 rad, and
+        # a world (re)started late in a batch's clock dreamt otherwise than at its start.
+        steps = torch.remainder(torch.remainder(t, P)[:, None] * self.kt, P).float()  # (S, nt)
         ang = torch.cat(
             [
-                t[:, None] * self.ft,
+                steps * (2 * math.pi / P),
                 y.float()[:, None] * self.fs,
                 x.float()[:, None] * self.fs,
-                t[:, None] * self.fz,
+                t.float()[:, None] * self.fz,
             ],
             dim=-1,
         )  # (S, head_dim / 2)

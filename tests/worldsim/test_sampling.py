@@ -46,6 +46,30 @@ def test_a_level_of_zero_probability_is_never_drawn() -> None:
     assert np.all(code // 4 == 1)
 
 
+class _EdgeDraws:
+    """A generator whose every uniform draw is ``value``: the ends of float32's [0, 1)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = np.float32(value)
+
+    def random(self, size, dtype=np.float64) -> np.ndarray:
+        return np.full(size, self.value, dtype)
+
+
+@pytest.mark.parametrize("ranked_moves", [False, True])
+def test_the_ends_of_the_uniform_draw_never_pick_a_level_of_zero_probability(ranked_moves: bool) -> None:
+    """``rng.random(dtype=float32)`` is exactly 0 once in 2^24 draws, and 1 - 2^-24 as often."""
+    low = np.zeros((1, 4, 1, 7), dtype=np.float32)
+    low[..., [0, 4]] = -1e4  # level 0 of each channel underflows to probability 0
+    high = np.zeros((1, 4, 1, 7), dtype=np.float32)
+    high[..., [3, 6]] = -1e4  # the top level of each channel does
+    prev = np.full((1, 4, 1), 5)  # level 1 in both channels: with ranked moves half the cells leave it
+    for logits, draw, (bad0, bad1) in ((low, 0.0, (0, 0)), (high, 1 - 2**-24, (3, 2))):
+        sampler = MaskGitSampler(LEVELS, 1, 1, 1.0, _EdgeDraws(draw), ranked_moves=ranked_moves)  # type: ignore[arg-type]
+        code, _ = sampler._choose(logits, None, prev if ranked_moves else None)
+        assert not np.any(code % 4 == bad0) and not np.any(code // 4 == bad1), (draw, code)
+
+
 def test_temperature_zero_takes_the_argmax_and_the_first_of_ties() -> None:
     rng = np.random.default_rng(2)
     logits = rng.standard_normal((3, 5, 6, 7)).astype(np.float32)

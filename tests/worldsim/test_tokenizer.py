@@ -18,6 +18,16 @@ def test_fsq_codes_pack_and_unpack_exactly() -> None:
     assert torch.equal(fsq.unpack(codes).permute(0, 3, 1, 2), idx)
 
 
+def test_fsq_levels_do_not_depend_on_the_dtype_a_latent_arrives_in() -> None:
+    """A bf16 encoder's latents (the runtime's default on CPUs with native bf16) get the
+    levels their values have, as in fp32 where the codes for training are made."""
+    fsq = FSQ((8, 8, 8, 5, 5))
+    z = (torch.randn(64, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.5).bfloat16()
+    _, exact = fsq.quantize(z.float())  # the same values, exactly, in fp32
+    _, got = fsq.quantize(z)
+    assert torch.equal(got, exact)
+
+
 def test_encode_decode_shapes_and_frame_size_errors() -> None:
     tok = Tokenizer(get_preset("tiny").tokenizer).eval()
     frames = torch.randint(0, 256, (3, 12, 20, 3), dtype=torch.uint8)
