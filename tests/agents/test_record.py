@@ -311,9 +311,26 @@ def _children(pid: int) -> list[int]:
                 pass
     return out
 
+def _wait_for_group_end(pgid: int, seconds: float, failure: str) -> None:
+    """Wait until no process of group ``pgid`` is left (the workers share their parent's
+    group); kill the group and fail with ``failure`` if some outlive ``seconds``."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    pytest.fail(failure)
+
+
 
 def test_workers_whose_parent_dies_while_they_start_do_not_record(tmp_path):
-    import os
     import signal
     import subprocess
     import sys
@@ -331,15 +348,7 @@ def test_workers_whose_parent_dies_while_they_start_do_not_record(tmp_path):
     assert proc.poll() is None, "the recording ended before its workers started"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("workers orphaned while starting went on recording")
+    _wait_for_group_end(proc.pid, 60, "workers orphaned while starting went on recording")
 
 
 def test_vector_only_env_arguments_pass_the_check_before_recording(tmp_path):
@@ -351,7 +360,6 @@ def test_vector_only_env_arguments_pass_the_check_before_recording(tmp_path):
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrote(tmp_path, how):
-    import os
     import signal
     import subprocess
     import sys
@@ -370,16 +378,7 @@ def test_killing_a_parallel_recording_stops_its_workers_and_keeps_what_they_wrot
     assert proc.poll() is None, "the recording ended before it could be killed"
     proc.send_signal(getattr(signal, how))
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the workers share the parent's process group
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"the workers outlived their parent's {how}")
+    _wait_for_group_end(proc.pid, 30, f"the workers outlived their parent's {how}")
     assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 100  # both workers' shards read back
 
 
@@ -416,15 +415,7 @@ def test_workers_stop_when_their_parent_is_killed_even_where_a_dead_parents_pid_
     assert proc.poll() is None, "the recording ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the workers share the parent's process group
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("the workers went on recording after their parent was killed")
+    _wait_for_group_end(proc.pid, 30, "the workers went on recording after their parent was killed")
 
 
 def test_a_worker_killed_mid_run_fails_the_run_at_once(tmp_path):
