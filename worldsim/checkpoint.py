@@ -13,6 +13,7 @@ folder, then ``os.replace`` moves it into place, so a kill never leaves a half-w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from worldsim.atomic import atomic_write
-from worldsim.errors import WorldSimError
+from worldsim.errors import WorldSimError, refuse_unknown_fields
 from worldsim.spaces import ActionSpec
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 from worldsim.transformer import Dynamics, DynamicsConfig
@@ -82,7 +83,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """The config ``to_dict`` wrote, checked with :meth:`check` (it may come from a file made elsewhere)."""
+        """The config ``to_dict`` wrote, checked with :meth:`check` (it may come from a file made elsewhere).
+
+        A field this WorldSim does not know is refused rather than dropped: it comes from a
+        newer WorldSim or a hand-edited file, and a model built without it may not be the
+        model that was saved.
+        """
+        refuse_unknown_fields("model config", d, {f.name for f in dataclasses.fields(cls)})
         config = cls(
             tokenizer=TokenizerConfig.from_dict(d["tokenizer"]),
             dynamics=None if d.get("dynamics") is None else DynamicsConfig.from_dict(d["dynamics"]),

@@ -1,4 +1,7 @@
-"""The one base class for errors a user can cause: the CLI prints these without a traceback."""
+"""The one base class for errors a user can cause (the CLI prints these without a traceback),
+and the field check the config readers share."""
+
+from collections.abc import Iterable
 
 
 class WorldSimError(Exception):
@@ -8,3 +11,19 @@ class WorldSimError(Exception):
 class SettingError(WorldSimError, ValueError):
     """A bad runtime setting (chunks, temperature, guidance ...): a ``ValueError`` to the API,
     as the runtime documents, and a one-line error to the CLI."""
+
+
+def refuse_unknown_fields(what: str, d: object, known: Iterable[str]) -> None:
+    """Refuse a config object that is not a mapping or holds fields this WorldSim does not know.
+
+    Raises:
+        ValueError: naming ``what`` and the unknown fields (a newer WorldSim's, or a typo).
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"the {what} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d.keys() - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in the {what}: "
+            "a newer WorldSim's, or an edited file; this WorldSim would build another model without them"
+        )

@@ -15,11 +15,13 @@ enough to train stably without it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from worldsim.errors import refuse_unknown_fields
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
+        """The config ``to_dict`` wrote; an unknown field is a ``ValueError``, not dropped."""
+        refuse_unknown_fields("tokenizer config", d, {f.name for f in fields(cls)})
         return cls(
             channels=tuple(d["channels"]), levels=tuple(d["levels"]), res_blocks=tuple(d["res_blocks"])
         )

@@ -62,12 +62,13 @@ share is 0 unless asked for.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldsim.errors import refuse_unknown_fields
 from worldsim.motion import as_table, stay_reference
 
 NO_ACTION = -1
@@ -134,6 +135,12 @@ class DynamicsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DynamicsConfig:
+        """The config ``to_dict`` wrote; an unknown field is a ``ValueError``, not dropped.
+
+        A field missing from an older file takes its default: fields are added with a default
+        that keeps the older behaviour (``stay_motion`` empty, ``stay_gate`` off).
+        """
+        refuse_unknown_fields("dynamics config", d, {f.name for f in fields(cls)})
         d = dict(d)
         d["levels"] = tuple(d["levels"])
         d["action_nvec"] = tuple(d["action_nvec"])

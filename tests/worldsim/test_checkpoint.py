@@ -167,6 +167,24 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         assert time.perf_counter() - start < 5, name
 
 
+def test_a_config_field_this_worldsim_does_not_know_is_refused_by_name(tmp_path) -> None:
+    """A field from a newer WorldSim, or a typo in an edited file, was dropped without a word
+    at the top level and in the tokenizer config, so the model built could differ from the one
+    saved; in the dynamics config it was a bare ``__init__() got an unexpected keyword``."""
+    cases = {
+        "top": (lambda c: c.update(sampling_mode="ranked"), "unknown field 'sampling_mode' in the model config"),
+        "tokenizer": (lambda c: c["tokenizer"].update(norm="group", skip=True), "unknown fields 'norm', 'skip' in the tokenizer config"),
+        "dynamics": (lambda c: c["dynamics"].update(widht=512), "unknown field 'widht' in the dynamics config"),
+        "not an object": (lambda c: c.update(tokenizer=[32, 64]), "tokenizer config must be a JSON object"),
+    }
+    for name, (change, message) in cases.items():
+        path = _resave(tmp_path, f"{name}.safetensors", config=change)
+        with pytest.raises(CheckpointError, match=message):
+            worldsim.load(path, device="cpu")
+    older = _resave(tmp_path, "older.safetensors", config=lambda c: c["dynamics"].pop("stay_motion"))
+    assert load_model(older).config.dynamics.stay_motion == ()  # a field an older file lacks takes its default
+
+
 def test_weights_of_the_wrong_kind_or_with_nan_are_refused_by_name(tmp_path) -> None:
     def nan(t):
         t = {k: v.clone() for k, v in t.items()}
