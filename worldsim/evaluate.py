@@ -357,7 +357,7 @@ class Evaluation:
                 trajs.append((tr.frames, tr.actions, ~tr.resets))
             return IDMData.from_trajectories(trajs)
 
-        key = cache_key(self.ref.env_id, self.env_kwargs, shape, policy, cfg.idm)
+        key = cache_key(self.ref.env_id, self.env_kwargs, shape, policy, cfg.idm, self.ref.code_digest())
         cache = Path(cfg.cache_dir) if cfg.cache_dir else None
         idm, info = load_or_train(key, collect, nvec, shape, cfg.idm, cache, log=self.log)
         # pairs under the same actions: real frame i -> i+1, dream frame i -> i+1 (dream 0 = the last real frame)

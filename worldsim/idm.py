@@ -8,8 +8,8 @@ back, and its F1 on dream pairs approaches its F1 on real pairs.
 The model is a small CNN over the two frames and their difference (9 channels), four
 stride-2 convolutions, then one linear head per action component. Trained IDMs are cached
 as safetensors (weights plus JSON metadata, never pickle), keyed by the env id, its
-kwargs, the frame size, the data policy and the IDM config, so the second evaluation of
-an env costs nothing.
+kwargs, a hash of its code, the frame size, the data policy and the IDM config, so the
+second evaluation of an env costs nothing and an edited env trains a new one.
 """
 
 from __future__ import annotations
@@ -155,12 +155,20 @@ class IDMData:
         return self.frames[self.src[idx]], self.frames[self.dst[idx]]
 
 
-def cache_key(env_id: str, env_kwargs: dict[str, Any], shape: tuple[int, int], policy: str, config: IDMConfig) -> str:
-    """A short hash of everything the trained IDM depends on."""
+def cache_key(
+    env_id: str, env_kwargs: dict[str, Any], shape: tuple[int, int], policy: str, config: IDMConfig, code: str | None = None
+) -> str:
+    """A short hash of everything the trained IDM depends on.
+
+    ``code`` is a hash of the env's code (:meth:`worldsim.reference.ReferenceEnv.code_digest`):
+    an env whose rendering, rules or actions changed under the same id and kwargs makes other
+    frames, and an IDM trained on the old ones would judge the dream against them.
+    """
     text = json.dumps(
-        {"env": env_id, "kwargs": env_kwargs, "shape": list(shape), "policy": policy, "config": asdict(config), "v": IDM_VERSION},
+        {"env": env_id, "kwargs": env_kwargs, "shape": list(shape), "policy": policy, "config": asdict(config), "v": IDM_VERSION,
+         "code": code},
         sort_keys=True,
-    )
+    )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

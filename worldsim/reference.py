@@ -21,8 +21,11 @@ that reason.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -135,6 +138,29 @@ class ReferenceEnv:
         self.env_id = env_id.split(":")[-1]
         self.spec = ActionSpec.from_space(self.env.action_space)
         self.shape: tuple[int, int] = tuple(space.shape[:2])
+
+    def code_digest(self) -> str | None:
+        """A hash of the env's code, so that a cache of what was learnt from it goes stale with it.
+
+        The code is the ``.py`` files of the package that defines the env's class (all of them:
+        its rendering or physics may live beside it, as BlockWorld's do), or that module's file
+        alone when it is in no package (a user's ``my_envs.py``). None when the class has no
+        source file to read.
+        """
+        module = sys.modules.get(type(self.env.unwrapped).__module__)
+        file = getattr(module, "__file__", None)
+        if not file:
+            return None
+        path = Path(file).resolve()
+        files = sorted({path, *path.parent.glob("*.py")}) if getattr(module, "__package__", None) else [path]
+        digest = hashlib.sha256()
+        try:
+            for f in files:
+                digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+                digest.update(f.read_bytes())
+        except OSError:
+            return None
+        return digest.hexdigest()[:16]
 
     def rollout(
         self, seed: int, steps: int, policy: Policy | None = None, script: np.ndarray | None = None, stop_at_end: bool = False

@@ -863,3 +863,35 @@ def test_eval_summary_names_the_open_loop_span_as_the_progress_line_does() -> No
     for option, default in (("--episodes", 64), ("--horizon", 32), ("--stability-steps", 2000), ("--probe-worlds", 16),
                             ("--idm-data-steps", 32000), ("--idm-train-steps", 6000)):
         assert f"default {default})" in helps[option], (option, helps[option])
+
+
+def test_an_edited_env_gets_a_new_idm_cache_key_and_an_unedited_one_keeps_its_own(tmp_path, monkeypatch) -> None:
+    """The IDM cache was keyed on the env id and kwargs alone, so after a researcher changed
+    their env's rendering under the same id, every later eval judged the dream with an IDM
+    trained on the old frames, without a word."""
+    from worldsim.idm import IDMConfig, cache_key
+
+    module = tmp_path / "my_edited_env.py"
+    source = '''
+import gymnasium as gym
+from tests.worldsim.toy_env import ToyImageEnv
+
+class Edited(ToyImageEnv):
+    SHADE = {shade}
+
+if "Edited-v0" not in gym.registry:
+    gym.register(id="Edited-v0", entry_point=Edited)
+'''
+    module.write_text(source.format(shade=1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def key() -> str:
+        ref = ReferenceEnv("my_edited_env:Edited-v0", {})
+        return cache_key(ref.env_id, {}, ref.shape, "random", IDMConfig(), ref.code_digest())
+
+    first = key()
+    assert key() == first  # the same code: the same cached IDM
+    module.write_text(source.format(shade=2))
+    assert key() != first
+    blockworld = ReferenceEnv(BLOCKWORLD, {}).code_digest()
+    assert blockworld is not None and blockworld == ReferenceEnv(BLOCKWORLD, {"hud": False}).code_digest()
