@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from agents.record import RecordConfig, record
 from agents.rollout import make_agent, make_env, small_info
 from envs.blockworld.bench import load_average, load_text
+from worldsim.cpus import usable_cpus
 from worldsim.data import WindowDataset
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--agent", default="explorer", choices=("random", "explorer"))
     p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement")
     p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: min(num-envs, the CPUs this process may use))")
     p.add_argument(
         "--size", type=int, default=None,
         help="frame width and height, passed to the env (default: the env's own; 64 for BlockWorld)",
@@ -128,10 +128,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--read-seconds", type=float, default=3.0, help="how long to time reading")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
-    results: dict[str, Any] = {"cpu_cores": os.cpu_count(), "size": args.size, "agent": args.agent}
+    workers = args.workers or min(args.num_envs, usable_cpus())
+    results: dict[str, Any] = {"cpu_cores": usable_cpus(), "size": args.size, "agent": args.agent}
     # Other processes share these cores; the load average says how much of them we had.
-    print(f"{os.cpu_count()} CPU cores, load average {load_text(load_average())} before the run")
+    print(f"{usable_cpus()} CPU cores to use, load average {load_text(load_average())} before the run")
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = {

@@ -38,6 +38,7 @@ from agents.rollout import (
     record_part,
 )
 from worldsim.cli import json_object
+from worldsim.cpus import usable_cpus
 from worldsim.errors import WorldSimError
 from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in_header, read_header
 from worldsim.recording_writer import now_iso, pack_readable
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a .msgpack file, or a folder of shards")
     p.add_argument("--num-envs", type=int, default=1, help="envs stepped together (vector env; default 1)")
     p.add_argument(
-        "--workers", type=int, default=None, help="processes (default: min(num-envs, CPU cores))"
+        "--workers", type=int, default=None, help="processes (default: min(num-envs, the CPUs this process may use))"
     )
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the run: the envs' resets and the agents' draws (docs/recording.md; default 0)")
@@ -348,7 +349,7 @@ def main(argv: list[str]) -> int:
     env_kwargs = args.env_kwargs
     if args.workers is not None and args.workers < 1:
         raise WorldSimError(f"--workers must be at least 1, got {args.workers}")
-    workers = args.workers or min(args.num_envs, os.cpu_count() or 1)
+    workers = args.workers or min(args.num_envs, usable_cpus())
     cfg = RecordConfig(
         env=args.env, agent=args.agent, steps=args.steps, out=args.out, num_envs=args.num_envs,
         workers=workers, seed=args.seed, width=args.width, height=args.height,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worldsim.cpus import usable_cpus
 from worldsim.errors import WorldSimError
 
 TARGET_SINGLE = 2000.0
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> int:
     r = run_bench(args.seconds, args.num_envs, args.width, args.height)
     print(
         f"BlockWorld engine, {r.width}x{r.height}, random actions, resets included "
-        f"({os.cpu_count()} CPUs, load average {load_text(r.load_average)} at start)"
+        f"({usable_cpus()} CPUs to use, load average {load_text(r.load_average)} at start)"
     )
     print(f"  {'':<28} {'steps/s':>10} {'CPU us/step':>12}")
     print(f"  {'single env':<28} {r.single_steps_per_s:>10,.0f} {r.single_cpu_us:>12,.0f}")

@@ -7,7 +7,6 @@ exposes reset, step and render. ``BlockWorldEnv`` is an engine with one world an
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from envs.blockworld.region import MAX_VIEW_DISTANCE, Regions, find_spawn
 from envs.blockworld.render import draw_hud, render_worlds
 from envs.blockworld.tick import refresh_targets, step_players
 from envs.blockworld.worldgen import BIOME_NAMES, column
+from worldsim.cpus import usable_cpus
 from worldsim.errors import SettingError
 
 RENDER_SLICES_PER_THREAD = 8
@@ -105,7 +105,7 @@ class Engine:
         self.players = np.zeros(num_worlds, dtype=PLAYER_DTYPE)
         self.regions = Regions(num_worlds)
         self.frames = np.zeros((num_worlds, config.height, config.width, 3), dtype=np.uint8)
-        threads = config.render_threads or os.cpu_count() or 1
+        threads = config.render_threads or usable_cpus()
         self._threads = range(min(threads, num_worlds))
         # Kernels release the GIL, so plain threads render slices of the batch in parallel.
         self._pool = ThreadPoolExecutor(len(self._threads)) if len(self._threads) > 1 else None

@@ -46,7 +46,7 @@ class BlockWorldVectorEnv(VectorEnv):
         width, height, render_mode, max_steps, day_length, view_distance, hud: As for
             :class:`BlockWorldEnv`; ``render()`` returns a tuple of the N (H, W, 3) frames.
         render_threads: Threads that render (and step) the batch; 0 (the default) uses
-            ``min(os.cpu_count(), num_envs)``. Pass 1 when several processes record at
+            ``min(usable CPUs, num_envs)`` (:func:`worldsim.cpus.usable_cpus`). Pass 1 when several processes record at
             once, so that they do not oversubscribe the CPUs.
         max_episode_steps: What ``gymnasium.make``'s time limit is for the single env, so
             that ``gymnasium.make_vec(..., max_episode_steps=n)`` works: a world truncates

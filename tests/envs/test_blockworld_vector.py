@@ -167,3 +167,21 @@ def test_a_vector_env_whose_construction_failed_closes_quietly():
     """Gymnasium before 1.3 closes a vector env in ``__del__``, also one whose ``__init__`` raised."""
     env = BlockWorldVectorEnv.__new__(BlockWorldVectorEnv)
     env.close()
+
+
+def test_default_render_threads_follow_the_cpus_the_process_may_use(monkeypatch) -> None:
+    """Under ``taskset`` or a container's cpuset, the default pool was sized to the machine's
+    CPU count, so a process bound to one CPU of 64 rendered with 4 threads on it."""
+    import os
+
+    from worldsim.cpus import usable_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+        assert usable_cpus() == 1
+        env = BlockWorldVectorEnv(4, width=32, height=32)
+        assert env.engine._pool is None  # one CPU: the batch renders on the calling thread
+        env.close()
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert usable_cpus() == 64
