@@ -39,6 +39,7 @@ def check_display(pygame: Any, window: str, remedy: str, headless: str) -> None:
             driver that ``SDL_VIDEODRIVER`` names cannot start (``x11`` with no X server).
     """
     chosen = os.environ.get("SDL_VIDEODRIVER")
+    reason = "no X11 or Wayland display was found"
     try:
         pygame.display.init()
         driver = pygame.display.get_driver()
@@ -48,15 +49,12 @@ def check_display(pygame: Any, window: str, remedy: str, headless: str) -> None:
                 f"SDL_VIDEODRIVER={chosen} cannot open a window here ({e}); unset it to let SDL pick the "
                 f"display, or set SDL_VIDEODRIVER=dummy to {headless}"
             ) from None
-        driver = None
+        driver, reason = None, f"SDL: {e}"  # SDL's own words: a display it found but could not open, say
     if chosen:
         return
     if driver in (None, "offscreen", "dummy"):
         pygame.display.quit()
-        raise WorldSimError(
-            f"no display to open {window} on (no X11 or Wayland display was found); {remedy}, "
-            f"or set SDL_VIDEODRIVER=dummy to {headless}"
-        )
+        raise WorldSimError(f"no display to open {window} on ({reason}); {remedy}, or set SDL_VIDEODRIVER=dummy to {headless}")
 
 
 class FrameWindow:

@@ -426,3 +426,23 @@ def test_a_side_by_side_recording_replays_in_the_engine_from_its_seed(tmp_path, 
         obs, reward, terminated, truncated, _ = env.step(r.action)
         np.testing.assert_array_equal(r.image(), obs)
         assert (r.reward, r.terminated, r.truncated) == (reward, terminated, truncated)
+
+
+def test_no_display_error_keeps_sdls_own_reason(monkeypatch) -> None:
+    """When SDL could not start any video driver, the error said "no X11 or Wayland display
+    was found" even when SDL had found one and named why it could not open it."""
+    import types
+
+    from envs.window import check_display
+    from worldsim.errors import WorldSimError
+
+    class SDLError(Exception):
+        pass
+
+    def init() -> None:
+        raise SDLError("wayland: could not connect to wayland-0: permission denied")
+
+    fake = types.SimpleNamespace(error=SDLError, display=types.SimpleNamespace(init=init, quit=lambda: None))
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+    with pytest.raises(WorldSimError, match="SDL: wayland: could not connect to wayland-0: permission denied"):
+        check_display(fake, "the game's window", "run it on a desktop", "run it headless")
