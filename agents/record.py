@@ -42,10 +42,17 @@ from worldsim.cpus import usable_cpus
 from worldsim.errors import WorldSimError
 from worldsim.recording import RecordingError, RecordingTruncatedWarning, cut_in_header, read_header
 from worldsim.recording_writer import now_iso, pack_readable
+from worldsim.reference import HELDOUT_SEED_BASE
 from worldsim.shard_index import INDEX_NAME, SHARD_SUFFIX, FileIndex, write_index
 
 SEED_MAX = 2**63
 """Reset seeds stay below this, so that every reader (and numpy's int64) holds them."""
+HELDOUT_SEEDS = (HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 100_000)
+"""The reset seeds ``worldsim eval`` keeps for its held-out worlds (:mod:`worldsim.reference`)."""
+
+
+class HeldOutSeedWarning(UserWarning):
+    """A recording's opening reset seeds are worlds that ``worldsim eval`` holds out."""
 
 
 @dataclass
@@ -209,6 +216,18 @@ def record(
         raise WorldSimError(f"--seed must be between 0 and {SEED_MAX - cfg.num_envs}, got {cfg.seed}")
     if cfg.agent not in AGENTS:
         raise WorldSimError(f"unknown agent {cfg.agent!r}; choose from {', '.join(AGENTS)}")
+    low, high = HELDOUT_SEEDS
+    if cfg.num_envs > 1 and cfg.seed < high and cfg.seed + cfg.num_envs > low:
+        # Env j of several opens with seed + j (a lone env's seeds are hashes above the range):
+        # a model trained on this recording would be evaluated on worlds it saw.
+        warnings.warn(
+            f"--seed {cfg.seed} opens {cfg.num_envs} env(s) with reset seeds {cfg.seed}..{cfg.seed + cfg.num_envs - 1}, "
+            f"inside [{low}, {high}), the worlds `worldsim eval` holds out: an eval of a model trained on "
+            "this recording would measure worlds it trained on; pick a --seed below "
+            f"{max(0, low - cfg.num_envs + 1)} or from {high}",
+            HeldOutSeedWarning,
+            stacklevel=2,
+        )
     parts = min(cfg.workers, cfg.num_envs)
     out = Path(cfg.out)
     if parts > 1 and out.suffix == SHARD_SUFFIX:

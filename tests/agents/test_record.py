@@ -134,6 +134,20 @@ def test_single_env_episodes_never_reset_into_the_evaluations_held_out_worlds(tm
     assert len(resets) >= 4 and resets == [episode_seed(0, e) for e in range(len(resets))]
 
 
+def test_a_seed_that_opens_envs_in_the_held_out_worlds_is_warned_about(tmp_path, capsys):
+    """``--seed 1000000 --num-envs 2`` recorded the eval's first two held-out worlds without
+    a word, so a model trained on it would be measured on worlds it had seen."""
+    base = ["record", "--env", FULL_ID, "--steps", "4", "--num-envs", "2", "--workers", "1", "--quiet",
+            "--env-kwargs", '{"max_len": 3}']  # fmt: skip
+    assert cli([*base, "--seed", "999999", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --seed 999999 opens 2 env(s) with reset seeds 999999..1000000, inside [1000000, 1100000)" in err
+    assert cli([*base, "--seed", "999998", "--out", str(tmp_path / "b")]) == 0
+    assert "held" not in capsys.readouterr().err  # seeds 999998 and 999999: no held-out world
+    assert cli(["record", "--env", FULL_ID, "--steps", "4", "--seed", "1000000", "--quiet", "--out", str(tmp_path / "c.msgpack")]) == 0
+    assert "held" not in capsys.readouterr().err  # a lone env's seeds are hashes above the range
+
+
 def test_record_refuses_to_overwrite_and_reports_user_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "x.msgpack"
     base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
