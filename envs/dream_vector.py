@@ -17,6 +17,7 @@ from gymnasium.vector.utils import batch_space
 
 from envs.dream import (
     RENDER_FPS,
+    ResetNeeded,
     check_prompt,
     check_reset_options,
     engine_context,
@@ -200,7 +201,7 @@ class DreamVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._frames is None:
-            raise WorldSimError("call reset() before step()")
+            raise ResetNeeded("call reset() before step()")
         acts = self.setup.action_spec.as_array(actions, (self.num_envs,))
         out = self.model.step(acts)  # all N worlds in one batched call
         frames = np.array(out.frames, dtype=np.uint8, copy=True)
@@ -234,7 +235,7 @@ class DreamVectorEnv(VectorEnv):
         if self.render_mode is None:
             return None
         if self._frames is None:
-            raise WorldSimError("call reset() before render()")
+            raise ResetNeeded("call reset() before render()")
         return tuple(f.copy() for f in self._frames)
 
     def close_extras(self, **kwargs: Any) -> None:
