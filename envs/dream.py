@@ -23,6 +23,13 @@ RENDER_FPS = 20
 """One dream step is one BlockWorld tick, 20 per second."""
 
 
+class ResetNeeded(WorldSimError, gym.error.ResetNeeded):
+    """``step()`` or ``render()`` before the first ``reset()``: Gymnasium's error for it, as
+    BlockWorld raises and ``gymnasium.make``'s order check does (a native vector env made by
+    ``gymnasium.make_vec`` has no such check), and a :class:`WorldSimError` like every other
+    error of the dream envs."""
+
+
 @dataclass(frozen=True)
 class DreamSetup:
     """What the single and the vector dream env read from a loaded model."""
@@ -385,7 +392,7 @@ class DreamEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._frame is None:
-            raise WorldSimError("call reset() before step()")
+            raise ResetNeeded("call reset() before step()")
         a = self.setup.action_spec.as_array(action, ())
         out = self.model.step(a[None])
         self._frame = np.array(out.frames[0], dtype=np.uint8, copy=True)
@@ -396,7 +403,7 @@ class DreamEnv(gym.Env):
 
     def render(self) -> np.ndarray | None:
         if self._frame is None:
-            raise WorldSimError("call reset() before render()")
+            raise ResetNeeded("call reset() before render()")
         if self.render_mode == "rgb_array":
             return self._frame.copy()
         if self.render_mode == "human":

@@ -12,12 +12,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.dream import (
     RENDER_FPS,
+    ResetNeeded,
     check_prompt,
     check_reset_options,
     engine_context,
@@ -25,6 +25,7 @@ from envs.dream import (
     make_source_env,
     recording_prompt,
 )
+from envs.vector_seeds import reseed, world_seeds
 from worldsim.errors import WorldSimError
 
 
@@ -127,43 +128,6 @@ class DreamVectorEnv(VectorEnv):
         actions = np.stack([a[a.shape[0] - (t - 1) :] for _, a in contexts])
         return frames, actions
 
-    def _check_seed(self, seed: Any) -> int | list[int | None] | None:
-        """``seed`` as a Python int, a list of ``num_envs`` ints and Nones, or None.
-
-        Raises:
-            WorldSimError: naming the seed: a string is not a list of seeds, and a float or
-                a bool is not quietly truncated to another seed.
-        """
-
-        def one(s: Any) -> int:
-            if not isinstance(s, (int, np.integer)) or isinstance(s, (bool, np.bool_)) or s < 0:
-                raise WorldSimError(f"reset seed must be a non-negative integer, a list of {self.num_envs} of them "
-                                    f"(None for a world to draw its own) or None, got {seed!r}")  # fmt: skip
-            return int(s)
-
-        if seed is None or isinstance(seed, (int, np.integer, bool, np.bool_)):
-            return None if seed is None else one(seed)
-        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
-            one(seed)  # raises: neither an integer nor a sequence of seeds
-        seeds = list(seed)
-        if len(seeds) != self.num_envs:
-            raise WorldSimError(f"reset got {len(seeds)} seeds for {self.num_envs} envs")
-        return [None if s is None else one(s) for s in seeds]
-
-    def _seed_worlds(self, seed: int | list[int | None] | None) -> list[int | None]:
-        """(Re)seed each world's generator as ``DreamEnv.reset`` seeds its ``np_random``;
-        returns the worlds' seeds (None where a world keeps drawing from its generator)."""
-        if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = [None if s is None else int(s) for s in seed]
-        for w, s in enumerate(seeds):
-            if s is not None or self._rngs[w] is None:
-                self._rngs[w], _ = seeding.np_random(s)
-        return seeds
-
     def _draw(self, w: int) -> int:
         rng = self._rngs[w]
         assert rng is not None
@@ -179,11 +143,11 @@ class DreamVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        seed = self._check_seed(seed)
-        super().reset(seed=seed[0] if isinstance(seed, list) else seed)
+        seeds = world_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0])
         options = options or {}
         check_reset_options(options)
-        seeds = self._seed_worlds(seed)
+        reseed(self._rngs, seeds)
         n, shape, spec = self.num_envs, self.single_observation_space.shape, self.setup.action_spec
         if "frames" in options:
             frames = np.asarray(options["frames"])
@@ -237,7 +201,7 @@ class DreamVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._frames is None:
-            raise WorldSimError("call reset() before step()")
+            raise ResetNeeded("call reset() before step()")
         acts = self.setup.action_spec.as_array(actions, (self.num_envs,))
         out = self.model.step(acts)  # all N worlds in one batched call
         frames = np.array(out.frames, dtype=np.uint8, copy=True)
@@ -271,7 +235,7 @@ class DreamVectorEnv(VectorEnv):
         if self.render_mode is None:
             return None
         if self._frames is None:
-            raise WorldSimError("call reset() before render()")
+            raise ResetNeeded("call reset() before render()")
         return tuple(f.copy() for f in self._frames)
 
     def close_extras(self, **kwargs: Any) -> None:

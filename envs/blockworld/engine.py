@@ -50,8 +50,15 @@ class EngineConfig:
     """Threads rendering a batch of worlds; 0 uses one per CPU. One world uses one thread."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.width, int) and isinstance(self.height, int)) or min(self.width, self.height) < 8:
-            raise SettingError(f"width and height must be integers >= 8, got {self.width}x{self.height}")
+        for name in ("width", "height"):
+            # A size from numpy (np.arange in a sweep, an array's shape) is a size: kept as a plain
+            # int, so that the config stays JSON-able. A bool is not a size.
+            value = getattr(self, name)
+            if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+                object.__setattr__(self, name, int(value))
+        sizes_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.width, self.height))
+        if not sizes_ok or min(self.width, self.height) < 8:
+            raise SettingError(f"width and height must be integers >= 8, got width={self.width!r}, height={self.height!r}")
         if self.day_length < 1:
             raise SettingError(f"day_length must be a positive number of ticks, got {self.day_length}")
         if not 1.0 <= self.view_distance <= MAX_VIEW_DISTANCE:

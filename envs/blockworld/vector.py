@@ -6,7 +6,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -15,6 +14,7 @@ from envs.blockworld.blocks import AIR, BLOCK_NAMES
 from envs.blockworld.engine import Engine, EngineConfig, check_reset_options, draw_start
 from envs.blockworld.env import ACTION_SPEC, DEFAULT_MAX_STEPS, TICKS_PER_SECOND
 from envs.blockworld.worldgen import BIOME_NAMES
+from envs.vector_seeds import reseed, world_seeds
 from worldsim.errors import SettingError
 
 _NAMES = np.array(list(BLOCK_NAMES) , dtype=object)
@@ -100,17 +100,8 @@ class BlockWorldVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         check_reset_options(options)  # before any world's generator is reseeded
-        if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, int):
-            seeds = [seed + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seeds)}")
-        for w, s in enumerate(seeds):
-            if s is not None or self._rngs[w] is None:
-                self._rngs[w], _ = seeding.np_random(s)
+        reseed(self._rngs, world_seeds(seed, self.num_envs))
+        for w in range(self.num_envs):
             self._reset_world(w, options)
         self._needs_reset[:] = False
         self._reset_done = True

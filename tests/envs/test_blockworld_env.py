@@ -58,6 +58,28 @@ def test_make_by_id_with_size_and_spaces():
     assert len(ACTION_NAMES) == len(ACTION_NVEC) == 8
 
 
+def test_numpy_integer_sizes_are_sizes_and_other_sizes_say_what_came():
+    """A size from numpy (``np.arange`` in a sweep) makes the env that size, as the dream env
+    takes it; it was refused with "must be integers >= 8, got 24x16". Floats and bools are
+    refused, named with their type."""
+    from envs.blockworld import BlockWorldVectorEnv
+
+    env = gym.make("worldsim/BlockWorld-v0", width=np.int64(24), height=np.int32(16))
+    obs, _ = env.reset(seed=0)
+    want, _ = gym.make("worldsim/BlockWorld-v0", width=24, height=16).reset(seed=0)
+    assert obs.shape == (16, 24, 3) and env.observation_space.contains(obs)
+    assert np.array_equal(obs, want)
+    json.dumps(vars(env.unwrapped.engine.config))  # the config stays plain JSON values
+    venv = BlockWorldVectorEnv(2, width=np.int64(24), height=np.int64(16), render_threads=1)
+    assert venv.reset(seed=0)[0].shape == (2, 16, 24, 3)
+    venv.close()
+    for bad in ({"width": 24.0}, {"height": True}, {"width": 4}):
+        with pytest.raises(ValueError, match=r"width and height must be integers >= 8, got width=\S+, height="):
+            BlockWorldEnv(**{"width": 24, "height": 16, **bad})
+    with pytest.raises(ValueError, match="got width=24.0,"):
+        BlockWorldEnv(width=24.0, height=16)
+
+
 def test_same_seed_and_actions_give_identical_frames():
     a, ra = _rollout(BlockWorldEnv(width=32, height=32), seed=7, steps=120)
     b, rb = _rollout(BlockWorldEnv(width=32, height=32), seed=7, steps=120)

@@ -111,6 +111,25 @@ def test_vector_reset_refuses_a_reset_mask_instead_of_resetting_every_world():
     venv.close()
 
 
+def test_numpy_seeds_are_seeds_and_a_bad_seed_resets_no_world():
+    """``reset(seed=np.int64(3))`` (a seed drawn with numpy) seeds the worlds as 3 does, as the
+    dream's vector env takes it, and a float, a bool or a string is one error naming the seed,
+    raised before any world is reset."""
+    venv = BlockWorldVectorEnv(2, width=16, height=16, render_mode="rgb_array", render_threads=1)
+    want, _ = venv.reset(seed=3)
+    for seed in (np.int64(3), np.array([3, 4]), [np.int32(3), 4]):
+        obs, _ = venv.reset(seed=seed)
+        assert np.array_equal(obs, want), seed
+    before, *_ = venv.step(np.ones((2, len(ACTION_NVEC)), dtype=np.int64))
+    for bad in (1.5, "ab", [0, 1.5], [True, False], [0, -1], -1, True):
+        with pytest.raises(ValueError, match="reset seed must be a non-negative integer"):
+            venv.reset(seed=bad)
+    with pytest.raises(ValueError, match="reset got 3 seeds for 2 envs"):
+        venv.reset(seed=[0, 1, 2])
+    assert np.array_equal(np.stack(venv.render()), before)  # no world was reset
+    venv.close()
+
+
 def test_vector_render_is_a_tuple_of_frames_that_record_video_takes(monkeypatch, tmp_path):
     """``VectorEnv.render`` returns a tuple of frames; Gymnasium's vector ``RecordVideo``
     asserts a ``Sequence``, which an (N, H, W, 3) array is not."""

@@ -150,3 +150,25 @@ def test_a_seed_of_the_wrong_type_is_one_error_naming_the_seed(tmp_path):
     assert list(info["engine_seed"]) == [3, 4]
     b, _ = venv.reset(seed=np.array([3, 4]))
     np.testing.assert_array_equal(a, b)
+
+
+def test_step_or_render_before_reset_is_gymnasiums_reset_needed(tmp_path):
+    """``gymnasium.make_vec`` puts no order check around a native vector env, so the env's own
+    error is what a training loop sees: Gymnasium's ``ResetNeeded``, as BlockWorld's vector env
+    raises (and still a WorldSimError); likewise the single env without ``gymnasium.make``."""
+    from envs.dream import DreamEnv
+    from tests.envs.test_dream import untrained_toy_model
+    from tests.worldsim.toy_env import FULL_ID
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    venv = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=ckpt,
+                        device="cpu", render_mode="rgb_array")  # fmt: skip
+    env = DreamEnv(checkpoint=ckpt, device="cpu", render_mode="rgb_array")
+    for e in (venv, env):
+        for call in (lambda e=e: e.step(e.action_space.sample()), e.render):
+            with pytest.raises(gym.error.ResetNeeded, match=r"call reset\(\) before"):
+                call()
+            with pytest.raises(WorldSimError):
+                call()
+    venv.close()
+    env.close()
