@@ -1,7 +1,15 @@
 """Settings shared by the whole suite."""
 
+import os
+
 import pytest
 import torch
+
+# The suite never opens a window: Gymnasium's check_env tries every render mode, "human" too,
+# and on a desktop that would flash windows, on a server fail. `make test` sets these as well;
+# this covers a bare `pytest`. Tests of the no-display error unset them themselves.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
 @pytest.fixture(autouse=True)
