@@ -136,8 +136,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except BrokenPipeError:
         raise  # the reader of our output went away: quiet, in main
-    except KeyboardInterrupt:
-        print(f"worldsim {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        hint = f"; {e}" if str(e) else ""  # a command may say how to go on (the recipe: run it again)
+        print(f"worldsim {name}: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as e:  # the file system said no: a path that cannot be made, read or written
         where = " -> ".join(repr(str(f)) for f in (e.filename, e.filename2) if f is not None)

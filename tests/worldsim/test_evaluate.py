@@ -507,16 +507,28 @@ def test_teacher_forced_figures_split_frames_that_changed_from_frames_that_did_n
     assert bc["moving"]["copy_last_psnr"] == pytest.approx(np.mean(psnr(last[0, :3], real[0, :3])))
 
 
-def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(monkeypatch) -> None:
-    import worldsim.cli
-    from worldsim import recipe
+def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(monkeypatch, tmp_path: Path, capsys) -> None:
+    """Ctrl-C in a stage ended the recipe with exit 2 and "error: `worldsim record --env` was
+    interrupted", as if it had failed: scripts and schedulers tell an interrupt (130) from a failure."""
+    import agents.record
+    from worldsim.cli import main as cli
 
-    monkeypatch.setattr(worldsim.cli, "main", lambda argv: 130)
-    with pytest.raises(WorldSimError, match=r"`worldsim train dynamics` was interrupted; run the recipe again to resume"):
-        recipe._cli(["train", "dynamics", "--resume"])
-    monkeypatch.setattr(worldsim.cli, "main", lambda argv: 2)
-    with pytest.raises(WorldSimError, match=r"`worldsim train tokenizer` failed \(exit 2\)"):
-        recipe._cli(["train", "tokenizer"])
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the first data part records
+
+    monkeypatch.setattr(agents.record, "record", interrupted)
+    argv = ["train", "recipe", "blockworld-16-smoke", "--dir", str(tmp_path / "run"), "--device", "cpu"]
+    assert cli(argv) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["worldsim record: interrupted",
+                                "worldsim train recipe: interrupted; run the same command again to resume"]  # fmt: skip
+
+    def failed(*a: object, **k: object) -> None:
+        raise WorldSimError("no space left")
+
+    monkeypatch.setattr(agents.record, "record", failed)
+    assert cli(argv) == 2
+    assert "`worldsim record` failed (exit 2); fix the cause and run the recipe again" in capsys.readouterr().err
 
 
 def test_recipe_final_and_polish_phases_alone_train_on_all_parts_with_their_own_batch_and_flags(monkeypatch, tmp_path: Path) -> None:
