@@ -210,14 +210,14 @@ RESUME_HINT = "run the same command again to resume"
 
 
 def _cli(argv: list[str]) -> None:
-    from worldsim.cli import _resolve
+    from worldsim.cli import Terminated, _resolve
     from worldsim.cli import main as cli
 
     rc = cli(argv)
-    if rc == 130:
-        # The stage took the Ctrl-C (it said so, and its last checkpoint stands): the recipe is
-        # interrupted too, and exits 130 like any interrupted command, not 2 as if it had failed.
-        raise KeyboardInterrupt
+    if rc in (130, 143):
+        # The stage took the Ctrl-C or SIGTERM (it said so, and its last checkpoint stands): the
+        # recipe is interrupted too, and exits as the stage did, not 2 as if it had failed.
+        raise KeyboardInterrupt if rc == 130 else Terminated
     if rc != 0:
         found = _resolve(argv)
         name = found[0] if found else argv[0]  # `record`, not `record --env`
@@ -528,8 +528,8 @@ def main(argv: list[str]) -> int:
     run = RecipeRun(a.name, root, device=a.device, threads=a.threads)
     try:
         model = run.run(install=a.install)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(RESUME_HINT) from None  # the CLI prints it after "interrupted"
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (Terminated): the CLI prints the hint after the word
+        raise type(e)(RESUME_HINT) from None
     print(f"recipe {a.name}: model {model} ({model.stat().st_size / 1e6:.1f} MB); evaluate it with "
           f"`worldsim eval --checkpoint {model} --out {root / 'eval'}`")  # fmt: skip
     return 0

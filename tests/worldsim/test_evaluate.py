@@ -511,6 +511,7 @@ def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(mon
     """Ctrl-C in a stage ended the recipe with exit 2 and "error: `worldsim record --env` was
     interrupted", as if it had failed: scripts and schedulers tell an interrupt (130) from a failure."""
     import agents.record
+    from worldsim.cli import Terminated
     from worldsim.cli import main as cli
 
     def interrupted(*a: object, **k: object) -> None:
@@ -522,6 +523,13 @@ def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(mon
     err = capsys.readouterr().err
     assert err.splitlines() == ["worldsim record: interrupted",
                                 "worldsim train recipe: interrupted; run the same command again to resume"]  # fmt: skip
+
+    def terminated(*a: object, **k: object) -> None:
+        raise Terminated  # what SIGTERM raises under the worldsim command
+
+    monkeypatch.setattr(agents.record, "record", terminated)
+    assert cli(argv) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "worldsim train recipe: terminated; run the same command again to resume"
 
     def failed(*a: object, **k: object) -> None:
         raise WorldSimError("no space left")
