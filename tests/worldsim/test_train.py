@@ -432,6 +432,29 @@ def test_sigterm_mid_save_ends_training_as_ctrl_c_does(data: Path, tmp_path: Pat
     assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "2", "--resume", *FAST]) == 0
 
 
+def test_temporary_files_of_saves_killed_mid_write_are_removed_by_the_next_save(data: Path, tmp_path: Path) -> None:
+    """Every SIGKILL during a save (the out-of-memory killer, a power cut) left the state's
+    temporary file beside it, tens of MB for a real model, and none was ever removed: a run
+    killed and resumed again and again piled them up. The next save removes those of gone
+    processes, and no other file."""
+    out = tmp_path / "t.safetensors"
+    done = _killed_mid_save("SIGKILL", data, out, 4)
+    assert done.returncode == -9
+    (left,) = tmp_path.glob(".t.state.safetensors.*.tmp")
+    old = time.time() - 600
+    os.utime(left, (old, old))  # what the next day's resume finds
+    host = left.name.split("@")[1].rsplit(".", 2)[0]
+    live = tmp_path / f".t.state.safetensors.{os.getpid()}@{host}.abcd1234.tmp"  # a write in progress elsewhere
+    foreign = tmp_path / ".t.state.safetensors.99999999@another-host.abcd1234.tmp"
+    users = tmp_path / ".t.state.safetensors.my-notes.tmp"
+    for f in (live, foreign, users):
+        f.write_bytes(b"keep")
+        os.utime(f, (old, old))
+    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "2", "--resume", *FAST]) == 0
+    assert not left.exists() and all(f.read_bytes() == b"keep" for f in (live, foreign, users))
+    assert load_model(out).info["steps"] == 2
+
+
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
