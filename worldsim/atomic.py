@@ -3,10 +3,10 @@
 A kill mid-write leaves the old file (or none), never half of the new one. Torch-free, so
 the recording side can use it too.
 
-The temporary file is ``.NAME.PID@HOST.XXXXXXXX.tmp``. A SIGKILL (or a power cut) during a
-write leaves it behind, and each such kill of a checkpoint save left another one, tens of MB
-each; the next write of the same file removes those whose process is gone (see
-:func:`remove_stale_temps`).
+The temporary file is ``.NAME.PID@HOST.XXXXXXXX.tmp`` (:func:`temp_prefix`; the ONNX export
+names its temporary folders so too). A SIGKILL (or a power cut) during a write leaves it
+behind, and each such kill of a checkpoint save left another one, tens of MB each; the next
+write of the same name removes those whose process is gone (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -31,21 +31,30 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:32] or "host"
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that writes of ``path`` killed mid-way left beside it.
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name prefix of a temporary file or folder that stands in for ``path`` while it is
+    written (``tempfile``'s ``prefix``; give it ``suffix=".tmp"``): it names this process and
+    host, so that :func:`remove_stale_temps` can tell a killed write's leftover from a live one."""
+    return f".{Path(path).name}.{os.getpid()}@{_host()}."
 
-    Only files of this module's pattern for this very name are touched, and of those only
-    ones made on this host by a process that no longer exists and left unmodified for
-    :data:`STALE_SECONDS`: never a write still in progress. Returns what was removed;
-    a file that cannot be checked or removed is left as it is.
+
+def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary files (or folders) that writes of ``path`` killed mid-way left in
+    ``folder`` (default: beside ``path``).
+
+    Only names of :func:`temp_prefix`'s pattern for this very name are touched, and of those
+    only ones made on this host by a process that no longer exists and left unmodified for
+    :data:`STALE_SECONDS`: never a write still in progress. Returns what was removed; one
+    that cannot be checked or removed is left as it is.
     """
     if os.name == "nt":  # os.kill(pid, 0) would end the process there, not test it
         return []
     path = Path(path)
-    ours = re.compile(re.escape(f".{path.name}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp")  # mkstemp's 8 characters
+    folder = path.parent if folder is None else Path(folder)
+    ours = re.compile(re.escape(f".{path.name}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp")  # tempfile's 8 characters
     host, now, removed = _host(), time.time(), []
     try:
-        found = list(path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"))
+        found = list(folder.glob(glob.escape(f".{path.name}.") + "*.tmp"))
     except OSError:  # a folder that cannot be listed: the write itself will say what is wrong
         return []
     for tmp in found:
@@ -53,10 +62,12 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
         if m is None or m[2] != host or _alive(int(m[1])):
             continue
         try:
-            st = tmp.lstat()
-            if tmp.is_symlink() or not tmp.is_file() or now - st.st_mtime < STALE_SECONDS:
+            if tmp.is_symlink() or now - tmp.lstat().st_mtime < STALE_SECONDS:
                 continue
-            tmp.unlink()
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
         except OSError:
             continue
         removed.append(tmp)
@@ -91,7 +102,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
