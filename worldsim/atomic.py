@@ -51,10 +51,11 @@ def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None
         return []
     path = Path(path)
     folder = path.parent if folder is None else Path(folder)
-    ours = re.compile(re.escape(f".{path.name}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp")  # tempfile's 8 characters
+    # tempfile's 8 characters, then .tmp and the suffix kept (atomic_write's keep_suffix)
+    ours = re.compile(re.escape(f".{path.name}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp" + f"({re.escape(path.suffix)})?")
     host, now, removed = _host(), time.time(), []
     try:
-        found = list(folder.glob(glob.escape(f".{path.name}.") + "*.tmp"))
+        found = list(folder.glob(glob.escape(f".{path.name}.") + "*.tmp*"))
     except OSError:  # a folder that cannot be listed: the write itself will say what is wrong
         return []
     for tmp in found:
@@ -93,16 +94,19 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suffix: bool = False) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it to ``path``.
 
     The folder is made if needed; the temporary file is removed if anything fails, and the
-    ones earlier writes of ``path`` left when they were killed are removed first.
+    ones earlier writes of ``path`` left when they were killed are removed first. With
+    ``keep_suffix`` the temporary file ends in ``path``'s suffix too (``.tmp.mp4``), for
+    writers that pick the format by it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
