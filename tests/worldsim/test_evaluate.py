@@ -883,3 +883,42 @@ def test_eval_summary_names_the_open_loop_span_as_the_progress_line_does() -> No
     for option, default in (("--episodes", 64), ("--horizon", 32), ("--stability-steps", 2000), ("--probe-worlds", 16),
                             ("--idm-data-steps", 32000), ("--idm-train-steps", 6000)):
         assert f"default {default})" in helps[option], (option, helps[option])
+
+
+def test_a_video_interrupted_while_encoding_leaves_the_earlier_one(tmp_path: Path, monkeypatch) -> None:
+    """`worldsim demo` and `eval` interrupted while encoding a GIF or MP4 left a cut-short video
+    in place of the one an earlier run had written there."""
+    from worldsim import eval_media
+
+    frames = np.zeros((6, 8, 8, 3), np.uint8)
+    frames[:, :, :4] = 200
+    gif, mp4 = tmp_path / "dream.gif", tmp_path / "stability.mp4"
+    eval_media.write_gif(gif, frames)
+    eval_media.write_mp4(mp4, frames)
+    whole = gif.read_bytes(), mp4.read_bytes()
+    real_get_writer = eval_media.imageio.get_writer
+
+    def get_writer(*a, **k):
+        w, appended = real_get_writer(*a, **k), []
+        append = w.append_data
+
+        def append_data(f):
+            appended.append(f)
+            if len(appended) == 3:
+                raise KeyboardInterrupt  # Ctrl-C at the third frame
+            append(f)
+
+        w.append_data = append_data
+        return w
+
+    def mimsave(path, *a, **k):
+        Path(path).write_bytes(b"GIF89a")  # the encoder had begun the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_media.imageio, "get_writer", get_writer)
+    monkeypatch.setattr(eval_media.imageio, "mimsave", mimsave)
+    for write, path in ((eval_media.write_gif, gif), (eval_media.write_mp4, mp4)):
+        with pytest.raises(KeyboardInterrupt):
+            write(path, 255 - frames)
+    assert (gif.read_bytes(), mp4.read_bytes()) == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dream.gif", "stability.mp4"]
