@@ -303,8 +303,10 @@ def _run_parallel(
     def terminated(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)  # so that the workers are stopped below
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
+    # Only where SIGTERM would kill outright: the worldsim command's own handler (an interrupt,
+    # which stops the workers below just as well) is left to say "terminated".
+    own_handler = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    previous = signal.signal(signal.SIGTERM, terminated) if own_handler else None
     try:
         while len(results) < parts:
             try:
@@ -330,7 +332,7 @@ def _run_parallel(
                 progress(done - shown)
                 shown = done
     finally:
-        if main_thread:
+        if own_handler:
             signal.signal(signal.SIGTERM, previous)
         for proc in procs:
             if proc.is_alive():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from export.manifest import MANIFEST, ManifestError, check_source, read_manifest, sha256_file
+from worldsim.atomic import remove_stale_temps, temp_prefix
 from worldsim.errors import WorldSimError
 
 CACHE_ENV = "WORLDSIM_ONNX_CACHE"
@@ -95,7 +96,8 @@ def _export_into_cache(checkpoint: Path, folder: Path) -> None:
 
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        remove_stale_temps(folder)  # exports into the cache killed (SIGKILL) mid-way
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), suffix=".tmp", dir=folder.parent))
     except OSError as e:  # a read-only home, say: say which folder, and the ways around it
         raise WorldSimError(
             f"cannot write the ONNX cache {folder.parent} ({e.strerror or e}); set {CACHE_ENV} to a writable folder, "

@@ -31,6 +31,7 @@ from export.graphs import DecoderGraph, DynamicsStepGraph, EncoderGraph, GraphSp
 from export.manifest import FORMAT, GRAPHS, MANIFEST, VERSION, sha256_file, write_manifest
 from export.ort_session import require_onnxruntime
 from export.verify import Check, ExportVerificationError, ModelInputs, Tolerance, verify_export
+from worldsim.atomic import remove_stale_temps, temp_prefix
 from worldsim.checkpoint import load_model
 from worldsim.errors import WorldSimError
 from worldsim.runtime import DEFAULT_CHECKPOINT
@@ -252,7 +253,8 @@ def _private_folder(out: Path, inside: bool = False) -> Path:
     where = out if inside else out.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=where))
+        remove_stale_temps(out, where)  # the folders of exports killed (SIGKILL) mid-way here
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=where))
     except OSError as e:
         raise WorldSimError(f"cannot write into {where} ({e.strerror or e}); choose another --out") from None
 

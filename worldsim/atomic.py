@@ -2,15 +2,87 @@
 
 A kill mid-write leaves the old file (or none), never half of the new one. Torch-free, so
 the recording side can use it too.
+
+The temporary file is ``.NAME.PID@HOST.XXXXXXXX.tmp`` (:func:`temp_prefix`; the ONNX export
+names its temporary folders so too). A SIGKILL (or a power cut) during a write leaves it
+behind, and each such kill of a checkpoint save left another one, tens of MB each; the next
+write of the same name removes those whose process is gone (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+STALE_SECONDS = 60.0
+"""A temporary file left unmodified this long, by a process of this host that is gone, is
+stale. The age guards against a PID this host cannot see (a writer in another PID namespace
+that shares the host name): it is removed only if it also stopped writing a minute ago."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:32] or "host"
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name prefix of a temporary file or folder that stands in for ``path`` while it is
+    written (``tempfile``'s ``prefix``; give it ``suffix=".tmp"``): it names this process and
+    host, so that :func:`remove_stale_temps` can tell a killed write's leftover from a live one."""
+    return f".{Path(path).name}.{os.getpid()}@{_host()}."
+
+
+def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary files (or folders) that writes of ``path`` killed mid-way left in
+    ``folder`` (default: beside ``path``).
+
+    Only names of :func:`temp_prefix`'s pattern for this very name are touched, and of those
+    only ones made on this host by a process that no longer exists and left unmodified for
+    :data:`STALE_SECONDS`: never a write still in progress. Returns what was removed; one
+    that cannot be checked or removed is left as it is.
+    """
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there, not test it
+        return []
+    path = Path(path)
+    folder = path.parent if folder is None else Path(folder)
+    # tempfile's 8 characters, then .tmp and the suffix kept (atomic_write's keep_suffix)
+    ours = re.compile(re.escape(f".{path.name}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp" + f"({re.escape(path.suffix)})?")
+    host, now, removed = _host(), time.time(), []
+    try:
+        found = list(folder.glob(glob.escape(f".{path.name}.") + "*.tmp*"))
+    except OSError:  # a folder that cannot be listed: the write itself will say what is wrong
+        return []
+    for tmp in found:
+        m = ours.fullmatch(tmp.name)
+        if m is None or m[2] != host or _alive(int(m[1])):
+            continue
+        try:
+            if tmp.is_symlink() or now - tmp.lstat().st_mtime < STALE_SECONDS:
+                continue
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or not a PID: not ours to judge
+    return True
 
 
 def new_file_mode() -> int:
@@ -22,14 +94,19 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suffix: bool = False) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it to ``path``.
 
-    The folder is made if needed; the temporary file is removed if anything fails.
+    The folder is made if needed; the temporary file is removed if anything fails, and the
+    ones earlier writes of ``path`` left when they were killed are removed first. With
+    ``keep_suffix`` the temporary file ends in ``path``'s suffix too (``.tmp.mp4``), for
+    writers that pick the format by it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

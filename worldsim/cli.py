@@ -8,12 +8,15 @@ keeps the core free of imports from ``envs/``, ``agents/`` and ``export/``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # name -> ("module:function", one-line help). Longest name wins ("bench engine" over "bench").
@@ -83,6 +86,44 @@ def _warning_printer(name: str, fallback: Any) -> Any:
     return show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises :class:`KeyboardInterrupt`, so that the clean-up
+    written for Ctrl-C runs for it too."""
+
+
+# Commands that keep SIGTERM's own handling: `play` lets pygame (SDL) turn it into a window
+# close, which ends the game as Escape does (the --record file and --screenshot are written).
+_OWN_SIGTERM = frozenset({"play"})
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(name: str) -> Iterator[None]:
+    """Raise :class:`Terminated` on SIGTERM while command ``name`` runs.
+
+    Without it SIGTERM (``kill``, ``docker stop``, a job scheduler's time limit) ended the
+    process on the spot: a checkpoint or ONNX export being written left its temporary file
+    or folder behind for good, and nothing was said. Only the main thread of the process
+    that set it may raise: a process forked from it restores the default and is ended by it.
+    """
+    if name in _OWN_SIGTERM or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def terminated(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:  # a forked child that inherited the handler: die as it would have
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; user errors print one line and exit 2, never a traceback.
 
@@ -130,14 +171,19 @@ def _main(argv: Sequence[str] | None) -> int:
     warnings.showwarning = _warning_printer(name, previous)
     try:
         func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(rest) or 0)
+        with _sigterm_as_interrupt(name):
+            return int(func(rest) or 0)
     except WorldSimError as e:
         print(f"worldsim {name}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise  # the reader of our output went away: quiet, in main
-    except KeyboardInterrupt:
-        print(f"worldsim {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        hint = f"; {e}" if str(e) else ""  # a command may say how to go on (the recipe: run it again)
+        if isinstance(e, Terminated):
+            print(f"worldsim {name}: terminated{hint}", file=sys.stderr)
+            return 128 + signal.SIGTERM  # 143, the status a shell gives a process SIGTERM ended
+        print(f"worldsim {name}: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as e:  # the file system said no: a path that cannot be made, read or written
         where = " -> ".join(repr(str(f)) for f in (e.filename, e.filename2) if f is not None)

@@ -8,6 +8,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
+from worldsim.atomic import atomic_write
 from worldsim.metrics import CollapseReport, FrameStats
 
 DIFF_GAIN = 4
@@ -32,18 +33,27 @@ def side_by_side(real: np.ndarray, dream: np.ndarray, scale: int = 2) -> np.ndar
     return np.repeat(np.repeat(out, scale, axis=1), scale, axis=2)
 
 
+# Videos are written aside and renamed when whole (atomic_write): a demo or eval interrupted
+# while encoding one left a cut-short video in place of the one an earlier run had written.
+
+
 def write_gif(path: Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = 20.0) -> None:
     """An endlessly looping GIF."""
-    imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
+    frames = list(frames)
+    atomic_write(path, lambda tmp: imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0), keep_suffix=True)
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float = 20.0) -> None:
     """An H.264 MP4; frames are padded to even sizes, as the codec needs."""
     T, H, W, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
-        for f in frames:
-            w.append_data(f)
+
+    def write(tmp: str) -> None:
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
+            for f in frames:
+                w.append_data(f)
+
+    atomic_write(path, write, keep_suffix=True)
 
 
 def plot_horizon(path: Path, horizons: np.ndarray, curves: dict[str, np.ndarray], ylabel: str, title: str) -> None:

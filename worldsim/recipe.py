@@ -205,14 +205,23 @@ RECIPES: dict[str, Recipe] = {
 }  # fmt: skip
 
 
+RESUME_HINT = "run the same command again to resume"
+"""What ``worldsim train recipe`` says when it is interrupted: its finished work stands."""
+
+
 def _cli(argv: list[str]) -> None:
+    from worldsim.cli import Terminated, _resolve
     from worldsim.cli import main as cli
 
     rc = cli(argv)
-    if rc == 130:  # the stage's own Ctrl-C / SIGINT handling: its last checkpoint stands
-        raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` was interrupted; run the recipe again to resume")
+    if rc in (130, 143):
+        # The stage took the Ctrl-C or SIGTERM (it said so, and its last checkpoint stands): the
+        # recipe is interrupted too, and exits as the stage did, not 2 as if it had failed.
+        raise KeyboardInterrupt if rc == 130 else Terminated
     if rc != 0:
-        raise WorldSimError(f"`worldsim {' '.join(argv[:2])}` failed (exit {rc}); fix the cause and run the recipe again to resume")
+        found = _resolve(argv)
+        name = found[0] if found else argv[0]  # `record`, not `record --env`
+        raise WorldSimError(f"`worldsim {name}` failed (exit {rc}); fix the cause and run the recipe again to resume")
 
 
 @contextlib.contextmanager
@@ -517,7 +526,10 @@ def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     root = Path(a.dir or Path("runs") / a.name)
     run = RecipeRun(a.name, root, device=a.device, threads=a.threads)
-    model = run.run(install=a.install)
+    try:
+        model = run.run(install=a.install)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (Terminated): the CLI prints the hint after the word
+        raise type(e)(RESUME_HINT) from None
     print(f"recipe {a.name}: model {model} ({model.stat().st_size / 1e6:.1f} MB); evaluate it with "
           f"`worldsim eval --checkpoint {model} --out {root / 'eval'}`")  # fmt: skip
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.atomic import atomic_write
 from worldsim.data import WindowDataset
 from worldsim.errors import WorldSimError
 from worldsim.recording import Record
@@ -84,23 +85,30 @@ def replay(
     keys = [e.episode for e in ds.episodes]
     if episode is not None and episode not in keys:
         raise WorldSimError(f"{path}: no episode {episode}; it holds episodes {keys[:10]}...")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = _open_writer(out, fps)
     written = 0
-    try:
-        for r in range(ds.num_frames):
-            rec = ds.record(r)
-            if episode is not None and rec.episode != episode:
-                continue
-            frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
-            if show_overlay:
-                frame = overlay(frame, rec, names)
-            writer.append_data(_even(frame))
-            written += 1
-            if max_frames is not None and written >= max_frames:
-                break
-    finally:
-        writer.close()
+
+    def write(tmp: str) -> None:
+        nonlocal written
+        writer = _open_writer(Path(tmp), fps)
+        try:
+            for r in range(ds.num_frames):
+                rec = ds.record(r)
+                if episode is not None and rec.episode != episode:
+                    continue
+                frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
+                if show_overlay:
+                    frame = overlay(frame, rec, names)
+                writer.append_data(_even(frame))
+                written += 1
+                if max_frames is not None and written >= max_frames:
+                    break
+        finally:
+            writer.close()
+
+    # Written aside and renamed when whole: Ctrl-C used to leave a cut-short video (or, with
+    # ffmpeg stopped by the same Ctrl-C, one with no index that no player opens) at --out,
+    # in place of the video an earlier run had written there.
+    atomic_write(out, write, keep_suffix=True)
     return written
 
 

@@ -260,6 +260,32 @@ def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
     assert "must end in .mp4 or .gif" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_an_interrupted_replay_leaves_the_earlier_video_and_no_partial_one(tmp_path, suffix, monkeypatch, capsys):
+    """Ctrl-C during a replay left a cut-short video at --out (with ffmpeg stopped by the same
+    Ctrl-C, an MP4 no player opens), in place of the whole one an earlier run had written."""
+    import worldsim.video
+
+    rec = tmp_path / "toy.msgpack"
+    assert cli(["record", "--env", FULL_ID, "--steps", "20", "--out", str(rec), "--quiet"]) == 0
+    video = tmp_path / f"toy{suffix}"
+    assert cli(["replay", str(rec), "--out", str(video), "--overlay"]) == 0
+    whole = video.read_bytes()
+    real, shown = worldsim.video.overlay, []
+
+    def overlay(*a, **k):
+        shown.append(1)
+        if len(shown) == 5:
+            raise KeyboardInterrupt  # Ctrl-C at the fifth frame
+        return real(*a, **k)
+
+    monkeypatch.setattr(worldsim.video, "overlay", overlay)
+    assert cli(["replay", str(rec), "--out", str(video), "--overlay", "--scale", "2"]) == 130
+    assert "worldsim replay: interrupted" in capsys.readouterr().err
+    assert video.read_bytes() == whole and len(iio.mimread(video)) == sum(1 for _ in RecordingReader(rec))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["toy.coverage.json", rec.name, video.name])
+
+
 @pytest.mark.parametrize("mode", ["NextStep", "SameStep", "Disabled"])
 def test_every_vector_autoreset_mode_records_the_frames_the_env_returned(tmp_path, mode):
     from gymnasium.vector import AutoresetMode

@@ -176,6 +176,28 @@ def test_an_export_killed_inside_a_mount_point_does_not_block_the_next(tiny_chec
         onnx_export.export_onnx(tiny_checkpoint, volume)
 
 
+def test_the_folders_of_exports_killed_mid_way_are_removed_by_the_next_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """An export SIGKILLed (the out-of-memory killer, a power cut) while writing left its
+    private folder of half-written graphs beside --out, and every such kill left another."""
+    import re
+    import subprocess
+    import time
+
+    out = tmp_path / "export"
+    code = (f"import os, signal; from pathlib import Path; import export.onnx_export as e\n"
+            f"tmp = e._private_folder(Path({str(out)!r})); (tmp / 'decoder.onnx').write_bytes(b'half a graph')\n"
+            f"os.kill(os.getpid(), signal.SIGKILL)\n")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], timeout=120).returncode == -9
+    (left,) = tmp_path.glob(".export.*.tmp")
+    old = time.time() - 600
+    os.utime(left, (old, old))  # found by the next export, a while later
+    mine = tmp_path / re.sub(r"\.\d+@", f".{os.getpid()}@", left.name, count=1)  # a live export's, of this process
+    mine.mkdir()
+    os.utime(mine, (old, old))
+    onnx_export.export_onnx(tiny_checkpoint, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", mine.name])
+
+
 def test_an_out_below_a_file_is_one_error_naming_that_file(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     """It was the file system's bare "File exists: 'notes.txt'", about a file the user knows exists."""
     tmp_path = tmp_path.resolve()  # the error names resolved paths

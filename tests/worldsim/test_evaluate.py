@@ -507,16 +507,36 @@ def test_teacher_forced_figures_split_frames_that_changed_from_frames_that_did_n
     assert bc["moving"]["copy_last_psnr"] == pytest.approx(np.mean(psnr(last[0, :3], real[0, :3])))
 
 
-def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(monkeypatch) -> None:
-    import worldsim.cli
-    from worldsim import recipe
+def test_recipe_stage_failures_and_interruptions_say_which_and_how_to_resume(monkeypatch, tmp_path: Path, capsys) -> None:
+    """Ctrl-C in a stage ended the recipe with exit 2 and "error: `worldsim record --env` was
+    interrupted", as if it had failed: scripts and schedulers tell an interrupt (130) from a failure."""
+    import agents.record
+    from worldsim.cli import Terminated
+    from worldsim.cli import main as cli
 
-    monkeypatch.setattr(worldsim.cli, "main", lambda argv: 130)
-    with pytest.raises(WorldSimError, match=r"`worldsim train dynamics` was interrupted; run the recipe again to resume"):
-        recipe._cli(["train", "dynamics", "--resume"])
-    monkeypatch.setattr(worldsim.cli, "main", lambda argv: 2)
-    with pytest.raises(WorldSimError, match=r"`worldsim train tokenizer` failed \(exit 2\)"):
-        recipe._cli(["train", "tokenizer"])
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the first data part records
+
+    monkeypatch.setattr(agents.record, "record", interrupted)
+    argv = ["train", "recipe", "blockworld-16-smoke", "--dir", str(tmp_path / "run"), "--device", "cpu"]
+    assert cli(argv) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["worldsim record: interrupted",
+                                "worldsim train recipe: interrupted; run the same command again to resume"]  # fmt: skip
+
+    def terminated(*a: object, **k: object) -> None:
+        raise Terminated  # what SIGTERM raises under the worldsim command
+
+    monkeypatch.setattr(agents.record, "record", terminated)
+    assert cli(argv) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "worldsim train recipe: terminated; run the same command again to resume"
+
+    def failed(*a: object, **k: object) -> None:
+        raise WorldSimError("no space left")
+
+    monkeypatch.setattr(agents.record, "record", failed)
+    assert cli(argv) == 2
+    assert "`worldsim record` failed (exit 2); fix the cause and run the recipe again" in capsys.readouterr().err
 
 
 def test_recipe_final_and_polish_phases_alone_train_on_all_parts_with_their_own_batch_and_flags(monkeypatch, tmp_path: Path) -> None:
@@ -895,3 +915,42 @@ if "Edited-v0" not in gym.registry:
     assert key() != first
     blockworld = ReferenceEnv(BLOCKWORLD, {}).code_digest()
     assert blockworld is not None and blockworld == ReferenceEnv(BLOCKWORLD, {"hud": False}).code_digest()
+
+
+def test_a_video_interrupted_while_encoding_leaves_the_earlier_one(tmp_path: Path, monkeypatch) -> None:
+    """`worldsim demo` and `eval` interrupted while encoding a GIF or MP4 left a cut-short video
+    in place of the one an earlier run had written there."""
+    from worldsim import eval_media
+
+    frames = np.zeros((6, 8, 8, 3), np.uint8)
+    frames[:, :, :4] = 200
+    gif, mp4 = tmp_path / "dream.gif", tmp_path / "stability.mp4"
+    eval_media.write_gif(gif, frames)
+    eval_media.write_mp4(mp4, frames)
+    whole = gif.read_bytes(), mp4.read_bytes()
+    real_get_writer = eval_media.imageio.get_writer
+
+    def get_writer(*a, **k):
+        w, appended = real_get_writer(*a, **k), []
+        append = w.append_data
+
+        def append_data(f):
+            appended.append(f)
+            if len(appended) == 3:
+                raise KeyboardInterrupt  # Ctrl-C at the third frame
+            append(f)
+
+        w.append_data = append_data
+        return w
+
+    def mimsave(path, *a, **k):
+        Path(path).write_bytes(b"GIF89a")  # the encoder had begun the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_media.imageio, "get_writer", get_writer)
+    monkeypatch.setattr(eval_media.imageio, "mimsave", mimsave)
+    for write, path in ((eval_media.write_gif, gif), (eval_media.write_mp4, mp4)):
+        with pytest.raises(KeyboardInterrupt):
+            write(path, 255 - frames)
+    assert (gif.read_bytes(), mp4.read_bytes()) == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dream.gif", "stability.mp4"]

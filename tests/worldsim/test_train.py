@@ -398,6 +398,63 @@ def test_resume_after_kill_continues_exactly(data: Path, tmp_path: Path) -> None
     assert logged == list(range(1, steps + 1))  # no step lost or logged twice
 
 
+def _killed_mid_save(how: str, data: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
+    """Run `worldsim train tokenizer` in a process that sends itself ``how`` halfway through
+    writing its second training state (the first save's files are then in place)."""
+    code = f"""
+import os, signal, sys
+import worldsim.checkpoint as ck
+from worldsim.cli import main
+real, saves = ck.save_file, []
+def save_file(tensors, path, metadata=None):
+    saves.append(path)
+    if len(saves) == 3:  # state, checkpoint, then the next state
+        open(path, "wb").write(b"half a state")
+        os.kill(os.getpid(), signal.{how})
+    real(tensors, path, metadata=metadata)
+ck.save_file = save_file
+sys.exit(main(sys.argv[1:]))
+"""
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", str(steps), "--ckpt-every", "1", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_sigterm_mid_save_ends_training_as_ctrl_c_does(data: Path, tmp_path: Path) -> None:
+    """SIGTERM (`kill`, `docker stop`, a scheduler's time limit) killed the run on the spot: the
+    temporary file of the checkpoint being written stayed beside it for good, and nothing was said."""
+    out = tmp_path / "t.safetensors"
+    done = _killed_mid_save("SIGTERM", data, out, 4)
+    assert done.returncode == 143 and done.stderr.rstrip().endswith("worldsim train tokenizer: terminated"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "t.safetensors", "t.state.safetensors"]
+    assert load_model(out).info["steps"] == 1
+    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "2", "--resume", *FAST]) == 0
+
+
+def test_temporary_files_of_saves_killed_mid_write_are_removed_by_the_next_save(data: Path, tmp_path: Path) -> None:
+    """Every SIGKILL during a save (the out-of-memory killer, a power cut) left the state's
+    temporary file beside it, tens of MB for a real model, and none was ever removed: a run
+    killed and resumed again and again piled them up. The next save removes those of gone
+    processes, and no other file."""
+    out = tmp_path / "t.safetensors"
+    done = _killed_mid_save("SIGKILL", data, out, 4)
+    assert done.returncode == -9
+    (left,) = tmp_path.glob(".t.state.safetensors.*.tmp")
+    old = time.time() - 600
+    os.utime(left, (old, old))  # what the next day's resume finds
+    host = left.name.split("@")[1].rsplit(".", 2)[0]
+    live = tmp_path / f".t.state.safetensors.{os.getpid()}@{host}.abcd1234.tmp"  # a write in progress elsewhere
+    foreign = tmp_path / ".t.state.safetensors.99999999@another-host.abcd1234.tmp"
+    users = tmp_path / ".t.state.safetensors.my-notes.tmp"
+    for f in (live, foreign, users):
+        f.write_bytes(b"keep")
+        os.utime(f, (old, old))
+    assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "2", "--resume", *FAST]) == 0
+    assert not left.exists() and all(f.read_bytes() == b"keep" for f in (live, foreign, users))
+    assert load_model(out).info["steps"] == 2
+
+
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
