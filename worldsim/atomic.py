@@ -11,6 +11,7 @@ write of the same name removes those whose process is gone (:func:`remove_stale_
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -18,7 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 STALE_SECONDS = 60.0
@@ -125,3 +126,67 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Copy ``src`` to ``dest`` whole or not at all."""
     atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
+
+
+class LockBusy(Exception):
+    """Another process holds the lock; ``holder`` is the process id it wrote, or "unknown"."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, note: Callable[[str], None], remove: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made if missing) for the ``with`` body.
+
+    The operating system drops the lock when its process ends, however it ends, so a kill
+    leaves none behind. The holder writes its process id into the file, for the message of
+    the one refused. With ``remove`` the file is deleted before the lock is released: a
+    process that opened it just before then finds, once it holds the lock, that the path
+    now names another file (or none) and starts over, so two processes never both hold it.
+
+    Where there are no locks (Windows, with no ``fcntl``) the body runs unlocked; where the
+    file system takes none (NFS without its lock daemon: "No locks available") ``note`` is
+    told why and the body runs unlocked too.
+
+    Raises:
+        LockBusy: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = Path(path)
+    while True:
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                unlockable = None
+            except BlockingIOError:
+                f.seek(0)
+                raise LockBusy(f.read().strip() or "unknown") from None
+            except OSError as e:
+                unlockable = e.strerror or str(e)
+            if unlockable is not None:
+                note(unlockable)
+                yield
+                return
+            try:
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # removed (and maybe made again) by the holder we waited on: start over
+                continue
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                if remove:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            return

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -59,7 +58,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from worldsim.atomic import atomic_copy, atomic_write_text
+from worldsim.atomic import LockBusy, atomic_copy, atomic_write_text, exclusive_lock
 from worldsim.checkpoint import checkpoint_steps
 from worldsim.errors import WorldSimError
 
@@ -230,42 +229,26 @@ def _folder_lock(path: Path, log: Any = print) -> Iterator[None]:
 
     A second run in the same folder (the command started again while a background one still
     runs) used to work beside the first: both recorded and trained the same stages at once,
-    and one stage's files came from one run and the next's from the other. The operating
-    system drops the lock when its process ends, however it ends, so a kill leaves none behind.
-    A file system that takes no locks gets a note in ``log`` and the run goes on unlocked.
+    and one stage's files came from one run and the next's from the other. A kill leaves no
+    lock behind (:func:`worldsim.atomic.exclusive_lock`). A file system that takes no locks
+    gets a note in ``log`` and the run goes on unlocked.
 
     Raises:
         WorldSimError: another process holds it.
     """
+
+    def note(why: str) -> None:
+        # NFS without its lock daemon ("No locks available") and some network file systems
+        # take no locks: the recipe ran there before it took one, and still does.
+        log(f"recipe: note: {path.parent} takes no file locks ({why}), so nothing stops a second recipe run there; "
+            "start only one")  # fmt: skip
+
     try:
-        import fcntl
-    except ImportError:  # not POSIX (Windows): no lock, as before
-        yield
-        return
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "unknown"
-            raise WorldSimError(f"{path.parent} is in use by another `worldsim train recipe` (process {pid}); let it "
-                                "finish or stop it, then run this again to resume") from None  # fmt: skip
-        except OSError as e:
-            # NFS without its lock daemon ("No locks available") and some network file systems
-            # take no locks: the recipe ran there before it took one, and still does.
-            log(f"recipe: note: {path.parent} takes no file locks ({e.strerror or e}), so nothing stops a second "
-                "recipe run there; start only one")  # fmt: skip
-            locked = False
-        else:
-            locked = True
-        if not locked:
+        with exclusive_lock(path, note):
             yield
-            return
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
+    except LockBusy as e:
+        raise WorldSimError(f"{path.parent} is in use by another `worldsim train recipe` (process {e.holder}); let it "
+                            "finish or stop it, then run this again to resume") from None  # fmt: skip
 
 
 @dataclass

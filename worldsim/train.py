@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from worldsim.atomic import atomic_write_text
+from worldsim.atomic import LockBusy, atomic_write_text, exclusive_lock
 from worldsim.checkpoint import (
     ModelConfig,
     checkpoint_steps,
@@ -673,6 +674,36 @@ def _run_settings(a: argparse.Namespace, names: tuple[str, ...], processes: int)
             **{k: getattr(a, k) for k in (*shared, *names)}}  # fmt: skip
 
 
+@contextlib.contextmanager
+def _out_lock(out: Path, main: bool) -> Iterator[None]:
+    """Hold a lock on checkpoint ``out`` while this run trains it (the main process only).
+
+    Two runs into one ``--out`` (a ``nohup ... --resume`` started twice) each saved over the
+    other's checkpoint and training state, so the file held whichever saved last, at a step
+    and from a data position neither run had. The lock file ``.NAME.lock`` beside ``out`` is
+    removed when the run ends; a kill leaves a file but no lock
+    (:func:`worldsim.atomic.exclusive_lock`).
+
+    Raises:
+        WorldSimError: another run holds the lock.
+    """
+    if not main:
+        yield
+        return
+
+    def note(why: str) -> None:
+        print(f"worldsim train: note: {out.parent} takes no file locks ({why}), so nothing stops a second run "
+              f"training {out.name}; start only one", file=sys.stderr)  # fmt: skip
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True):
+            yield
+    except LockBusy as e:
+        raise WorldSimError(f"{out} is being trained by another run (process {e.holder}); let it finish or stop it, "
+                            "then run this again with --resume") from None  # fmt: skip
+
+
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
     return (f"{cfg.kind} checkpoint: {cfg.out} is already at step {last['step']} of {cfg.steps}; nothing to do "
             "(a larger --steps trains on)")  # fmt: skip
@@ -692,10 +723,11 @@ def tokenizer_main(argv: list[str]) -> int:
     _, dd = _setup(a)
     finished = False
     try:
-        settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
-        resumed = resume_state(cfg, settings)
-        task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
-        last = run(task, cfg, dd, settings, resumed)
+        with _out_lock(cfg.out, dd.main):
+            settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
+            resumed = resume_state(cfg, settings)
+            task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
+            last = run(task, cfg, dd, settings, resumed)
         finished = True
     finally:
         dd.close(finished)
@@ -754,14 +786,15 @@ def dynamics_main(argv: list[str]) -> int:
     dev, dd = _setup(a)
     finished = False
     try:
-        settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
-                                     "change_weight", "stay_motion"), dd.world)  # fmt: skip
-        if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
-            settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
-        resumed = resume_state(cfg, settings)
-        task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
-                            a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
-        last = run(task, cfg, dd, settings, resumed)
+        with _out_lock(cfg.out, dd.main):
+            settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
+                                         "change_weight", "stay_motion"), dd.world)  # fmt: skip
+            if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
+                settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
+            resumed = resume_state(cfg, settings)
+            task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate,
+                                a.still_head, a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
+            last = run(task, cfg, dd, settings, resumed)
         finished = True
     finally:
         dd.close(finished)

@@ -458,6 +458,24 @@ def test_temporary_files_of_saves_killed_mid_write_are_removed_by_the_next_save(
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
+def test_a_second_run_into_the_same_checkpoint_is_refused_while_the_first_trains(data: Path, tmp_path: Path, capsys) -> None:
+    """A `nohup ... --resume` started twice trained the same --out in two processes, each saving
+    over the other's checkpoint and state. The lock goes with its holder, and its file with a
+    run that ends."""
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere training takes no lock
+    out = tmp_path / "t.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "1", *FAST]
+    with open(tmp_path / ".t.safetensors.lock", "a+") as held:  # the other run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        assert cli(args) == 2
+        assert "is being trained by another run (process 4242)" in capsys.readouterr().err
+        assert not out.exists() and not state_path(out).exists()
+    assert cli(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "t.safetensors", "t.state.safetensors"]
+
+
 def test_two_process_gloo_ddp_smoke_run(data: Path, tokenizer: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "ddp.safetensors"
     torchrun = str(Path(sys.executable).parent / "torchrun")
