@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from worldsim.atomic import atomic_write
 from worldsim.errors import WorldSimError
+from worldsim.recording import MAX_FRAME_SIDE
 from worldsim.spaces import ActionSpec
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 from worldsim.transformer import Dynamics, DynamicsConfig
@@ -35,6 +36,11 @@ FORMAT = "worldsim-checkpoint"
 STATE_FORMAT = "worldsim-train-state"
 VERSION = 1
 """Bumped when a change makes older files unreadable; files of another version are refused."""
+MAX_CONTEXT = 4096
+"""The most frames a checkpoint's context may hold. The runtime allocates a KV cache of
+``context - 1`` frames at every prompt, so a file asking for 10**7 (with a time_period to
+match) made the first prompt of a tiny model try an 82 GB allocation. 4096 frames are
+3.4 minutes at 20 ticks/s and the default time_period; trained contexts are tens of frames."""
 
 
 class CheckpointError(WorldSimError):
@@ -107,6 +113,9 @@ class ModelConfig:
         _check_ints("tokenizer.levels", t.levels, 2)  # an FSQ channel of one level divides by zero
         _check_ints("tokenizer.res_blocks", t.res_blocks, 0, len(t.channels))
         _check_ints("frame_shape", self.frame_shape, 1, 2)
+        if max(self.frame_shape) > MAX_FRAME_SIDE:  # the dream env's observation space allocates 4 bytes a pixel
+            raise ValueError(f"frame_shape {list(self.frame_shape)} exceeds {MAX_FRAME_SIDE} pixels a side, "
+                             "the largest frames a recording holds")  # fmt: skip
         if not _is_number(self.guidance) or not self.guidance >= 0:
             raise ValueError(f"guidance must be a finite scale >= 0, got {self.guidance!r}")
         for name in ("env_id", "preset"):
@@ -127,6 +136,9 @@ class ModelConfig:
                 raise ValueError(f"dynamics.{name} must be an integer >= 1, got {v!r}")
         if d.width % d.heads:
             raise ValueError(f"dynamics.width {d.width} is not a multiple of dynamics.heads {d.heads}")
+        if d.context > MAX_CONTEXT:
+            raise ValueError(f"dynamics.context {d.context} exceeds {MAX_CONTEXT} frames, the most a checkpoint may hold "
+                             "(the runtime's cache holds context - 1 frames)")  # fmt: skip
         if d.context > d.time_period:  # the runtime's cache holds context - 1 frames: 10**6 of them is gigabytes
             raise ValueError(f"dynamics.context {d.context} exceeds dynamics.time_period {d.time_period}, after which "
                              "frame positions repeat")  # fmt: skip

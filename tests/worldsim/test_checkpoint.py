@@ -142,7 +142,8 @@ def _resave(tmp_path, name: str, config=None, tensors=None, **meta_changes) -> s
 def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_path) -> None:
     """A config made elsewhere is checked against the file's tensors before any module is
     built: a width of 10**9 used to try a 48 GB allocation, 10**7 layers ran out of memory
-    after half a minute; heads 0 was a ZeroDivisionError."""
+    after half a minute; heads 0 was a ZeroDivisionError. Sizes that allocate only later
+    (the context's KV cache, the frame size's observation space) are refused here too."""
     import time
 
     cases = {
@@ -150,7 +151,11 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "layers": (lambda c: c["dynamics"].update(layers=10**7), "asks for 10000004 blocks"),
         "channels": (lambda c: c["tokenizer"].update(channels=[10**6, 10**6]), "tokenizer.encoder.0.weight has shape"),
         "heads": (lambda c: c["dynamics"].update(heads=0), "dynamics.heads must be an integer >= 1"),
-        "context": (lambda c: c["dynamics"].update(context=10**6), "context 1000000 exceeds dynamics.time_period"),
+        "context": (lambda c: c["dynamics"].update(context=2000, time_period=1000), "context 2000 exceeds dynamics.time_period"),
+        # A time_period to match used to let 10**7 frames through: the first prompt tried an 82 GB cache.
+        "period": (lambda c: c["dynamics"].update(context=10**7, time_period=10**7), "context 10000000 exceeds 4096 frames"),
+        # The dream env's observation space was 2.7 TiB of bounds arrays: a MemoryError naming no file.
+        "frame_size": (lambda c: c.update(frame_shape=[10**6, 10**6]), "frame_shape .* exceeds 8192 pixels a side"),
         "guidance": (lambda c: c.update(guidance=float("nan")), "guidance must be a finite scale"),
         "guided": (lambda c: c.update(guided_actions=[7]), "guided_actions must be distinct"),
         "kind": (lambda c: c["dynamics"].update(action_kind="Box"), "action_kind"),
