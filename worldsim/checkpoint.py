@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,9 @@ class ModelConfig:
         _check_ints("tokenizer.channels", t.channels, 1)
         _check_ints("tokenizer.levels", t.levels, 2)  # an FSQ channel of one level divides by zero
         _check_ints("tokenizer.res_blocks", t.res_blocks, 0, len(t.channels))
+        if 2 ** (len(t.channels) - 1) > MAX_FRAME_SIDE:  # each stage builds layers; 10**5 of them took minutes
+            raise ValueError(f"tokenizer.channels has {len(t.channels)} resolutions: a stride of 2**{len(t.channels) - 1} "
+                             f"exceeds {MAX_FRAME_SIDE} pixels, the largest frames a recording holds")  # fmt: skip
         _check_ints("frame_shape", self.frame_shape, 1, 2)
         if max(self.frame_shape) > MAX_FRAME_SIDE:  # the dream env's observation space allocates 4 bytes a pixel
             raise ValueError(f"frame_shape {list(self.frame_shape)} exceeds {MAX_FRAME_SIDE} pixels a side, "
@@ -246,7 +249,7 @@ def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[s
     A config from a file made elsewhere may ask for any size. The modules are built on the
     meta device, which allocates nothing, and compared with the file, so a width of 10**9 is
     an error at once instead of a 48 GB allocation (and a layer count of 10**7 is refused
-    before 10**7 blocks are made: each block holds at least one tensor).
+    before 10**7 blocks are made: the file must hold the tensors of every one).
     """
     t, d = config.tokenizer, config.dynamics
     blocks = len(t.channels) + 2 * sum(t.res_blocks) + (0 if d is None else d.layers)
@@ -254,6 +257,14 @@ def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[s
         raise CheckpointError(f"{path}: its config asks for {blocks} blocks and layers, the file holds only {len(tensors)} tensors")
     try:
         with torch.device("meta"):
+            # Building a layer takes milliseconds even on the meta device, and a layer holds a
+            # dozen tensors: a 2 MB file of 20,000 empty tensors asking for 20,000 layers took
+            # 94 s and 1 GB to be refused. Counting the tensors of one and two layers (and res
+            # blocks) first tells how many the file must hold, at the cost of four small builds. A
+            # file short of a few is built and compared below, which names the missing ones.
+            need = _tensors_needed(config)
+            if need > 2 * len(tensors):
+                raise CheckpointError(f"{path}: its config asks for {need} tensors, the file holds only {len(tensors)}")
             want = {f"tokenizer.{k}": v for k, v in Tokenizer(t).state_dict().items()}
             if d is not None:
                 want.update({f"dynamics.{k}": v for k, v in Dynamics(d).state_dict().items()})
@@ -273,6 +284,20 @@ def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[s
             raise CheckpointError(f"{path}: tensor {name} is {v.dtype}, the model needs {w.dtype}")
         if v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
             raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values; the weights are damaged")
+
+
+def _tensors_needed(config: ModelConfig) -> int:
+    """How many tensors the modules of ``config`` hold, from builds of at most two layers and
+    res blocks (call on the meta device). Layers and res blocks are alike, so it is exact."""
+    t, d = config.tokenizer, config.dynamics
+    flat = replace(t, res_blocks=(0,) * len(t.channels))
+    base = len(Tokenizer(flat).state_dict())
+    per_res = len(Tokenizer(replace(flat, res_blocks=(1,) + flat.res_blocks[1:])).state_dict()) - base
+    need = base + per_res * sum(t.res_blocks)
+    if d is not None:
+        one = len(Dynamics(replace(d, layers=1)).state_dict())
+        need += one + (len(Dynamics(replace(d, layers=2)).state_dict()) - one) * (d.layers - 1)
+    return need
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:

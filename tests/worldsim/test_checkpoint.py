@@ -170,6 +170,20 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
             worldsim.load(path, device="cpu")
         assert str(path) in str(e.value)
         assert time.perf_counter() - start < 5, name
+    # A layer or a tokenizer stage takes milliseconds to build even on the meta device, and a
+    # layer holds a dozen tensors: 5,000 empty tensors asking for 5,000 of either took 10-30 s
+    # to be refused (a 2 MB file asking for 20,000 layers: 94 s and 1 GB).
+    pad = {f"pad.{i}": torch.zeros(0) for i in range(5000)}
+    padded = {
+        "layers": (lambda c: c["dynamics"].update(layers=5000), r"asks for 600\d\d tensors, the file holds only 50\d\d"),
+        "stages": (lambda c: c["tokenizer"].update(channels=[4] * 5000, res_blocks=[0] * 5000), r"stride of 2\*\*4999 exceeds"),
+    }
+    for name, (change, message) in padded.items():
+        path = _resave(tmp_path, f"padded-{name}.safetensors", config=change, tensors=lambda t: {**t, **pad})
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match=message):
+            worldsim.load(path, device="cpu")
+        assert time.perf_counter() - start < 5, name
 
 
 def test_weights_of_the_wrong_kind_or_with_nan_are_refused_by_name(tmp_path) -> None:
