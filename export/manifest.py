@@ -55,7 +55,7 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, 
         raise ManifestError(f"{folder}: not a WorldSim ONNX export (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # nested 10**5 deep: RecursionError; a huge number: ValueError
         raise ManifestError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{path}: not a WorldSim ONNX manifest (format is not {FORMAT!r})")

@@ -308,12 +308,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     try:
         raw = json.loads(meta["config"])
         config = ModelConfig.from_dict(raw)
-    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as e:
+    # JSON nested 10**5 deep is a RecursionError, a 5,000-digit number a ValueError: not JSONDecodeErrors.
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: malformed model config in its metadata ({detail})") from None
     try:
         info = json.loads(meta.get("info", "{}"))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: malformed info in its metadata ({e})") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: malformed info in its metadata (not a JSON object)")
@@ -344,7 +345,7 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     meta, tensors = _read(path, STATE_FORMAT)
     try:
         state = json.loads(meta["state"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: malformed training state in its metadata ({e!r})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: malformed training state in its metadata (not a JSON object)")

@@ -132,7 +132,7 @@ def load_index(folder: Path) -> dict[str, FileIndex]:
     fix = "; delete it to have the shards scanned instead"
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested 10**5 deep
         raise WorldSimError(f"{path}: not a readable JSON index: {e}{fix}") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         raise WorldSimError(f"{path}: not a {INDEX_FORMAT} file{fix}")

@@ -227,6 +227,12 @@ def test_a_manifest_naming_a_graph_outside_its_folder_is_refused_as_such(tmp_pat
             load(folder, backend="onnx")
 
 
+def test_a_manifest_nested_too_deep_is_a_manifest_error(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError
+    with pytest.raises(ManifestError, match="unreadable manifest"):
+        load(tmp_path, backend="onnx")
+
+
 def test_missing_onnxruntime_says_how_to_install_it(tiny_export: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an absent package looks like to import
     with pytest.raises(WorldSimError, match="pip install onnxruntime"):

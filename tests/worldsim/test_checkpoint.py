@@ -186,6 +186,26 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         assert time.perf_counter() - start < 5, name
 
 
+def test_metadata_json_nested_too_deep_or_with_huge_numbers_is_a_checkpoint_error(tmp_path) -> None:
+    """Python's JSON reader raises RecursionError for arrays nested 10**5 deep and ValueError
+    for a 5,000-digit number, not JSONDecodeError: the first escaped load_model, load_state
+    and worldsim.load as a RecursionError naming no file."""
+    from safetensors import safe_open
+
+    with safe_open(_resave(tmp_path, "good.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    deep, digits = "[" * 100_000 + "]" * 100_000, "9" * 5000
+    for key, text in (("config", deep), ("config", digits), ("info", deep), ("info", digits)):
+        save_file(tensors, str(tmp_path / "m.safetensors"), metadata={**meta, key: text})
+        with pytest.raises(CheckpointError, match=f"m.safetensors: malformed {'model config' if key == 'config' else key}"):
+            worldsim.load(tmp_path / "m.safetensors", device="cpu")
+    for text in (deep, digits):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "s.safetensors"),
+                  metadata={"format": "worldsim-train-state", "version": "1", "state": text})  # fmt: skip
+        with pytest.raises(CheckpointError, match="malformed training state"):
+            load_state(tmp_path / "s.safetensors")
+
+
 def test_weights_of_the_wrong_kind_or_with_nan_are_refused_by_name(tmp_path) -> None:
     def nan(t):
         t = {k: v.clone() for k, v in t.items()}
