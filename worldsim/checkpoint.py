@@ -36,6 +36,10 @@ FORMAT = "worldsim-checkpoint"
 STATE_FORMAT = "worldsim-train-state"
 VERSION = 1
 """Bumped when a change makes older files unreadable; files of another version are refused."""
+MAX_LEVELS = 1 << 16
+"""The most FSQ levels a channel may have. The dynamics predicts ``sum(levels)`` logits a
+cell from as many embedding rows, all real memory: a tokenizer file asking for 10**8 levels
+made ``worldsim train dynamics`` try a 100 GB embedding. Trained tokenizers use 5 to 8."""
 MAX_CONTEXT = 4096
 """The most frames a checkpoint's context may hold. The runtime allocates a KV cache of
 ``context - 1`` frames at every prompt, so a file asking for 10**7 (with a time_period to
@@ -111,6 +115,9 @@ class ModelConfig:
         t, d = self.tokenizer, self.dynamics
         _check_ints("tokenizer.channels", t.channels, 1)
         _check_ints("tokenizer.levels", t.levels, 2)  # an FSQ channel of one level divides by zero
+        if max(t.levels) > MAX_LEVELS or math.prod(t.levels) >= 2**31:  # codes are cached as int32
+            raise ValueError(f"tokenizer.levels {list(t.levels)} ask for more than {MAX_LEVELS} levels a channel or "
+                             "2**31 codes in all")  # fmt: skip
         _check_ints("tokenizer.res_blocks", t.res_blocks, 0, len(t.channels))
         if 2 ** (len(t.channels) - 1) > MAX_FRAME_SIDE:  # each stage builds layers; 10**5 of them took minutes
             raise ValueError(f"tokenizer.channels has {len(t.channels)} resolutions: a stride of 2**{len(t.channels) - 1} "

@@ -186,6 +186,23 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         assert time.perf_counter() - start < 5, name
 
 
+def test_a_tokenizer_asking_for_absurd_levels_is_refused(tmp_path) -> None:
+    """No tensor holds a tokenizer's FSQ levels, so a tokenizer file asking for 10**8 of them
+    loaded, and `worldsim train dynamics` on it built a 100 GB embedding (sum(levels) rows);
+    2**32 codes would wrap in the int32 code cache."""
+    from safetensors import safe_open
+
+    p = get_preset("tiny")
+    save_model(tmp_path / "tok.safetensors", ModelConfig(tokenizer=p.tokenizer), Tokenizer(p.tokenizer))
+    with safe_open(str(tmp_path / "tok.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for levels, message in (([10**8, 5, 5], "more than 65536 levels a channel"), ([2**16, 2**15, 2], "2\\*\\*31 codes in all")):
+        config = {**json.loads(meta["config"]), "tokenizer": {**p.tokenizer.to_dict(), "levels": levels}}
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "config": json.dumps(config)})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / "bad.safetensors")
+
+
 def test_metadata_json_nested_too_deep_or_with_huge_numbers_is_a_checkpoint_error(tmp_path) -> None:
     """Python's JSON reader raises RecursionError for arrays nested 10**5 deep and ValueError
     for a 5,000-digit number, not JSONDecodeError: the first escaped load_model, load_state
