@@ -40,6 +40,10 @@ MAX_LEVELS = 1 << 16
 """The most FSQ levels a channel may have. The dynamics predicts ``sum(levels)`` logits a
 cell from as many embedding rows, all real memory: a tokenizer file asking for 10**8 levels
 made ``worldsim train dynamics`` try a 100 GB embedding. Trained tokenizers use 5 to 8."""
+MAX_ACTION_CHOICES = 1 << 16
+"""The most choices all action components may have together: the dynamics embeds each as a
+row, so a recording declaring ``Discrete(10**8)`` made training try a 25.6 GB embedding.
+BlockWorld's actions have 28, Atari's 18."""
 MAX_CONTEXT = 4096
 """The most frames a checkpoint's context may hold. The runtime allocates a KV cache of
 ``context - 1`` frames at every prompt, so a file asking for 10**7 (with a time_period to
@@ -138,6 +142,8 @@ class ModelConfig:
         if tuple(d.levels) != tuple(t.levels):
             raise ValueError(f"dynamics.levels {list(d.levels)} differ from tokenizer.levels {list(t.levels)}")
         _check_ints("dynamics.action_nvec", d.action_nvec, 1)
+        if sum(d.action_nvec) > MAX_ACTION_CHOICES:
+            raise ValueError(f"dynamics.action_nvec has {sum(d.action_nvec)} choices in all, more than {MAX_ACTION_CHOICES}")
         if d.action_kind not in ("Discrete", "MultiDiscrete") or (d.action_kind == "Discrete" and len(d.action_nvec) != 1):
             raise ValueError(f"dynamics.action_kind must be Discrete (one component) or MultiDiscrete, got {d.action_kind!r}")
         for name in ("width", "layers", "heads", "patch", "context", "mlp_ratio", "time_period", "rollout_passes"):

@@ -162,6 +162,7 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "frame_shape": (lambda c: c.update(frame_shape="abc"), "frame_shape must be 2 integers"),
         "preset": (lambda c: c.update(preset=5), "preset must be a string or null"),
         "levels": (lambda c: c["dynamics"].update(levels=[5, 5]), "differ from tokenizer.levels"),
+        "actions": (lambda c: c["dynamics"].update(action_nvec=[3, 10**5]), "100003 choices in all, more than 65536"),
     }
     for name, (change, message) in cases.items():
         path = _resave(tmp_path, f"{name}.safetensors", config=change)
