@@ -165,6 +165,11 @@ class ModelConfig:
         for name in ("stay_gate", "still_head"):
             if not isinstance(getattr(d, name), bool):
                 raise ValueError(f"dynamics.{name} must be true or false, got {getattr(d, name)!r}")
+        for row in d.stay_motion:  # read at every step: a bad row was an IndexError there, not here
+            c, v, dx, dy = row
+            if not (0 <= c < len(d.action_nvec) and 0 <= v < d.action_nvec[c] and max(abs(dx), abs(dy)) <= MAX_FRAME_SIDE):
+                raise ValueError(f"dynamics.stay_motion row {list(row)} is not (component, value, dx, dy) of actions "
+                                 f"{list(d.action_nvec)} with shifts of at most {MAX_FRAME_SIDE} cells")  # fmt: skip
         g, C = self.guided_actions, len(d.action_nvec)
         if g is not None and (not g or len(set(g)) != len(g) or not all(0 <= i < C for i in g)):
             raise ValueError(f"guided_actions must be distinct action component indices in [0, {C}), got {list(g)}")

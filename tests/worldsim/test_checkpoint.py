@@ -163,6 +163,9 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "preset": (lambda c: c.update(preset=5), "preset must be a string or null"),
         "levels": (lambda c: c["dynamics"].update(levels=[5, 5]), "differ from tokenizer.levels"),
         "actions": (lambda c: c["dynamics"].update(action_nvec=[3, 10**5]), "100003 choices in all, more than 65536"),
+        # Read at every step: these loaded, and the first step raised IndexError or OverflowError.
+        "motion": (lambda c: c["dynamics"].update(stay_motion=[[7, 0, 1, 1]]), "stay_motion row \\[7, 0, 1, 1\\] is not"),
+        "shift": (lambda c: c["dynamics"].update(stay_motion=[[0, 1, 10**30, 0]]), "shifts of at most 8192 cells"),
     }
     for name, (change, message) in cases.items():
         path = _resave(tmp_path, f"{name}.safetensors", config=change)
