@@ -68,12 +68,21 @@ class FileIndex:
     def from_json(cls, d: Any) -> FileIndex:
         try:
             segs = [
-                Segment(int(s["episode"]), int(s["first_t"]), [int(o) for o in s["offsets"]])
+                Segment(_count(s["episode"]), _count(s["first_t"]), [_count(o) for o in s["offsets"]])
                 for s in d["segments"]
             ]
-            return cls(str(d["file"]), int(d["bytes"]), int(d["records"]), segs)
+            return cls(str(d["file"]), _count(d["bytes"]), _count(d["records"]), segs)
         except (KeyError, TypeError, ValueError) as e:
             raise WorldSimError(f"bad shard entry in {INDEX_NAME}: {e!r}") from None
+
+
+def _count(x: Any) -> int:
+    """A byte offset, count or step number of the index: an int in [0, 2**63), as numpy holds
+    them (a larger one was an OverflowError deep in the dataset, naming no file)."""
+    v = int(x)
+    if not 0 <= v < 2**63:
+        raise ValueError(f"{x!r} is not a byte offset, count or step number")
+    return v
 
 
 class IndexBuilder:
