@@ -134,6 +134,8 @@ def parse_script(path: str | os.PathLike, spec: ActionSpec) -> list[str | tuple[
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise WorldSimError(f"{where}: not JSON ({e.msg})") from e
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number; arrays nested 10**5 deep
+            raise WorldSimError(f"{where}: JSON that cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
         repeat = 1
         if isinstance(item, dict):
             keys = {"command"} if "command" in item else {"action", "repeat"}

@@ -204,11 +204,17 @@ def check_reset_options(options: dict[str, Any]) -> None:
         raise WorldSimError(f"reset options {orphans} go with 'recording', which is missing")
 
 
-def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple[np.ndarray, np.ndarray, ActionSpec]:
+def prompt_from_recording(
+    path: str, episode: int, t: int, length: int, spec: ActionSpec | None = None, shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, ActionSpec]:
     """The last ``length`` frames of a recorded episode up to step ``t``, with their actions.
 
     Step ``t = 0`` is the episode's reset frame. The file is read record by record, so
     only ``length`` frames are ever held in memory.
+
+    Args:
+        spec, shape: the action space and frame shape ``(H, W, 3)`` the caller needs, if
+            any: a recording of others is refused from its header, before any frame is read.
 
     Returns:
         frames uint8 ``[T, H, W, 3]``, actions int64 ``[T-1, C]`` and the recording's
@@ -223,6 +229,16 @@ def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
             raise WorldSimError(f"recording {name} must be a non-negative integer, got {v!r}")
     reader = RecordingReader(path)
+    # Checked before decoding: a header may promise frames up to 8192x8192 (200 MB each), and
+    # a file of a few MB can hold such frames as PNGs of zeros, so decoding a prompt's worth
+    # of them only to refuse their size took gigabytes.
+    if spec is not None and reader.action_spec != spec:
+        rs = reader.action_spec
+        raise WorldSimError(f"{path}: its action space {rs.kind}{list(rs.nvec)} is not the model's {spec.kind}{list(spec.nvec)}")
+    if shape is not None and reader.observation_shape != tuple(shape):
+        h, w = reader.observation_shape[:2]
+        raise WorldSimError(f"{path}: its frames are {h}x{w} (HxW) but the dream runs at {shape[0]}x{shape[1]}; "
+                            "pass width and height to match")  # fmt: skip
     window: deque[tuple[np.ndarray | None, Any]] = deque(maxlen=length)
     last = -1
     for rec in reader:  # records of different episodes interleave in a vector recording
@@ -239,9 +255,8 @@ def prompt_from_recording(path: str, episode: int, t: int, length: int) -> tuple
         raise WorldSimError(f"{path}: episode {episode} has no step t={t} ({seen})")
     frames = np.stack([rec.image() for _, rec in window])
     actions = [a for a, _ in list(window)[1:]]
-    spec = reader.action_spec
-    acts = np.stack(actions) if actions else noop_actions(spec, 0)
-    return frames, acts.astype(np.int64), spec
+    acts = np.stack(actions) if actions else noop_actions(reader.action_spec, 0)
+    return frames, acts.astype(np.int64), reader.action_spec
 
 
 def recording_prompt(
@@ -255,14 +270,7 @@ def recording_prompt(
             its action space or frame size is not the dream's.
     """
     path = options["recording"]
-    frames, actions, rec_spec = prompt_from_recording(path, options.get("episode", 0), options.get("t", 0), length)
-    if rec_spec != spec:
-        raise WorldSimError(
-            f"{path}: its action space {rec_spec.kind}{list(rec_spec.nvec)} is not the model's {spec.kind}{list(spec.nvec)}"
-        )
-    if frames.shape[1:] != shape:
-        raise WorldSimError(f"{path}: its frames are {frames.shape[1]}x{frames.shape[2]} (HxW) but the dream runs at "
-                            f"{shape[0]}x{shape[1]}; pass width and height to match")  # fmt: skip
+    frames, actions, _ = prompt_from_recording(path, options.get("episode", 0), options.get("t", 0), length, spec, shape)
     return check_prompt(frames, actions, spec, shape)
 
 

@@ -55,7 +55,7 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, 
         raise ManifestError(f"{folder}: not a WorldSim ONNX export (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # nested 10**5 deep: RecursionError; a huge number: ValueError
         raise ManifestError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{path}: not a WorldSim ONNX manifest (format is not {FORMAT!r})")
@@ -74,8 +74,11 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, 
     if not isinstance(sha, str) or len(sha) != 64:
         raise ManifestError(f"{path}: manifest has no valid checkpoint sha256")
     for name, (file, digest) in files.items():
+        # A graph is a file in the folder itself: a path would read a file the export does not hold.
+        if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+            raise ManifestError(f"{path}: the {name} graph's file must be a file name inside the export folder, got {file!r}")
         graph = folder / file
-        if not graph.is_file() or Path(file).name != file:
+        if not graph.is_file():
             raise ManifestError(f"{folder}: the {name} graph {file!r} is missing; export again with `worldsim export onnx`")
         if check_files and sha256_file(graph) != digest:
             raise ManifestError(f"{graph}: the file differs from the one the manifest describes (sha256 mismatch); export again")

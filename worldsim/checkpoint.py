@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from worldsim.atomic import atomic_write
 from worldsim.errors import WorldSimError, refuse_unknown_fields
+from worldsim.recording import MAX_FRAME_SIDE
 from worldsim.spaces import ActionSpec
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 from worldsim.transformer import Dynamics, DynamicsConfig
@@ -36,6 +37,19 @@ FORMAT = "worldsim-checkpoint"
 STATE_FORMAT = "worldsim-train-state"
 VERSION = 1
 """Bumped when a change makes older files unreadable; files of another version are refused."""
+MAX_LEVELS = 1 << 16
+"""The most FSQ levels a channel may have. The dynamics predicts ``sum(levels)`` logits a
+cell from as many embedding rows, all real memory: a tokenizer file asking for 10**8 levels
+made ``worldsim train dynamics`` try a 100 GB embedding. Trained tokenizers use 5 to 8."""
+MAX_ACTION_CHOICES = 1 << 16
+"""The most choices all action components may have together: the dynamics embeds each as a
+row, so a recording declaring ``Discrete(10**8)`` made training try a 25.6 GB embedding.
+BlockWorld's actions have 28, Atari's 18."""
+MAX_CONTEXT = 4096
+"""The most frames a checkpoint's context may hold. The runtime allocates a KV cache of
+``context - 1`` frames at every prompt, so a file asking for 10**7 (with a time_period to
+match) made the first prompt of a tiny model try an 82 GB allocation. 4096 frames are
+3.4 minutes at 20 ticks/s and the default time_period; trained contexts are tens of frames."""
 
 
 class CheckpointError(WorldSimError):
@@ -112,8 +126,17 @@ class ModelConfig:
         t, d = self.tokenizer, self.dynamics
         _check_ints("tokenizer.channels", t.channels, 1)
         _check_ints("tokenizer.levels", t.levels, 2)  # an FSQ channel of one level divides by zero
+        if max(t.levels) > MAX_LEVELS or math.prod(t.levels) >= 2**31:  # codes are cached as int32
+            raise ValueError(f"tokenizer.levels {list(t.levels)} ask for more than {MAX_LEVELS} levels a channel or "
+                             "2**31 codes in all")  # fmt: skip
         _check_ints("tokenizer.res_blocks", t.res_blocks, 0, len(t.channels))
+        if 2 ** (len(t.channels) - 1) > MAX_FRAME_SIDE:  # each stage builds layers; 10**5 of them took minutes
+            raise ValueError(f"tokenizer.channels has {len(t.channels)} resolutions: a stride of 2**{len(t.channels) - 1} "
+                             f"exceeds {MAX_FRAME_SIDE} pixels, the largest frames a recording holds")  # fmt: skip
         _check_ints("frame_shape", self.frame_shape, 1, 2)
+        if max(self.frame_shape) > MAX_FRAME_SIDE:  # the dream env's observation space allocates 4 bytes a pixel
+            raise ValueError(f"frame_shape {list(self.frame_shape)} exceeds {MAX_FRAME_SIDE} pixels a side, "
+                             "the largest frames a recording holds")  # fmt: skip
         if not _is_number(self.guidance) or not self.guidance >= 0:
             raise ValueError(f"guidance must be a finite scale >= 0, got {self.guidance!r}")
         for name in ("env_id", "preset"):
@@ -126,6 +149,8 @@ class ModelConfig:
         if tuple(d.levels) != tuple(t.levels):
             raise ValueError(f"dynamics.levels {list(d.levels)} differ from tokenizer.levels {list(t.levels)}")
         _check_ints("dynamics.action_nvec", d.action_nvec, 1)
+        if sum(d.action_nvec) > MAX_ACTION_CHOICES:
+            raise ValueError(f"dynamics.action_nvec has {sum(d.action_nvec)} choices in all, more than {MAX_ACTION_CHOICES}")
         if d.action_kind not in ("Discrete", "MultiDiscrete") or (d.action_kind == "Discrete" and len(d.action_nvec) != 1):
             raise ValueError(f"dynamics.action_kind must be Discrete (one component) or MultiDiscrete, got {d.action_kind!r}")
         for name in ("width", "layers", "heads", "patch", "context", "mlp_ratio", "time_period", "rollout_passes"):
@@ -134,6 +159,9 @@ class ModelConfig:
                 raise ValueError(f"dynamics.{name} must be an integer >= 1, got {v!r}")
         if d.width % d.heads:
             raise ValueError(f"dynamics.width {d.width} is not a multiple of dynamics.heads {d.heads}")
+        if d.context > MAX_CONTEXT:
+            raise ValueError(f"dynamics.context {d.context} exceeds {MAX_CONTEXT} frames, the most a checkpoint may hold "
+                             "(the runtime's cache holds context - 1 frames)")  # fmt: skip
         if d.context > d.time_period:  # the runtime's cache holds context - 1 frames: 10**6 of them is gigabytes
             raise ValueError(f"dynamics.context {d.context} exceeds dynamics.time_period {d.time_period}, after which "
                              "frame positions repeat")  # fmt: skip
@@ -144,6 +172,11 @@ class ModelConfig:
         for name in ("stay_gate", "still_head"):
             if not isinstance(getattr(d, name), bool):
                 raise ValueError(f"dynamics.{name} must be true or false, got {getattr(d, name)!r}")
+        for row in d.stay_motion:  # read at every step: a bad row was an IndexError there, not here
+            c, v, dx, dy = row
+            if not (0 <= c < len(d.action_nvec) and 0 <= v < d.action_nvec[c] and max(abs(dx), abs(dy)) <= MAX_FRAME_SIDE):
+                raise ValueError(f"dynamics.stay_motion row {list(row)} is not (component, value, dx, dy) of actions "
+                                 f"{list(d.action_nvec)} with shifts of at most {MAX_FRAME_SIDE} cells")  # fmt: skip
         g, C = self.guided_actions, len(d.action_nvec)
         if g is not None and (not g or len(set(g)) != len(g) or not all(0 <= i < C for i in g)):
             raise ValueError(f"guided_actions must be distinct action component indices in [0, {C}), got {list(g)}")
@@ -241,7 +274,7 @@ def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[s
     A config from a file made elsewhere may ask for any size. The modules are built on the
     meta device, which allocates nothing, and compared with the file, so a width of 10**9 is
     an error at once instead of a 48 GB allocation (and a layer count of 10**7 is refused
-    before 10**7 blocks are made: each block holds at least one tensor).
+    before 10**7 blocks are made: the file must hold the tensors of every one).
     """
     t, d = config.tokenizer, config.dynamics
     blocks = len(t.channels) + 2 * sum(t.res_blocks) + (0 if d is None else d.layers)
@@ -249,6 +282,14 @@ def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[s
         raise CheckpointError(f"{path}: its config asks for {blocks} blocks and layers, the file holds only {len(tensors)} tensors")
     try:
         with torch.device("meta"):
+            # Building a layer takes milliseconds even on the meta device, and a layer holds a
+            # dozen tensors: a 2 MB file of 20,000 empty tensors asking for 20,000 layers took
+            # 94 s and 1 GB to be refused. Counting the tensors of one and two layers (and res
+            # blocks) first tells how many the file must hold, at the cost of four small builds. A
+            # file short of a few is built and compared below, which names the missing ones.
+            need = _tensors_needed(config)
+            if need > 2 * len(tensors):
+                raise CheckpointError(f"{path}: its config asks for {need} tensors, the file holds only {len(tensors)}")
             want = {f"tokenizer.{k}": v for k, v in Tokenizer(t).state_dict().items()}
             if d is not None:
                 want.update({f"dynamics.{k}": v for k, v in Dynamics(d).state_dict().items()})
@@ -270,6 +311,20 @@ def _check_tensors(path: str | os.PathLike, config: ModelConfig, tensors: dict[s
             raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values; the weights are damaged")
 
 
+def _tensors_needed(config: ModelConfig) -> int:
+    """How many tensors the modules of ``config`` hold, from builds of at most two layers and
+    res blocks (call on the meta device). Layers and res blocks are alike, so it is exact."""
+    t, d = config.tokenizer, config.dynamics
+    flat = replace(t, res_blocks=(0,) * len(t.channels))
+    base = len(Tokenizer(flat).state_dict())
+    per_res = len(Tokenizer(replace(flat, res_blocks=(1,) + flat.res_blocks[1:])).state_dict()) - base
+    need = base + per_res * sum(t.res_blocks)
+    if d is not None:
+        one = len(Dynamics(replace(d, layers=1)).state_dict())
+        need += one + (len(Dynamics(replace(d, layers=2)).state_dict()) - one) * (d.layers - 1)
+    return need
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the modules a checkpoint describes; bad files raise :class:`CheckpointError`."""
     meta, tensors = _read(path, FORMAT)
@@ -278,12 +333,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     try:
         raw = json.loads(meta["config"])
         config = ModelConfig.from_dict(raw)
-    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as e:
+    # JSON nested 10**5 deep is a RecursionError, a 5,000-digit number a ValueError: not JSONDecodeErrors.
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: malformed model config in its metadata ({detail})") from None
     try:
         info = json.loads(meta.get("info", "{}"))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: malformed info in its metadata ({e})") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: malformed info in its metadata (not a JSON object)")
@@ -314,7 +370,7 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     meta, tensors = _read(path, STATE_FORMAT)
     try:
         state = json.loads(meta["state"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: malformed training state in its metadata ({e!r})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: malformed training state in its metadata (not a JSON object)")

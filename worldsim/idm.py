@@ -251,6 +251,10 @@ def load_idm(path: Path, nvec: tuple[int, ...], shape: tuple[int, int], config: 
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
         if meta.get("format") != IDM_FORMAT or meta.get("version") != str(IDM_VERSION):
             return None
+        # NaN weights load, and then read every pair as action 0: the eval's controllability
+        # figures would be wrong with nothing said.
+        if not all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point()):
+            return None
         model = InverseDynamics(nvec, shape, config)
         model.load_state_dict(tensors)
     except Exception:  # a damaged cache entry is retrained, never trusted

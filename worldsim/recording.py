@@ -201,8 +201,9 @@ def parse_record(
     if missing:
         raise bad(f"{kind} record lacks {missing}")
     episode, frame = obj["episode"], obj["frame"]
-    if not _is_int(episode) or episode < 0:
-        raise bad(f"episode must be a non-negative int, got {episode!r}")
+    # Below 2**63 (msgpack holds up to 2**64 - 1): the index and the dataset keep them as int64.
+    if not _is_int(episode) or not 0 <= episode < 2**63:
+        raise bad(f"episode must be a non-negative int below 2**63, got {episode!r}")
     if not isinstance(frame, bytes) or not frame.startswith(PNG_SIGNATURE):
         raise bad("frame must be PNG bytes")
     extra = {k: v for k, v in obj.items() if k not in keys}
@@ -215,8 +216,8 @@ def parse_record(
             raise bad(f"seed must be an int or nil, got {seed!r}")
         return Record("reset", t=0, seed=seed, **base)
     t, action, reward = obj["t"], obj["action"], obj["reward"]
-    if not _is_int(t) or t < 1:
-        raise bad(f"t must be an int >= 1, got {t!r}")
+    if not _is_int(t) or not 1 <= t < 2**63:
+        raise bad(f"t must be an int >= 1 and below 2**63, got {t!r}")
     values = action if isinstance(action, list) else [action]
     # Plain-Python checks: this runs for every frame a training batch reads.
     if (

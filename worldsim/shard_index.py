@@ -68,12 +68,21 @@ class FileIndex:
     def from_json(cls, d: Any) -> FileIndex:
         try:
             segs = [
-                Segment(int(s["episode"]), int(s["first_t"]), [int(o) for o in s["offsets"]])
+                Segment(_count(s["episode"]), _count(s["first_t"]), [_count(o) for o in s["offsets"]])
                 for s in d["segments"]
             ]
-            return cls(str(d["file"]), int(d["bytes"]), int(d["records"]), segs)
+            return cls(str(d["file"]), _count(d["bytes"]), _count(d["records"]), segs)
         except (KeyError, TypeError, ValueError) as e:
             raise WorldSimError(f"bad shard entry in {INDEX_NAME}: {e!r}") from None
+
+
+def _count(x: Any) -> int:
+    """A byte offset, count or step number of the index: an int in [0, 2**63), as numpy holds
+    them (a larger one was an OverflowError deep in the dataset, naming no file)."""
+    v = int(x)
+    if not 0 <= v < 2**63:
+        raise ValueError(f"{x!r} is not a byte offset, count or step number")
+    return v
 
 
 class IndexBuilder:
@@ -132,7 +141,7 @@ def load_index(folder: Path) -> dict[str, FileIndex]:
     fix = "; delete it to have the shards scanned instead"
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested 10**5 deep
         raise WorldSimError(f"{path}: not a readable JSON index: {e}{fix}") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         raise WorldSimError(f"{path}: not a {INDEX_FORMAT} file{fix}")

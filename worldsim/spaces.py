@@ -41,8 +41,8 @@ class ActionSpec:
     def __post_init__(self) -> None:
         if self.kind not in ("Discrete", "MultiDiscrete"):
             raise WorldSimError(f"action space type must be Discrete or MultiDiscrete, got {self.kind!r}")
-        if not self.nvec or any(int(n) < 1 for n in self.nvec):
-            raise WorldSimError(f"action space sizes must be positive integers, got {self.nvec!r}")
+        if not self.nvec or any(not 1 <= int(n) < 2**63 for n in self.nvec):  # actions are int64 arrays
+            raise WorldSimError(f"action space sizes must be positive integers below 2**63, got {self.nvec!r}")
         if self.kind == "Discrete" and len(self.nvec) != 1:
             raise WorldSimError(f"a Discrete space has one size, got {self.nvec!r}")
 

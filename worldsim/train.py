@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from worldsim.atomic import LockBusy, atomic_write_text, exclusive_lock
 from worldsim.checkpoint import (
+    MAX_ACTION_CHOICES,
     ModelConfig,
     checkpoint_steps,
     load_model,
@@ -531,6 +532,10 @@ class DynamicsTask(Task):
         # the window's first frame, which a sliding-window rollout has too.
         split = seed if split_seed is None else split_seed
         windows = open_split(data, ctx + 1, "train", split)
+        nvec = windows.action_spec.nvec
+        if sum(nvec) > MAX_ACTION_CHOICES:  # one embedding row each: Discrete(10**8) was a 25.6 GB allocation
+            raise WorldSimError(f"the recordings' action space {windows.action_spec.kind}{list(nvec)} has {sum(nvec)} "
+                                f"choices in all; the world model embeds at most {MAX_ACTION_CHOICES}")  # fmt: skip
         # Checked before the data is encoded, which may take long: the model cuts each frame's
         # code grid into patch x patch tokens.
         patch = start.config.dynamics.patch if start is not None else p.patch

@@ -60,6 +60,8 @@ def test_script_format(tmp_path):
         ('{"action": [1, 0, 0, 0, 0, 0, 0, 0], "repaet": 3}', "a.jsonl:2: unknown keys \\['repaet'\\]"),
         ('{"command": "reset", "action": [1, 0, 0, 0, 0, 0, 0, 0]}', "a.jsonl:2: unknown keys \\['action'\\]"),
         ('{"repeat": 3}', 'a.jsonl:2: no "action"'),
+        ("[" * 100_000 + "]" * 100_000, "a.jsonl:2: JSON that cannot be read \\(RecursionError"),  # was a RecursionError
+        ("9" * 5000, "a.jsonl:2: JSON that cannot be read \\(ValueError: Exceeds the limit"),  # was a ValueError
     ],
 )
 def test_script_errors_name_file_and_line(tmp_path, line, message):

@@ -347,6 +347,50 @@ def test_bad_sizes_contexts_and_step_limits_are_errors_naming_them(tmp_path):
                          max_episode_steps=steps)  # fmt: skip
 
 
+def test_a_recording_of_huge_frames_is_refused_from_its_header_before_any_frame_is_decoded(tmp_path):
+    """A 1 MB file can hold frames of 4096x4096 zeros (50 MB each once decoded), up to
+    8192x8192 (200 MB); every frame of the prompt used to be decoded before its size was
+    refused: 1.5 GB and 15 s for a 1.5 MB file at 8192. Now the header is enough."""
+    import struct
+    import time
+    import tracemalloc
+    import zlib
+
+    import msgpack
+
+    from tests.worldsim.toy_env import FULL_ID
+    from worldsim.png import PNG_SIGNATURE, _chunk
+
+    side = 4096
+    deflate = zlib.compressobj(9)
+    row = bytes(side * 3 + 1)  # a filter byte and a row of black pixels
+    idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    png = (PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+           + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))  # fmt: skip
+    header = {"format": "worldsim-rollout", "version": 1, "env_id": FULL_ID, "env_kwargs": {},
+              "observation_shape": [side, side, 3], "action_space": {"type": "Discrete", "n": 5},
+              "frame_codec": "png", "agent": "random", "created": "2026-01-01T00:00:00Z"}  # fmt: skip
+    path = tmp_path / "huge.msgpack"
+    records = [header, {"kind": "reset", "episode": 0, "seed": 0, "frame": png}]
+    records += [{"kind": "step", "episode": 0, "t": t, "action": 0, "reward": 0.0, "terminated": False,
+                 "truncated": False, "frame": png} for t in range(1, 4)]  # fmt: skip
+    path.write_bytes(b"".join(msgpack.packb(r) for r in records))
+
+    ckpt = untrained_toy_model(tmp_path / "toy.safetensors", FULL_ID, {"discrete": True}, (12, 16))
+    env = DreamEnv(checkpoint=ckpt, device="cpu")
+    venv = gym.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=ckpt, device="cpu")
+    for e in (env, venv):
+        tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            with pytest.raises(WorldSimError, match=f"huge.msgpack: its frames are {side}x{side} .* dream runs at 12x16"):
+                e.reset(options={"recording": str(path), "t": 3})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 20e6 and time.perf_counter() - start < 2, (peak, time.perf_counter() - start)
+
+
 def test_reset_options_that_are_not_a_dict_are_refused_by_name(tmp_path):
     from tests.worldsim.toy_env import FULL_ID
 

@@ -225,6 +225,36 @@ def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> 
         load(broken, backend="onnx")
 
 
+def test_a_manifest_naming_a_graph_outside_its_folder_is_refused_as_such(tmp_path: Path) -> None:
+    """A downloaded export names its graphs; a path there (``../x.onnx``, an absolute one) was
+    refused as "missing" though the file existed, and a number was a TypeError."""
+    import hashlib
+
+    from worldsim.presets import get_preset
+
+    outside, folder = tmp_path / "elsewhere.onnx", tmp_path / "export"
+    folder.mkdir()
+    outside.write_bytes(b"graph")
+    for name in ("encoder", "decoder", "dynamics"):
+        (folder / f"{name}.onnx").write_bytes(b"graph")
+    digest = hashlib.sha256(b"graph").hexdigest()
+    config = ModelConfig(tokenizer=get_preset("tiny").tokenizer).to_dict()
+    for bad in ("../elsewhere.onnx", str(outside), 5, ".."):
+        graphs = {name: {"file": f"{name}.onnx", "sha256": digest} for name in ("encoder", "decoder", "dynamics")}
+        graphs["encoder"]["file"] = bad
+        manifest = {"format": "worldsim-onnx", "version": 1, "config": config, "checkpoint": {"sha256": "0" * 64},
+                    "graphs": graphs}  # fmt: skip
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ManifestError, match=r"encoder graph's file must be a file name inside the export folder, got"):
+            load(folder, backend="onnx")
+
+
+def test_a_manifest_nested_too_deep_is_a_manifest_error(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError
+    with pytest.raises(ManifestError, match="unreadable manifest"):
+        load(tmp_path, backend="onnx")
+
+
 def test_missing_onnxruntime_says_how_to_install_it(tiny_export: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an absent package looks like to import
     with pytest.raises(WorldSimError, match="pip install onnxruntime"):

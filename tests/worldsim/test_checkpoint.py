@@ -142,7 +142,8 @@ def _resave(tmp_path, name: str, config=None, tensors=None, **meta_changes) -> s
 def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_path) -> None:
     """A config made elsewhere is checked against the file's tensors before any module is
     built: a width of 10**9 used to try a 48 GB allocation, 10**7 layers ran out of memory
-    after half a minute; heads 0 was a ZeroDivisionError."""
+    after half a minute; heads 0 was a ZeroDivisionError. Sizes that allocate only later
+    (the context's KV cache, the frame size's observation space) are refused here too."""
     import time
 
     cases = {
@@ -150,13 +151,21 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "layers": (lambda c: c["dynamics"].update(layers=10**7), "asks for 10000004 blocks"),
         "channels": (lambda c: c["tokenizer"].update(channels=[10**6, 10**6]), "tokenizer.encoder.0.weight has shape"),
         "heads": (lambda c: c["dynamics"].update(heads=0), "dynamics.heads must be an integer >= 1"),
-        "context": (lambda c: c["dynamics"].update(context=10**6), "context 1000000 exceeds dynamics.time_period"),
+        "context": (lambda c: c["dynamics"].update(context=2000, time_period=1000), "context 2000 exceeds dynamics.time_period"),
+        # A time_period to match used to let 10**7 frames through: the first prompt tried an 82 GB cache.
+        "period": (lambda c: c["dynamics"].update(context=10**7, time_period=10**7), "context 10000000 exceeds 4096 frames"),
+        # The dream env's observation space was 2.7 TiB of bounds arrays: a MemoryError naming no file.
+        "frame_size": (lambda c: c.update(frame_shape=[10**6, 10**6]), "frame_shape .* exceeds 8192 pixels a side"),
         "guidance": (lambda c: c.update(guidance=float("nan")), "guidance must be a finite scale"),
         "guided": (lambda c: c.update(guided_actions=[7]), "guided_actions must be distinct"),
         "kind": (lambda c: c["dynamics"].update(action_kind="Box"), "action_kind"),
         "frame_shape": (lambda c: c.update(frame_shape="abc"), "frame_shape must be 2 integers"),
         "preset": (lambda c: c.update(preset=5), "preset must be a string or null"),
         "levels": (lambda c: c["dynamics"].update(levels=[5, 5]), "differ from tokenizer.levels"),
+        "actions": (lambda c: c["dynamics"].update(action_nvec=[3, 10**5]), "100003 choices in all, more than 65536"),
+        # Read at every step: these loaded, and the first step raised IndexError or OverflowError.
+        "motion": (lambda c: c["dynamics"].update(stay_motion=[[7, 0, 1, 1]]), "stay_motion row \\[7, 0, 1, 1\\] is not"),
+        "shift": (lambda c: c["dynamics"].update(stay_motion=[[0, 1, 10**30, 0]]), "shifts of at most 8192 cells"),
     }
     for name, (change, message) in cases.items():
         path = _resave(tmp_path, f"{name}.safetensors", config=change)
@@ -165,6 +174,57 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
             worldsim.load(path, device="cpu")
         assert str(path) in str(e.value)
         assert time.perf_counter() - start < 5, name
+    # A layer or a tokenizer stage takes milliseconds to build even on the meta device, and a
+    # layer holds a dozen tensors: 5,000 empty tensors asking for 5,000 of either took 10-30 s
+    # to be refused (a 2 MB file asking for 20,000 layers: 94 s and 1 GB).
+    pad = {f"pad.{i}": torch.zeros(0) for i in range(5000)}
+    padded = {
+        "layers": (lambda c: c["dynamics"].update(layers=5000), r"asks for 600\d\d tensors, the file holds only 50\d\d"),
+        "stages": (lambda c: c["tokenizer"].update(channels=[4] * 5000, res_blocks=[0] * 5000), r"stride of 2\*\*4999 exceeds"),
+    }
+    for name, (change, message) in padded.items():
+        path = _resave(tmp_path, f"padded-{name}.safetensors", config=change, tensors=lambda t: {**t, **pad})
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match=message):
+            worldsim.load(path, device="cpu")
+        assert time.perf_counter() - start < 5, name
+
+
+def test_a_tokenizer_asking_for_absurd_levels_is_refused(tmp_path) -> None:
+    """No tensor holds a tokenizer's FSQ levels, so a tokenizer file asking for 10**8 of them
+    loaded, and `worldsim train dynamics` on it built a 100 GB embedding (sum(levels) rows);
+    2**32 codes would wrap in the int32 code cache."""
+    from safetensors import safe_open
+
+    p = get_preset("tiny")
+    save_model(tmp_path / "tok.safetensors", ModelConfig(tokenizer=p.tokenizer), Tokenizer(p.tokenizer))
+    with safe_open(str(tmp_path / "tok.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for levels, message in (([10**8, 5, 5], "more than 65536 levels a channel"), ([2**16, 2**15, 2], "2\\*\\*31 codes in all")):
+        config = {**json.loads(meta["config"]), "tokenizer": {**p.tokenizer.to_dict(), "levels": levels}}
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "config": json.dumps(config)})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / "bad.safetensors")
+
+
+def test_metadata_json_nested_too_deep_or_with_huge_numbers_is_a_checkpoint_error(tmp_path) -> None:
+    """Python's JSON reader raises RecursionError for arrays nested 10**5 deep and ValueError
+    for a 5,000-digit number, not JSONDecodeError: the first escaped load_model, load_state
+    and worldsim.load as a RecursionError naming no file."""
+    from safetensors import safe_open
+
+    with safe_open(_resave(tmp_path, "good.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    deep, digits = "[" * 100_000 + "]" * 100_000, "9" * 5000
+    for key, text in (("config", deep), ("config", digits), ("info", deep), ("info", digits)):
+        save_file(tensors, str(tmp_path / "m.safetensors"), metadata={**meta, key: text})
+        with pytest.raises(CheckpointError, match=f"m.safetensors: malformed {'model config' if key == 'config' else key}"):
+            worldsim.load(tmp_path / "m.safetensors", device="cpu")
+    for text in (deep, digits):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "s.safetensors"),
+                  metadata={"format": "worldsim-train-state", "version": "1", "state": text})  # fmt: skip
+        with pytest.raises(CheckpointError, match="malformed training state"):
+            load_state(tmp_path / "s.safetensors")
 
 
 def test_a_config_field_this_worldsim_does_not_know_is_refused_by_name(tmp_path) -> None:

@@ -125,7 +125,9 @@ def test_a_broken_or_stale_index_is_named_with_the_way_out_and_deleting_it_works
     good = index.read_text()
     doc = json.loads(good)
     del doc["shards"][0]["segments"]
-    for text in (good[: len(good) // 2], json.dumps(doc)):
+    huge = json.loads(good)
+    huge["shards"][0]["segments"][0]["offsets"][1] = 10**30  # was an OverflowError naming no file
+    for text in (good[: len(good) // 2], json.dumps(doc), "[" * 100_000 + "]" * 100_000, json.dumps(huge)):
         index.write_text(text)
         with pytest.raises(WorldSimError, match=f"{index}: .*delete it to have the shards scanned"):
             WindowDataset([copy], 4)

@@ -672,6 +672,30 @@ def test_idm_trains_for_any_small_number_of_steps(steps: int) -> None:
     assert model is not None
 
 
+def test_a_cached_idm_with_nan_weights_is_trained_again_not_trusted(tmp_path) -> None:
+    """A damaged cache entry is retrained, as load_idm promises; one with NaN weights loaded and
+    read every pair as action 0, so the controllability figures were silently wrong."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.idm import IDMConfig, IDMData, load_or_train
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    data = IDMData.from_trajectories([(frames, rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
+    config = IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4)
+    _, info = load_or_train("k", lambda: data, (3,), (16, 16), config, tmp_path, log=lambda _: None)
+    with safe_open(info["cache"], framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(info["cache"])
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, info["cache"], metadata=meta)
+    model, again = load_or_train("k", lambda: data, (3,), (16, 16), config, tmp_path, log=lambda _: None)
+    assert again["cached"] is False
+    assert all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
 @pytest.mark.filterwarnings("ignore:.*share an object:UserWarning")  # Gymnasium's checker sees the reuse this test is about
 def test_reference_trajectories_keep_every_frame_of_an_env_that_reuses_its_buffer() -> None:
     import gymnasium as gym

@@ -128,8 +128,8 @@ def _valid(key, value):
     """Whether `value` is acceptable for a step-record `key` (so the fuzz must skip it)."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
     return {
-        "episode": is_int and value >= 0,
-        "t": is_int and value >= 1,
+        "episode": is_int and 0 <= value < 2**63,  # int64, as the index and the dataset hold them
+        "t": is_int and 1 <= value < 2**63,
         "action": isinstance(value, list)
         and len(value) == 2
         and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 3 for a in value),
@@ -160,6 +160,8 @@ _ANY = st.one_of(
     value=_ANY,
     drop=st.booleans(),
 )
+@example(key="t", value=2**64 - 3, drop=False)  # read, then an OverflowError in WindowDataset
+@example(key="episode", value=2**63, drop=False)
 def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key, value, drop):
     assume(drop or not _valid(key, value))
     data, records = small
@@ -192,6 +194,7 @@ def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key
     value=_ANY,
 )
 @example(key="observation_shape", value=[1, 1, 3])  # well typed, wrong size: found by this test once
+@example(key="action_space", value={"type": "MultiDiscrete", "nvec": [2**64 - 1, 3]})  # an action >= 2**63 overflowed int64
 def test_wrong_types_in_the_header_raise_recording_error(small, tmp_path, key, value):
     data, records = small
     header = msgpack.unpackb(data[: records[0].offset], raw=False)

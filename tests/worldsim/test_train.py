@@ -327,6 +327,30 @@ def test_frames_the_model_cannot_cut_evenly_are_one_line_errors_before_encoding(
     assert "frames are 18x16" in err and "multiples of 4" in err and "Traceback" not in err
 
 
+def test_a_recording_declaring_absurdly_many_actions_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    """The world model embeds each action choice as a row: a recording made elsewhere that
+    declared Discrete(10**8) made `worldsim train dynamics` try a 25.6 GB allocation. Just
+    above the limit here, so that the test costs little should the check ever go."""
+    from worldsim.checkpoint import ModelConfig, save_model
+    from worldsim.presets import get_preset
+    from worldsim.tokenizer import Tokenizer
+
+    path = tmp_path / "many.msgpack"
+    with RecordingWriter(path, env_id="Toy-v0", env_kwargs={}, observation_shape=(16, 16, 3),
+                         action_space=ActionSpec("Discrete", (70_000,)), agent="random", seed=0) as w:  # fmt: skip
+        for ep in range(2):
+            w.reset(ep, ep, np.zeros((16, 16, 3), np.uint8))
+            for t in range(1, 12):
+                w.step(ep, t, t, 0.0, False, False, np.full((16, 16, 3), t, np.uint8))
+    tok = tmp_path / "tok.safetensors"
+    save_model(tok, ModelConfig(tokenizer=get_preset("tiny").tokenizer), Tokenizer(get_preset("tiny").tokenizer))
+    argv = ["train", "dynamics", "--data", str(path), "--tokenizer", str(tok), "--out", str(tmp_path / "d.safetensors")]
+    assert cli([*argv, "--steps", "1", "--code-cache", str(tmp_path / "codes"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "action space Discrete[70000] has 70000 choices in all; the world model embeds at most 65536" in err
+    assert "Traceback" not in err and not (tmp_path / "codes").exists()  # refused before encoding anything
+
+
 def test_an_existing_checkpoint_is_never_replaced_by_a_forgotten_resume(data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "t.safetensors"
     args = ["train", "tokenizer", "--data", str(data), "--out", str(out), *FAST]
