@@ -90,6 +90,7 @@ def stability(ev: Evaluation, policy_seed: int) -> StabilityResult:
     seed = _stability_seed(ev, policy_seed)
     policy, _ = make_policy(ev.ref.env_id, ev.ref.spec, np.random.default_rng([policy_seed, 5]))
     tr = ev.ref.rollout(seed, P - 1 + S, policy)
+    ev.reseed("stability")
     model.prompt(tr.frames[None, :P], tr.actions[None, : P - 1])
     dream = []
     t0 = time.perf_counter()
@@ -157,6 +158,7 @@ def _probe(ev: Evaluation, script: np.ndarray, half: int, name: str, shifts: boo
     if not trajs:
         return None, None
     frames = np.stack([t.frames for t in trajs])  # (B, P + n, H, W, 3)
+    ev.reseed(name)
     model.prompt(frames[:, :P], np.broadcast_to(still, (len(trajs), *still.shape)))
     dream = np.stack([model.step(np.broadcast_to(a, (len(trajs), len(a)))).frames for a in script], axis=1)  # (B, n, H, W, 3)
     start, real = frames[:, P - 1], frames[:, P:]
@@ -203,6 +205,7 @@ def _teacher_forced_turn(ev: Evaluation, frames: np.ndarray, script: np.ndarray)
     from real context but slows down as its own frames become the context."""
     P, model = ev.P, ev.model
     B = len(frames)
+    ev.reseed("turn_rate")
     acts = np.concatenate([np.zeros((P - 1, script.shape[1]), np.int64), script])
     dream = np.stack([_one_step(model, frames[:, i : i + P], np.broadcast_to(acts[i : i + P - 1], (B, P - 1, acts.shape[1])),
                                 np.broadcast_to(acts[P - 1 + i], (B, acts.shape[1])))
@@ -233,7 +236,7 @@ def permanence(ev: Evaluation) -> dict[str, Any]:
         out[name] = r if r is not None else {"skipped": "every probe world ended its episode during the script"}
         if name == "turn" and r is not None:
             turn_frames = frames
-    if turn_frames is not None:  # last, so the sampling draws of the probes above stay as they were
+    if turn_frames is not None:
         t = out["turn"]
         t["teacher_forced_turn_rate"] = _rate(_teacher_forced_turn(ev, turn_frames, turn), t["real_shift_per_step"])
     return out

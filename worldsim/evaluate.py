@@ -201,8 +201,31 @@ def _check(config: EvalConfig) -> None:
         raise WorldSimError(f"--reward-threshold must be a number above 0, got {config.reward_threshold}")
 
 
+SECTIONS = ("teacher_forced", "open_loop", "stability", "turn", "walk", "turn_rate")
+"""The eval's sampling sections, each of which starts its draws afresh (:func:`section_seed`)."""
+
+
+def section_seed(seed: int, section: str) -> int:
+    """The sampling seed of one section of the eval of ``--seed seed``.
+
+    Each section restarts the dream's random draws from its own seed, so its figures depend
+    on ``--seed`` and its own budget alone: when the sections shared one stream, the long
+    rollout's figures moved with ``--episodes`` and the probes' with ``--stability-steps``,
+    so a cheaper eval was no preview of a default one's probes. Teacher-forced, the first
+    section, keeps ``seed`` itself.
+    """
+    if section == SECTIONS[0]:
+        return seed
+    state = np.random.SeedSequence([seed, SECTIONS.index(section)]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))  # below 2**63: any generator takes it
+
+
 class Evaluation:
     """One ``worldsim eval`` run (see the module docstring). Call :meth:`run`."""
+
+    def reseed(self, section: str) -> None:
+        """Start ``section``'s sampling draws from :func:`section_seed`."""
+        self.model.reseed(section_seed(self.cfg.seed, section))
 
     def __init__(self, config: EvalConfig, log: Any = print) -> None:
         from worldsim.runtime import load
@@ -273,6 +296,7 @@ class Evaluation:
 
         # teacher forced: real frames t-P..t-1, the action t-1, one generated frame t
         tf_pred, tf_r, tf_d = [], [], []
+        self.reseed("teacher_forced")
         for t in range(P, P + Hz):
             self.model.prompt(frames[:, t - P : t], actions[:, t - P : t - 1])
             res = self.model.step(actions[:, t - 1])
@@ -286,6 +310,7 @@ class Evaluation:
         self.log(f"teacher-forced: {m['teacher_forced']['psnr']:.2f} dB (copy-last {m['teacher_forced']['copy_last_psnr']:.2f})")
 
         # open loop: the same prompt frames 0..P-1, then Hz generated steps
+        self.reseed("open_loop")
         self.model.prompt(frames[:, :P], actions[:, : P - 1])
         dream, ol_r, ol_d = [], [], []
         t0 = time.perf_counter()

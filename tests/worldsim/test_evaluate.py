@@ -978,3 +978,25 @@ def test_a_video_interrupted_while_encoding_leaves_the_earlier_one(tmp_path: Pat
             write(path, 255 - frames)
     assert (gif.read_bytes(), mp4.read_bytes()) == whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dream.gif", "stability.mp4"]
+
+
+def test_a_sections_figures_do_not_move_with_another_sections_budget(tiny_blockworld: Path, tmp_path: Path) -> None:
+    """The sections drew from one sampling stream, so a longer stability rollout moved the
+    permanence probes (the full circle from 7.88 to 7.82 dB here) and more episodes moved the
+    long rollout: a cheaper eval was no preview of a default one's probes."""
+
+    def metrics(name: str, *changes: str) -> dict:
+        out = tmp_path / name
+        args = [*SMALL]
+        for flag, value in zip(changes[::2], changes[1::2], strict=True):
+            args[args.index(flag) + 1] = value
+        assert cli(["eval", "--checkpoint", str(tiny_blockworld), "--out", str(out), "--no-videos",
+                    "--cache-dir", str(tmp_path / "cache"), *args]) == 0  # fmt: skip
+        return json.loads((out / "metrics.json").read_text())
+
+    base = metrics("base")
+    longer = metrics("longer", "--stability-steps", "40")
+    more = metrics("more", "--episodes", "3")
+    assert longer["permanence"] == base["permanence"] == more["permanence"]
+    assert more["stability"] == base["stability"]
+    assert longer["open_loop"] == base["open_loop"] and longer["stability"] != base["stability"]
