@@ -39,7 +39,10 @@ def rollout(env, seed, actions):
     return np.stack(frames), np.asarray(rewards)
 
 
-def test_check_env(checkpoint):
+def test_check_env(checkpoint, monkeypatch):
+    # check_env's render check also makes the env with render_mode="human": headless, that
+    # is an error unless SDL is told to draw unseen (as the BlockWorld check_env test does).
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     check_env(make(checkpoint, render_mode="rgb_array").unwrapped, skip_render_check=False)
 
 
