@@ -300,7 +300,8 @@ def test_unfreeze_lets_a_frozen_gated_dream_move_again(tmp_path) -> None:
             prev = m.last_codes
         changed[unfreeze] = moved
     assert changed[0] == [False] * 6  # frozen from the first step
-    assert changed[2][:2] == [False, False] and changed[2][2]  # two still steps, then it moves
+    # Two still steps, then it moves; the move starts the count again: two more, then it moves.
+    assert changed[2] == [False, False, True, False, False, True]
     with pytest.raises(ValueError, match="unfreeze"):
         worldsim.load(str(path), device="cpu", unfreeze=-1)
 
