@@ -306,6 +306,35 @@ def test_unfreeze_lets_a_frozen_gated_dream_move_again(tmp_path) -> None:
         worldsim.load(str(path), device="cpu", unfreeze=-1)
 
 
+def test_still_keeps_the_previous_frame_exactly_where_the_still_head_says_nothing_changed(tmp_path) -> None:
+    """``load(still=True)``: while the still head says "still", every step shows the prompt's
+    last frame exactly, pixels and codes; where it says "moved", and with ``still`` off, the
+    frame is generated."""
+    torch.manual_seed(0)
+    preset = get_preset("tiny")
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, SPEC, 4, still_head=True))
+    torch.nn.init.normal_(dyn.head.weight, std=0.5)
+    path = tmp_path / "still.safetensors"
+    save_model(path, ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn.cfg, frame_shape=(16, 16)),
+               Tokenizer(preset.tokenizer), dyn)  # fmt: skip
+    frames, actions = prompt_data()
+    step = np.array([[1, 0], [2, 1]])
+    shown = {}
+    for still, bias in ((True, 50.0), (True, -50.0), (False, 50.0)):
+        m = worldsim.load(str(path), device="cpu", temperature=0, still=still)
+        with torch.no_grad():
+            m.backend.dynamics.still_head.weight.zero_()
+            m.backend.dynamics.still_head.bias.fill_(bias)
+        m.prompt(frames, actions)
+        prompt_codes = m.last_codes.copy()
+        shown[still, bias] = [m.step(step).frames for _ in range(3)]
+        if (still, bias) == (True, 50.0):
+            assert np.array_equal(m.last_codes, prompt_codes)
+    assert all(np.array_equal(f, frames[:, -1]) for f in shown[True, 50.0])
+    assert not np.array_equal(shown[True, -50.0][0], frames[:, -1])
+    assert all(np.array_equal(a, b) for a, b in zip(shown[True, -50.0], shown[False, 50.0]))  # off: the head is not read
+
+
 def test_keep_pixels_shows_the_previous_pixels_where_a_cells_code_did_not_change(ckpt: str) -> None:
     frames, acts = prompt_data()
     runs = {}
