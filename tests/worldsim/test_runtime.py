@@ -86,21 +86,22 @@ def first_pass_logits(model) -> list:
     return seen
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_sliding_kv_cache_and_a_full_forward_over_the_window(tmp_path, layers: int) -> None:
+@pytest.mark.parametrize(("layers", "prompt"), [(1, 3), (2, 3), (1, 6)])
+def test_sliding_kv_cache_and_a_full_forward_over_the_window(tmp_path, layers: int, prompt: int) -> None:
     """Each step's logits equal a fresh full pass over the window (the last context - 1 frames),
     through a restart and 3 windows past the cache, while no cached frame has seen a frame
     that left the window: always with one layer (its keys are each frame's own), and with
     more only until the window first slides. After that a cached frame's keys in the deeper
     layers still hold what it saw of older frames when it was committed, as in any sliding
     KV cache (docs/model.md, "KV cache"); a recompute would cost the whole window per step.
-    fp32: in bf16 the two paths round differently."""
+    fp32: in bf16 the two paths round differently. A prompt longer than the window (6
+    frames, context 4) fills the whole cache: the first step sees context - 1 frames."""
     ckpt = tiny_checkpoint(tmp_path / "m.safetensors", layers=layers)
     model = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0, chunks=1)
     dyn: Dynamics = model.backend.dynamics
     ctx = dyn.cfg.context
     seen = first_pass_logits(model)
-    frames, actions = prompt_data(T=3)
+    frames, actions = prompt_data(T=prompt)
     model.prompt(frames, actions)
     codes = [list(model.encode(f)) for f in frames]  # per world: the codes of each frame so far
     acts = [[np.full(2, -1), *a] for a in actions]  # per world: the action that led to each frame
