@@ -160,6 +160,8 @@ _ANY = st.one_of(
     value=_ANY,
     drop=st.booleans(),
 )
+@example(key="action", value=[0, 3], drop=False)  # one past the last level of MultiDiscrete([3, 3])
+@example(key="action", value=[-1, 0], drop=False)
 def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key, value, drop):
     assume(drop or not _valid(key, value))
     data, records = small
