@@ -213,3 +213,15 @@ def test_horizontal_shift_tells_blockworld_turns_apart() -> None:
     assert abs(means[0]) < 0.2
     assert means[1] > 2.0 and means[2] < -2.0  # 5 degrees a step is about 4 pixels at 64x64
 
+
+def test_collapse_needs_more_than_half_of_a_window_flagged(engine_frames: np.ndarray) -> None:
+    """Real frames with a run of blank ones: 10 of a 20-frame window is not a collapse, 11 is,
+    and the verdict names the first window that holds all 11."""
+    band = Band(std=(1.0, 1e9), edge=(0.1, 1e9))  # flags blank frames and nothing real
+    real = engine_frames[:100]
+    assert not detect_collapse(real, band=band, window=20).flagged.any()
+    for blank, step in ((10, None), (11, 31)):
+        dream = real.copy()
+        dream[40 : 40 + blank] = 0
+        report = detect_collapse(dream, band=band, window=20)
+        assert report.blank.sum() == blank and report.collapse_step == step
