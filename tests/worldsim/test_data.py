@@ -226,3 +226,11 @@ def test_a_reward_too_large_for_the_float32_loss_is_an_error_naming_the_record(t
     ds = WindowDataset([path], 4)
     with pytest.raises(RecordingError, match=r"big.msgpack: byte \d+: reward 1e\+20 is beyond the ±1e\+18 training takes"):
         ds[0]
+    # a penalty as large overflows the loss all the same
+    path = tmp_path / "penalty.msgpack"
+    with RecordingWriter(path, env_id="X-v0", env_kwargs={}, observation_shape=(8, 8, 3),
+                         action_space=gym.spaces.Discrete(2), agent="a") as w:  # fmt: skip
+        w.reset(0, 0, frame)
+        w.step(0, 1, 0, -1e20, False, False, frame)
+    with pytest.raises(RecordingError, match=r"penalty.msgpack: byte \d+: reward -1e\+20 is beyond"):
+        WindowDataset([path], 2)[0]
