@@ -194,6 +194,7 @@ def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key
     value=_ANY,
 )
 @example(key="observation_shape", value=[1, 1, 3])  # well typed, wrong size: found by this test once
+@example(key="observation_shape", value=[4, 4, 4])  # the frames' size, but 4 channels: frames are RGB
 def test_wrong_types_in_the_header_raise_recording_error(small, tmp_path, key, value):
     data, records = small
     header = msgpack.unpackb(data[: records[0].offset], raw=False)
