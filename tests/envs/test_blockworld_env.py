@@ -170,6 +170,25 @@ def test_discrete_actions_wrapper_walks_forward():
         env.step(99)
 
 
+def test_each_discrete_action_sends_the_controls_its_documented_name_says():
+    """The index -> name list of the DiscreteActions docstring, and each name's controls in
+    the MultiDiscrete vocabulary (yaw 1 = left, pitch 1 = up, ...): an agent that picks 7 to
+    turn left must turn left."""
+    from envs.blockworld.wrappers import DISCRETE_ACTION_NAMES
+
+    meaning = {
+        "noop": {}, "forward": {"move": 1}, "forward_jump": {"move": 1, "jump": 1}, "back": {"move": 2},
+        "left": {"strafe": 1}, "right": {"strafe": 2}, "jump": {"jump": 1}, "turn_left": {"yaw": 1},
+        "turn_right": {"yaw": 2}, "look_up": {"pitch": 1}, "look_down": {"pitch": 2}, "attack": {"attack": 1},
+        "use": {"use": 1}, "slot_1": {"hotbar": 1}, "slot_2": {"hotbar": 2}, "slot_3": {"hotbar": 3},
+    }  # fmt: skip
+    assert DISCRETE_ACTION_NAMES == tuple(meaning)  # the docstring's order: 0 noop ... 15 slot_3
+    env = DiscreteActions(BlockWorldEnv(width=16, height=16))
+    for i, name in enumerate(DISCRETE_ACTION_NAMES):
+        want = np.array([meaning[name].get(c, 0) for c in ACTION_NAMES], dtype=np.int64)
+        assert np.array_equal(env.action(i), want), name
+
+
 def test_step_before_reset_and_non_numeric_actions_say_what_is_wrong():
     env = BlockWorldEnv(width=16, height=16)
     with pytest.raises(gym.error.ResetNeeded, match="call reset\\(\\) before step\\(\\)"):

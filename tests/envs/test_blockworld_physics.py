@@ -216,3 +216,20 @@ def test_a_short_view_distance_never_reaches_round_to_the_far_side_of_the_world(
     for _ in range(300):
         info = env.step(act(move=1))[4]
         assert info["target_block"] != "wood", info["position"]
+
+
+def test_an_achievement_pays_its_reward_once_per_episode():
+    """Crafter-style: +1 the first time dirt is collected; the second block of dirt pays 0."""
+    env = flat_env()
+    for y in (FLOOR_Y - 1, FLOOR_Y - 2):  # two dirt blocks, one under the other, under the player
+        set_block(env, 0, y, 0, "dirt")
+    env.engine.place_player(0, 0.5, float(FLOOR_Y), 0.5, pitch=-85.0)
+    paid = []
+    for _ in range(200):
+        _, reward, _, _, info = env.step(act(attack=1))
+        if info["mined"] == "dirt":
+            paid.append(reward)
+        if len(paid) == 2:
+            break
+    assert paid == [1.0, 0.0]
+    assert info["inventory"][0] == ("dirt", 2) and info["achievements"].count("collect_dirt") == 1

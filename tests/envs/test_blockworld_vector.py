@@ -204,3 +204,26 @@ def test_default_render_threads_follow_the_cpus_the_process_may_use(monkeypatch)
         env.close()
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
     assert usable_cpus() == 64
+
+
+def test_a_world_that_died_restarts_on_the_next_step_and_the_other_goes_on():
+    """NEXT_STEP autoreset after a termination: the dead world's next step is a fresh
+    episode (full health, reward 0, not ended); the other world keeps its clock."""
+    from envs.blockworld.physics import MAX_HEALTH
+
+    venv = BlockWorldVectorEnv(2, width=16, height=16)
+    venv.reset(seed=0)
+    x, y, z = venv.engine.players["pos"][0]
+    venv.engine.place_player(0, float(x), float(y) + 30.0, float(z))
+    still = np.zeros((2, len(ACTION_NVEC)), dtype=np.int64)
+    steps = 0
+    while steps < 60:
+        _, _, terminated, truncated, info = venv.step(still)
+        steps += 1
+        if terminated[0]:
+            break
+    assert terminated.tolist() == [True, False] and info["health"][0] == 0 and not truncated.any()
+    _, rewards, terminated, truncated, info = venv.step(still)
+    assert rewards[0] == 0.0 and not terminated.any() and not truncated.any()
+    assert info["health"][0] == MAX_HEALTH and info["tick"].tolist() == [0, steps + 1]
+    venv.close()

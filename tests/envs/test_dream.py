@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import worldsim  # noqa: F401  (registers the ids)
@@ -38,7 +39,10 @@ def rollout(env, seed, actions):
     return np.stack(frames), np.asarray(rewards)
 
 
-def test_check_env(checkpoint):
+def test_check_env(checkpoint, monkeypatch):
+    # check_env's render check also makes the env with render_mode="human": headless, that
+    # is an error unless SDL is told to draw unseen (as the BlockWorld check_env test does).
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     check_env(make(checkpoint, render_mode="rgb_array").unwrapped, skip_render_check=False)
 
 
@@ -197,6 +201,26 @@ def test_truncates_at_max_episode_steps(checkpoint):
     env.reset(seed=0)
     truncated = [env.step(env.action_space.sample())[3] for _ in range(3)]
     assert truncated == [False, False, True]
+
+
+def _set_heads(env, reward: float, done: float) -> None:
+    """Make the model predict ``reward`` and an episode end (``done`` > 0) or not, whatever it sees."""
+    dyn = env.unwrapped.model.backend.dynamics
+    with torch.no_grad():
+        for head, bias in ((dyn.reward_head, reward), (dyn.done_head, done)):
+            head.weight.zero_()
+            head.bias.fill_(bias)
+
+
+def test_step_returns_the_models_predicted_reward_and_episode_end(checkpoint):
+    env = make(checkpoint)
+    env.reset(seed=0)
+    _set_heads(env, reward=0.75, done=-50.0)
+    _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert (reward, terminated, truncated) == (0.75, False, False)
+    _set_heads(env, reward=-0.5, done=50.0)
+    _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert (reward, terminated, truncated) == (-0.5, True, False)
 
 
 def test_human_render_mode_opens_a_window(checkpoint, monkeypatch):

@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import worldsim  # noqa: F401  (registers the ids)
 from tests.envs.dream_checkpoint import SIDE, blockworld_checkpoint
@@ -172,3 +173,20 @@ def test_step_or_render_before_reset_is_gymnasiums_reset_needed(tmp_path):
                 call()
     venv.close()
     env.close()
+
+
+def test_a_predicted_episode_end_terminates_the_world_and_restarts_it_next_step(checkpoint):
+    venv = make_vec(checkpoint, 2)
+    venv.reset(seed=0)
+    dyn = venv.unwrapped.model.backend.dynamics
+    with torch.no_grad():  # the model predicts reward 0.75 and an episode end, whatever it sees
+        dyn.reward_head.weight.zero_()
+        dyn.reward_head.bias.fill_(0.75)
+        dyn.done_head.weight.zero_()
+        dyn.done_head.bias.fill_(50.0)
+    _, rewards, terminated, truncated, _ = venv.step(venv.action_space.sample())
+    assert rewards.tolist() == [0.75, 0.75] and terminated.all() and not truncated.any()
+    # Autoreset on the next step: fresh engine prompts, reward 0, not ended; then it ends again.
+    _, rewards, terminated, _, info = venv.step(venv.action_space.sample())
+    assert rewards.tolist() == [0.0, 0.0] and not terminated.any() and info["_prompt"].all()
+    assert venv.step(venv.action_space.sample())[2].all()

@@ -56,15 +56,21 @@ def test_cli_exports_and_prints_the_verification(tiny_checkpoint: Path, tmp_path
     assert read_manifest(out)["opset"] == 18
 
 
-def test_a_graph_that_disagrees_with_torch_fails_loudly_and_writes_nothing(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("output", ["logits", "reward", "done_logit", "entries"])
+def test_a_graph_that_disagrees_with_torch_fails_loudly_and_writes_nothing(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch, output: str
+) -> None:
+    """Each output of the dynamics graph is checked: one off by 0.01 stops the export."""
     class Skewed(onnx_export.DynamicsStepGraph):
         def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            logits, reward, done, entries = super().forward(*args)
-            return logits + 0.01, reward, done, entries
+            outs = list(super().forward(*args))
+            i = ["logits", "reward", "done_logit", "entries"].index(output)
+            outs[i] = outs[i] + 0.01
+            return tuple(outs)
 
     monkeypatch.setattr(onnx_export, "DynamicsStepGraph", Skewed)
     out = tmp_path / "bad-export"
-    with pytest.raises(onnx_export.ExportVerificationError, match="dynamics logits"):
+    with pytest.raises(onnx_export.ExportVerificationError, match=f"dynamics {output}"):
         onnx_export.export_onnx(tiny_checkpoint, out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either

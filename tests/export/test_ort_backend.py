@@ -17,7 +17,7 @@ import worldsim  # noqa: F401  (registers the dream env)
 from export.manifest import ManifestError
 from export.ort_session import CUDA_EP, require_onnxruntime
 from export.parity import measure_parity, rollout
-from tests.export.conftest import toy_rollouts, train_tiny
+from tests.export.conftest import SPEC, toy_rollouts, train_tiny
 from worldsim.checkpoint import load_model, save_model
 from worldsim.errors import WorldSimError
 from worldsim.runtime import load
@@ -36,6 +36,22 @@ def test_rollouts_of_both_backends_agree_greedy_and_sampled(tiny_export: Path, t
     p = measure_parity(tiny_checkpoint, tiny_export, steps=STEPS, prompt=prompt)
     assert p.pixels_within_1 >= 0.99, f"only {p.pixels_within_1:.2%} of pixels within 1 level over {STEPS} steps"
     assert p.sampled_tokens_equal >= 0.99, f"only {p.sampled_tokens_equal:.2%} of sampled tokens agree"
+
+
+def test_both_backends_predict_the_same_rewards_and_episode_ends(tiny_export: Path, tiny_checkpoint: Path) -> None:
+    """The parity figures compare frames and tokens; the step's reward and episode end are
+    what an RL agent reads, so they must agree too."""
+    frames, actions = toy_rollouts(2, 4, seed=101)
+    nvec = np.asarray(SPEC.nvec)
+    steps = np.random.default_rng(0).integers(0, nvec, (6, 2, len(nvec)))
+    results = []
+    for path, backend in ((tiny_checkpoint, "torch"), (tiny_export, "onnx")):
+        m = load(path, backend=backend, device="cpu", precision="fp32", temperature=0.0)
+        m.prompt(frames, actions)
+        results.append([m.step(a) for a in steps])
+    for t, (a, b) in enumerate(zip(*results)):
+        np.testing.assert_allclose(b.reward, a.reward, atol=1e-4, err_msg=f"step {t}")
+        assert np.array_equal(b.done, a.done), f"step {t}"
 
 
 def test_a_model_with_a_stay_gate_and_a_still_head_exports_and_both_backends_agree(tmp_path: Path) -> None:

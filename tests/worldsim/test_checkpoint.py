@@ -156,8 +156,10 @@ def test_a_config_asking_for_absurd_sizes_fails_at_once_without_allocating(tmp_p
         "period": (lambda c: c["dynamics"].update(context=10**7, time_period=10**7), "context 10000000 exceeds 4096 frames"),
         # The dream env's observation space was 2.7 TiB of bounds arrays: a MemoryError naming no file.
         "frame_size": (lambda c: c.update(frame_shape=[10**6, 10**6]), "frame_shape .* exceeds 8192 pixels a side"),
+        "context_by_one": (lambda c: c["dynamics"].update(time_period=100, context=101), "context 101 exceeds dynamics.time_period"),
         "guidance": (lambda c: c.update(guidance=float("nan")), "guidance must be a finite scale"),
         "guided": (lambda c: c.update(guided_actions=[7]), "guided_actions must be distinct"),
+        "guided_twice": (lambda c: c.update(guided_actions=[0, 0]), "guided_actions must be distinct"),
         "kind": (lambda c: c["dynamics"].update(action_kind="Box"), "action_kind"),
         "frame_shape": (lambda c: c.update(frame_shape="abc"), "frame_shape must be 2 integers"),
         "preset": (lambda c: c.update(preset=5), "preset must be a string or null"),

@@ -181,6 +181,23 @@ def test_truncated_last_shard_still_serves_its_complete_records(tmp_path):
     assert len(ds) == 3
 
 
+def test_no_window_spans_the_gap_a_removed_middle_shard_leaves(tmp_path):
+    """One 31-frame episode in shards of 10 records; the second shard (steps 10-19) is
+    removed, with the index: the windows are those inside steps 0-9 and inside 20-30, none
+    splicing step 9 onto step 20."""
+    folder = tmp_path / "run"
+    (episode,) = record_toy(folder, 1, shard_records=10, seed=3, max_len=30, end_prob=0.0)
+    shards = sorted(folder.glob("*.msgpack"))
+    assert len(shards) == 4
+    shards[1].unlink()
+    (folder / "index.json").unlink()
+    ds = WindowDataset([folder], 5)
+    # frames a..b and the b - a steps between them
+    pieces = [{k: v[a : b + (k == "frames")] for k, v in episode.items()} for a, b in ((0, 9), (20, 30))]
+    assert len(ds) == 6 + 7
+    assert collections.Counter(_key(ds[i]) for i in range(len(ds))) == collections.Counter(_truth(pieces, 5))
+
+
 def test_two_recordings_made_in_the_same_second_stay_apart(tmp_path):
     # The same toy env and agent, written back to back: their episode indices coincide, so
     # only the runs' creation times tell the episodes apart when they are combined. Were
@@ -211,3 +228,11 @@ def test_a_reward_too_large_for_the_float32_loss_is_an_error_naming_the_record(t
     ds = WindowDataset([path], 4)
     with pytest.raises(RecordingError, match=r"big.msgpack: byte \d+: reward 1e\+20 is beyond the ±1e\+18 training takes"):
         ds[0]
+    # a penalty as large overflows the loss all the same
+    path = tmp_path / "penalty.msgpack"
+    with RecordingWriter(path, env_id="X-v0", env_kwargs={}, observation_shape=(8, 8, 3),
+                         action_space=gym.spaces.Discrete(2), agent="a") as w:  # fmt: skip
+        w.reset(0, 0, frame)
+        w.step(0, 1, 0, -1e20, False, False, frame)
+    with pytest.raises(RecordingError, match=r"penalty.msgpack: byte \d+: reward -1e\+20 is beyond"):
+        WindowDataset([path], 2)[0]

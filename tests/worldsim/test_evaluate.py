@@ -160,6 +160,9 @@ def test_eval_blockworld_end_to_end(tiny_blockworld: Path, tmp_path: Path, capsy
     tr2 = ref.rollout(HELDOUT_SEED_BASE + 1, CONTEXT - 1 + HORIZON, make_policy(BLOCKWORLD, ref.spec, np.random.default_rng([0, 1]))[0])
     want = np.mean([psnr(t.frames[CONTEXT - 1], t.frames[CONTEXT - 1 + HORIZON]) for t in (tr, tr2)])
     assert m["open_loop"]["horizons"][str(HORIZON)]["copy_last_psnr"] == pytest.approx(want, abs=1e-6)
+    # teacher-forced, each real frame's copy-last is the real frame just before it
+    want = np.mean([psnr(t.frames[CONTEXT - 1 : -1], t.frames[CONTEXT:]) for t in (tr, tr2)])
+    assert m["teacher_forced"]["copy_last_psnr"] == pytest.approx(want, abs=1e-6)
 
     # the tokenizer learned something in 100 steps; its figure is the measured one, not a constant
     assert 12 < m["tokenizer"]["psnr"] < 60

@@ -105,6 +105,9 @@ def test_f1_and_precision_recall() -> None:
     assert macro_f1(np.array([0, 1]), np.array([0, 0]), 2) == pytest.approx(1 / 3)
     pr = precision_recall(np.array([1, 0, 1, 0], bool), np.array([1, 1, 0, 0], bool))
     assert (pr.precision, pr.recall, pr.hits) == (0.5, 0.5, 1)
+    # 2 predicted, 3 happened, 1 hit: precision is over the predicted, recall over the happened
+    pr = precision_recall(np.array([1, 0, 1, 0, 1], bool), np.array([1, 1, 0, 0, 0], bool))
+    assert (pr.precision, pr.recall, pr.predicted, pr.actual) == (0.5, pytest.approx(1 / 3), 2, 3)
     none = precision_recall(np.zeros(3, bool), np.zeros(3, bool))
     assert none.precision is None and none.recall is None
 
@@ -209,3 +212,16 @@ def test_horizontal_shift_tells_blockworld_turns_apart() -> None:
     env.close()
     assert abs(means[0]) < 0.2
     assert means[1] > 2.0 and means[2] < -2.0  # 5 degrees a step is about 4 pixels at 64x64
+
+
+def test_collapse_needs_more_than_half_of_a_window_flagged(engine_frames: np.ndarray) -> None:
+    """Real frames with a run of blank ones: 10 of a 20-frame window is not a collapse, 11 is,
+    and the verdict names the first window that holds all 11."""
+    band = Band(std=(1.0, 1e9), edge=(0.1, 1e9))  # flags blank frames and nothing real
+    real = engine_frames[:100]
+    assert not detect_collapse(real, band=band, window=20).flagged.any()
+    for blank, step in ((10, None), (11, 31)):
+        dream = real.copy()
+        dream[40 : 40 + blank] = 0
+        report = detect_collapse(dream, band=band, window=20)
+        assert report.blank.sum() == blank and report.collapse_step == step

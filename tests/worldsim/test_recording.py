@@ -165,10 +165,8 @@ def test_every_shard_is_plain_msgpack_with_the_documented_keys(tmp_path):
 
 
 def _writer(path, **kw):
-    return RecordingWriter(
-        path, env_id="Toy", env_kwargs={}, observation_shape=(4, 4, 3),
-        action_space=gym.spaces.MultiDiscrete([3, 2]), agent="test", **kw,
-    )  # fmt: skip
+    kw.setdefault("action_space", gym.spaces.MultiDiscrete([3, 2]))
+    return RecordingWriter(path, env_id="Toy", env_kwargs={}, observation_shape=(4, 4, 3), agent="test", **kw)
 
 
 def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
@@ -184,6 +182,19 @@ def test_writer_rejects_bad_actions_frames_and_existing_files(tmp_path):
     with pytest.raises(RecordingError, match="already exists"):
         _writer(tmp_path / "a.msgpack")
     assert len(list(RecordingReader(tmp_path / "a.msgpack"))) == 1
+
+
+@pytest.mark.parametrize(
+    "space", [gym.spaces.Discrete(3, start=1), gym.spaces.MultiDiscrete([3, 2], start=[0, 1])], ids=["Discrete", "MultiDiscrete"]
+)
+def test_an_action_space_that_does_not_start_at_0_is_refused_before_a_file_is_made(tmp_path, space):
+    """A recording stores actions as 0-based levels: an env whose actions start at 1 would
+    be recorded (and dreamed) one level off, or refused mid-run for its top action."""
+    from worldsim.errors import WorldSimError
+
+    with pytest.raises(WorldSimError, match="start at 0"):
+        _writer(tmp_path / "a.msgpack", action_space=space)
+    assert not (tmp_path / "a.msgpack").exists()
 
 
 def test_a_second_writer_to_the_same_path_is_refused_even_when_it_looked_first(

@@ -162,6 +162,8 @@ _ANY = st.one_of(
 )
 @example(key="t", value=2**64 - 3, drop=False)  # read, then an OverflowError in WindowDataset
 @example(key="episode", value=2**63, drop=False)
+@example(key="action", value=[0, 3], drop=False)  # one past the last level of MultiDiscrete([3, 3])
+@example(key="action", value=[-1, 0], drop=False)
 def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key, value, drop):
     assume(drop or not _valid(key, value))
     data, records = small
@@ -195,6 +197,7 @@ def test_wrong_types_in_a_step_record_raise_recording_error(small, tmp_path, key
 )
 @example(key="observation_shape", value=[1, 1, 3])  # well typed, wrong size: found by this test once
 @example(key="action_space", value={"type": "MultiDiscrete", "nvec": [2**64 - 1, 3]})  # an action >= 2**63 overflowed int64
+@example(key="observation_shape", value=[4, 4, 4])  # the frames' size, but 4 channels: frames are RGB
 def test_wrong_types_in_the_header_raise_recording_error(small, tmp_path, key, value):
     data, records = small
     header = msgpack.unpackb(data[: records[0].offset], raw=False)

@@ -86,21 +86,22 @@ def first_pass_logits(model) -> list:
     return seen
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_sliding_kv_cache_and_a_full_forward_over_the_window(tmp_path, layers: int) -> None:
+@pytest.mark.parametrize(("layers", "prompt"), [(1, 3), (2, 3), (1, 6)])
+def test_sliding_kv_cache_and_a_full_forward_over_the_window(tmp_path, layers: int, prompt: int) -> None:
     """Each step's logits equal a fresh full pass over the window (the last context - 1 frames),
     through a restart and 3 windows past the cache, while no cached frame has seen a frame
     that left the window: always with one layer (its keys are each frame's own), and with
     more only until the window first slides. After that a cached frame's keys in the deeper
     layers still hold what it saw of older frames when it was committed, as in any sliding
     KV cache (docs/model.md, "KV cache"); a recompute would cost the whole window per step.
-    fp32: in bf16 the two paths round differently."""
+    fp32: in bf16 the two paths round differently. A prompt longer than the window (6
+    frames, context 4) fills the whole cache: the first step sees context - 1 frames."""
     ckpt = tiny_checkpoint(tmp_path / "m.safetensors", layers=layers)
     model = worldsim.load(ckpt, device="cpu", precision="fp32", temperature=0, chunks=1)
     dyn: Dynamics = model.backend.dynamics
     ctx = dyn.cfg.context
     seen = first_pass_logits(model)
-    frames, actions = prompt_data(T=3)
+    frames, actions = prompt_data(T=prompt)
     model.prompt(frames, actions)
     codes = [list(model.encode(f)) for f in frames]  # per world: the codes of each frame so far
     acts = [[np.full(2, -1), *a] for a in actions]  # per world: the action that led to each frame
@@ -300,9 +301,39 @@ def test_unfreeze_lets_a_frozen_gated_dream_move_again(tmp_path) -> None:
             prev = m.last_codes
         changed[unfreeze] = moved
     assert changed[0] == [False] * 6  # frozen from the first step
-    assert changed[2][:2] == [False, False] and changed[2][2]  # two still steps, then it moves
+    # Two still steps, then it moves; the move starts the count again: two more, then it moves.
+    assert changed[2] == [False, False, True, False, False, True]
     with pytest.raises(ValueError, match="unfreeze"):
         worldsim.load(str(path), device="cpu", unfreeze=-1)
+
+
+def test_still_keeps_the_previous_frame_exactly_where_the_still_head_says_nothing_changed(tmp_path) -> None:
+    """``load(still=True)``: while the still head says "still", every step shows the prompt's
+    last frame exactly, pixels and codes; where it says "moved", and with ``still`` off, the
+    frame is generated."""
+    torch.manual_seed(0)
+    preset = get_preset("tiny")
+    dyn = Dynamics(dynamics_config(preset, preset.tokenizer.levels, SPEC, 4, still_head=True))
+    torch.nn.init.normal_(dyn.head.weight, std=0.5)
+    path = tmp_path / "still.safetensors"
+    save_model(path, ModelConfig(tokenizer=preset.tokenizer, dynamics=dyn.cfg, frame_shape=(16, 16)),
+               Tokenizer(preset.tokenizer), dyn)  # fmt: skip
+    frames, actions = prompt_data()
+    step = np.array([[1, 0], [2, 1]])
+    shown = {}
+    for still, bias in ((True, 50.0), (True, -50.0), (False, 50.0)):
+        m = worldsim.load(str(path), device="cpu", temperature=0, still=still)
+        with torch.no_grad():
+            m.backend.dynamics.still_head.weight.zero_()
+            m.backend.dynamics.still_head.bias.fill_(bias)
+        m.prompt(frames, actions)
+        prompt_codes = m.last_codes.copy()
+        shown[still, bias] = [m.step(step).frames for _ in range(3)]
+        if (still, bias) == (True, 50.0):
+            assert np.array_equal(m.last_codes, prompt_codes)
+    assert all(np.array_equal(f, frames[:, -1]) for f in shown[True, 50.0])
+    assert not np.array_equal(shown[True, -50.0][0], frames[:, -1])
+    assert all(np.array_equal(a, b) for a, b in zip(shown[True, -50.0], shown[False, 50.0]))  # off: the head is not read
 
 
 def test_keep_pixels_shows_the_previous_pixels_where_a_cells_code_did_not_change(ckpt: str) -> None:

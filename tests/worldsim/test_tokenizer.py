@@ -65,3 +65,14 @@ def test_tokenizer_learns_to_reconstruct_frames() -> None:
     finally:
         torch.set_num_threads(n)
     assert final > 24.0 and final > first + 10.0, f"reconstruction PSNR {first:.1f} -> {final:.1f} dB"
+
+
+def test_decoded_pixels_are_the_nearest_level_and_overshoot_saturates() -> None:
+    """Every level survives the trip to floats and back; a decoder output past the ends of
+    [-1, 1] (a bright sky overshooting) is 255 or 0, never wrapped round to black or white."""
+    from worldsim.tokenizer import float_to_frames, frames_to_float
+
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16, 1).expand(1, 16, 16, 3)
+    assert torch.equal(float_to_frames(frames_to_float(levels)), levels)
+    x = torch.tensor([-1.5, -1.0, 1.0 - 0.4 / 127.5, 1.0, 1.2, 3.0]).reshape(1, 1, 6).expand(3, 1, 6)
+    assert float_to_frames(x)[0, :, 0].tolist() == [0, 0, 255, 255, 255, 255]

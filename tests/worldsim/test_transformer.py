@@ -114,6 +114,11 @@ def test_block_causal_future_frames_and_actions_do_not_change_the_past() -> None
     assert torch.equal(base.logits[:, :3], changed.logits[:, :3])
     assert torch.equal(base.reward[:, :3], changed.reward[:, :3])
     assert not torch.allclose(base.logits[:, 3:], changed.logits[:, 3:])
+    # The frame a target predicts is hidden from it, in every layer: new codes from frame 4 on,
+    # with the same actions, leave the predictions of frames 1-4 as they were.
+    answer = full_pass(model, codes2, actions)
+    assert torch.equal(base.logits[:, :4], answer.logits[:, :4])
+    assert not torch.allclose(base.logits[:, 4:], answer.logits[:, 4:])
 
 
 def test_kv_cache_path_matches_the_full_forward_pass() -> None:
