@@ -97,6 +97,7 @@ CLAIMS: dict[tuple[str, str], str] = {
     " and out.reward.dtype == np.float32 and out.reward.shape == (1,) and out.done.dtype == bool and out.done.shape == (1,)",
     ("model.md", "out.done     # bool [B]"): "out.frames.dtype == np.uint8 and out.frames.shape == (B, 64, 64, 3)"
     " and out.reward.dtype == np.float32 and out.reward.shape == (B,) and out.done.dtype == bool and out.done.shape == (B,)",
+    ("dream.md", "DreamEnv.reset(seed=0 + i)"): "list(info['engine_seed']) == [0, 1]",
     ("blockworld.md", "obs: uint8 (64, 64, 3)"): "obs.dtype == np.uint8 and obs.shape == (64, 64, 3)",
     ("recording.md", "WindowDataset("): "batch.frames.dtype == np.uint8 and batch.frames.shape == (32, 16, 64, 64, 3)"
     " and batch.actions.dtype == np.int64 and batch.actions.shape == (32, 15, 8)",
