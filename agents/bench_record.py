@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.record import RecordConfig, record
+from agents.record import SEED_MAX, RecordConfig, record
 from agents.rollout import make_agent, make_env, small_info
 from envs.blockworld.bench import load_average, load_text
 from worldsim.cpus import usable_cpus
 from worldsim.data import WindowDataset
+from worldsim.errors import WorldSimError
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID
@@ -111,6 +112,24 @@ def _read_rate(path: Path, window: int, batch: int, seconds: float = 3.0) -> dic
     return {"batches_per_s": rate, "frames_per_s": rate * batch * window}
 
 
+def _check(args: argparse.Namespace) -> None:
+    """One-line errors for bad options before anything is printed or measured.
+
+    Without it ``--window 0`` or ``--batch 0`` ended a finished measurement in a traceback,
+    ``--workers 0`` was taken for the default where ``worldsim record`` refuses it, and
+    ``--num-envs 0`` was refused after the first figure, naming flags this command lacks.
+    """
+    if args.workers is not None and args.workers < 1:
+        raise WorldSimError(f"--workers must be at least 1, got {args.workers}")
+    for name in ("steps", "num_envs", "window", "batch"):
+        if getattr(args, name) < 1:
+            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.read_seconds > 0:
+        raise WorldSimError(f"--read-seconds must be positive, got {args.read_seconds}")
+    if not 0 <= args.seed <= SEED_MAX - args.num_envs:
+        raise WorldSimError(f"--seed must be between 0 and {SEED_MAX - args.num_envs}, got {args.seed}")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim bench record", description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default=BLOCKWORLD_ID)
@@ -128,6 +147,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--read-seconds", type=float, default=3.0, help="how long to time reading")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    _check(args)
     workers = args.workers or min(args.num_envs, usable_cpus())
     results: dict[str, Any] = {"cpu_cores": usable_cpus(), "size": args.size, "agent": args.agent}
     # Other processes share these cores; the load average says how much of them we had.

@@ -21,6 +21,12 @@ from worldsim.cli import main as cli
          "width and height must be integers >= 8"),
         (["record", "--env", "worldsim/BlockWorld-v0", "--steps", "5", "--workers", "0", "--out", "never"],
          "--workers must be at least 1"),
+        (["bench", "record", "--window", "0"], "--window must be at least 1, got 0"),
+        (["bench", "record", "--batch", "0"], "--batch must be at least 1, got 0"),
+        (["bench", "record", "--workers", "0"], "--workers must be at least 1, got 0"),
+        (["bench", "record", "--num-envs", "0"], "--num-envs must be at least 1, got 0"),
+        (["bench", "record", "--read-seconds", "0"], "--read-seconds must be positive"),
+        (["bench", "record", "--seed", "-1"], "--seed must be between 0 and"),
         (["replay", "pyproject.toml", "--out", "never.gif", "--max-frames", "0"], "--max-frames must be at least 1"),
         (["demo", "--seed", "-1", "--out", "never"], "--seed must be at least 0"),
         (["eval", "--seed", "-1", "--out", "never"], "--seed values must be at least 0"),
@@ -30,8 +36,9 @@ from worldsim.cli import main as cli
 def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli(argv) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert message in err and "Traceback" not in err
+    assert out == ""  # refused before anything is measured or printed
     assert err.strip().count("\n") == 0
     assert not any(p.name.startswith("never") for p in tmp_path.iterdir())
 
