@@ -24,6 +24,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from worldsim.cli import precision_choice
 from worldsim.errors import WorldSimError
 
 TARGET_SINGLE = 30.0
@@ -191,7 +192,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--width", type=int, help="frame width (default: the model's training frames)")
     p.add_argument("--height", type=int, help="frame height (default: the model's training frames)")
     p.add_argument("--chunks", type=int, help="chunks per frame (default: the model's)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the device's fastest accurate one")
+    p.add_argument("--precision", type=precision_choice, metavar="{auto,fp32,bf16}",
+                   help="auto (the default): the device's fastest accurate one")
     p.add_argument("--nums", default="16,64", help="vector sizes, comma-separated (default 16,64)")
     p.add_argument("--steps", type=int, default=60, help="timed steps per configuration (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")

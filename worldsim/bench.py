@@ -25,6 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from worldsim.checkpoint import ModelConfig, save_model
+from worldsim.cli import precision_choice
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
 from worldsim.runtime import DEFAULT_CHUNKS, WorldModel, load
@@ -110,9 +111,10 @@ def _common(p: argparse.ArgumentParser, size_help: str = "frame size (default 64
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     p.add_argument(
         "--precision",
+        type=precision_choice,
         default=None,
-        choices=["fp32", "bf16"],
-        help="default: the device's fastest accurate one",
+        metavar="{auto,fp32,bf16}",
+        help="auto (the default): the device's fastest accurate one",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"

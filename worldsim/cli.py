@@ -52,6 +52,21 @@ def json_object(text: str) -> dict:
     return value
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""What ``--precision`` takes in every command: ``auto`` is the device's fastest accurate one."""
+
+
+def precision_choice(text: str) -> str | None:
+    """An argparse ``type`` for an inference ``--precision``: ``fp32``, ``bf16``, or ``auto`` (None).
+
+    ``worldsim train`` took ``auto`` while eval and the benches refused it, so a script that
+    passed one ``--precision`` to each command failed on the second.
+    """
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(PRECISIONS)}, got {text!r}")
+    return None if text == "auto" else text
+
+
 def _usage(group: str | None = None) -> str:
     """The command table; with ``group`` (``train``, ``bench``, ...) only that group's commands."""
     names = sorted(n for n in COMMANDS if group is None or n.split()[0] == group)

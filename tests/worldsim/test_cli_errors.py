@@ -84,3 +84,21 @@ def test_a_truncated_recording_is_one_warning_line_naming_the_cut(capsys, tmp_pa
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"worldsim replay: warning: {path}: truncated at byte ")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["eval", "--out", "never"], ["bench", "dream"], ["bench", "dream-env"], ["bench", "train"],
+     ["train", "tokenizer", "--data", "none", "--out", "never.safetensors"]],
+)  # fmt: skip
+def test_every_precision_flag_takes_auto(command, capsys, tmp_path, monkeypatch):
+    """`--precision auto` is accepted wherever --precision is (train took it, eval refused it)."""
+    monkeypatch.chdir(tmp_path)
+    threads = ["--steps", "0"] if command[0] == "train" else ["--threads", "0"]
+    assert cli([*command, "--precision", "auto", *threads]) == 2
+    err = capsys.readouterr().err
+    assert "must be at least 1" in err and "--precision" not in err  # parsed; refused for the next flag
+    with pytest.raises(SystemExit) as e:
+        cli([*command, "--precision", "fp16"])
+    assert e.value.code == 2
+    assert "--precision" in capsys.readouterr().err
