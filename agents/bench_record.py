@@ -201,6 +201,7 @@ def main(argv: list[str]) -> int:
     results["minutes_per_million_steps"] = minutes
     results["load_average_after"] = load_average()  # null where the OS reports none
     print(f"load average {load_text(results['load_average_after'])} after the run")
-    if args.json:
+    if args.json:  # its folder is made, as every command's --out is (a missing one failed the run here)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -140,6 +140,8 @@ def _finish(
     rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]
 ) -> None:
     if path:
+        # Its folder is made, as every command's --out is: a missing one failed the run at its end.
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
 
 

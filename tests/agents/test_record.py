@@ -312,7 +312,7 @@ def test_every_vector_autoreset_mode_records_the_frames_the_env_returned(tmp_pat
 
 
 def test_bench_record_reports_rates_sizes_and_codecs(tmp_path, capsys):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "new folder" / "bench.json"  # made, as every --out's folder is
     argv = ["bench", "record", "--env", FULL_ID, "--agent", "random", "--steps", "60",
             "--num-envs", "2", "--size", "16", "--window", "4", "--batch", "2",
             "--read-seconds", "0.2", "--json", str(out)]  # fmt: skip
