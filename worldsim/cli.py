@@ -84,6 +84,25 @@ def _resolve(argv: Sequence[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _expand_home(args: Sequence[str]) -> list[str]:
+    """``~`` or ``~user`` at the start of an argument, or of the value of ``--option=value``,
+    as the user's home folder.
+
+    The shell expands ``--out ~/runs`` but neither ``--out=~/runs`` nor a quoted ``"~/runs"``
+    (a path held in a script's variable), and argparse does not either: every command then
+    made a folder named ``~`` in the working directory.
+    """
+    expanded = []
+    for arg in args:
+        option, eq, value = arg.partition("=")
+        if arg.startswith("~"):
+            arg = os.path.expanduser(arg)
+        elif option.startswith("--") and eq and value.startswith("~"):
+            arg = f"{option}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
 def _warning_printer(name: str, fallback: Any) -> Any:
     """A ``warnings.showwarning`` that prints WorldSim's own warnings (a truncated recording,
     say) as one line, once each, instead of with the source line that raised them."""
@@ -177,6 +196,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"worldsim: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     name, rest = found
+    rest = _expand_home(rest)
     target = COMMANDS[name][0]
     module_name, func_name = target.split(":")
 

@@ -102,3 +102,17 @@ def test_every_precision_flag_takes_auto(command, capsys, tmp_path, monkeypatch)
         cli([*command, "--precision", "fp16"])
     assert e.value.code == 2
     assert "--precision" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", [["--out", "~/rec"], ["--out=~/rec"]])
+def test_a_path_that_starts_with_a_tilde_is_in_the_home_folder(out, tmp_path, monkeypatch):
+    """`--out=~/rec` and a quoted "~/rec", which the shell leaves alone, mean the home folder as
+    `--out ~/rec` does, not a folder named `~` in the working directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    argv = ["record", "--env", "worldsim/BlockWorld-v0", "--steps", "2", "--width", "16", "--height", "16", "--quiet"]
+    assert cli([*argv, *out]) == 0
+    assert (home / "rec").is_dir() and not list(work.iterdir())
