@@ -132,19 +132,19 @@ def _check(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim bench record", description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default=BLOCKWORLD_ID)
-    p.add_argument("--agent", default="explorer", choices=("random", "explorer"))
-    p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement")
-    p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement")
+    p.add_argument("--env", default=BLOCKWORLD_ID, help=f"Gymnasium id (default {BLOCKWORLD_ID})")
+    p.add_argument("--agent", default="explorer", choices=("random", "explorer"), help="who acts (default explorer)")
+    p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement (default 2000)")
+    p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement (default 8)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: min(num-envs, the CPUs this process may use))")
     p.add_argument(
         "--size", type=int, default=None,
         help="frame width and height, passed to the env (default: the env's own; 64 for BlockWorld)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=16, help="frames per window for the read rate")
-    p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate")
-    p.add_argument("--read-seconds", type=float, default=3.0, help="how long to time reading")
+    p.add_argument("--seed", type=int, default=0, help="seeds the envs' resets and the agents' draws (default 0)")
+    p.add_argument("--window", type=int, default=16, help="frames per window for the read rate (default 16)")
+    p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate (default 32)")
+    p.add_argument("--read-seconds", type=float, default=3.0, help="seconds to time reading (default 3)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     _check(args)

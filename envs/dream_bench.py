@@ -24,7 +24,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from worldsim.cli import precision_choice
+from worldsim.cli import DEVICE_HELP, precision_choice
 from worldsim.errors import WorldSimError
 
 TARGET_SINGLE = 30.0
@@ -187,8 +187,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim bench dream-env", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="dream checkpoint (default: the shipped model)")
     p.add_argument("--preset", help="benchmark a randomly initialised model of this preset instead")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="runtime backend (default torch)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--width", type=int, help="frame width (default: the model's training frames)")
     p.add_argument("--height", type=int, help="frame height (default: the model's training frames)")
     p.add_argument("--chunks", type=int, help="chunks per frame (default: the model's)")

@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from worldsim.checkpoint import ModelConfig, save_model
-from worldsim.cli import precision_choice
+from worldsim.cli import DEVICE_HELP, precision_choice
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
 from worldsim.runtime import DEFAULT_CHUNKS, WorldModel, load
@@ -108,7 +108,7 @@ def _params(m: torch.nn.Module) -> int:
 
 def _common(p: argparse.ArgumentParser, size_help: str = "frame size (default 64 64)") -> None:
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help=size_help)
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--precision",
         type=precision_choice,
@@ -163,7 +163,7 @@ def dream_parser() -> argparse.ArgumentParser:
         "--backend",
         nargs="+",
         default=["torch"],
-        help="runtime backends, timed side by side in one run (torch onnx)",
+        help="runtime backends, timed side by side in one run: torch, onnx or both (default torch)",
     )
     ap.add_argument(
         "--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)"
@@ -375,7 +375,7 @@ def train_main(argv: list[str]) -> int:
     """``worldsim bench train``: training frames/s and tokens/s per preset and model, share of peak."""
     ap = argparse.ArgumentParser(prog="worldsim bench train", description=train_main.__doc__)
     ap.add_argument(
-        "--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time"
+        "--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time (default tiny small base)"
     )
     ap.add_argument(
         "--batch",

@@ -52,6 +52,9 @@ def json_object(text: str) -> dict:
     return value
 
 
+DEVICE_HELP = "torch device: auto (the default: CUDA if present, else the CPU), cpu, cuda, cuda:1 ..."
+"""The help of ``--device``, the same in every command."""
+
 PRECISIONS = ("auto", "fp32", "bf16")
 """What ``--precision`` takes in every command: ``auto`` is the device's fastest accurate one."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldsim.cli import DEVICE_HELP
 from worldsim.eval_media import side_by_side, write_gif
 from worldsim.metrics import psnr
 from worldsim.reference import HELDOUT_SEED_BASE, ReferenceEnv, make_policy
@@ -27,10 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldsim demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for dream.gif and side_by_side.gif")
     p.add_argument("--checkpoint", default=None, help="dynamics checkpoint (default: the shipped model)")
-    p.add_argument("--steps", type=int, default=200, help="open-loop steps to dream")
-    p.add_argument("--seed", type=int, default=0, help="which held-out world (and the explorer's choices)")
-    p.add_argument("--scale", type=int, default=3, help="GIF upscaling factor")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--steps", type=int, default=200, help="open-loop steps to dream (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="which held-out world (and the explorer's choices; default 0)")
+    p.add_argument("--scale", type=int, default=3, help="GIF upscaling factor (default 3)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return p
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.atomic import atomic_write_text
-from worldsim.cli import json_object, precision_choice
+from worldsim.cli import DEVICE_HELP, json_object, precision_choice
 from worldsim.errors import WorldSimError
 from worldsim.eval_probes import action_names, permanence, stability
 from worldsim.idm import IDMConfig, IDMData, cache_key, load_or_train
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=None, help="passes per frame (default: the runtime's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the runtime's)")
     p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", type=precision_choice, default=None, metavar="{auto,fp32,bf16}", help="auto (the default): the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
     p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",

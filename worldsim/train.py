@@ -56,6 +56,7 @@ from worldsim.checkpoint import (
     sha256_file,
     weights_digest,
 )
+from worldsim.cli import DEVICE_HELP
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
 from worldsim.tokenizer import psnr
@@ -119,12 +120,12 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
         "--overwrite", action="store_true",
         help="train a new model in place of an existing --out (without it, or --resume, an existing --out is refused)",
     )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16"],
-        help="autocast dtype; auto = bf16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32",
+        help="autocast dtype; auto (the default) = bf16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32",
     )
     p.add_argument(
         "--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)"

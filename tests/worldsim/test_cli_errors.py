@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from worldsim.cli import COMMANDS, DEVICE_HELP
 from worldsim.cli import main as cli
 
 
@@ -116,3 +119,41 @@ def test_a_path_that_starts_with_a_tilde_is_in_the_home_folder(out, tmp_path, mo
     argv = ["record", "--env", "worldsim/BlockWorld-v0", "--steps", "2", "--width", "16", "--height", "16", "--quiet"]
     assert cli([*argv, *out]) == 0
     assert (home / "rec").is_dir() and not list(work.iterdir())
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser, as `worldsim COMMAND --help` builds it."""
+    import contextlib
+    import io
+
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def grab(self: argparse.ArgumentParser, file: object = None) -> None:
+        found[self.prog.removeprefix("worldsim ")] = self
+
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        mp.setattr(argparse.ArgumentParser, "print_help", grab)
+        for name in COMMANDS:
+            with contextlib.suppress(SystemExit):
+                cli([*name.split(), "--help"])
+    assert set(found) == set(COMMANDS)
+    return found
+
+
+def test_every_option_with_a_default_states_it_in_its_help():
+    """`--help` says what an option left out means: `bench record --agent` is explorer, not
+    `record`'s random, and `demo --steps` 200; an option without a help line says nothing."""
+    silent = []
+    for name, parser in _parsers().items():
+        for a in parser._actions:
+            quiet_default = a.default in (None, {}, argparse.SUPPRESS) or a.default is False or a.nargs == 0
+            if a.option_strings and not quiet_default and "default" not in (a.help or ""):
+                silent.append(f"{name} {a.option_strings[0]} (default {a.default!r})")
+    assert not silent, silent
+
+
+def test_device_has_the_same_help_everywhere():
+    """Every --device takes the same values and says so in the same words (play: "the dream's")."""
+    helps = {name: a.help for name, p in _parsers().items() for a in p._actions if "--device" in a.option_strings}
+    assert len(helps) >= 8
+    assert all(h.endswith(DEVICE_HELP) for h in helps.values()), helps
