@@ -47,6 +47,8 @@ def main(argv: list[str]) -> int:
     if a.seed < 0:
         raise WorldSimError(f"--seed must be at least 0, got {a.seed}")
     set_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)  # an --out that cannot be a folder fails now, not after the dream
     model = load(a.checkpoint, device=a.device, seed=a.seed)
     env_id = model.config.env_id
     if env_id is None:
@@ -65,8 +67,6 @@ def main(argv: list[str]) -> int:
     dream = np.stack(dream)  # (steps, H, W, 3)
     real, last = tr.frames[P:], tr.frames[P - 1]
     p_dream, p_copy = psnr(dream, real), psnr(np.broadcast_to(last, real.shape), real)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     context = tr.frames[:P]
     big = np.concatenate([context, dream])
     write_gif(out / "dream.gif", np.repeat(np.repeat(big, a.scale, axis=1), a.scale, axis=2))

@@ -157,3 +157,16 @@ def test_device_has_the_same_help_everywhere():
     helps = {name: a.help for name, p in _parsers().items() for a in p._actions if "--device" in a.option_strings}
     assert len(helps) >= 8
     assert all(h.endswith(DEVICE_HELP) for h in helps.values()), helps
+
+
+def test_demo_refuses_an_out_that_cannot_be_a_folder_before_it_dreams(tmp_path, monkeypatch, capsys):
+    """As eval and export do: not after a minute of loading the model and dreaming."""
+    import worldsim.runtime
+
+    def no_dream(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(worldsim.runtime, "load", no_dream)
+    (tmp_path / "a file").write_text("")
+    assert cli(["demo", "--out", str(tmp_path / "a file")]) == 2
+    assert "worldsim demo: error: File exists" in capsys.readouterr().err
