@@ -75,8 +75,11 @@ def main(argv: list[str]) -> int:
     resets = int(tr.resets[P - 1 :].sum())
     print(f"{env_id} seed {DEMO_SEED_BASE + a.seed}: {P} real context frames, then {a.steps} dreamed steps under {name} actions")
     print(f"speed: {fps:.1f} frames/s (one world, {model.backend.device}, chunks {model.chunks})")
-    print(f"PSNR vs real, steps 1-{k}: dream {p_dream[:k].mean():.2f} dB, copy-last {p_copy[:k].mean():.2f} dB")
-    print(f"PSNR vs real, steps 1-{a.steps}: dream {p_dream.mean():.2f} dB, copy-last {p_copy.mean():.2f} dB"
-          + (f" (the real episode restarted {resets}x)" if resets else ""))  # fmt: skip
+    restarted = f" (the real episode restarted {resets}x)" if resets else ""
+    print(f"PSNR vs real, steps 1-{k}: dream {p_dream[:k].mean():.2f} dB, copy-last {p_copy[:k].mean():.2f} dB"
+          + (restarted if k == a.steps else ""))  # fmt: skip
+    if a.steps > k:  # a short run's whole is its first steps: one line, not the same one twice
+        print(f"PSNR vs real, steps 1-{a.steps}: dream {p_dream.mean():.2f} dB, copy-last {p_copy.mean():.2f} dB"
+              + restarted)  # fmt: skip
     print(f"wrote {out / 'dream.gif'} and {out / 'side_by_side.gif'} (left: real, middle: dream, right: |difference| x4)")
     return 0
