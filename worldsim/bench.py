@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from worldsim.checkpoint import ModelConfig, save_model
 from worldsim.cli import DEVICE_HELP, precision_choice
+from worldsim.cpus import set_threads
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
 from worldsim.runtime import DEFAULT_CHUNKS, WorldModel, load
@@ -117,7 +118,7 @@ def _common(p: argparse.ArgumentParser, size_help: str = "frame size (default 64
         help="auto (the default): the device's fastest accurate one",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+        "--threads", type=int, default=None, help="CPU threads of either backend (default: the backend's own)"
     )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
@@ -207,11 +208,7 @@ def run_dream(a: argparse.Namespace) -> int:
     _check_common(a)
     if min(a.batch) < 1 or min(a.chunks) < 1 or not a.seconds > 0:
         raise WorldSimError(f"--batch and --chunks must be at least 1 and --seconds positive, got {a.batch}, {a.chunks}, {a.seconds}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-        os.environ["WORLDSIM_ORT_THREADS"] = str(
-            a.threads
-        )  # the ONNX backend's sessions: same thread count
+    set_threads(a.threads)  # torch's and the ONNX backend's sessions': the same thread count
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)
@@ -389,8 +386,7 @@ def train_main(argv: list[str]) -> int:
     _check_common(a)
     if a.steps < 1 or a.batch < 1:
         raise WorldSimError(f"--steps and --batch must be at least 1, got {a.steps} and {a.batch}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)

@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
+    from worldsim.cpus import set_threads
     from worldsim.errors import WorldSimError
-    from worldsim.evaluate import set_threads
     from worldsim.runtime import load
 
     if a.steps < 1 or a.scale < 1:

@@ -442,7 +442,7 @@ class RecipeRun:
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""
-        from worldsim.evaluate import set_threads
+        from worldsim.cpus import set_threads
         from worldsim.torch_backend import pick_device
 
         # Checked before any work: a device this machine lacks failed only at the first training
