@@ -182,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        # asked for: on stdout, status 0; a bare `worldsim` is a usage error (stderr, 2), as a
+        # bare `worldsim train` is and argparse's own usage errors are
+        print(_usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         from worldsim import __version__

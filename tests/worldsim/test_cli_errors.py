@@ -56,6 +56,16 @@ def test_a_command_group_lists_its_commands(capsys):
     assert "bench dream" in err and "train tokenizer" not in err
 
 
+def test_a_bare_worldsim_is_a_usage_error_on_stderr(capsys):
+    """As a bare `worldsim train` is: the command table on stderr and status 2; --help: stdout, 0."""
+    assert cli([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "train tokenizer" in err
+    assert cli(["--help"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "train tokenizer" in out
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["record", "--help"]])
 def test_output_into_a_closed_pipe_ends_quietly(argv):
     """``worldsim --help | head -1``: the reader is gone before the help is written."""
