@@ -547,7 +547,7 @@ def main(argv: list[str]) -> int:
                    help="decide for each dream frame at once which cells change: the most likely ones, as many as expected (default: off)")
     p.add_argument("--device", help=f"the dream's {DEVICE_HELP}")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of the dream, either backend (default: the backend's own)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the dream, in torch or ONNX Runtime (default: their own)")
     a = p.parse_args(argv)
     if a.max_steps is not None and a.max_steps < 1:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")

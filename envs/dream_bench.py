@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--nums", default="16,64", help="vector sizes, comma-separated (default 16,64)")
     p.add_argument("--steps", type=int, default=60, help="timed steps per configuration (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    p.add_argument("--threads", type=int, help="CPU threads of either backend (default: the backend's own)")
+    p.add_argument("--threads", type=int, help="CPU threads of torch and of ONNX Runtime (default: their own)")
     p.add_argument("--rollout", type=int, metavar="N",
                    help="instead: one env for N steps, reporting memory growth and blank/frozen frames")
     a = p.parse_args(argv)

@@ -118,7 +118,7 @@ def _common(p: argparse.ArgumentParser, size_help: str = "frame size (default 64
         help="auto (the default): the device's fastest accurate one",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads of either backend (default: the backend's own)"
+        "--threads", type=int, default=None, help="CPU threads of torch and of ONNX Runtime (default: their own)"
     )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
 

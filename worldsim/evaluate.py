@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx (default %(default)s)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", type=precision_choice, default=None, metavar="{auto,fp32,bf16}", help="auto (the default): the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of either backend, torch or onnx (default: the backend's own; 1 is fastest for tiny models on a busy machine)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch and of ONNX Runtime (default: their own; 1 is fastest for tiny models on a busy machine)")
     p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
                    help="seeds the policies and the sampling; several: one eval each in OUT/seed-S, "
                         "and OUT/seeds.json with each figure's mean, min and max over them (default 0)")  # fmt: skip

@@ -129,7 +129,7 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
         help="autocast dtype; auto (the default) = bf16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32",
     )
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads of each process (default: torch's), as bench train and train recipe take")  # fmt: skip
+                   help="torch CPU threads of each process (default: torch's)")  # fmt: skip
     p.add_argument(
         "--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)"
     )
