@@ -24,20 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from agents.record import RecordConfig, record
+from agents.record import SEED_MAX, RecordConfig, record
 from agents.rollout import make_agent, make_env, small_info
 from envs.blockworld.bench import load_average, load_text
 from worldsim.cpus import usable_cpus
 from worldsim.data import WindowDataset
+from worldsim.errors import WorldSimError
 from worldsim.png import encode_png
 from worldsim.recording import RecordingWriter
 from worldsim.registration import BLOCKWORLD_ID
 from worldsim.spaces import ActionSpec, native_action
 
 
-def _split(env_id: str, agent: str, steps: int, size: int | None, seed: int) -> dict[str, Any]:
-    """Time env, agent and writer separately in one process (CPU seconds per step)."""
-    env = make_env(env_id, 1, {} if size is None else {"width": size, "height": size})
+def _split(env_id: str, agent: str, steps: int, size: tuple[int, int] | None, seed: int) -> dict[str, Any]:
+    """Time env, agent and writer separately in one process (CPU seconds per step); ``size`` is (H, W)."""
+    env = make_env(env_id, 1, {} if size is None else {"width": size[1], "height": size[0]})
     spec = ActionSpec.from_space(env.action_space)
     agent_ = make_agent(agent, env_id, spec, np.random.default_rng(seed))
     obs, info = env.reset(seed=seed)
@@ -111,25 +112,50 @@ def _read_rate(path: Path, window: int, batch: int, seconds: float = 3.0) -> dic
     return {"batches_per_s": rate, "frames_per_s": rate * batch * window}
 
 
+def _check(args: argparse.Namespace) -> None:
+    """One-line errors for bad options before anything is printed or measured.
+
+    Without it ``--window 0`` or ``--batch 0`` ended a finished measurement in a traceback,
+    ``--workers 0`` was taken for the default where ``worldsim record`` refuses it, and
+    ``--num-envs 0`` was refused after the first figure, naming flags this command lacks.
+    """
+    if args.workers is not None and args.workers < 1:
+        raise WorldSimError(f"--workers must be at least 1, got {args.workers}")
+    for name in ("steps", "num_envs", "window", "batch"):
+        if getattr(args, name) < 1:
+            raise WorldSimError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.size is not None and len(args.size) > 2:
+        raise WorldSimError(f"--size takes H W or one number, got {len(args.size)} numbers")
+    if not args.read_seconds > 0:
+        raise WorldSimError(f"--read-seconds must be positive, got {args.read_seconds}")
+    if not 0 <= args.seed <= SEED_MAX - args.num_envs:
+        raise WorldSimError(f"--seed must be between 0 and {SEED_MAX - args.num_envs}, got {args.seed}")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim bench record", description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default=BLOCKWORLD_ID)
-    p.add_argument("--agent", default="explorer", choices=("random", "explorer"))
-    p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement")
-    p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement")
+    p.add_argument("--env", default=BLOCKWORLD_ID, help=f"Gymnasium id (default {BLOCKWORLD_ID})")
+    p.add_argument("--agent", default="explorer", choices=("random", "explorer"), help="who acts (default explorer)")
+    p.add_argument("--steps", type=int, default=2000, help="steps per end-to-end measurement (default 2000)")
+    p.add_argument("--num-envs", type=int, default=8, help="envs for the parallel measurement (default 8)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: min(num-envs, the CPUs this process may use))")
     p.add_argument(
-        "--size", type=int, default=None,
-        help="frame width and height, passed to the env (default: the env's own; 64 for BlockWorld)",
+        "--size", type=int, nargs="+", default=None, metavar="SIZE",
+        help="frame size passed to the env: H W as bench train and bench dream take it, or one number "
+        "for a square (default: the env's own; 64 64 for BlockWorld)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=16, help="frames per window for the read rate")
-    p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate")
-    p.add_argument("--read-seconds", type=float, default=3.0, help="how long to time reading")
+    p.add_argument("--seed", type=int, default=0, help="seeds the envs' resets and the agents' draws (default 0)")
+    p.add_argument("--window", type=int, default=16, help="frames per window for the read rate (default 16)")
+    p.add_argument("--batch", type=int, default=32, help="windows per batch for the read rate (default 32)")
+    p.add_argument("--read-seconds", type=float, default=3.0, help="seconds to time reading (default 3)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    _check(args)
+    # (H, W); the figures keep one number as it was given, as they always have
+    size = None if args.size is None else (args.size[0], args.size[-1])
+    shown = None if args.size is None else args.size[0] if len(args.size) == 1 else args.size
     workers = args.workers or min(args.num_envs, usable_cpus())
-    results: dict[str, Any] = {"cpu_cores": usable_cpus(), "size": args.size, "agent": args.agent}
+    results: dict[str, Any] = {"cpu_cores": usable_cpus(), "size": shown, "agent": args.agent}
     # Other processes share these cores; the load average says how much of them we had.
     print(f"{usable_cpus()} CPU cores to use, load average {load_text(load_average())} before the run")
 
@@ -141,7 +167,8 @@ def main(argv: list[str]) -> int:
         for label, (num_envs, procs) in runs.items():
             cfg = RecordConfig(
                 env=args.env, agent=args.agent, steps=args.steps, out=str(Path(tmp) / label.replace(" ", "_")),
-                num_envs=num_envs, workers=procs, seed=args.seed, width=args.size, height=args.size,
+                num_envs=num_envs, workers=procs, seed=args.seed,
+                width=None if size is None else size[1], height=None if size is None else size[0],
             )  # fmt: skip
             r = record(cfg, progress_bar=False)
             results[label] = {
@@ -160,7 +187,7 @@ def main(argv: list[str]) -> int:
             f"{args.batch} windows x {args.window} frames = {reading['frames_per_s']:.0f} frames/s, one core"
         )
 
-    split = _split(args.env, args.agent, min(args.steps, 1000), args.size, args.seed)
+    split = _split(args.env, args.agent, min(args.steps, 1000), size, args.seed)
     total = split["env_ms"] + split["agent_ms"] + split["writer_ms"]
     print(f"\nCPU time per step in one process ({total:.2f} ms):")
     for key in ("env_ms", "agent_ms", "writer_ms"):
@@ -181,6 +208,7 @@ def main(argv: list[str]) -> int:
     results["minutes_per_million_steps"] = minutes
     results["load_average_after"] = load_average()  # null where the OS reports none
     print(f"load average {load_text(results['load_average_after'])} after the run")
-    if args.json:
+    if args.json:  # its folder is made, as every command's --out is (a missing one failed the run here)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

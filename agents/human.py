@@ -34,6 +34,7 @@ from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, check_keymap
 from agents.overlay import Overlay, OverlayState
 from agents.worlds import World, make_world
 from envs.window import check_display
+from worldsim.cli import DEVICE_HELP
 from worldsim.errors import WorldSimError
 from worldsim.spaces import ActionSpec
 
@@ -544,9 +545,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--guidance", type=float, help="dream action guidance scale, 1 = none (default: the model's)")
     p.add_argument("--ranked-moves", action=argparse.BooleanOptionalAction, default=None,
                    help="decide for each dream frame at once which cells change: the most likely ones, as many as expected (default: off)")
-    p.add_argument("--device", help="the dream's torch device: auto, cpu, cuda, cuda:1 ... (default: auto, CUDA if present)")
+    p.add_argument("--device", help=f"the dream's {DEVICE_HELP}")
     p.add_argument("--screenshot-dir", default=".", help="where F2 saves screenshots (default: .)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the dream (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the dream, in torch or ONNX Runtime (default: their own)")
     a = p.parse_args(argv)
     if a.max_steps is not None and a.max_steps < 1:
         raise WorldSimError(f"--max-steps must be at least 1, got {a.max_steps}")
@@ -559,7 +560,7 @@ def main(argv: list[str]) -> int:
         raise WorldSimError(f"{', '.join(dream_only)} set the dream's model, but --world engine plays BlockWorld "
                             "alone; use --world dream or side-by-side")  # fmt: skip
     a.backend = a.backend or "torch"
-    from worldsim.evaluate import set_threads
+    from worldsim.cpus import set_threads
 
     set_threads(a.threads)
     if a.record and Path(a.record).exists():  # before the window opens: a session is never lost to it

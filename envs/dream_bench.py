@@ -24,6 +24,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from worldsim.cli import DEVICE_HELP, precision_choice
 from worldsim.errors import WorldSimError
 
 TARGET_SINGLE = 30.0
@@ -186,16 +187,17 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="worldsim bench dream-env", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="dream checkpoint (default: the shipped model)")
     p.add_argument("--preset", help="benchmark a randomly initialised model of this preset instead")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="runtime backend (default torch)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--width", type=int, help="frame width (default: the model's training frames)")
     p.add_argument("--height", type=int, help="frame height (default: the model's training frames)")
     p.add_argument("--chunks", type=int, help="chunks per frame (default: the model's)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the device's fastest accurate one")
+    p.add_argument("--precision", type=precision_choice, metavar="{auto,fp32,bf16}",
+                   help="auto (the default): the device's fastest accurate one")
     p.add_argument("--nums", default="16,64", help="vector sizes, comma-separated (default 16,64)")
     p.add_argument("--steps", type=int, default=60, help="timed steps per configuration (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads of torch and of ONNX Runtime (default: their own)")
     p.add_argument("--rollout", type=int, metavar="N",
                    help="instead: one env for N steps, reporting memory growth and blank/frozen frames")
     a = p.parse_args(argv)
@@ -209,9 +211,9 @@ def main(argv: list[str]) -> int:
     import torch
 
     import worldsim  # noqa: F401  (registers the ids)
+    from worldsim.cpus import set_threads
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)  # torch's and the ONNX backend's, as bench dream's --threads
     from worldsim.bench import onnx_cache_in
 
     with tempfile.TemporaryDirectory() as tmp, onnx_cache_in(str(Path(tmp) / "onnx") if a.preset else None):

@@ -312,7 +312,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="folder to write the graphs and manifest.json into")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 14..20 (default {DEFAULT_OPSET})")
     ap.add_argument("--parity", type=int, default=0, metavar="STEPS",
-                    help="then roll out torch and ONNX Runtime side by side for STEPS open-loop steps and print how they agree")  # fmt: skip
+                    help="then roll out torch and ONNX Runtime side by side for STEPS open-loop steps and print how they agree (default 0: no rollout)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.parity < 0:
         raise WorldSimError(f"--parity takes a number of steps >= 0, got {args.parity}")

@@ -18,7 +18,7 @@ from worldsim.errors import WorldSimError
 
 THREADS_ENV = "WORLDSIM_ORT_THREADS"
 """Intra-op threads of every session (unset: ONNX Runtime's default, one per physical core).
-``worldsim bench dream --threads N`` sets it, so both backends run on N threads."""
+``--threads N`` (eval, play, the benchmarks) sets it, so both backends run on N threads."""
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 INSTALL_HINT = (

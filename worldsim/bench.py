@@ -25,6 +25,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from worldsim.checkpoint import ModelConfig, save_model
+from worldsim.cli import DEVICE_HELP, precision_choice
+from worldsim.cpus import set_threads
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
 from worldsim.runtime import DEFAULT_CHUNKS, WorldModel, load
@@ -107,15 +109,16 @@ def _params(m: torch.nn.Module) -> int:
 
 def _common(p: argparse.ArgumentParser, size_help: str = "frame size (default 64 64)") -> None:
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help=size_help)
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--precision",
+        type=precision_choice,
         default=None,
-        choices=["fp32", "bf16"],
-        help="default: the device's fastest accurate one",
+        metavar="{auto,fp32,bf16}",
+        help="auto (the default): the device's fastest accurate one",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+        "--threads", type=int, default=None, help="CPU threads of torch and of ONNX Runtime (default: their own)"
     )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
@@ -138,6 +141,8 @@ def _finish(
     rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]
 ) -> None:
     if path:
+        # Its folder is made, as every command's --out is: a missing one failed the run at its end.
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
 
 
@@ -159,7 +164,7 @@ def dream_parser() -> argparse.ArgumentParser:
         "--backend",
         nargs="+",
         default=["torch"],
-        help="runtime backends, timed side by side in one run (torch onnx)",
+        help="runtime backends, timed side by side in one run: torch, onnx or both (default torch)",
     )
     ap.add_argument(
         "--batch", type=int, nargs="+", default=[1, 64], help="worlds per step (default 1 64)"
@@ -203,11 +208,7 @@ def run_dream(a: argparse.Namespace) -> int:
     _check_common(a)
     if min(a.batch) < 1 or min(a.chunks) < 1 or not a.seconds > 0:
         raise WorldSimError(f"--batch and --chunks must be at least 1 and --seconds positive, got {a.batch}, {a.chunks}, {a.seconds}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-        os.environ["WORLDSIM_ORT_THREADS"] = str(
-            a.threads
-        )  # the ONNX backend's sessions: same thread count
+    set_threads(a.threads)  # torch's and the ONNX backend's sessions': the same thread count
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)
@@ -371,7 +372,7 @@ def train_main(argv: list[str]) -> int:
     """``worldsim bench train``: training frames/s and tokens/s per preset and model, share of peak."""
     ap = argparse.ArgumentParser(prog="worldsim bench train", description=train_main.__doc__)
     ap.add_argument(
-        "--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time"
+        "--presets", nargs="+", default=["tiny", "small", "base"], help="presets to time (default tiny small base)"
     )
     ap.add_argument(
         "--batch",
@@ -385,8 +386,7 @@ def train_main(argv: list[str]) -> int:
     _check_common(a)
     if a.steps < 1 or a.batch < 1:
         raise WorldSimError(f"--steps and --batch must be at least 1, got {a.steps} and {a.batch}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     dev = pick_device(a.device)
     precision = a.precision or default_precision(dev)
     peaks = _peaks(dev)

@@ -52,6 +52,24 @@ def json_object(text: str) -> dict:
     return value
 
 
+DEVICE_HELP = "torch device: auto (the default: CUDA if present, else the CPU), cpu, cuda, cuda:1 ..."
+"""The help of ``--device``, the same in every command."""
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""What ``--precision`` takes in every command: ``auto`` is the device's fastest accurate one."""
+
+
+def precision_choice(text: str) -> str | None:
+    """An argparse ``type`` for an inference ``--precision``: ``fp32``, ``bf16``, or ``auto`` (None).
+
+    ``worldsim train`` took ``auto`` while eval and the benches refused it, so a script that
+    passed one ``--precision`` to each command failed on the second.
+    """
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(PRECISIONS)}, got {text!r}")
+    return None if text == "auto" else text
+
+
 def _usage(group: str | None = None) -> str:
     """The command table; with ``group`` (``train``, ``bench``, ...) only that group's commands."""
     names = sorted(n for n in COMMANDS if group is None or n.split()[0] == group)
@@ -67,6 +85,25 @@ def _resolve(argv: Sequence[str]) -> tuple[str, list[str]] | None:
         if len(argv) >= n and name in COMMANDS:
             return name, list(argv[n:])
     return None
+
+
+def _expand_home(args: Sequence[str]) -> list[str]:
+    """``~`` or ``~user`` at the start of an argument, or of the value of ``--option=value``,
+    as the user's home folder.
+
+    The shell expands ``--out ~/runs`` but neither ``--out=~/runs`` nor a quoted ``"~/runs"``
+    (a path held in a script's variable), and argparse does not either: every command then
+    made a folder named ``~`` in the working directory.
+    """
+    expanded = []
+    for arg in args:
+        option, eq, value = arg.partition("=")
+        if arg.startswith("~"):
+            arg = os.path.expanduser(arg)
+        elif option.startswith("--") and eq and value.startswith("~"):
+            arg = f"{option}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
 
 
 def _warning_printer(name: str, fallback: Any) -> Any:
@@ -145,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        # asked for: on stdout, status 0; a bare `worldsim` is a usage error (stderr, 2), as a
+        # bare `worldsim train` is and argparse's own usage errors are
+        print(_usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         from worldsim import __version__
@@ -162,6 +201,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"worldsim: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     name, rest = found
+    rest = _expand_home(rest)
     target = COMMANDS[name][0]
     module_name, func_name = target.split(":")
 

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from worldsim.atomic import atomic_write_text
-from worldsim.cli import json_object
+from worldsim.cli import DEVICE_HELP, json_object, precision_choice
+from worldsim.cpus import set_threads
 from worldsim.errors import WorldSimError
 from worldsim.eval_probes import action_names, permanence, stability
 from worldsim.idm import IDMConfig, IDMData, cache_key, load_or_train
@@ -448,9 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=None, help="passes per frame (default: the runtime's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the runtime's)")
     p.add_argument("--backend", default="torch", help="runtime backend: torch or onnx (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", type=precision_choice, default=None, metavar="{auto,fp32,bf16}", help="auto (the default): the device's fastest accurate one (bf16 on CUDA and on CPUs with native bf16)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch and of ONNX Runtime (default: their own; 1 is fastest for tiny models on a busy machine)")
     p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
                    help="seeds the policies and the sampling; several: one eval each in OUT/seed-S, "
                         "and OUT/seeds.json with each figure's mean, min and max over them (default 0)")  # fmt: skip
@@ -572,17 +573,6 @@ def spread_table(spread: dict[str, Any]) -> str:
             vals = ", ".join("n/a" if v is None else f"{v:.3f}" for v in e["values"])
             lines.append(f"{name:<44} mean {e['mean']:8.3f}  min {e['min']:8.3f}  max {e['max']:8.3f}  ({vals})")
     return "\n".join(lines)
-
-
-def set_threads(threads: int | None) -> None:
-    """Set torch's CPU threads (None: leave torch's default)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise WorldSimError("--threads must be at least 1")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def summary(m: dict[str, Any]) -> str:

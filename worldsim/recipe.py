@@ -60,6 +60,7 @@ from safetensors import safe_open
 
 from worldsim.atomic import LockBusy, atomic_copy, atomic_write_text, exclusive_lock
 from worldsim.checkpoint import checkpoint_steps
+from worldsim.cli import DEVICE_HELP
 from worldsim.errors import WorldSimError
 
 ASSEMBLY_FIELDS = ("guidance", "guided_actions")
@@ -441,7 +442,7 @@ class RecipeRun:
 
     def run(self, install: bool = False) -> Path:
         """Do the work that is left; returns the model checkpoint."""
-        from worldsim.evaluate import set_threads
+        from worldsim.cpus import set_threads
         from worldsim.torch_backend import pick_device
 
         # Checked before any work: a device this machine lacks failed only at the first training
@@ -499,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=f"recipes:\n{lines}", formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("name", help="the recipe (see below)")
     p.add_argument("--dir", default=None, help="working folder (default: runs/NAME); run again to resume")
-    p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--install", action="store_true", help="when finished, make it the package's default model")
     return p

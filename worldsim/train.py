@@ -56,6 +56,8 @@ from worldsim.checkpoint import (
     sha256_file,
     weights_digest,
 )
+from worldsim.cli import DEVICE_HELP
+from worldsim.cpus import set_threads
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
 from worldsim.tokenizer import psnr
@@ -119,13 +121,15 @@ def _common_args(p: argparse.ArgumentParser, batch: int) -> None:
         "--overwrite", action="store_true",
         help="train a new model in place of an existing --out (without it, or --resume, an existing --out is refused)",
     )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16"],
-        help="autocast dtype; auto = bf16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32",
+        help="autocast dtype; auto (the default) = bf16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32",
     )
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of each process (default: torch's)")  # fmt: skip
     p.add_argument(
         "--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)"
     )
@@ -150,6 +154,8 @@ def _loop_config(a: argparse.Namespace, kind: str) -> LoopConfig:
         raise WorldSimError(f"--lr must be a number >= 0, got {a.lr}")
     if a.warmup < 0:
         raise WorldSimError(f"--warmup must be at least 0, got {a.warmup}")
+    if a.threads is not None and a.threads < 1:
+        raise WorldSimError(f"--threads must be at least 1, got {a.threads}")
     for name in ("seed", "split_seed"):
         if getattr(a, name) is not None and getattr(a, name) < 0:
             raise WorldSimError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(a, name)}")
@@ -662,6 +668,7 @@ def _env(ds: Any) -> dict[str, Any]:
 
 
 def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
+    set_threads(a.threads)
     dev = pick_device(a.device)
     return dev, _Dist(dev)
 
@@ -669,7 +676,7 @@ def _setup(a: argparse.Namespace) -> tuple[torch.device, _Dist]:
 def _run_settings(a: argparse.Namespace, names: tuple[str, ...], processes: int) -> dict[str, Any]:
     """The flags a ``--resume`` must repeat: the data and ``--init`` (by name), batch, learning rate, warm-up,
     seeds and the task's own ``names``, and the number of DDP ``processes``. Steps, checkpoint
-    and log intervals, device and precision may change between sessions."""
+    and log intervals, device, precision and threads may change between sessions."""
     shared = ("batch", "lr", "warmup", "seed", "split_seed")
     # --init by name too: it gives a fine-tune its architecture and defaults, so a resume that
     # drops or changes it would train another model on the state's weights. The processes too:

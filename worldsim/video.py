@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("path", help="recording file or shard folder")
     p.add_argument("--out", required=True, help="video.mp4 or video.gif")
     p.add_argument(
-        "--fps", type=float, default=20.0, help="frames per second (BlockWorld ticks at 20)"
+        "--fps", type=float, default=20.0, help="frames per second (default 20, the rate BlockWorld ticks at)"
     )
     p.add_argument("--overlay", action="store_true", help="show episode, step, action and reward")
     p.add_argument(

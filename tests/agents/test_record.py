@@ -312,7 +312,7 @@ def test_every_vector_autoreset_mode_records_the_frames_the_env_returned(tmp_pat
 
 
 def test_bench_record_reports_rates_sizes_and_codecs(tmp_path, capsys):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "new folder" / "bench.json"  # made, as every --out's folder is
     argv = ["bench", "record", "--env", FULL_ID, "--agent", "random", "--steps", "60",
             "--num-envs", "2", "--size", "16", "--window", "4", "--batch", "2",
             "--read-seconds", "0.2", "--json", str(out)]  # fmt: skip
@@ -670,3 +670,17 @@ def test_record_help_explains_every_option_and_names_the_default_agent(capsys):
     for action in build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
     assert "explorer (a scripted BlockWorld player" in text and "(default: random)" in text
+
+
+def test_bench_record_takes_size_as_h_w_like_the_other_benches(tmp_path, capsys):
+    """`--size H W`, as bench train and bench dream take it; one number is still a square."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "record", "--env", FULL_ID, "--agent", "random", "--steps", "20", "--num-envs", "1",
+            "--window", "2", "--batch", "1", "--read-seconds", "0.1", "--json", str(out)]  # fmt: skip
+    assert cli([*argv, "--size", "16", "24"]) == 0
+    assert json.loads(out.read_text())["frame_shape"] == [16, 24, 3]
+    assert cli([*argv, "--size", "20"]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["frame_shape"] == [20, 20, 3] and figures["size"] == 20
+    assert cli([*argv, "--size", "8", "8", "8"]) == 2
+    assert "--size takes H W or one number" in capsys.readouterr().err

@@ -213,3 +213,32 @@ def test_an_unwritable_onnx_cache_is_one_error_naming_it_and_the_ways_around(tin
     monkeypatch.setenv("WORLDSIM_ONNX_CACHE", str(blocker / "cache"))
     with pytest.raises(WorldSimError, match=r"cannot write the ONNX cache .*WORLDSIM_ONNX_CACHE.*worldsim export onnx"):
         load(tiny_checkpoint, backend="onnx", device="cpu")
+
+
+def test_threads_sets_the_onnx_backends_threads_as_torchs(monkeypatch, capsys) -> None:
+    """`--threads N` with `--backend onnx` runs ONNX Runtime on N threads in bench dream-env (and
+    eval and play, through the same helper), as in bench dream: it set only torch's there."""
+    from export.ort_session import THREADS_ENV
+    from worldsim.cli import main as cli
+    from worldsim.cpus import ORT_THREADS_ENV
+
+    assert ORT_THREADS_ENV == THREADS_ENV  # the core names it itself: it never imports export
+    monkeypatch.setenv(THREADS_ENV, "5")
+    monkeypatch.delenv(THREADS_ENV)  # unset now; restored as it was afterwards
+    ort = require_onnxruntime()
+    made = []
+    real = ort.InferenceSession
+
+    def session(path, opts, **kwargs):
+        made.append(opts.intra_op_num_threads)
+        return real(path, opts, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    before = torch.get_num_threads()
+    try:
+        args = ["bench", "dream-env", "--preset", "tiny", "--width", "16", "--height", "16", "--backend", "onnx",
+                "--device", "cpu", "--threads", "1", "--steps", "1", "--warmup", "0", "--nums", "1"]  # fmt: skip
+        assert cli(args) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert made and set(made) == {1}

@@ -19,7 +19,7 @@ def restore_threads():
 
 
 def test_bench_train_reports_throughput_flops_and_share_of_peak(tmp_path) -> None:
-    out = tmp_path / "train.json"
+    out = tmp_path / "new folder" / "train.json"  # made, as every --out's folder is
     args = ["bench", "train", "--presets", "tiny", "--size", "16", "16", "--batch", "2", "--steps", "1",
             "--device", "cpu", "--threads", "1", "--json", str(out)]  # fmt: skip
     assert cli(args) == 0

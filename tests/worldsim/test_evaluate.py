@@ -471,7 +471,8 @@ def test_demo_writes_gifs_and_prints_psnr(tiny_blockworld: Path, tmp_path: Path,
     out = tmp_path / "demo"
     assert cli(["demo", "--checkpoint", str(tiny_blockworld), "--steps", "12", "--scale", "2", "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "frames/s" in printed and "copy-last" in printed and "steps 1-12" in printed
+    assert "frames/s" in printed and "copy-last" in printed
+    assert printed.count("PSNR vs real, steps 1-12:") == 1  # 12 steps are within the short horizon: one line
     from PIL import Image
 
     with Image.open(out / "side_by_side.gif") as im:

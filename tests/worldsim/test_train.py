@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 import worldsim
@@ -668,3 +669,17 @@ def test_too_little_data_names_the_flag_that_matters(tokenizer: Path, tmp_path: 
     assert cli(["train", "dynamics", "--data", str(short), "--tokenizer", str(tokenizer), "--context", "4",
                 "--out", str(tmp_path / "d.safetensors"), *FAST]) == 2  # fmt: skip
     assert "has 5 frames (--context 4, plus the frame before them)" in capsys.readouterr().err
+
+
+def test_threads_sets_the_training_processes_threads(data: Path, tmp_path: Path, capsys) -> None:
+    """`train tokenizer --threads N`, as bench train and train recipe take it (it was a usage error)."""
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "t.safetensors"
+        assert cli(["train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "1", "--threads", "1", *FAST]) == 0
+        assert torch.get_num_threads() == 1 and out.is_file()
+        assert cli(["train", "dynamics", "--data", str(data), "--tokenizer", str(out), "--out", str(tmp_path / "d"),
+                    "--threads", "0", *FAST]) == 2  # fmt: skip
+        assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
