@@ -37,6 +37,8 @@ def world_seeds(seed: Any, num_envs: int) -> list[int | None]:
 
     if seed is None:
         return [None] * num_envs
+    if isinstance(seed, np.ndarray) and seed.ndim == 0:  # np.array(5): a scalar that has __len__ but cannot be iterated
+        seed = seed[()]
     if isinstance(seed, (int, np.integer, bool, np.bool_)):
         first = one(seed)
         return [first + i for i in range(num_envs)]

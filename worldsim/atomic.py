@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -29,7 +30,25 @@ that shares the host name): it is removed only if it also stopped writing a minu
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:32] or "host"
+    """This host's name for temporary names: kept whole in meaning, so two hosts whose names
+    share a long prefix (a deployment's pods) never read as one."""
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+    if len(name) <= 32:
+        return name
+    return f"{name[:23]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def _last_written(path: Path) -> float:
+    """When ``path`` was last written: for a folder, the newest time of anything in it (a
+    folder's own time changes only when an entry is added, removed or renamed, not while a
+    file in it is written)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):  # removed meanwhile: its writer is still at work
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
 
 
 def temp_prefix(path: str | os.PathLike) -> str:
@@ -64,7 +83,7 @@ def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None
         if m is None or m[2] != host or _alive(int(m[1])):
             continue
         try:
-            if tmp.is_symlink() or now - tmp.lstat().st_mtime < STALE_SECONDS:
+            if tmp.is_symlink() or now - _last_written(tmp) < STALE_SECONDS:
                 continue
             if tmp.is_dir():
                 shutil.rmtree(tmp)

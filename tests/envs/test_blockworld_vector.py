@@ -117,11 +117,11 @@ def test_numpy_seeds_are_seeds_and_a_bad_seed_resets_no_world():
     raised before any world is reset."""
     venv = BlockWorldVectorEnv(2, width=16, height=16, render_mode="rgb_array", render_threads=1)
     want, _ = venv.reset(seed=3)
-    for seed in (np.int64(3), np.array([3, 4]), [np.int32(3), 4]):
+    for seed in (np.int64(3), np.array(3), np.array([3, 4]), [np.int32(3), 4]):
         obs, _ = venv.reset(seed=seed)
         assert np.array_equal(obs, want), seed
     before, *_ = venv.step(np.ones((2, len(ACTION_NVEC)), dtype=np.int64))
-    for bad in (1.5, "ab", [0, 1.5], [True, False], [0, -1], -1, True):
+    for bad in (1.5, "ab", [0, 1.5], [True, False], [0, -1], -1, True, np.array(1.5)):
         with pytest.raises(ValueError, match="reset seed must be a non-negative integer"):
             venv.reset(seed=bad)
     with pytest.raises(ValueError, match="reset got 3 seeds for 2 envs"):

@@ -196,12 +196,19 @@ def test_the_folders_of_exports_killed_mid_way_are_removed_by_the_next_export(ti
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], timeout=120).returncode == -9
     (left,) = tmp_path.glob(".export.*.tmp")
     old = time.time() - 600
-    os.utime(left, (old, old))  # found by the next export, a while later
+    # A folder's own time moves only when an entry is added or removed, not while a file in it
+    # is written: the sweep goes by the newest time inside. A graph still being written is kept.
+    busy = tmp_path / re.sub(r"\.\d+@", ".999999999@", left.name, count=1)  # a gone PID's, but written just now
+    busy.mkdir()
+    (busy / "dynamics.onnx").write_bytes(b"being written")
+    for folder in (left, busy):
+        os.utime(folder, (old, old))
+    os.utime(left / "decoder.onnx", (old, old))  # found by the next export, a while later
     mine = tmp_path / re.sub(r"\.\d+@", f".{os.getpid()}@", left.name, count=1)  # a live export's, of this process
     mine.mkdir()
     os.utime(mine, (old, old))
     onnx_export.export_onnx(tiny_checkpoint, out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", mine.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", mine.name, busy.name])
 
 
 def test_an_out_below_a_file_is_one_error_naming_that_file(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
