@@ -51,11 +51,19 @@ def _last_written(path: Path) -> float:
     return newest
 
 
+_ISSUED: set[str] = set()
+"""The prefixes :func:`temp_prefix` gave out in this process: a temporary name that carries this
+process's id under a prefix it never gave out was made by an earlier process of the same id,
+such as a container's PID 1 before the container restarted."""
+
+
 def temp_prefix(path: str | os.PathLike) -> str:
     """The name prefix of a temporary file or folder that stands in for ``path`` while it is
     written (``tempfile``'s ``prefix``; give it ``suffix=".tmp"``): it names this process and
     host, so that :func:`remove_stale_temps` can tell a killed write's leftover from a live one."""
-    return f".{Path(path).name}.{os.getpid()}@{_host()}."
+    prefix = f".{Path(path).name}.{os.getpid()}@{_host()}."
+    _ISSUED.add(prefix)
+    return prefix
 
 
 def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[Path]:
@@ -63,8 +71,9 @@ def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None
     ``folder`` (default: beside ``path``).
 
     Only names of :func:`temp_prefix`'s pattern for this very name are touched, and of those
-    only ones made on this host by a process that no longer exists and left unmodified for
-    :data:`STALE_SECONDS`: never a write still in progress. Returns what was removed; one
+    only ones made on this host by a process that no longer exists (under this process's own
+    id, one that this process did not make: a container restarted as PID 1 finds its earlier
+    self's) and left unmodified for :data:`STALE_SECONDS`: never a write still in progress. Returns what was removed; one
     that cannot be checked or removed is left as it is.
     """
     if os.name == "nt":  # os.kill(pid, 0) would end the process there, not test it
@@ -80,7 +89,11 @@ def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None
         return []
     for tmp in found:
         m = ours.fullmatch(tmp.name)
-        if m is None or m[2] != host or _alive(int(m[1])):
+        if m is None or m[2] != host:
+            continue
+        pid = int(m[1])
+        mine = pid == os.getpid() and f".{path.name}.{pid}@{host}." in _ISSUED
+        if mine or (pid != os.getpid() and _alive(pid)):  # a write in progress, here or in a live process
             continue
         try:
             if tmp.is_symlink() or now - _last_written(tmp) < STALE_SECONDS:
@@ -120,9 +133,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suf
     The folder is made if needed; the temporary file is removed if anything fails, and the
     ones earlier writes of ``path`` left when they were killed are removed first. With
     ``keep_suffix`` the temporary file ends in ``path``'s suffix too (``.tmp.mp4``), for
-    writers that pick the format by it.
+    writers that pick the format by it. A ``path`` that is a symbolic link gets its target
+    written, and the link stays.
     """
     path = Path(path)
+    if path.is_symlink():  # write through the link, as open() would, rather than replace it with a file
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")

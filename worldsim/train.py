@@ -687,33 +687,37 @@ def _run_settings(a: argparse.Namespace, names: tuple[str, ...], processes: int)
 
 
 @contextlib.contextmanager
-def _out_lock(out: Path, main: bool) -> Iterator[None]:
-    """Hold a lock on checkpoint ``out`` while this run trains it (the main process only).
+def _out_lock(out: Path, dd: _Dist) -> Iterator[None]:
+    """Hold a lock on checkpoint ``out`` while this run trains it (the main process holds it).
 
     Two runs into one ``--out`` (a ``nohup ... --resume`` started twice) each saved over the
     other's checkpoint and training state, so the file held whichever saved last, at a step
     and from a data position neither run had. The lock file ``.NAME.lock`` beside ``out`` is
     removed when the run ends; a kill leaves a file but no lock
-    (:func:`worldsim.atomic.exclusive_lock`).
+    (:func:`worldsim.atomic.exclusive_lock`; on Windows, with no such locks, none is taken).
+    Under DDP every rank learns whether the main one got it, so all stop together.
 
     Raises:
         WorldSimError: another run holds the lock.
     """
-    if not main:
-        yield
-        return
 
     def note(why: str) -> None:
         print(f"worldsim train: note: {out.parent} takes no file locks ({why}), so nothing stops a second run "
               f"training {out.name}; start only one", file=sys.stderr)  # fmt: skip
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True):
-            yield
-    except LockBusy as e:
-        raise WorldSimError(f"{out} is being trained by another run (process {e.holder}); let it finish or stop it, "
-                            "then run this again with --resume") from None  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        holder = None
+        if dd.main:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True))
+            except LockBusy as e:
+                holder = e.holder
+        if dd.mean(0.0 if holder is not None else 1.0) < 1.0:  # one all-reduce under DDP
+            who = f"process {holder}" if holder is not None else "see the first rank's error"
+            raise WorldSimError(f"{out} is being trained by another run ({who}); let it finish or stop it, "
+                                "then run this again with --resume")  # fmt: skip
+        yield
 
 
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
@@ -735,7 +739,7 @@ def tokenizer_main(argv: list[str]) -> int:
     _, dd = _setup(a)
     finished = False
     try:
-        with _out_lock(cfg.out, dd.main):
+        with _out_lock(cfg.out, dd):
             settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
             resumed = resume_state(cfg, settings)
             task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
@@ -798,7 +802,7 @@ def dynamics_main(argv: list[str]) -> int:
     dev, dd = _setup(a)
     finished = False
     try:
-        with _out_lock(cfg.out, dd.main):
+        with _out_lock(cfg.out, dd):
             settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
                                          "change_weight", "stay_motion"), dd.world)  # fmt: skip
             if Path(a.tokenizer).is_file():  # a missing one is the task's error to name

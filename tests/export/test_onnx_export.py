@@ -17,6 +17,7 @@ import export.onnx_export as onnx_export
 from export.manifest import ManifestError, read_manifest, sha256_file
 from export.ort_session import CPU_EP, Placement, open_session, require_onnxruntime
 from worldsim import cli
+from worldsim.atomic import temp_prefix
 from worldsim.checkpoint import ModelConfig, load_model
 from worldsim.errors import WorldSimError
 from worldsim.runtime import load
@@ -205,6 +206,7 @@ def test_the_folders_of_exports_killed_mid_way_are_removed_by_the_next_export(ti
         os.utime(folder, (old, old))
     os.utime(left / "decoder.onnx", (old, old))  # found by the next export, a while later
     mine = tmp_path / re.sub(r"\.\d+@", f".{os.getpid()}@", left.name, count=1)  # a live export's, of this process
+    assert mine.name.startswith(temp_prefix(out))  # which this process named
     mine.mkdir()
     os.utime(mine, (old, old))
     onnx_export.export_onnx(tiny_checkpoint, out)

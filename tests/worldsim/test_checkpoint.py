@@ -267,3 +267,40 @@ def test_weights_of_the_wrong_kind_or_with_nan_are_refused_by_name(tmp_path) -> 
     assert load_model(half).dynamics.head.weight.dtype == torch.float32  # another float precision loads as fp32
     with pytest.raises(CheckpointError, match="malformed info"):
         load_model(_resave(tmp_path, "info.safetensors", info="[1]"))
+
+
+def test_a_leftover_under_this_process_id_that_this_process_did_not_make_is_removed(tmp_path) -> None:
+    """A container OOM-killed mid-save restarts as PID 1 again: its leftover carries the new
+    process's own id, so the sweep took it for a live write and kept it for good."""
+    import os
+    import time
+
+    from worldsim.atomic import atomic_write_text, temp_prefix
+
+    out = tmp_path / "restarted.json"
+    earlier_self = tmp_path / (temp_prefix(tmp_path / "never-written-here.json").replace("never-written-here.json", out.name) + "abcd1234.tmp")
+    earlier_self.write_text("half")
+    old = time.time() - 600
+    os.utime(earlier_self, (old, old))
+    atomic_write_text(out, "whole")
+    assert out.read_text() == "whole" and not earlier_self.exists()
+    atomic_write_text(out, "again")  # now this process has named temps of it: its own are writes in progress
+    live = tmp_path / (temp_prefix(out) + "efgh5678.tmp")
+    live.write_text("being written")
+    os.utime(live, (old, old))
+    atomic_write_text(out, "third")
+    assert live.exists()
+
+
+def test_a_write_to_a_symbolic_link_writes_its_target_and_keeps_the_link(tmp_path) -> None:
+    """Videos written aside and renamed replaced a linked --out (`replay --out latest.mp4`,
+    a link to this run's file) with a plain file, and the file it named kept its old video."""
+    from worldsim.atomic import atomic_write_text
+
+    target = tmp_path / "runs" / "video.txt"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "latest.txt"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"

@@ -469,7 +469,7 @@ def test_temporary_files_of_saves_killed_mid_write_are_removed_by_the_next_save(
     old = time.time() - 600
     os.utime(left, (old, old))  # what the next day's resume finds
     host = left.name.split("@")[1].rsplit(".", 2)[0]
-    live = tmp_path / f".t.state.safetensors.{os.getpid()}@{host}.abcd1234.tmp"  # a write in progress elsewhere
+    live = tmp_path / f".t.state.safetensors.{os.getppid()}@{host}.abcd1234.tmp"  # a write in progress elsewhere
     foreign = tmp_path / ".t.state.safetensors.99999999@another-host.abcd1234.tmp"
     users = tmp_path / ".t.state.safetensors.my-notes.tmp"
     for f in (live, foreign, users):
