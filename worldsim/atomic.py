@@ -3,7 +3,7 @@
 A kill mid-write leaves the old file (or none), never half of the new one. Torch-free, so
 the recording side can use it too.
 
-The temporary file is ``.NAME.PID@HOST.XXXXXXXX.tmp`` (:func:`temp_prefix`; the ONNX export
+The temporary file is ``.NAME.PID@HOST.XXXXXXXX.tmp``, a long NAME shortened (:func:`temp_prefix`; the ONNX export
 names its temporary folders so too). A SIGKILL (or a power cut) during a write leaves it
 behind, and each such kill of a checkpoint save left another one, tens of MB each; the next
 write of the same name removes those whose process is gone (:func:`remove_stale_temps`).
@@ -51,6 +51,15 @@ def _last_written(path: Path) -> float:
     return newest
 
 
+def _stem(path: Path) -> str:
+    """``path``'s name as its temporary names carry it: whole, or for a long name its start and
+    a hash of it, so that the temporary name stays within the file system's 255 bytes."""
+    name = path.name
+    if len(name.encode()) <= 150:
+        return name
+    return f"{name.encode()[:120].decode(errors='ignore')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
 _ISSUED: set[str] = set()
 """The prefixes :func:`temp_prefix` gave out in this process: a temporary name that carries this
 process's id under a prefix it never gave out was made by an earlier process of the same id,
@@ -61,7 +70,7 @@ def temp_prefix(path: str | os.PathLike) -> str:
     """The name prefix of a temporary file or folder that stands in for ``path`` while it is
     written (``tempfile``'s ``prefix``; give it ``suffix=".tmp"``): it names this process and
     host, so that :func:`remove_stale_temps` can tell a killed write's leftover from a live one."""
-    prefix = f".{Path(path).name}.{os.getpid()}@{_host()}."
+    prefix = f".{_stem(Path(path))}.{os.getpid()}@{_host()}."
     _ISSUED.add(prefix)
     return prefix
 
@@ -81,10 +90,10 @@ def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None
     path = Path(path)
     folder = path.parent if folder is None else Path(folder)
     # tempfile's 8 characters, then .tmp and the suffix kept (atomic_write's keep_suffix)
-    ours = re.compile(re.escape(f".{path.name}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp" + f"({re.escape(path.suffix)})?")
+    ours = re.compile(re.escape(f".{_stem(path)}.") + r"(\d+)@(.+)\.[a-z0-9_]{8}\.tmp" + f"({re.escape(path.suffix)})?")
     host, now, removed = _host(), time.time(), []
     try:
-        found = list(folder.glob(glob.escape(f".{path.name}.") + "*.tmp*"))
+        found = list(folder.glob(glob.escape(f".{_stem(path)}.") + "*.tmp*"))
     except OSError:  # a folder that cannot be listed: the write itself will say what is wrong
         return []
     for tmp in found:
@@ -92,7 +101,7 @@ def remove_stale_temps(path: str | os.PathLike, folder: str | os.PathLike | None
         if m is None or m[2] != host:
             continue
         pid = int(m[1])
-        mine = pid == os.getpid() and f".{path.name}.{pid}@{host}." in _ISSUED
+        mine = pid == os.getpid() and f".{_stem(path)}.{pid}@{host}." in _ISSUED
         if mine or (pid != os.getpid() and _alive(pid)):  # a write in progress, here or in a live process
             continue
         try:

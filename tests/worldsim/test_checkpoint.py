@@ -304,3 +304,22 @@ def test_a_write_to_a_symbolic_link_writes_its_target_and_keeps_the_link(tmp_pat
     link.symlink_to(target)
     atomic_write_text(link, "new")
     assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_long_file_name_is_written_and_its_killed_writes_swept(tmp_path) -> None:
+    """Temporary names that also carry the process and host ran past the file system's 255
+    bytes for names of about 200 characters, which were written before."""
+    import os
+    import time
+
+    from worldsim.atomic import atomic_write_text, temp_prefix
+
+    out = tmp_path / ("x" * 235 + ".json")
+    atomic_write_text(out, "whole")
+    assert out.read_text() == "whole"
+    left = tmp_path / (temp_prefix(out).replace(f".{os.getpid()}@", ".999999999@") + "abcd1234.tmp")
+    left.write_text("half")
+    old = time.time() - 600
+    os.utime(left, (old, old))
+    atomic_write_text(out, "again")
+    assert out.read_text() == "again" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
