@@ -3,8 +3,9 @@
 A kill mid-write leaves the old file (or none), never half of the new one. Torch-free, so
 the recording side can use it too.
 
-The temporary file is ``.NAME.PID@HOST.XXXXXXXX.tmp``, a long NAME shortened (:func:`temp_prefix`; the ONNX export
-names its temporary folders so too). A SIGKILL (or a power cut) during a write leaves it
+The temporary file is ``.NAME.PID@HOST.RANDOM8.tmp`` (RANDOM8: ``tempfile``'s eight random
+characters; a long NAME shortened; :func:`temp_prefix`). The ONNX export names its temporary
+folders so too. A SIGKILL (or a power cut) during a write leaves it
 behind, and each such kill of a checkpoint save left another one, tens of MB each; the next
 write of the same name removes those whose process is gone (:func:`remove_stale_temps`).
 """
