@@ -27,6 +27,7 @@ import numpy as np
 from agents.record import SEED_MAX, RecordConfig, record
 from agents.rollout import make_agent, make_env, small_info
 from envs.blockworld.bench import load_average, load_text
+from worldsim.atomic import atomic_write_text
 from worldsim.cpus import usable_cpus
 from worldsim.data import WindowDataset
 from worldsim.errors import WorldSimError
@@ -209,6 +210,5 @@ def main(argv: list[str]) -> int:
     results["load_average_after"] = load_average()  # null where the OS reports none
     print(f"load average {load_text(results['load_average_after'])} after the run")
     if args.json:  # its folder is made, as every command's --out is (a missing one failed the run here)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return 0

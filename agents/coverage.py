@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.atomic import atomic_write_text
 from worldsim.spaces import ActionSpec
 
 EVENT_KEYS = ("mined", "placed")
@@ -130,7 +131,8 @@ class Coverage:
         }
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        """Write :meth:`to_json` to ``path`` whole or not at all (a kill mid-write keeps the old file)."""
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     def table(self) -> str:
         """A short human-readable summary, one line per component."""

@@ -239,14 +239,14 @@ def record(
     cfg.created = cfg.created or now_iso()
     shares = worker_shares(cfg.steps, cfg.num_envs, parts)
 
-    from tqdm import tqdm
+    from worldsim.progress import progress as progress_bar_for
 
     bars: list[Any] = []
 
     def progress(k: int) -> None:
         # Created on the first report, so that a bad env fails before a bar is drawn.
         if not bars:
-            bars.append(tqdm(total=cfg.steps, unit="step", desc="record", disable=not progress_bar))
+            bars.append(progress_bar_for(cfg.steps, "record", unit="step", disable=not progress_bar))
         bars[0].update(k)
 
     start = time.perf_counter()

@@ -58,11 +58,19 @@ class RecordConfig:
     """Creation time shared by every worker's header (so the episodes split as one run)."""
 
     def make_kwargs(self) -> dict[str, Any]:
+        """The env's keyword arguments: ``env_kwargs`` with ``width`` and ``height`` added.
+
+        Raises:
+            WorldSimError: ``width`` or ``height`` is also in ``env_kwargs``, with another value
+                (the flag silently won, so the recording was not the size the kwargs asked for).
+        """
         kwargs = dict(self.env_kwargs)
-        if self.width is not None:
-            kwargs["width"] = self.width
-        if self.height is not None:
-            kwargs["height"] = self.height
+        for key, value in (("width", self.width), ("height", self.height)):
+            if value is None:
+                continue
+            if key in kwargs and kwargs[key] != value:
+                raise WorldSimError(f"--{key} {value} and --env-kwargs {key} {kwargs[key]!r} disagree; give the frame {key} once")
+            kwargs[key] = value
         return kwargs
 
 

@@ -16,14 +16,16 @@ this one, so one command reports generation frames/s and the env's steps/s.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
+from worldsim.atomic import atomic_write_text
 from worldsim.cli import DEVICE_HELP, precision_choice
 from worldsim.errors import WorldSimError
 
@@ -200,6 +202,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, help="CPU threads of torch and of ONNX Runtime (default: their own)")
     p.add_argument("--rollout", type=int, metavar="N",
                    help="instead: one env for N steps, reporting memory growth and blank/frozen frames")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = p.parse_args(argv)
     if a.checkpoint and a.preset:
         raise WorldSimError("give --checkpoint or --preset, not both")
@@ -232,6 +235,8 @@ def main(argv: list[str]) -> int:
                   f"RSS {r.rss_after_warmup_mb:.1f} MiB after warm-up, {r.rss_end_mb:.1f} MiB at the end "
                   f"({r.rss_end_mb - r.rss_after_warmup_mb:+.1f}); {r.blank_frames} blank frames, "
                   f"{r.frozen_windows} frozen 100-step windows")  # fmt: skip
+            if a.json:
+                _write_json(a.json, {"rollout": asdict(r), "model": what, "width": a.width, "height": a.height, "backend": a.backend})
             return 0
         print(f"dream env benchmark: {what}, {a.width}x{a.height}, backend {a.backend}, "
               f"torch threads {torch.get_num_threads()}, {a.steps} timed steps each")  # fmt: skip
@@ -244,12 +249,23 @@ def main(argv: list[str]) -> int:
                   f"{r.gym_steps_per_s / r.runtime_steps_per_s:.0%}; {r.episode_ends} episode ends)",
                   flush=True)  # fmt: skip
     single = rates[0].gym_steps_per_s
+    targets = {f"single env >= {TARGET_SINGLE:g} steps/s": single >= TARGET_SINGLE}
     print(f"target single env >= {TARGET_SINGLE:g} steps/s: {'met' if single >= TARGET_SINGLE else 'NOT met'} ({single:.1f})")
     for r in rates[1:]:
         if r.batch == 64:
             ok = r.gym_steps_per_s >= TARGET_VECTOR_64
+            targets[f"vector N=64 >= {TARGET_VECTOR_64:g} steps/s"] = ok
             print(f"target vector N=64 >= {TARGET_VECTOR_64:g} steps/s: {'met' if ok else 'NOT met'} ({r.gym_steps_per_s:.1f})")
+    if a.json:
+        _write_json(a.json, {"rows": [asdict(r) for r in rates], "model": what, "width": a.width, "height": a.height,
+                             "backend": a.backend, "threads": torch.get_num_threads(), "targets": targets})  # fmt: skip
     return 0
+
+
+def _write_json(path: str, doc: dict) -> None:
+    """``--json``: the printed figures, shaped as the other benches' (a row per configuration,
+    then the run's setting). Its folder is made; it is written whole or not at all."""
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def bench_dream_main(argv: list[str]) -> int:

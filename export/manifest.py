@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from worldsim.atomic import atomic_write_text
 from worldsim.checkpoint import (
     ModelConfig,
     sha256_file,  # noqa: F401  (re-exported: the export's own hash of files)
@@ -36,7 +37,8 @@ class ManifestError(WorldSimError):
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    """Write ``folder/manifest.json`` whole or not at all: half a manifest is an export no reader takes."""
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from worldsim.atomic import atomic_write_text
 from worldsim.checkpoint import ModelConfig, save_model
 from worldsim.cli import DEVICE_HELP, precision_choice
 from worldsim.cpus import set_threads
@@ -141,9 +142,9 @@ def _finish(
     rows: list[dict[str, Any]], peaks: dict[str, float], path: str | None, extra: dict[str, Any]
 ) -> None:
     if path:
-        # Its folder is made, as every command's --out is: a missing one failed the run at its end.
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
+        # Its folder is made (atomic_write makes it), as every command's --out is: a missing one
+        # failed the run at its end. Whole or not at all: a kill mid-write kept half a JSON file.
+        atomic_write_text(path, json.dumps({"peaks_flops": peaks, "rows": rows, **extra}, indent=2))
 
 
 def dream_parser() -> argparse.ArgumentParser:

@@ -369,7 +369,7 @@ class RecipeRun:
                 "--out", str(out), "--overwrite", "--quiet"]  # fmt: skip
         _cli(argv)
         done = {"steps": r.part_steps, "seed": 1000 * i, "num_envs": r.num_envs, "workers": r.record_workers}  # what made these episodes
-        (out.parent / f"{out.name}.done.json").write_text(json.dumps(done) + "\n")
+        atomic_write_text(out.parent / f"{out.name}.done.json", json.dumps(done) + "\n")
 
     def _training_stages(self) -> list[tuple[str, Path, int, int]]:
         """(stage, checkpoint, steps, dynamics phase or 0) of each training stage, in order."""

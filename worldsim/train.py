@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from worldsim.atomic import LockBusy, atomic_write_text, exclusive_lock
 from worldsim.checkpoint import (
@@ -60,6 +59,7 @@ from worldsim.cli import DEVICE_HELP
 from worldsim.cpus import set_threads
 from worldsim.errors import WorldSimError
 from worldsim.presets import PRESETS, dynamics_config, get_preset
+from worldsim.progress import progress
 from worldsim.tokenizer import psnr
 from worldsim.torch_backend import default_precision, pick_device
 from worldsim.train_data import CodeWindows, open_split
@@ -328,13 +328,7 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
         print("worldsim train: no held-out episodes in --data (too few episodes, or all shorter than a window); "
               "validation is skipped and val_loss stays null", file=sys.stderr)  # fmt: skip
     val = [task.batch(val_rng, cfg.batch, "val") for _ in range(cfg.val_batches)] if dd.main and held_out else []
-    bar = tqdm(
-        total=cfg.steps,
-        initial=step,
-        desc=f"train {task.kind}",
-        disable=not dd.main,
-        dynamic_ncols=True,
-    )
+    bar = progress(cfg.steps, f"train {task.kind}", unit="step", initial=step, disable=not dd.main, dynamic_ncols=True)
     last: dict[str, Any] = {}
     saved = step if resumed is not None else None  # the step of the last checkpoint written
     t_log, frames, tokens = time.perf_counter(), 0, 0

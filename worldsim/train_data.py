@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from worldsim.checkpoint import atomic_save, weights_digest
 from worldsim.data import training_reward
 from worldsim.errors import WorldSimError
+from worldsim.progress import progress
 from worldsim.tokenizer import Tokenizer
 
 ENCODE_BATCH = 256
@@ -156,19 +156,24 @@ class CodeWindows:
         self.terminated = np.zeros(n, dtype=bool)
         buf: list[np.ndarray] = []
         start = 0
+        bar = progress(n, "encode frames", unit="frame", leave=False)
         with torch.inference_mode():
-            for r in tqdm(range(n), desc="encode frames", unit="frame", leave=False):
-                rec = windows.record(r)
-                buf.append(rec.image((h, w)))
-                if rec.kind == "step":
-                    self.actions[r] = rec.action
-                    self.rewards[r] = training_reward(rec)
-                    self.terminated[r] = rec.terminated
-                if len(buf) == ENCODE_BATCH or r == n - 1:
-                    frames = torch.from_numpy(np.stack(buf)).to(device)
-                    self.codes[start : start + len(buf)] = tokenizer.encode(frames).cpu().numpy()
-                    start += len(buf)
-                    buf = []
+            try:
+                for r in range(n):
+                    rec = windows.record(r)
+                    buf.append(rec.image((h, w)))
+                    if rec.kind == "step":
+                        self.actions[r] = rec.action
+                        self.rewards[r] = training_reward(rec)
+                        self.terminated[r] = rec.terminated
+                    if len(buf) == ENCODE_BATCH or r == n - 1:
+                        frames = torch.from_numpy(np.stack(buf)).to(device)
+                        self.codes[start : start + len(buf)] = tokenizer.encode(frames).cpu().numpy()
+                        start += len(buf)
+                        buf = []
+                    bar.update(1)
+            finally:
+                bar.close()
 
     def __len__(self) -> int:
         return len(self.windows)

@@ -9,12 +9,14 @@ meaningful even on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from worldsim.atomic import atomic_write_text
 from worldsim.cpus import usable_cpus
 from worldsim.errors import WorldSimError
 
@@ -142,6 +144,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-envs", type=int, default=64, help="worlds in the vector env (default 64)")
     parser.add_argument("--width", type=int, default=64, help="frame width (default 64)")
     parser.add_argument("--height", type=int, default=64, help="frame height (default 64)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.num_envs < 1:
         raise WorldSimError("--seconds must be positive and --num-envs at least 1")
@@ -157,6 +160,7 @@ def main(argv: list[str]) -> int:
     print(f"  {'vector / single':<28} {r.ratio:>10.2f}x")
     print(f"  {'render only (one frame)':<28} {'':>10} {r.render_cpu_us:>12,.0f}")
     print(f"  {'reset (new world)':<28} {r.reset_seconds:>10.3f} s")
+    targets = {}
     if (r.width, r.height, r.num_envs) == (64, 64, 64):
         for what, ok, figure in (
             (f"single env >= {TARGET_SINGLE:,.0f} steps/s", r.single_steps_per_s >= TARGET_SINGLE, f"{r.single_steps_per_s:,.0f}"),
@@ -165,4 +169,23 @@ def main(argv: list[str]) -> int:
             (f"reset < {TARGET_RESET_S} s", r.reset_seconds < TARGET_RESET_S, f"{r.reset_seconds:.3f} s"),
         ):  # fmt: skip
             print(f"target {what}: {'met' if ok else 'NOT met'} ({figure})")
+            targets[what] = ok
+    if args.json:
+        write_json(args.json, r, targets)
     return 0
+
+
+def write_json(path: str, r: EngineBench, targets: dict[str, bool]) -> None:
+    """The printed figures as JSON, shaped as the other benches' ``--json``: a row per
+    measured configuration, then the run's setting; ``targets`` is empty where none is judged.
+
+    Its folder is made, and it is written whole or not at all (:mod:`worldsim.atomic`).
+    """
+    rows = [
+        {"env": "single", "num_envs": 1, "steps_per_s": round(r.single_steps_per_s, 1), "cpu_us_per_step": round(r.single_cpu_us, 1)},
+        {"env": "vector", "num_envs": r.num_envs, "steps_per_s": round(r.vector_steps_per_s, 1),
+         "cpu_us_per_step": round(r.vector_cpu_us, 1), "ratio": round(r.ratio, 3)},
+    ]  # fmt: skip
+    doc = {"rows": rows, "reset_seconds": round(r.reset_seconds, 4), "render_cpu_us": round(r.render_cpu_us, 1),
+           "width": r.width, "height": r.height, "cpus": usable_cpus(), "load_average": r.load_average, "targets": targets}  # fmt: skip
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")

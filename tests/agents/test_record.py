@@ -684,3 +684,19 @@ def test_bench_record_takes_size_as_h_w_like_the_other_benches(tmp_path, capsys)
     assert figures["frame_shape"] == [20, 20, 3] and figures["size"] == 20
     assert cli([*argv, "--size", "8", "8", "8"]) == 2
     assert "--size takes H W or one number" in capsys.readouterr().err
+
+
+def test_a_frame_size_given_twice_must_agree(tmp_path, capsys):
+    """`--width` silently won over a `width` in `--env-kwargs`, so the recording was not the
+    size the kwargs asked for; now two different values are refused, naming both, before
+    anything is written, and the same value given twice is fine."""
+    out = tmp_path / "toy.msgpack"
+    argv = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]
+    assert cli([*argv, "--width", "16", "--env-kwargs", '{"width": 24}']) == 2
+    err = capsys.readouterr().err
+    assert "--width 16 and --env-kwargs width 24 disagree" in err, err
+    assert not out.exists()
+    assert cli([*argv, "--height", "12", "--env-kwargs", '{"height": 8, "width": 24}']) == 2
+    assert "--height 12 and --env-kwargs height 8 disagree" in capsys.readouterr().err
+    assert cli([*argv, "--width", "24", "--height", "12", "--env-kwargs", '{"width": 24}']) == 0
+    assert next(iter(RecordingReader(out))).image().shape == (12, 24, 3)

@@ -32,3 +32,18 @@ def test_bench_engine_runs_where_the_os_reports_no_load_average(monkeypatch, cap
     monkeypatch.delattr("os.getloadavg")  # Windows has none
     assert main(["--seconds", "0.1", "--num-envs", "2", "--width", "16", "--height", "16"]) == 0
     assert "load average n/a at start" in capsys.readouterr().out
+
+
+def test_bench_engine_writes_its_figures_to_json_in_a_new_folder(tmp_path, capsys):
+    """As `bench train`, `bench dream` and `bench record` do: a row per configuration, the
+    folder made."""
+    import json
+
+    out = tmp_path / "new folder" / "engine.json"
+    assert main(["--seconds", "0.1", "--num-envs", "2", "--width", "16", "--height", "16", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    single, vector = doc["rows"]
+    assert (single["env"], vector["env"], vector["num_envs"]) == ("single", "vector", 2)
+    assert f"{single['steps_per_s']:,.0f}" in printed and f"{vector['steps_per_s']:,.0f}" in printed
+    assert doc["reset_seconds"] > 0 and (doc["width"], doc["height"]) == (16, 16) and doc["targets"] == {}

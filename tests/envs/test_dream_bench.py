@@ -111,3 +111,19 @@ def test_bench_dream_times_a_checkpoint_at_its_own_frame_size_in_both_parts(caps
     out = capsys.readouterr().out
     assert "12x16" in out  # the runtime's part: H x W
     assert "16x12" in out and "64x64" not in out  # the env's part: W x H
+
+
+def test_bench_dream_env_writes_its_figures_to_json_in_a_new_folder(capsys, tmp_path):
+    """As `bench train`, `bench dream` and `bench record` do: a row per configuration, the folder made."""
+    import json
+
+    out = tmp_path / "new folder" / "env.json"
+    assert main([*TINY, "--steps", "2", "--warmup", "0", "--nums", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["name"] for r in doc["rows"]] == ["single env", "vector env N=2"]
+    assert all(r["gym_steps_per_s"] > 0 and r["runtime_steps_per_s"] > 0 for r in doc["rows"])
+    assert doc["model"] == "preset tiny (random weights)" and (doc["width"], doc["height"]) == (16, 16)
+    assert doc["targets"] == {"single env >= 30 steps/s": doc["rows"][0]["gym_steps_per_s"] >= 30}
+    rollout = tmp_path / "rollout.json"
+    assert main([*TINY, "--rollout", "5", "--json", str(rollout)]) == 0
+    assert json.loads(rollout.read_text())["rollout"]["steps"] == 5

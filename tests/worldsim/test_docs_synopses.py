@@ -170,3 +170,28 @@ def test_documented_load_signature_is_the_real_one() -> None:
         for n, p in inspect.signature(worldsim.load).parameters.items()
     ]
     assert params == real
+
+
+OUTPUTS = ("--out", "--dir", "--record", "--screenshot", "--json")
+"""The options through which commands write files."""
+
+
+def test_the_readme_says_what_every_output_option_does_to_an_existing_file() -> None:
+    """Some commands replace an existing output, others refuse it without a flag: the README's
+    table names the rule for every command's every output option."""
+    from worldsim.cli import COMMANDS
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**What is already at the output path.**") :]
+    section = section[: section.index("\n## ")]
+    covered = set()
+    for span in re.findall(r"`worldsim ([^`]+)`", section):
+        words = span.replace("\\|", "|").split()
+        names = [f"{words[0]} {s}" for s in words[1].split("|")] if len(words) > 1 else []
+        if not names or not all(n in COMMANDS for n in names):
+            names = [words[0]]
+        covered |= {(n, o) for n in names for o in words if o in OUTPUTS}
+    wanted = {(c, o) for c in COMMANDS for o in OUTPUTS if o in _options(c)}
+    assert wanted, "no command writes through an output option?"
+    missing = sorted(f"worldsim {c} {o}" for c, o in wanted - covered)
+    assert not missing, f"README.md, 'What is already at the output path', leaves out {missing}"
