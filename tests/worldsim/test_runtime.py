@@ -461,3 +461,33 @@ def test_repr_says_what_the_model_was_trained_on_and_how_it_samples(ckpt: str) -
     for part in ("frame_shape=(16, 16)", "actions=MultiDiscrete[3, 2]", "context=4", "frame_multiple=4",
                  "backend='torch'", "device='cpu'", "precision='fp32'", "chunks=2", "temperature=0.25"):
         assert part in text, (part, text)
+
+
+def test_read_only_frames_prompt_the_same_dream_without_a_warning(ckpt: str, tmp_path) -> None:
+    """Frames from ``np.load(..., mmap_mode="r")`` or ``np.frombuffer`` are read-only. torch
+    warned, once per process, that such an array was "undefined behavior" to wrap, so under
+    ``-W error`` the prompt itself raised. In a fresh process, where that first warning is
+    still to come, a read-only prompt dreams what a writable copy dreams, with no warning."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    frames, actions = prompt_data()
+    np.save(tmp_path / "frames.npy", frames)
+    np.save(tmp_path / "actions.npy", actions)
+    code = (
+        "import sys, numpy as np, worldsim\n"
+        "ckpt, d = sys.argv[1], sys.argv[2]\n"
+        "frames, actions = np.load(d + '/frames.npy', mmap_mode='r'), np.load(d + '/actions.npy')\n"
+        "m = worldsim.load(ckpt, device='cpu', precision='fp32', temperature=0)\n"
+        "m.prompt(frames, actions)\n"
+        "a = m.step(np.zeros((2, 2), np.int64)).frames\n"
+        "m.prompt(np.array(frames), actions)\n"
+        "b = m.step(np.zeros((2, 2), np.int64)).frames\n"
+        "assert np.array_equal(a, b)\n"
+        "assert np.array_equal(m.encode(frames[:, 0]), m.encode(np.array(frames[:, 0])))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-W", "error", "-c", code, ckpt, str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
