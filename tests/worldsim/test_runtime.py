@@ -211,6 +211,22 @@ def test_bad_inputs_raise_value_errors_that_say_what_was_expected(ckpt: str) -> 
         model.step(np.zeros((3, 2), dtype=np.int64))
 
 
+
+def test_huge_float_actions_are_out_of_range_errors_not_cast_warnings(ckpt: str) -> None:
+    """A float action too big for int64 was cast first: it became int64's minimum with a
+    RuntimeWarning, so under ``-W error`` the caller got that warning instead of the error
+    naming the valid range."""
+    import warnings
+
+    model = worldsim.load(ckpt, device="cpu", precision="fp32")
+    model.prompt(*prompt_data())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bad in (1e20, -1e30, 2.0**63):
+            with pytest.raises(ValueError, match=r"out of range: each component i must be in \[0, nvec\[i\]\)"):
+                model.step(np.array([[bad, 0.0], [0.0, 0.0]]))
+        assert model.step(np.array([[2.0, 1.0], [0.0, 0.0]])).frames.shape == (2, 16, 16, 3)
+
 def test_discrete_action_space_and_other_frame_sizes(tmp_path) -> None:
     path = tiny_checkpoint(tmp_path / "d.safetensors", ActionSpec("Discrete", (5,)))
     model = worldsim.load(path, device="cpu")
