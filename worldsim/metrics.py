@@ -3,7 +3,9 @@ recall, and the collapse detector for long rollouts.
 
 Every frame metric takes uint8 frames ``[..., H, W, 3]`` and returns one number per frame,
 so callers can average over whatever set of frames they compare (and compare the dream and
-the copy-last-frame baseline on exactly the same frames).
+the copy-last-frame baseline on exactly the same frames). Other integer arrays (a nested
+list of ints) are taken when their values lie in 0..255; float frames are refused with a
+``ValueError``, since their scale (0..1 or 0..255) cannot be told from the values.
 
 **PSNR** is per frame, ``10 log10(255^2 / MSE)`` over all pixels and channels. Identical
 frames have an infinite PSNR; it is capped at :data:`PSNR_CAP` (60 dB) so that averages
@@ -65,6 +67,16 @@ def _as_float(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim < 3 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [..., H, W, 3], got shape {list(frames.shape)}")
+    # Every figure here is on the 0..255 scale (PSNR's peak, SSIM's constants, the bands' grey
+    # levels). Float frames in [0, 1], as ML pipelines keep them, read as a picture 255 times
+    # darker: PSNR hit the 60 dB cap and SSIM ~1 for frames 27 dB apart, silently.
+    if frames.dtype.kind not in "iu":
+        raise ValueError(
+            f"frames must be uint8 (0..255), got dtype {frames.dtype}; convert float frames with "
+            "(x * 255).round().astype(np.uint8) from [0, 1], or x.round().astype(np.uint8) from [0, 255]"
+        )
+    if frames.dtype != np.uint8 and frames.size and (frames.min() < 0 or frames.max() > 255):
+        raise ValueError(f"frames must be uint8 (0..255), got {frames.dtype} values {frames.min()}..{frames.max()}")
     return frames.astype(np.float64)
 
 

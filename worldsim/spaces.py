@@ -113,10 +113,11 @@ class ActionSpec:
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             if not np.all(np.isfinite(arr)) or not np.all(np.equal(np.mod(arr, 1), 0)):
                 raise ValueError(f"actions must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64)
+        # Range first, in the actions' own dtype: cast first, a float such as 1e20 became
+        # int64's minimum with a RuntimeWarning (under -W error, that warning was the error).
         hi = np.asarray(self.nvec, dtype=np.int64)
         if arr.size and (np.any(arr < 0) or np.any(arr >= hi)):
             raise ValueError(
                 f"actions out of range: each component i must be in [0, nvec[i]) with nvec={list(self.nvec)}"
             )
-        return arr
+        return arr.astype(np.int64)

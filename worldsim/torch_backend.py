@@ -147,7 +147,15 @@ class TorchBackend:
         return torch.autocast(self._dev.type, dtype=self._dtype)
 
     def _t(self, a: np.ndarray | None) -> torch.Tensor | None:
-        return None if a is None else torch.as_tensor(np.ascontiguousarray(a), device=self._dev)
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a)
+        if not a.flags.writeable:
+            # torch shares a CPU array's memory and warns that a read-only one (a memmap opened
+            # 'r', np.frombuffer, a loaded .npy) is "undefined behavior", once per process:
+            # under -W error that warning made the prompt itself raise. A copy is never read-only.
+            a = a.copy()
+        return torch.as_tensor(a, device=self._dev)
 
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> np.ndarray:

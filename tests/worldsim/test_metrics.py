@@ -53,6 +53,23 @@ def test_psnr_identical_is_capped_and_known_values() -> None:
         psnr(a, a[:, :4])
 
 
+
+def test_frames_on_another_scale_are_refused_not_scored() -> None:
+    """Float frames in [0, 1] scored as a picture 255 times darker: frames 27 dB apart read
+    60 dB (the cap) and SSIM 1.0. They are refused; integer frames in 0..255 score as uint8."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(np.int64) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    for metric in (psnr, ssim):
+        with pytest.raises(ValueError, match=r"must be uint8 \(0\.\.255\), got dtype float64"):
+            metric(a / 255.0, b / 255.0)
+        with pytest.raises(ValueError, match=r"got int16 values -3\.\.252"):
+            metric(a.astype(np.int16) - 3, b)
+        np.testing.assert_array_equal(metric(a.tolist(), b.astype(np.int32)), metric(a, b))
+    with pytest.raises(ValueError, match="must be uint8"):
+        frame_stats(a.astype(np.float32))
+    assert psnr(a, b).max() < 30
+
 def test_ssim_identical_is_one_and_orders_degradations(engine_frames: np.ndarray) -> None:
     f = engine_frames[:10]
     assert np.allclose(ssim(f, f), 1.0, atol=1e-9)

@@ -211,6 +211,22 @@ def test_bad_inputs_raise_value_errors_that_say_what_was_expected(ckpt: str) -> 
         model.step(np.zeros((3, 2), dtype=np.int64))
 
 
+
+def test_huge_float_actions_are_out_of_range_errors_not_cast_warnings(ckpt: str) -> None:
+    """A float action too big for int64 was cast first: it became int64's minimum with a
+    RuntimeWarning, so under ``-W error`` the caller got that warning instead of the error
+    naming the valid range."""
+    import warnings
+
+    model = worldsim.load(ckpt, device="cpu", precision="fp32")
+    model.prompt(*prompt_data())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bad in (1e20, -1e30, 2.0**63):
+            with pytest.raises(ValueError, match=r"out of range: each component i must be in \[0, nvec\[i\]\)"):
+                model.step(np.array([[bad, 0.0], [0.0, 0.0]]))
+        assert model.step(np.array([[2.0, 1.0], [0.0, 0.0]])).frames.shape == (2, 16, 16, 3)
+
 def test_discrete_action_space_and_other_frame_sizes(tmp_path) -> None:
     path = tiny_checkpoint(tmp_path / "d.safetensors", ActionSpec("Discrete", (5,)))
     model = worldsim.load(path, device="cpu")
@@ -461,3 +477,33 @@ def test_repr_says_what_the_model_was_trained_on_and_how_it_samples(ckpt: str) -
     for part in ("frame_shape=(16, 16)", "actions=MultiDiscrete[3, 2]", "context=4", "frame_multiple=4",
                  "backend='torch'", "device='cpu'", "precision='fp32'", "chunks=2", "temperature=0.25"):
         assert part in text, (part, text)
+
+
+def test_read_only_frames_prompt_the_same_dream_without_a_warning(ckpt: str, tmp_path) -> None:
+    """Frames from ``np.load(..., mmap_mode="r")`` or ``np.frombuffer`` are read-only. torch
+    warned, once per process, that such an array was "undefined behavior" to wrap, so under
+    ``-W error`` the prompt itself raised. In a fresh process, where that first warning is
+    still to come, a read-only prompt dreams what a writable copy dreams, with no warning."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    frames, actions = prompt_data()
+    np.save(tmp_path / "frames.npy", frames)
+    np.save(tmp_path / "actions.npy", actions)
+    code = (
+        "import sys, numpy as np, worldsim\n"
+        "ckpt, d = sys.argv[1], sys.argv[2]\n"
+        "frames, actions = np.load(d + '/frames.npy', mmap_mode='r'), np.load(d + '/actions.npy')\n"
+        "m = worldsim.load(ckpt, device='cpu', precision='fp32', temperature=0)\n"
+        "m.prompt(frames, actions)\n"
+        "a = m.step(np.zeros((2, 2), np.int64)).frames\n"
+        "m.prompt(np.array(frames), actions)\n"
+        "b = m.step(np.zeros((2, 2), np.int64)).frames\n"
+        "assert np.array_equal(a, b)\n"
+        "assert np.array_equal(m.encode(frames[:, 0]), m.encode(np.array(frames[:, 0])))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-W", "error", "-c", code, ckpt, str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
