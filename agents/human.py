@@ -517,6 +517,7 @@ class _Session:
         finally:
             if self.recorder:
                 self.recorder.close()
+            self.overlay.close()  # before the quit, or the font's file stays open
             self.pg.quit()
         gen = self.state.gen_fps
         mean_psnr = float(np.mean(self.psnrs)) if self.psnrs else None

@@ -49,6 +49,19 @@ def test_script_format(tmp_path):
     assert [int(a[0]) for a in read_script(discrete, ActionSpec("Discrete", (4,)))] == [3, 1, 1]
 
 
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="counts open file descriptors in /dev/fd")
+def test_sessions_played_one_after_another_leave_no_file_open(tmp_path, headless):
+    # The overlay's font was freed after pygame.quit(), which leaves its file open: every
+    # session in a process (a notebook, a launcher, a test suite) lost a file descriptor.
+    path = write_lines(tmp_path / "walk.jsonl", [json.dumps({"action": FORWARD, "repeat": 2})])
+    config = PlayConfig(world="engine", actions=path, seed=0, width=16, height=16, scale=1)
+    play(config)  # the first session loads what stays loaded
+    before = len(list(Path("/dev/fd").iterdir()))
+    for _ in range(3):
+        play(config)
+    assert len(list(Path("/dev/fd").iterdir())) == before
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
