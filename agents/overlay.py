@@ -125,6 +125,12 @@ class Overlay:
         if state.show_help:
             self._draw_help(screen)
 
+    def close(self) -> None:
+        """Let go of the font; call it before ``pygame.quit()``. pygame closes a font's file
+        only while its font module is up, so a font freed after the quit kept the file open:
+        one file descriptor lost for every viewer session in the process."""
+        self.font = None
+
     def _draw_help(self, screen: Any) -> None:
         pg = self.pg
         lines = ["controls (F1 toggles)", *self.help_lines]

@@ -239,11 +239,17 @@ def run_dream(a: argparse.Namespace) -> int:
             _random_model(a.preset, BLOCKWORLD_ACTIONS, None, dev, precision), chunks=K, seed=0
         )
 
-    with onnx_cache_in(str(Path(scratch.name) / "onnx") if scratch else None):
-        for K in a.chunks:
-            models = {backend: make(backend, K) for backend in a.backend}
-            for B in a.batch:
-                rows += _time_backends(models, B, H, W, a.seconds, a.rounds, peaks, precision)
+    try:
+        with onnx_cache_in(str(Path(scratch.name) / "onnx") if scratch else None):
+            for K in a.chunks:
+                models = {backend: make(backend, K) for backend in a.backend}
+                for B in a.batch:
+                    rows += _time_backends(models, B, H, W, a.seconds, a.rounds, peaks, precision)
+    finally:
+        if scratch is not None:
+            # Left to its finalizer, it warned "Implicitly cleaning up" (a ResourceWarning) on
+            # every run that timed ONNX on a random model.
+            scratch.cleanup()
     for r in rows:
         if r["backend"] != a.backend[0]:
             print(f"{r['backend']} / {a.backend[0]}: {r['ratio']:.2f}x frames/s at B={r['batch']}, K={r['chunks']} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ from worldsim.spaces import ActionSpec
 
 _STALE = f"the file changed since it was indexed (in a shard folder, delete {INDEX_NAME} to rescan)"
 """What a record that no longer matches its index means, and the way out."""
+
+MAX_OPEN_MAPS = 64
+"""Files a dataset keeps memory-mapped at once; the one read longest ago is closed first.
+Each map holds a file descriptor (Python's ``mmap`` keeps a duplicate of the file's), so a map
+per shard kept for good ran out of them: at the usual limit of 1,024 (256 on macOS), a
+recording of a few hundred shards read by a train and a validation split failed with
+"Too many open files". Reopening a map costs microseconds against the milliseconds of a
+frame's PNG."""
 
 REWARD_LIMIT = 1e18
 """The largest reward magnitude training takes: the reward loss squares errors in float32,
@@ -153,7 +162,7 @@ class WindowDataset:
         self.action_spec = ActionSpec.from_dict(self.header["action_space"])
         self.observation_shape: tuple[int, int, int] = tuple(self.header["observation_shape"])  # type: ignore[assignment]
         self._files = [str(f) for f, _, _ in collected]
-        self._maps: dict[int, mmap.mmap] = {}
+        self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()  # at most MAX_OPEN_MAPS, least recently read first
         self._pid = os.getpid()
 
         # Every record's end is the next record's start in the same file (all records hold
@@ -233,12 +242,16 @@ class WindowDataset:
 
     def _map(self, fid: int) -> mmap.mmap:
         if self._pid != os.getpid():  # a forked DataLoader worker: open its own maps
-            self._maps, self._pid = {}, os.getpid()
+            self._maps, self._pid = OrderedDict(), os.getpid()
         m = self._maps.get(fid)
-        if m is None:
-            with open(self._files[fid], "rb") as f:
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[fid] = m
+        if m is not None:
+            self._maps.move_to_end(fid)
+            return m
+        while len(self._maps) >= MAX_OPEN_MAPS:
+            self._maps.popitem(last=False)[1].close()  # no view of it is left: records are read as copies
+        with open(self._files[fid], "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps[fid] = m
         return m
 
     def record_range(self, i: int) -> tuple[int, int]:
@@ -262,6 +275,8 @@ class WindowDataset:
         file = self._files[fid]
         try:
             obj = msgpack.unpackb(self._map(fid)[off:end], **UNPACKB_LIMITS)
+        except OSError as e:  # gone, unreadable, or no file descriptor left: not a changed file
+            raise RecordingError(f"{file}: cannot read it: {e.strerror or e}") from None
         except Exception as e:  # any unpack failure means the file changed under the index
             raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}; {_STALE}?") from None
         rec = parse_record(obj, self.action_spec, file, None, off)
@@ -312,5 +327,5 @@ class WindowDataset:
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps cannot cross processes; each process reopens its own.
         state = dict(self.__dict__)
-        state["_maps"] = {}
+        state["_maps"] = OrderedDict()
         return state

@@ -49,6 +49,65 @@ def test_script_format(tmp_path):
     assert [int(a[0]) for a in read_script(discrete, ActionSpec("Discrete", (4,)))] == [3, 1, 1]
 
 
+def test_a_long_side_by_side_session_costs_as_much_per_step_late_as_early(headless):
+    # The mean PSNR shown was np.mean over every step's PSNR so far, taken again at every
+    # step: after an hour at 20 steps/s that alone took 4 ms of the 50 ms a tick has, after
+    # four hours 12 ms, so a long session fell behind the tick rate.
+    import time
+
+    import pygame
+
+    from agents.human import _Session
+    from agents.keymap import DEFAULT_KEYMAP
+    from agents.worlds import WorldStep
+
+    frame = np.zeros((16, 16, 3), np.uint8)
+    psnrs = np.random.default_rng(0).uniform(15, 40, 20_000)
+
+    class Panes:  # the engine and the dream side by side, each step given its PSNR
+        titles, backend, frame_shape = ("engine (real)", "dream (generated)"), "torch", (16, 16)
+        steps = iter(psnrs.tolist())
+
+        def step(self, action):
+            return WorldStep([frame, frame], [0.0, 0.0], False, False, {}, next(self.steps))
+
+    session = _Session(pygame, Panes(), PlayConfig(world="side-by-side", scale=1), DEFAULT_KEYMAP, iter(()))
+    still = np.zeros(len(NVEC), np.int64)
+
+    def fastest_block(blocks: int) -> float:
+        times = []
+        for _ in range(blocks):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                session._tick(still)
+            times.append(time.perf_counter() - t0)
+        return min(times)  # the least disturbed by other jobs on the machine
+
+    for _ in range(10):
+        session._tick(still)  # warm-up
+    early = fastest_block(10)
+    for _ in range(len(psnrs) - 10 - 2_000):
+        session._tick(still)
+    late = fastest_block(10)
+    session.overlay.close()
+    pygame.quit()
+    assert late < 3 * early, f"100 steps took {early * 1e3:.1f} ms early, {late * 1e3:.1f} ms after 19,000"
+    assert session.state.mean_psnr == pytest.approx(psnrs.mean(), rel=1e-9)
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="counts open file descriptors in /dev/fd")
+def test_sessions_played_one_after_another_leave_no_file_open(tmp_path, headless):
+    # The overlay's font was freed after pygame.quit(), which leaves its file open: every
+    # session in a process (a notebook, a launcher, a test suite) lost a file descriptor.
+    path = write_lines(tmp_path / "walk.jsonl", [json.dumps({"action": FORWARD, "repeat": 2})])
+    config = PlayConfig(world="engine", actions=path, seed=0, width=16, height=16, scale=1)
+    play(config)  # the first session loads what stays loaded
+    before = len(list(Path("/dev/fd").iterdir()))
+    for _ in range(3):
+        play(config)
+    assert len(list(Path("/dev/fd").iterdir())) == before
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

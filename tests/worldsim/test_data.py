@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -236,3 +237,37 @@ def test_a_reward_too_large_for_the_float32_loss_is_an_error_naming_the_record(t
         w.step(0, 1, 0, -1e20, False, False, frame)
     with pytest.raises(RecordingError, match=r"penalty.msgpack: byte \d+: reward -1e\+20 is beyond"):
         WindowDataset([path], 2)[0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="counts open file descriptors in /dev/fd")
+def test_a_recording_of_many_shards_is_read_within_a_small_file_descriptor_limit(tmp_path):
+    # Each memory map holds a file descriptor. One per shard, kept for good, ran a dataset of
+    # a few hundred shards into the usual limit of 1,024 ("Too many open files", reported
+    # as a file changed since it was indexed); here the limit leaves room for fewer maps
+    # than there are shards.
+    import resource
+
+    import gymnasium as gym
+
+    from worldsim.data import MAX_OPEN_MAPS
+    from worldsim.recording_writer import RecordingWriter
+
+    shards = MAX_OPEN_MAPS + 40
+    folder = tmp_path / "many"
+    with RecordingWriter(folder, env_id="X-v0", env_kwargs={}, observation_shape=(4, 4, 3),
+                         action_space=gym.spaces.Discrete(2), agent="a", shard_records=2) as w:  # fmt: skip
+        for ep in range(shards):
+            w.reset(ep, ep, np.full((4, 4, 3), ep, np.uint8))
+            w.step(ep, 1, ep % 2, 1.0, False, True, np.full((4, 4, 3), ep + 1, np.uint8))
+    ds = WindowDataset([folder], 2)
+    assert len(ds) == shards
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = len(os.listdir("/dev/fd")) + MAX_OPEN_MAPS + 16
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        firsts = sorted(int(ds[i].frames[0, 0, 0, 0]) for i in range(len(ds)))
+        batch = ds.sample(np.random.default_rng(0), 64)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert firsts == list(range(shards))  # every shard's window, read once each
+    assert batch.frames.shape == (64, 2, 4, 4, 3)
