@@ -316,3 +316,26 @@ def test_change_weight_weighs_the_cells_that_changed_in_training_only() -> None:
     same = make_model(spec)
     same.cfg = replace(same.cfg, change_weight=1.0)
     assert loss(same, True) == loss(plain, True)
+
+
+def test_spatial_embedding_is_built_once_per_grid_and_still_trains_after_inference(monkeypatch) -> None:
+    """Generation passes reuse the (row, column) table instead of rebuilding it every pass: the
+    same values, built once per grid size, and a table first built in inference mode does not
+    keep the model from training afterwards."""
+    model = make_model(ActionSpec("MultiDiscrete", (3, 2)))
+    built = []
+    table = model._spatial_table
+    monkeypatch.setattr(model, "_spatial_table", lambda gh, gw, dev: built.append((gh, gw)) or table(gh, gw, dev))
+    codes, _ = moving_world(2, 3, seed=1)
+    actions = torch.randint(0, 2, (2, 2))
+    masked = torch.full_like(codes[:, 0], MASKED)
+    with torch.inference_mode():
+        for t in range(1, 4):
+            model.predict(masked, actions, torch.tensor(t), None, None, codes[:, t - 1], actions, 0.05)
+        model.predict(torch.full((2, 4, 6), MASKED), actions, torch.tensor(4), None)  # another grid
+    assert built == [(4, 4), (2, 3)]
+    assert torch.equal(model._spatial(4, 4, torch.device("cpu")), table(4, 4, torch.device("cpu")))
+    model.train()
+    out = model(codes, torch.randint(0, 2, (2, 2, 2)), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool))
+    out.loss.backward()  # would raise if the table were an inference tensor saved for backward
+    assert built == [(4, 4), (2, 3)]
