@@ -63,6 +63,8 @@ SMALLER: dict[tuple[str, str], list[tuple[str, str]]] = {
     ],
     # a 2,000-step dream rollout
     ("model.md", "STABILITY_SEED_BASE + w"): [("2000", "20")],
+    # 8 worlds by 2,000 steps: the freeze check
+    ("model.md", "range(777, 785)"): [("2000", "20")],
     # 20 worlds by 36 steps, three guidance scales
     ("model.md", "guidance=g"): [
         ("context_frames, 36", "context_frames, 3"),
