@@ -15,17 +15,14 @@ printed and written beside the recording as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ from agents.rollout import (
     output_path,
     record_part,
 )
-from worldsim.atomic import LockBusy, exclusive_lock
+from worldsim.atomic import output_lock
 from worldsim.cli import json_object
 from worldsim.cpus import usable_cpus
 from worldsim.errors import WorldSimError
@@ -239,38 +236,10 @@ def record(
             f"{parts} workers write shards: give --out a folder, not a {SHARD_SUFFIX} file"
         )
     _preflight(cfg, parts)
-    with _out_lock(out):
+    # One run at a time into an --out: two started together both passed _prepare_out's check and
+    # filled one folder with shards of both (or --overwrite deleted the other's under it).
+    with output_lock(out, "record"):
         return _record_locked(cfg, out, parts, overwrite, progress_bar)
-
-
-@contextlib.contextmanager
-def _out_lock(out: Path) -> Iterator[None]:
-    """Hold a lock on ``--out`` while this run replaces and writes it.
-
-    Two runs into one ``--out`` (a sweep's commands started with the same folder, or a run
-    started again while the first still records) both exited 0, each claiming its steps:
-    one run's check found the folder still empty while the other's workers were starting,
-    or ``--overwrite`` deleted the other's shards under it, and the folder held shards of
-    both, with the index and coverage of whichever finished last. The lock file
-    ``.NAME.lock`` beside ``out`` is removed when the run ends; a kill leaves a file but no
-    lock (:func:`worldsim.atomic.exclusive_lock`; on Windows, with no such locks, none is taken).
-
-    Raises:
-        WorldSimError: another run holds the lock.
-    """
-    out = out.resolve()  # "." has no name to put beside it; and two spellings of one folder share a lock
-
-    def note(why: str) -> None:
-        print(f"worldsim record: note: {out.parent} takes no file locks ({why}), so nothing stops a second run "
-              f"recording into {out.name}; start only one", file=sys.stderr)  # fmt: skip
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True):
-            yield
-    except LockBusy as e:
-        raise WorldSimError(f"{out} is being recorded by another run (process {e.holder}); let it finish or stop "
-                            "it, or choose another --out") from None  # fmt: skip
 
 
 def _record_locked(cfg: RecordConfig, out: Path, parts: int, overwrite: bool, progress_bar: bool) -> RecordResult:

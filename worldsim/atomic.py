@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -235,3 +236,33 @@ def exclusive_lock(path: str | os.PathLike, note: Callable[[str], None], remove:
                     with contextlib.suppress(OSError):
                         path.unlink()
             return
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold a lock on a command's ``--out`` (a file or folder) while it writes there.
+
+    Two runs into one ``--out`` (a sweep's commands given the same folder, or a run started
+    again while the first still runs) both passed their checks, wrote into it at once and
+    exited 0, leaving files of both. The lock file ``.NAME.lock`` beside ``out`` is removed
+    when the run ends; a kill leaves a file but no lock (:func:`exclusive_lock`; on Windows,
+    with no such locks, none is taken).
+
+    Raises:
+        WorldSimError: another process holds the lock.
+    """
+    from worldsim.errors import WorldSimError
+
+    out = Path(out).resolve()  # "." has no name to put beside it; two spellings of one path share a lock
+
+    def note(why: str) -> None:
+        print(f"worldsim {command}: note: {out.parent} takes no file locks ({why}), so nothing stops a second run "
+              f"writing {out.name}; start only one", file=sys.stderr)  # fmt: skip
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True):
+            yield
+    except LockBusy as e:
+        raise WorldSimError(f"{out} is being written by another `worldsim {command}` (process {e.holder}); let it "
+                            "finish or stop it, or choose another --out") from None  # fmt: skip

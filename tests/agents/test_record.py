@@ -216,7 +216,7 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_records(tmp_p
                      [*base[:6], str(out), *base[7:], "--overwrite", "--num-envs", "2", "--workers", "2"]):  # fmt: skip
             assert cli(args) == 2
             err = capsys.readouterr().err
-            assert "runs is being recorded by another run (process 4242)" in err and "Traceback" not in err
+            assert "runs is being written by another `worldsim record` (process 4242)" in err and "Traceback" not in err
             assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
     assert cli([*base, "--overwrite"]) == 0  # the lock went with its holder, and its file with the run that ends
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

@@ -744,6 +744,30 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
     assert any("could not cache the inverse-dynamics model" in s for s in said)
 
 
+def test_a_second_eval_into_the_same_out_is_refused_while_the_first_runs(tmp_path: Path, capsys) -> None:
+    """Two evals into one --out (a sweep given the same folder) both exited 0: each cleared the
+    other's files, and the folder held one run's metrics.json beside the other's videos."""
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"the first run": 1}')
+    (out / "side_by_side.gif").write_bytes(b"GIF89a")
+    args = ["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)]
+    with open(tmp_path / ".eval.lock", "a+") as held:  # the first eval, running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        for more in ([], ["--seed", "0", "1"]):
+            assert cli([*args, *more]) == 2
+            err = capsys.readouterr().err
+            assert "eval is being written by another `worldsim eval` (process 4242)" in err and "Traceback" not in err
+            assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "side_by_side.gif"]
+            assert (out / "metrics.json").read_text() == '{"the first run": 1}'
+    assert cli(args) == 2  # the lock went with its holder: now the checkpoint is what is wrong
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
 def test_an_eval_waits_for_another_training_the_same_idm_and_loads_it_instead_of_training_too(tmp_path: Path, monkeypatch) -> None:
     """Evals started together (a sweep over checkpoints) each trained the same IDM at once:
     minutes of the same work on the same cores for one cache file. One that finds another
