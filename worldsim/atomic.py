@@ -266,3 +266,36 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[None]:
     except LockBusy as e:
         raise WorldSimError(f"{out} is being written by another `worldsim {command}` (process {e.holder}); let it "
                             "finish or stop it, or choose another --out") from None  # fmt: skip
+
+
+LOCK_POLL_SECONDS = 1.0
+"""How often :func:`turn_to_fill` checks whether the process it waits for is done."""
+
+
+def turn_to_fill(entry: str | os.PathLike, wait: Callable[[str], None]) -> contextlib.AbstractContextManager:
+    """The lock on filling the cache entry ``entry``, once no other process holds it.
+
+    For caches that two processes would otherwise fill at once with the same minutes of work
+    (the eval's IDM, training's encoded codes): hold it, look in the cache again (the process
+    waited for has filled it), and fill it only if it is still empty. ``wait`` is told once,
+    with the holder's process id, when another process holds it. A holder that dies takes the
+    lock with it. Where the folder cannot be made or takes no locks, it returns at once, unlocked:
+    the work is then done twice at worst, as it was.
+    """
+    entry = Path(entry)
+    lock = entry.with_name(f".{entry.name}.lock")
+    told = False
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_lock(lock, lambda why: None, remove=True))
+        except LockBusy as e:
+            if not told:
+                wait(e.holder)
+                told = True
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        except OSError:  # an unwritable cache: nothing to share (writing it says so)
+            return contextlib.nullcontext()
+        return stack

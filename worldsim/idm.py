@@ -14,7 +14,6 @@ second evaluation of an env costs nothing and an edited env trains a new one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -30,15 +29,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from worldsim.atomic import LockBusy, exclusive_lock
+from worldsim.atomic import turn_to_fill
 from worldsim.checkpoint import atomic_save
 from worldsim.errors import WorldSimError
 
 IDM_FORMAT = "worldsim-idm"
 IDM_VERSION = 3
 """Part of the cache key: 3 since the training data stopped depending on the eval's --seed."""
-LOCK_POLL_SECONDS = 1.0
-"""How often a process waiting for another's training of the same IDM checks whether it is done."""
 AUG_SHIFT = 4
 """Pixels of random translation (the same for both frames of a pair) in training."""
 
@@ -284,38 +281,16 @@ def load_or_train(
     model = load_idm(path, nvec, shape, config, device)
     if model is not None:
         return model, {"cache": str(path), "cached": True}
-    with _training_turn(path, log):
+    # Evals started together (a sweep over checkpoints) each trained this same IDM at once:
+    # minutes of the same work on the same cores for one cache file. The later ones now wait.
+    def waiting(holder: str) -> None:
+        log(f"waiting for process {holder}, which is training the same inverse-dynamics model ({path.name})")
+
+    with turn_to_fill(path, waiting):
         model = load_idm(path, nvec, shape, config, device)  # cached by the process this one waited for
         if model is not None:
             return model, {"cache": str(path), "cached": True}
         return _train_and_cache(path, collect, nvec, config, device, log)
-
-
-def _training_turn(path: Path, log: Callable[[str], None]) -> contextlib.AbstractContextManager:
-    """The lock on training the IDM cached at ``path``, once no other process holds it.
-
-    Evals started together (a sweep over checkpoints) each trained the same IDM at once, minutes
-    of the same work on the same cores, one cache file at the end. A process that finds another
-    training it now waits, then loads what that one cached; if that one dies, the lock goes with
-    it and the waiter trains. Where the cache folder cannot be made or takes no locks, it trains
-    without waiting.
-    """
-    lock = path.with_name(f".{path.name}.lock")
-    told = False
-    while True:
-        stack = contextlib.ExitStack()
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(exclusive_lock(lock, lambda why: None, remove=True))
-        except LockBusy as e:
-            if not told:
-                log(f"waiting for process {e.holder}, which is training the same inverse-dynamics model ({path.name})")
-                told = True
-            time.sleep(LOCK_POLL_SECONDS)
-            continue
-        except OSError:  # an unwritable cache: nothing to share (saving says so after training)
-            return contextlib.nullcontext()
-        return stack
 
 
 def _train_and_cache(

@@ -775,9 +775,10 @@ def test_an_eval_waits_for_another_training_the_same_idm_and_loads_it_instead_of
     import threading
 
     fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
+    import worldsim.atomic
     import worldsim.idm as idm
 
-    monkeypatch.setattr(idm, "LOCK_POLL_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(worldsim.atomic, "LOCK_POLL_SECONDS", 0.05, raising=False)
     rng = np.random.default_rng(0)
     data = idm.IDMData.from_trajectories([(rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
     config = idm.IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4)
