@@ -37,6 +37,7 @@ from agents.rollout import (
     output_path,
     record_part,
 )
+from worldsim.atomic import output_lock
 from worldsim.cli import json_object
 from worldsim.cpus import usable_cpus
 from worldsim.errors import WorldSimError
@@ -235,6 +236,14 @@ def record(
             f"{parts} workers write shards: give --out a folder, not a {SHARD_SUFFIX} file"
         )
     _preflight(cfg, parts)
+    # One run at a time into an --out: two started together both passed _prepare_out's check and
+    # filled one folder with shards of both (or --overwrite deleted the other's under it).
+    with output_lock(out, "record"):
+        return _record_locked(cfg, out, parts, overwrite, progress_bar)
+
+
+def _record_locked(cfg: RecordConfig, out: Path, parts: int, overwrite: bool, progress_bar: bool) -> RecordResult:
+    """The part of :func:`record` that touches ``out``, run under its lock."""
     _prepare_out(out, overwrite)
     cfg.created = cfg.created or now_iso()
     shares = worker_shares(cfg.steps, cfg.num_envs, parts)

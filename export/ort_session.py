@@ -8,6 +8,7 @@ overwrite the other, so WorldSim's extras pick one: ``pip install 'worldsim[cpu]
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 from worldsim.errors import WorldSimError
 
 THREADS_ENV = "WORLDSIM_ORT_THREADS"
-"""Intra-op threads of every session (unset: ONNX Runtime's default, one per physical core).
-``--threads N`` (eval, play, the benchmarks) sets it, so both backends run on N threads."""
+"""Intra-op threads of every session (unset: ONNX Runtime's default, one per physical core,
+or one in a process that ``multiprocessing`` started: :func:`session_threads`). ``--threads N``
+(eval, play, the benchmarks) sets it, so both backends run on N threads."""
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 INSTALL_HINT = (
@@ -75,6 +77,26 @@ def choose_placement(device: str, ort: ModuleType) -> Placement:
     raise WorldSimError(f"bad device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+def session_threads() -> int | None:
+    """The intra-op threads of a new session: ``$WORLDSIM_ORT_THREADS``; else one in a process
+    that ``multiprocessing`` started (an ``"async"`` vector env's or a ``worldsim record``
+    worker, forked or spawned); else None, ONNX Runtime's default of one per physical core.
+
+    N async dream workers at that default each ran every graph on all the cores, N times
+    the cores in threads, which the torch backend's workers avoid the same way
+    (:mod:`worldsim.torch_backend`).
+
+    Raises:
+        WorldSimError: ``$WORLDSIM_ORT_THREADS`` is not a number >= 1.
+    """
+    threads = os.environ.get(THREADS_ENV, "")
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise WorldSimError(f"{THREADS_ENV} must be a number of threads >= 1, got {threads!r}")
+        return int(threads)
+    return 1 if multiprocessing.parent_process() is not None else None
+
+
 def open_session(path: str | Path, placement: Placement, ort: ModuleType) -> Any:
     """An ``InferenceSession`` on ``path`` with full graph optimisation.
 
@@ -90,11 +112,9 @@ def open_session(path: str | Path, placement: Placement, ort: ModuleType) -> Any
     # threads would take the cores it needs. Measured on the small model, 2 vCPUs: without
     # spinning 5.2-6.4 frames/s at B=1 and 9.1-10.4 at B=16, with it 2.5-2.6 and 5.9-6.7.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    threads = os.environ.get(THREADS_ENV, "")
-    if threads:
-        if not threads.isdigit() or int(threads) < 1:
-            raise WorldSimError(f"{THREADS_ENV} must be a number of threads >= 1, got {threads!r}")
-        opts.intra_op_num_threads = int(threads)
+    threads = session_threads()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
     try:
         sess = ort.InferenceSession(str(path), opts, providers=placement.providers)
     except Exception as e:  # onnxruntime raises its own pybind exception types

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -235,3 +236,66 @@ def exclusive_lock(path: str | os.PathLike, note: Callable[[str], None], remove:
                     with contextlib.suppress(OSError):
                         path.unlink()
             return
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold a lock on a command's ``--out`` (a file or folder) while it writes there.
+
+    Two runs into one ``--out`` (a sweep's commands given the same folder, or a run started
+    again while the first still runs) both passed their checks, wrote into it at once and
+    exited 0, leaving files of both. The lock file ``.NAME.lock`` beside ``out`` is removed
+    when the run ends; a kill leaves a file but no lock (:func:`exclusive_lock`; on Windows,
+    with no such locks, none is taken).
+
+    Raises:
+        WorldSimError: another process holds the lock.
+    """
+    from worldsim.errors import WorldSimError
+
+    out = Path(out).resolve()  # "." has no name to put beside it; two spellings of one path share a lock
+
+    def note(why: str) -> None:
+        print(f"worldsim {command}: note: {out.parent} takes no file locks ({why}), so nothing stops a second run "
+              f"writing {out.name}; start only one", file=sys.stderr)  # fmt: skip
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True):
+            yield
+    except LockBusy as e:
+        raise WorldSimError(f"{out} is being written by another `worldsim {command}` (process {e.holder}); let it "
+                            "finish or stop it, or choose another --out") from None  # fmt: skip
+
+
+LOCK_POLL_SECONDS = 1.0
+"""How often :func:`turn_to_fill` checks whether the process it waits for is done."""
+
+
+def turn_to_fill(entry: str | os.PathLike, wait: Callable[[str], None]) -> contextlib.AbstractContextManager:
+    """The lock on filling the cache entry ``entry``, once no other process holds it.
+
+    For caches that two processes would otherwise fill at once with the same minutes of work
+    (the eval's IDM, training's encoded codes): hold it, look in the cache again (the process
+    waited for has filled it), and fill it only if it is still empty. ``wait`` is told once,
+    with the holder's process id, when another process holds it. A holder that dies takes the
+    lock with it. Where the folder cannot be made or takes no locks, it returns at once, unlocked:
+    the work is then done twice at worst, as it was.
+    """
+    entry = Path(entry)
+    lock = entry.with_name(f".{entry.name}.lock")
+    told = False
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_lock(lock, lambda why: None, remove=True))
+        except LockBusy as e:
+            if not told:
+                wait(e.holder)
+                told = True
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        except OSError:  # an unwritable cache: nothing to share (writing it says so)
+            return contextlib.nullcontext()
+        return stack

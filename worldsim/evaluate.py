@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.atomic import atomic_write_text
+from worldsim.atomic import atomic_write_text, output_lock
 from worldsim.cli import DEVICE_HELP, json_object, precision_choice
 from worldsim.cpus import set_threads
 from worldsim.errors import WorldSimError
@@ -478,31 +478,34 @@ def main(argv: list[str]) -> int:
     if min(a.seed) < 0:
         raise WorldSimError(f"--seed values must be at least 0, got {a.seed}")
     set_threads(a.threads)
-    several = len(a.seed) > 1
-    runs: dict[int, dict[str, Any]] = {}
-    for seed in a.seed:
-        out = Path(a.out) / f"seed-{seed}" if several else Path(a.out)
-        cfg = EvalConfig(
-            checkpoint=a.checkpoint, out=str(out), env=a.env, env_kwargs=kwargs, episodes=a.episodes, horizon=a.horizon,
-            context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks,
-            temperature=a.temperature, idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps),
-            backend=a.backend, device=a.device, precision=a.precision, seed=seed, reward_threshold=a.reward_threshold,
-            cache_dir=a.cache_dir, videos=not a.no_videos, keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
-            guidance=a.guidance, ranked_moves=a.ranked_moves,
-        )  # fmt: skip
-        runs[seed] = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
+    # One eval at a time into an --out: two at once each cleared the other's files and left one
+    # run's metrics.json beside the other's videos.
+    with output_lock(a.out, "eval"):
+        several = len(a.seed) > 1
+        runs: dict[int, dict[str, Any]] = {}
+        for seed in a.seed:
+            out = Path(a.out) / f"seed-{seed}" if several else Path(a.out)
+            cfg = EvalConfig(
+                checkpoint=a.checkpoint, out=str(out), env=a.env, env_kwargs=kwargs, episodes=a.episodes, horizon=a.horizon,
+                context=a.context, stability_steps=a.stability_steps, probe_worlds=a.probe_worlds, chunks=a.chunks,
+                temperature=a.temperature, idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps),
+                backend=a.backend, device=a.device, precision=a.precision, seed=seed, reward_threshold=a.reward_threshold,
+                cache_dir=a.cache_dir, videos=not a.no_videos, keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
+                guidance=a.guidance, ranked_moves=a.ranked_moves,
+            )  # fmt: skip
+            runs[seed] = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
+            if several:
+                print(f"# seed {seed}")
+            print(summary(runs[seed]))
+            print(f"wrote {out / 'metrics.json'}")
         if several:
-            print(f"# seed {seed}")
-        print(summary(runs[seed]))
-        print(f"wrote {out / 'metrics.json'}")
-    if several:
-        spread = across_seeds(runs)
-        clear_outputs(Path(a.out))  # this run writes only seeds.json here; an earlier single-seed run's files would read as its own
-        path = Path(a.out) / "seeds.json"
-        atomic_write_text(path, json.dumps(spread, indent=2) + "\n")
-        print(f"# over seeds {', '.join(map(str, a.seed))}")
-        print(spread_table(spread))
-        print(f"wrote {path}")
+            spread = across_seeds(runs)
+            clear_outputs(Path(a.out))  # this run writes only seeds.json here; an earlier single-seed run's files would read as its own
+            path = Path(a.out) / "seeds.json"
+            atomic_write_text(path, json.dumps(spread, indent=2) + "\n")
+            print(f"# over seeds {', '.join(map(str, a.seed))}")
+            print(spread_table(spread))
+            print(f"wrote {path}")
     return 0
 
 

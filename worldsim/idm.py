@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from worldsim.atomic import turn_to_fill
 from worldsim.checkpoint import atomic_save
 from worldsim.errors import WorldSimError
 
@@ -280,6 +281,21 @@ def load_or_train(
     model = load_idm(path, nvec, shape, config, device)
     if model is not None:
         return model, {"cache": str(path), "cached": True}
+    # Evals started together (a sweep over checkpoints) each trained this same IDM at once:
+    # minutes of the same work on the same cores for one cache file. The later ones now wait.
+    def waiting(holder: str) -> None:
+        log(f"waiting for process {holder}, which is training the same inverse-dynamics model ({path.name})")
+
+    with turn_to_fill(path, waiting):
+        model = load_idm(path, nvec, shape, config, device)  # cached by the process this one waited for
+        if model is not None:
+            return model, {"cache": str(path), "cached": True}
+        return _train_and_cache(path, collect, nvec, config, device, log)
+
+
+def _train_and_cache(
+    path: Path, collect: Callable[[], IDMData], nvec: tuple[int, ...], config: IDMConfig, device: str, log: Callable[[str], None]
+) -> tuple[InverseDynamics, dict[str, Any]]:
     start = time.perf_counter()
     log(f"training the inverse-dynamics model ({config.data_steps} reference steps, {config.train_steps} updates)")
     data = collect()

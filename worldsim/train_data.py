@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from worldsim.atomic import turn_to_fill
 from worldsim.checkpoint import atomic_save, weights_digest
 from worldsim.data import training_reward
 from worldsim.errors import WorldSimError
@@ -95,6 +96,24 @@ class CodeWindows:
             self.cache_file = Path(cache_dir) / f"codes-{key[:24]}.safetensors"
             if self._load_cache(windows.num_frames, tokenizer.config.stride):
                 return
+            # Runs started together on the same recordings and tokenizer (a sweep of dynamics
+            # settings, whose --out share code-cache/) each encoded every frame at once, for one
+            # cache file. The later ones now wait for the first and read what it wrote.
+            waited: list[str] = []
+
+            def waiting(holder: str) -> None:
+                print(f"worldsim: waiting for process {holder}, which is encoding the same codes ({self.cache_file})",
+                      file=sys.stderr)  # fmt: skip
+                waited.append(holder)
+
+            with turn_to_fill(self.cache_file, waiting):
+                if waited and self._load_cache(windows.num_frames, tokenizer.config.stride):
+                    return
+                self._encode_and_cache(windows, tokenizer, device)
+            return
+        self._encode(windows, tokenizer, device)
+
+    def _encode_and_cache(self, windows, tokenizer: Tokenizer, device: torch.device) -> None:
         self._encode(windows, tokenizer, device)
         if self.cache_file is not None:
             tensors = {name: torch.from_numpy(getattr(self, name)) for name in _ARRAYS}

@@ -7,6 +7,7 @@ exposes reset, step and render. ``BlockWorldEnv`` is an engine with one world an
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -116,6 +117,7 @@ class Engine:
         self._threads = range(min(threads, num_worlds))
         # Kernels release the GIL, so plain threads render slices of the batch in parallel.
         self._pool = ThreadPoolExecutor(len(self._threads)) if len(self._threads) > 1 else None
+        self._pool_pid = os.getpid()
 
     def reset_world(self, w: int, world_seed: int, time_of_day: float) -> None:
         """Generate world ``w`` from ``world_seed`` and put a fresh player at its spawn."""
@@ -160,6 +162,10 @@ class Engine:
 
     def render(self) -> np.ndarray:
         """Render all worlds into ``self.frames`` (num_worlds, H, W, 3) and return it."""
+        if self._pool is not None and self._pool_pid != os.getpid():
+            # A forked child (a DataLoader or Pool worker handed this env) holds the parent's
+            # pool but none of its threads: jobs submitted to it waited forever. Start its own.
+            self._pool, self._pool_pid = ThreadPoolExecutor(len(self._threads)), os.getpid()
         if self._pool is None:
             self._render_slice(0, self.num_worlds)
         else:

@@ -198,6 +198,30 @@ def test_overwrite_replaces_a_recording_but_never_deletes_a_foreign_msgpack_file
     assert single.read_bytes() == b"\x81\xa1a\x01"
 
 
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_records(tmp_path, capsys):
+    """Two runs into one --out (a sweep started with the same folder) both exited 0, each
+    claiming its steps, and left shards of both runs (or --overwrite deleted the running one's
+    shards under it). The run that finds --out locked touches nothing there."""
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere recording takes no lock
+    out = tmp_path / "runs"
+    base = ["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet", "--shard-steps", "4"]
+    assert cli(base) == 0
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    with open(tmp_path / ".runs.lock", "a+") as held:  # the other run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        for args in ([*base, "--overwrite"], [*base[:6], str(tmp_path / "." / "runs"), *base[7:], "--overwrite"],
+                     [*base[:6], str(out), *base[7:], "--overwrite", "--num-envs", "2", "--workers", "2"]):  # fmt: skip
+            assert cli(args) == 2
+            err = capsys.readouterr().err
+            assert "runs is being written by another `worldsim record` (process 4242)" in err and "Traceback" not in err
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+    assert cli([*base, "--overwrite"]) == 0  # the lock went with its holder, and its file with the run that ends
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
 def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, capsys, monkeypatch):
     """A run that replaces run.msgpack and then stops short must not leave run.coverage.json
     describing the recording it replaced."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -226,4 +228,35 @@ def test_a_world_that_died_restarts_on_the_next_step_and_the_other_goes_on():
     _, rewards, terminated, truncated, info = venv.step(still)
     assert rewards[0] == 0.0 and not terminated.any() and not truncated.any()
     assert info["health"][0] == MAX_HEALTH and info["tick"].tolist() == [0, steps + 1]
+    venv.close()
+
+
+def _step_in_child(venv, actions, results) -> None:
+    obs, *_ = venv.step(actions)
+    venv.close()
+    results.put(obs)
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork here")
+def test_a_vector_env_stepped_in_a_forked_child_renders_instead_of_hanging():
+    """A vector env made and rendered in a parent, then stepped in a forked child (a DataLoader
+    or Pool worker handed it), waited forever on render threads that exist only in the parent."""
+    import multiprocessing
+
+    venv = BlockWorldVectorEnv(4, width=16, height=16, render_threads=2)
+    venv.reset(seed=3)
+    actions = np.zeros((4, len(ACTION_NVEC)), np.int64)
+    actions[:, 3] = 1  # turn, so that the step's frames differ from the reset's
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_step_in_child, args=(venv, actions, results), daemon=True)
+    child.start()
+    try:
+        stepped = results.get(timeout=30)
+    except queue.Empty:
+        pytest.fail("the forked child's step hung in render")
+    finally:
+        child.kill()
+    expected, *_ = venv.step(actions)  # the parent's own step from the same state
+    assert np.array_equal(stepped, expected)
     venv.close()

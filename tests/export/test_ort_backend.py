@@ -250,3 +250,36 @@ def test_threads_sets_the_onnx_backends_threads_as_torchs(monkeypatch, capsys) -
     finally:
         torch.set_num_threads(before)
     assert made and set(made) == {1}
+
+
+def _a_workers_onnx_dream(folder: str) -> tuple[list[int], int]:
+    """Load an export in this (pool worker) process: each session's intra-op threads, and the OS
+    threads that loading added."""
+    before = len(os.listdir("/proc/self/task"))
+    backend = load(folder, backend="onnx", device="cpu").backend
+    added = len(os.listdir("/proc/self/task")) - before
+    sessions = (backend._encoder, backend._decoder, backend._dynamics)
+    return [s.get_session_options().intra_op_num_threads for s in sessions], added
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
+@pytest.mark.parametrize("context, threads", [("fork", None), ("spawn", None), ("spawn", "2")])
+def test_an_async_workers_onnx_dream_runs_on_one_thread_unless_worldsim_ort_threads_says(
+    tiny_export: Path, monkeypatch, context: str, threads: str | None
+) -> None:
+    """N async env (or record) workers with backend="onnx" each ran its three sessions on every
+    core, N times the cores in threads, where their torch runs on one. A worker's sessions now
+    take one thread, as torch's do, unless WORLDSIM_ORT_THREADS says."""
+    import multiprocessing
+
+    from export.ort_session import THREADS_ENV
+
+    if threads is None:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(THREADS_ENV, threads)
+    with multiprocessing.get_context(context).Pool(1) as pool:
+        per_session, added = pool.apply(_a_workers_onnx_dream, (str(tiny_export),))
+    assert per_session == [1 if threads is None else int(threads)] * 3
+    if threads is None:
+        assert added <= 1, f"loading the dream added {added} threads to the worker"

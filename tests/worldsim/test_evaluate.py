@@ -744,6 +744,70 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
     assert any("could not cache the inverse-dynamics model" in s for s in said)
 
 
+def test_a_second_eval_into_the_same_out_is_refused_while_the_first_runs(tmp_path: Path, capsys) -> None:
+    """Two evals into one --out (a sweep given the same folder) both exited 0: each cleared the
+    other's files, and the folder held one run's metrics.json beside the other's videos."""
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"the first run": 1}')
+    (out / "side_by_side.gif").write_bytes(b"GIF89a")
+    args = ["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)]
+    with open(tmp_path / ".eval.lock", "a+") as held:  # the first eval, running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        for more in ([], ["--seed", "0", "1"]):
+            assert cli([*args, *more]) == 2
+            err = capsys.readouterr().err
+            assert "eval is being written by another `worldsim eval` (process 4242)" in err and "Traceback" not in err
+            assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "side_by_side.gif"]
+            assert (out / "metrics.json").read_text() == '{"the first run": 1}'
+    assert cli(args) == 2  # the lock went with its holder: now the checkpoint is what is wrong
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_an_eval_waits_for_another_training_the_same_idm_and_loads_it_instead_of_training_too(tmp_path: Path, monkeypatch) -> None:
+    """Evals started together (a sweep over checkpoints) each trained the same IDM at once:
+    minutes of the same work on the same cores for one cache file. One that finds another
+    training it now waits for that one's cache entry."""
+    import threading
+
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
+    import worldsim.atomic
+    import worldsim.idm as idm
+
+    monkeypatch.setattr(worldsim.atomic, "LOCK_POLL_SECONDS", 0.05, raising=False)
+    rng = np.random.default_rng(0)
+    data = idm.IDMData.from_trajectories([(rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
+    config = idm.IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4)
+    other, _ = idm.train_idm(data, (3,), config, log=lambda _: None)  # what the other eval trains
+    collected: list[int] = []
+
+    def collect() -> idm.IDMData:
+        collected.append(1)
+        return data
+
+    said: list[str] = []
+    got: list[tuple] = []
+    path = tmp_path / "idm-k.safetensors"
+    with open(tmp_path / ".idm-k.safetensors.lock", "a+") as held:  # the other eval, training
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        waiter = threading.Thread(target=lambda: got.append(idm.load_or_train("k", collect, (3,), (16, 16), config, tmp_path, log=said.append)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not collected  # waiting, not training
+        assert said == ["waiting for process 4242, which is training the same inverse-dynamics model (idm-k.safetensors)"]
+        idm.save_idm(path, other, {})
+    waiter.join(10)
+    model, info = got[0]
+    assert info == {"cache": str(path), "cached": True} and not collected
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
 def test_held_out_episodes_shorter_than_the_horizon_are_refused_after_their_own_length() -> None:
     """With --horizon far beyond the env's episodes, every one of the 50 tries used to run the
     whole horizon through resets (50 x 100,002 steps for --horizon 100000 on 40-step

@@ -683,3 +683,42 @@ def test_threads_sets_the_training_processes_threads(data: Path, tmp_path: Path,
         assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_waits_for_another_encoding_the_same_codes_and_reads_them_instead(tmp_path: Path, monkeypatch) -> None:
+    """Runs started together on the same recordings and tokenizer (a sweep whose --out share
+    code-cache/) each encoded every frame at once for one cache file. One that finds another
+    encoding now waits for it and reads the cache."""
+    import threading
+
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
+    import worldsim.atomic
+    from worldsim.data import WindowDataset
+    from worldsim.presets import get_preset
+    from worldsim.tokenizer import Tokenizer
+    from worldsim.train_data import CodeWindows
+
+    monkeypatch.setattr(worldsim.atomic, "LOCK_POLL_SECONDS", 0.05, raising=False)
+    torch.manual_seed(0)
+    tok = Tokenizer(get_preset("tiny").tokenizer).eval()
+    windows = WindowDataset([toy_recording(tmp_path / "toy.msgpack")], 4)
+    first = CodeWindows(windows, tok, torch.device("cpu"), tmp_path / "first")  # what the other run writes
+    assert first.cache_file is not None
+    encoded: list[int] = []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda frames: encoded.append(len(frames)) or encode(frames))
+    later = tmp_path / "later"
+    later.mkdir()
+    got: list[CodeWindows] = []
+    with open(later / f".{first.cache_file.name}.lock", "a+") as held:  # the other run, encoding
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        waiter = threading.Thread(target=lambda: got.append(CodeWindows(windows, tok, torch.device("cpu"), later)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not encoded  # waiting, not encoding
+        shutil.copy(first.cache_file, later / first.cache_file.name)
+    waiter.join(10)
+    assert got and not encoded
+    assert np.array_equal(got[0].codes, first.codes) and np.array_equal(got[0].actions, first.actions)
