@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ class WindowDataset:
         self.observation_shape: tuple[int, int, int] = tuple(self.header["observation_shape"])  # type: ignore[assignment]
         self._files = [str(f) for f, _, _ in collected]
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()  # at most MAX_OPEN_MAPS, least recently read first
+        self._maps_lock = threading.Lock()  # threads reading at once: one must not close the map another reads
         self._pid = os.getpid()
 
         # Every record's end is the next record's start in the same file (all records hold
@@ -240,19 +242,24 @@ class WindowDataset:
     def __len__(self) -> int:
         return int(self._cum[-1]) if len(self._cum) else 0
 
-    def _map(self, fid: int) -> mmap.mmap:
+    def _read(self, fid: int, off: int, end: int) -> bytes:
+        """Bytes ``off:end`` of file ``fid``, from its memory map (opened if needed)."""
         if self._pid != os.getpid():  # a forked DataLoader worker: open its own maps
-            self._maps, self._pid = OrderedDict(), os.getpid()
-        m = self._maps.get(fid)
-        if m is not None:
-            self._maps.move_to_end(fid)
-            return m
-        while len(self._maps) >= MAX_OPEN_MAPS:
-            self._maps.popitem(last=False)[1].close()  # no view of it is left: records are read as copies
-        with open(self._files[fid], "rb") as f:
-            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self._maps[fid] = m
-        return m
+            self._maps, self._maps_lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
+        # Under the lock, since a map is closed when it falls out of the LRU: a thread that
+        # read a map another had just closed got "mmap closed or invalid" (or a KeyError from
+        # the LRU's order), reported as a file changed since it was indexed.
+        with self._maps_lock:
+            m = self._maps.get(fid)
+            if m is not None:
+                self._maps.move_to_end(fid)
+            else:
+                while len(self._maps) >= MAX_OPEN_MAPS:
+                    self._maps.popitem(last=False)[1].close()  # no view of it is left: records are read as copies
+                with open(self._files[fid], "rb") as f:
+                    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._maps[fid] = m
+            return m[off:end]
 
     def record_range(self, i: int) -> tuple[int, int]:
         """The global record numbers [first, last) that window ``i`` reads."""
@@ -274,7 +281,7 @@ class WindowDataset:
         fid, off, end = int(self._rec_file[r]), int(self._rec_off[r]), int(self._rec_end[r])
         file = self._files[fid]
         try:
-            obj = msgpack.unpackb(self._map(fid)[off:end], **UNPACKB_LIMITS)
+            obj = msgpack.unpackb(self._read(fid, off, end), **UNPACKB_LIMITS)
         except OSError as e:  # gone, unreadable, or no file descriptor left: not a changed file
             raise RecordingError(f"{file}: cannot read it: {e.strerror or e}") from None
         except Exception as e:  # any unpack failure means the file changed under the index
@@ -328,4 +335,9 @@ class WindowDataset:
         # Memory maps cannot cross processes; each process reopens its own.
         state = dict(self.__dict__)
         state["_maps"] = OrderedDict()
+        del state["_maps_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._maps_lock = threading.Lock()

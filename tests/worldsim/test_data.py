@@ -271,3 +271,48 @@ def test_a_recording_of_many_shards_is_read_within_a_small_file_descriptor_limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert firsts == list(range(shards))  # every shard's window, read once each
     assert batch.frames.shape == (64, 2, 4, 4, 3)
+
+
+def test_threads_reading_one_dataset_never_see_a_map_another_closed(tmp_path, monkeypatch):
+    # The LRU closes the map read longest ago. Threads reading one dataset at once read a map
+    # another had just closed ("mmap closed or invalid") or lost it from the LRU's order (a
+    # KeyError), and either was reported as a file changed since it was indexed.
+    import sys
+    import threading
+
+    import gymnasium as gym
+
+    import worldsim.data
+    from worldsim.recording_writer import RecordingWriter
+
+    folder = tmp_path / "many"
+    with RecordingWriter(folder, env_id="X-v0", env_kwargs={}, observation_shape=(4, 4, 3),
+                         action_space=gym.spaces.Discrete(2), agent="a", shard_records=2) as w:  # fmt: skip
+        for ep in range(12):
+            w.reset(ep, ep, np.full((4, 4, 3), ep, np.uint8))
+            w.step(ep, 1, ep % 2, 1.0, False, True, np.full((4, 4, 3), ep + 1, np.uint8))
+    monkeypatch.setattr(worldsim.data, "MAX_OPEN_MAPS", 2)  # every read but a few evicts a map
+    ds = WindowDataset([folder], 2)
+    errors: list[str] = []
+
+    def read(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(1500):
+                i = int(rng.integers(len(ds)))
+                assert ds[i].frames[0, 0, 0, 0] == i
+        except Exception as e:  # noqa: BLE001 - collected for the assert below
+            errors.append(repr(e))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=read, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors, errors[:3]
+    assert len(ds._maps) <= 2
