@@ -175,20 +175,24 @@ def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 
 class LockBusy(Exception):
-    """Another process holds the lock; ``holder`` is the process id it wrote, or "unknown"."""
+    """Another process holds the lock; ``holder`` is the process id it wrote, or "unknown", and
+    ``what`` the label it wrote after it ("" if none)."""
 
-    def __init__(self, holder: str) -> None:
+    def __init__(self, holder: str, what: str = "") -> None:
         super().__init__(holder)
         self.holder = holder
+        self.what = what
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, note: Callable[[str], None], remove: bool = False) -> Iterator[None]:
+def exclusive_lock(
+    path: str | os.PathLike, note: Callable[[str], None], remove: bool = False, label: str = ""
+) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (made if missing) for the ``with`` body.
 
     The operating system drops the lock when its process ends, however it ends, so a kill
-    leaves none behind. The holder writes its process id into the file, for the message of
-    the one refused. With ``remove`` the file is deleted before the lock is released: a
+    leaves none behind. The holder writes its process id into the file, and ``label`` (what it
+    is, such as ``worldsim record``) on the next line, for the message of the one refused. With ``remove`` the file is deleted before the lock is released: a
     process that opened it just before then finds, once it holds the lock, that the path
     now names another file (or none) and starts over, so two processes never both hold it.
 
@@ -212,7 +216,8 @@ def exclusive_lock(path: str | os.PathLike, note: Callable[[str], None], remove:
                 unlockable = None
             except BlockingIOError:
                 f.seek(0)
-                raise LockBusy(f.read().strip() or "unknown") from None
+                holder, _, what = f.read().strip().partition("\n")
+                raise LockBusy(holder.strip() or "unknown", what.strip()) from None
             except OSError as e:
                 unlockable = e.strerror or str(e)
             if unlockable is not None:
@@ -227,7 +232,7 @@ def exclusive_lock(path: str | os.PathLike, note: Callable[[str], None], remove:
                 continue
             f.seek(0)
             f.truncate()
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()}\n{label}\n" if label else f"{os.getpid()}\n")
             f.flush()
             try:
                 yield
@@ -246,7 +251,9 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[None]:
     again while the first still runs) both passed their checks, wrote into it at once and
     exited 0, leaving files of both. The lock file ``.NAME.lock`` beside ``out`` is removed
     when the run ends; a kill leaves a file but no lock (:func:`exclusive_lock`; on Windows,
-    with no such locks, none is taken).
+    with no such locks, none is taken). Where that file cannot be made (``out``'s parent is
+    read-only, as a home folder's often is for ``--out .``, or ``out`` is ``/``) or the file
+    system takes no locks, a note says so and the command runs unlocked.
 
     Raises:
         WorldSimError: another process holds the lock.
@@ -256,16 +263,27 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[None]:
     out = Path(out).resolve()  # "." has no name to put beside it; two spellings of one path share a lock
 
     def note(why: str) -> None:
-        print(f"worldsim {command}: note: {out.parent} takes no file locks ({why}), so nothing stops a second run "
-              f"writing {out.name}; start only one", file=sys.stderr)  # fmt: skip
+        print(f"worldsim {command}: note: {why}, so nothing stops a second run writing {out}; start only one",
+              file=sys.stderr)  # fmt: skip
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive_lock(out.with_name(f".{out.name}.lock"), note, remove=True):
-            yield
-    except LockBusy as e:
-        raise WorldSimError(f"{out} is being written by another `worldsim {command}` (process {e.holder}); let it "
-                            "finish or stop it, or choose another --out") from None  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if not out.name:
+            note(f"{out} has no folder beside it for a lock file")
+        else:
+            lock = out.with_name(f".{out.name}.lock")
+            try:
+                stack.enter_context(exclusive_lock(
+                    lock, lambda why: note(f"{out.parent} takes no file locks ({why})"), remove=True,
+                    label=f"worldsim {command}",
+                ))  # fmt: skip
+            except LockBusy as e:
+                what = f"`{e.what}`" if e.what else "WorldSim run"  # the other command, as its lock file says
+                raise WorldSimError(f"{out} is being written by another {what} (process {e.holder}); let it "
+                                    "finish or stop it, or choose another --out") from None  # fmt: skip
+            except OSError as e:  # a read-only parent: the command itself writes only inside out
+                note(f"cannot make the lock file {lock} ({e.strerror or e})")
+        yield
 
 
 LOCK_POLL_SECONDS = 1.0

@@ -210,7 +210,7 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_records(tmp_p
     capsys.readouterr()
     with open(tmp_path / ".runs.lock", "a+") as held:  # the other run
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("4242\n")
+        held.write("4242\nworldsim record\n")  # as output_lock writes it
         held.flush()
         for args in ([*base, "--overwrite"], [*base[:6], str(tmp_path / "." / "runs"), *base[7:], "--overwrite"],
                      [*base[:6], str(out), *base[7:], "--overwrite", "--num-envs", "2", "--workers", "2"]):  # fmt: skip
@@ -220,6 +220,38 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_records(tmp_p
             assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
     assert cli([*base, "--overwrite"]) == 0  # the lock went with its holder, and its file with the run that ends
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_run_whose_lock_file_cannot_be_made_records_unlocked_with_a_note(tmp_path, capsys, monkeypatch):
+    """`--out .` puts the lock file in the parent folder, which is often not writable (a home
+    folder's parent, a container's /): the run failed there with "Permission denied" on a file
+    it was never asked to write. It now says that it runs unlocked, and records."""
+    pytest.importorskip("fcntl")
+    import contextlib
+
+    import worldsim.atomic
+
+    real = worldsim.atomic.exclusive_lock
+
+    def read_only_parent(path, note, remove=False, label=""):
+        if path.name == ".here.lock":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, note, remove, label)
+
+    monkeypatch.setattr(worldsim.atomic, "exclusive_lock", read_only_parent)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert cli(["record", "--env", FULL_ID, "--steps", "5", "--out", ".", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"worldsim record: note: cannot make the lock file {tmp_path / '.here.lock'} (Permission denied)" in err
+    assert "nothing stops a second run writing" in err
+    assert len(WindowDataset([here], 2)) > 0 and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    with worldsim.atomic.output_lock("/", "eval"):  # a root has no folder beside it: it ran into a ValueError
+        assert "/ has no folder beside it for a lock file" in capsys.readouterr().err
+    with contextlib.suppress(FileNotFoundError), worldsim.atomic.output_lock(tmp_path / "x", "eval"):
+        raise FileNotFoundError("from the body")  # an OSError of the command's own is not a lock note
+    assert "note" not in capsys.readouterr().err
 
 
 def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, capsys, monkeypatch):

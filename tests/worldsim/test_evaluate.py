@@ -753,16 +753,22 @@ def test_a_second_eval_into_the_same_out_is_refused_while_the_first_runs(tmp_pat
     (out / "metrics.json").write_text('{"the first run": 1}')
     (out / "side_by_side.gif").write_bytes(b"GIF89a")
     args = ["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)]
-    with open(tmp_path / ".eval.lock", "a+") as held:  # the first eval, running
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("4242\n")
-        held.flush()
-        for more in ([], ["--seed", "0", "1"]):
-            assert cli([*args, *more]) == 2
-            err = capsys.readouterr().err
-            assert "eval is being written by another `worldsim eval` (process 4242)" in err and "Traceback" not in err
-            assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "side_by_side.gif"]
-            assert (out / "metrics.json").read_text() == '{"the first run": 1}'
+    # The first eval, running; or a `worldsim record` into the same folder, which the message
+    # names as the holder (it said "another `worldsim eval`" whatever held it); or a holder that
+    # wrote no label.
+    for written, holder in (("4242\nworldsim eval\n", "another `worldsim eval`"),
+                            ("4242\nworldsim record\n", "another `worldsim record`"), ("4242\n", "another WorldSim run")):  # fmt: skip
+        with open(tmp_path / ".eval.lock", "a+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.truncate(0)
+            held.write(written)
+            held.flush()
+            for more in ([], ["--seed", "0", "1"]):
+                assert cli([*args, *more]) == 2
+                err = capsys.readouterr().err
+                assert f"eval is being written by {holder} (process 4242)" in err and "Traceback" not in err
+                assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "side_by_side.gif"]
+                assert (out / "metrics.json").read_text() == '{"the first run": 1}'
     assert cli(args) == 2  # the lock went with its holder: now the checkpoint is what is wrong
     assert "missing.safetensors" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
