@@ -77,6 +77,10 @@ def choose_placement(device: str, ort: ModuleType) -> Placement:
     raise WorldSimError(f"bad device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+MAX_THREADS = 2**31 - 1
+"""The most threads ``$WORLDSIM_ORT_THREADS`` may ask for: ONNX Runtime keeps them in an int32."""
+
+
 def session_threads() -> int | None:
     """The intra-op threads of a new session: ``$WORLDSIM_ORT_THREADS``; else one in a process
     that ``multiprocessing`` started (an ``"async"`` vector env's or a ``worldsim record``
@@ -91,8 +95,11 @@ def session_threads() -> int | None:
     """
     threads = os.environ.get(THREADS_ENV, "")
     if threads:
-        if not threads.isdigit() or int(threads) < 1:
-            raise WorldSimError(f"{THREADS_ENV} must be a number of threads >= 1, got {threads!r}")
+        # ASCII digits only: str.isdigit() passed "²", which int() refused with a bare ValueError;
+        # and ONNX Runtime's field is an int32, which a larger number failed as a TypeError.
+        if not (threads.isascii() and threads.isdigit()) or not 1 <= int(threads) <= MAX_THREADS:
+            raise WorldSimError(f"{THREADS_ENV} must be a number of threads >= 1 (digits 0-9, at most {MAX_THREADS}), "
+                                f"got {threads!r}")  # fmt: skip
         return int(threads)
     return 1 if multiprocessing.parent_process() is not None else None
 

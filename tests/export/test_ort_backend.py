@@ -152,9 +152,10 @@ def test_precision_device_and_thread_errors(tiny_export: Path, monkeypatch) -> N
     if CUDA_EP not in require_onnxruntime().get_available_providers():
         with pytest.raises(WorldSimError, match="onnxruntime-gpu"):
             load(tiny_export, backend="onnx", device="cuda")
-    monkeypatch.setenv("WORLDSIM_ORT_THREADS", "0")
-    with pytest.raises(WorldSimError, match="WORLDSIM_ORT_THREADS must be a number of threads >= 1"):
-        load(tiny_export, backend="onnx")
+    for bad in ("0", " 2", "\u00b2", "\u0662", str(2**31), "9" * 30):  # "²" and "٢" pass str.isdigit()
+        monkeypatch.setenv("WORLDSIM_ORT_THREADS", bad)
+        with pytest.raises(WorldSimError, match=f"WORLDSIM_ORT_THREADS must be a number of threads >= 1 .*got '{bad}'"):
+            load(tiny_export, backend="onnx")
     monkeypatch.setenv("WORLDSIM_ORT_THREADS", "1")
     assert load(tiny_export, backend="onnx").backend.device == "cpu" or CUDA_EP in require_onnxruntime().get_available_providers()
 
