@@ -222,7 +222,12 @@ def exclusive_lock(
                 unlockable = e.strerror or str(e)
             if unlockable is not None:
                 note(unlockable)
-                yield
+                try:
+                    yield
+                finally:
+                    if remove:  # as a locked run does: a file per run would be left beside each output
+                        with contextlib.suppress(OSError):
+                            path.unlink()
                 return
             try:
                 same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))

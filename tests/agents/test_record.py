@@ -254,6 +254,25 @@ def test_a_run_whose_lock_file_cannot_be_made_records_unlocked_with_a_note(tmp_p
     assert "note" not in capsys.readouterr().err
 
 
+def test_a_run_on_a_file_system_without_locks_says_so_and_leaves_no_lock_file(tmp_path, capsys, monkeypatch):
+    """NFS without its lock daemon refuses locks ("No locks available"): the run records with a
+    note, and removes its lock file as a locked run does, where it used to leave one beside
+    every --out it wrote."""
+    import errno
+
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(f, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "runs"
+    assert cli(["record", "--env", FULL_ID, "--steps", "5", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path} takes no file locks (No locks available), so nothing stops a second run" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
 def test_overwrite_removes_the_old_runs_coverage_before_recording(tmp_path, capsys, monkeypatch):
     """A run that replaces run.msgpack and then stops short must not leave run.coverage.json
     describing the recording it replaced."""
