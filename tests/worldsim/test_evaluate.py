@@ -779,6 +779,7 @@ def test_an_eval_waits_for_another_training_the_same_idm_and_loads_it_instead_of
     minutes of the same work on the same cores for one cache file. One that finds another
     training it now waits for that one's cache entry."""
     import threading
+    import time
 
     fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
     import worldsim.atomic
@@ -804,7 +805,10 @@ def test_an_eval_waits_for_another_training_the_same_idm_and_loads_it_instead_of
         held.flush()
         waiter = threading.Thread(target=lambda: got.append(idm.load_or_train("k", collect, (3,), (16, 16), config, tmp_path, log=said.append)))
         waiter.start()
-        waiter.join(0.5)
+        deadline = time.monotonic() + 30  # a busy machine may take a while to start the thread
+        while not said and waiter.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiter.join(0.2)
         assert waiter.is_alive() and not collected  # waiting, not training
         assert said == ["waiting for process 4242, which is training the same inverse-dynamics model (idm-k.safetensors)"]
         idm.save_idm(path, other, {})
