@@ -280,7 +280,7 @@ def test_an_async_workers_onnx_dream_runs_on_one_thread_unless_worldsim_ort_thre
     else:
         monkeypatch.setenv(THREADS_ENV, threads)
     with multiprocessing.get_context(context).Pool(1) as pool:
-        per_session, added = pool.apply(_a_workers_onnx_dream, (str(tiny_export),))
+        per_session, added = pool.apply_async(_a_workers_onnx_dream, (str(tiny_export),)).get(timeout=300)  # a fork that hung fails here
     assert per_session == [1 if threads is None else int(threads)] * 3
     if threads is None:
         assert added <= 1, f"loading the dream added {added} threads to the worker"
