@@ -294,29 +294,36 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[None]:
 LOCK_POLL_SECONDS = 1.0
 """How often :func:`turn_to_fill` checks whether the process it waits for is done."""
 
+WAIT_REMINDER_SECONDS = 600.0
+"""How often :func:`turn_to_fill` says again that it still waits (a log that said so once and
+then nothing for an hour read as a hung run)."""
+
 
 def turn_to_fill(entry: str | os.PathLike, wait: Callable[[str], None]) -> contextlib.AbstractContextManager:
     """The lock on filling the cache entry ``entry``, once no other process holds it.
 
     For caches that two processes would otherwise fill at once with the same minutes of work
     (the eval's IDM, training's encoded codes): hold it, look in the cache again (the process
-    waited for has filled it), and fill it only if it is still empty. ``wait`` is told once,
-    with the holder's process id, when another process holds it. A holder that dies takes the
-    lock with it. Where the folder cannot be made or takes no locks, it returns at once, unlocked:
+    waited for has filled it), and fill it only if it is still empty. ``wait`` is told, with
+    the holder's process id, when another process holds it, and again when another process
+    takes it over or every :data:`WAIT_REMINDER_SECONDS` it goes on waiting: there is no time
+    limit, since filling may take long, so a holder that hangs (stopped with Ctrl-Z, say) is
+    waited for until it is stopped. A holder that dies takes the lock with it. Where the folder cannot be made or takes no locks, it returns at once, unlocked:
     the work is then done twice at worst, as it was.
     """
     entry = Path(entry)
     lock = entry.with_name(f".{entry.name}.lock")
-    told = False
+    told: tuple[str, float] | None = None  # the holder last told of, and when
     while True:
         stack = contextlib.ExitStack()
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(exclusive_lock(lock, lambda why: None, remove=True))
         except LockBusy as e:
-            if not told:
+            now = time.monotonic()
+            if told is None or told[0] != e.holder or now - told[1] >= WAIT_REMINDER_SECONDS:
                 wait(e.holder)
-                told = True
+                told = (e.holder, now)
             time.sleep(LOCK_POLL_SECONDS)
             continue
         except OSError:  # an unwritable cache: nothing to share (writing it says so)

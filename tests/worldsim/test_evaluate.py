@@ -818,6 +818,47 @@ def test_an_eval_waits_for_another_training_the_same_idm_and_loads_it_instead_of
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
 
 
+def test_a_long_wait_for_a_cache_entry_says_so_again_and_names_each_new_holder(tmp_path: Path, monkeypatch) -> None:
+    """A wait has no time limit (filling may take long), and it was said once: a log then
+    showed nothing for as long as the holder took, or hung. It is now said again every
+    WAIT_REMINDER_SECONDS, and whenever another process takes the entry over."""
+    import threading
+    import time
+
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere no lock is taken
+    import worldsim.atomic
+
+    monkeypatch.setattr(worldsim.atomic, "LOCK_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(worldsim.atomic, "WAIT_REMINDER_SECONDS", 0.2)
+    said: list[str] = []
+    done = threading.Event()
+
+    def wait_for_turn() -> None:
+        with worldsim.atomic.turn_to_fill(tmp_path / "entry", said.append):
+            done.set()
+
+    def until(what) -> None:
+        deadline = time.monotonic() + 30
+        while not what() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with open(tmp_path / ".entry.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        waiter = threading.Thread(target=wait_for_turn)
+        waiter.start()
+        until(lambda: len(said) >= 2)
+        assert said[:2] == ["4242", "4242"]  # said again while it still waits
+        held.truncate(0)
+        held.write("4343\n")  # another process took it over
+        held.flush()
+        until(lambda: "4343" in said)
+        assert "4343" in said and not done.is_set()
+    waiter.join(30)
+    assert done.is_set()
+
+
 def test_held_out_episodes_shorter_than_the_horizon_are_refused_after_their_own_length() -> None:
     """With --horizon far beyond the env's episodes, every one of the 50 tries used to run the
     whole horizon through resets (50 x 100,002 steps for --horizon 100000 on 40-step
