@@ -335,6 +335,17 @@ class _Session:
         self.pg, self.world, self.cfg, self.script = pygame, world, config, script
         self.keymap = keymap
         pygame.display.init()  # not pygame.init(): the viewer needs no audio device
+        try:
+            self._open(pygame, world, config, keymap, script)
+        except BaseException:
+            # A session that cannot start (a --record path it cannot write) closes the window
+            # it opened and lets go of the font, as run() does at its end.
+            if hasattr(self, "overlay"):
+                self.overlay.close()
+            pygame.quit()
+            raise
+
+    def _open(self, pygame: Any, world: World, config: PlayConfig, keymap: Keymap, script: Iterator | None) -> None:
         height, width = world.frame_shape
         scale = config.scale or max(1, WINDOW_TARGET_PX // max(height, width))
         self.overlay = Overlay(pygame, world.titles, (width, height), scale, keymap.help_lines())

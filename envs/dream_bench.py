@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -264,8 +266,17 @@ def main(argv: list[str]) -> int:
 
 def _write_json(path: str, doc: dict) -> None:
     """``--json``: the printed figures, shaped as the other benches' (a row per configuration,
-    then the run's setting). Its folder is made; it is written whole or not at all."""
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    then the run's setting). Its folder is made; it is written whole or not at all. Strict
+    JSON: a figure this OS cannot give (RSS without /proc) is ``null``, not ``NaN``."""
+
+    def strict(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strict(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [strict(v) for v in x]
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    atomic_write_text(path, json.dumps(strict(doc), indent=2, allow_nan=False) + "\n")
 
 
 def bench_dream_main(argv: list[str]) -> int:

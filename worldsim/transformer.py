@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,8 @@ NO_ACTION = -1
 """Action value that marks "no action" (the first frame of a recording or prompt)."""
 MASKED = -1
 """Code value that marks a masked cell in the target-stream input."""
+SPATIAL_TABLES = 8
+"""Grid sizes whose (row, column) embedding a :class:`Dynamics` keeps at once (the oldest goes)."""
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,8 @@ class Dynamics(nn.Module):
         self.stream_emb = nn.Embedding(2, d)
         self.rope = Rope(d // cfg.heads, cfg.time_period)
         self._spatial_cache: dict[tuple[int, int, str], torch.Tensor] = {}
-        """(rows, columns, device) -> :meth:`_spatial`'s table."""
+        """(rows, columns, device) -> :meth:`_spatial`'s table: at most :data:`SPATIAL_TABLES`
+        grids, emptied when the model moves (:meth:`_apply`)."""
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, p * p * sum(cfg.levels))
@@ -412,8 +416,16 @@ class Dynamics(nn.Module):
             # can still use it afterwards.
             with torch.inference_mode(False), torch.no_grad():
                 table = self._spatial_table(gh, gw, device)
+            while len(self._spatial_cache) >= SPATIAL_TABLES:  # a model run at many frame sizes
+                del self._spatial_cache[next(iter(self._spatial_cache))]
             self._spatial_cache[key] = table
         return table
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        """``.to()``, ``.cuda()``, ``.cpu()``, ``.half()`` and the like: the tables kept for the old
+        device are let go of, or a model moved off a GPU would keep its tables in GPU memory."""
+        self._spatial_cache.clear()
+        return super()._apply(*args, **kwargs)
 
     def _spatial_table(self, gh: int, gw: int, device: torch.device) -> torch.Tensor:
         """:meth:`_spatial`, computed: ``[N, D]``."""

@@ -507,3 +507,17 @@ def test_no_display_error_keeps_sdls_own_reason(monkeypatch) -> None:
     monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
     with pytest.raises(WorldSimError, match="SDL: wayland: could not connect to wayland-0: permission denied"):
         check_display(fake, "the game's window", "run it on a desktop", "run it headless")
+
+
+def test_a_session_that_cannot_start_closes_the_window_it_opened(tmp_path, headless):
+    # A --record path it cannot write (a folder under a file) failed after the window opened;
+    # the window, and the font's file, stayed open in the process (a notebook, a launcher).
+    import pygame
+
+    (tmp_path / "a file").write_text("")
+    path = write_lines(tmp_path / "walk.jsonl", [json.dumps({"action": FORWARD, "repeat": 2})])
+    config = PlayConfig(world="engine", actions=path, seed=0, width=16, height=16, scale=1,
+                        record=str(tmp_path / "a file" / "game.msgpack"))  # fmt: skip
+    with pytest.raises(OSError):
+        play(config)
+    assert not pygame.display.get_init() and not pygame.font.get_init()

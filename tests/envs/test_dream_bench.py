@@ -127,3 +127,18 @@ def test_bench_dream_env_writes_its_figures_to_json_in_a_new_folder(capsys, tmp_
     rollout = tmp_path / "rollout.json"
     assert main([*TINY, "--rollout", "5", "--json", str(rollout)]) == 0
     assert json.loads(rollout.read_text())["rollout"]["steps"] == 5
+
+
+def test_bench_dream_env_json_is_strict_where_the_os_gives_no_rss(capsys, tmp_path, monkeypatch):
+    """Without /proc the rollout's RSS is NaN, which json.dumps wrote as `NaN`: no JSON that
+    a strict reader (jq, a browser) takes. It is null there."""
+    import json
+
+    import envs.dream_bench
+
+    monkeypatch.setattr(envs.dream_bench, "rss_mb", lambda: float("nan"))
+    out = tmp_path / "rollout.json"
+    assert main([*TINY, "--rollout", "3", "--json", str(out)]) == 0
+    assert "NaN" not in out.read_text()
+    rollout = json.loads(out.read_text())["rollout"]
+    assert rollout["rss_end_mb"] is None and rollout["rss_after_warmup_mb"] is None and rollout["steps"] == 3

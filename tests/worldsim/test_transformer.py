@@ -339,3 +339,19 @@ def test_spatial_embedding_is_built_once_per_grid_and_still_trains_after_inferen
     out = model(codes, torch.randint(0, 2, (2, 2, 2)), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool))
     out.loss.backward()  # would raise if the table were an inference tensor saved for backward
     assert built == [(4, 4), (2, 3)]
+
+
+def test_spatial_tables_are_let_go_of_when_the_model_moves_and_kept_for_a_few_grids() -> None:
+    """A table kept for the old device would hold its memory after ``.to()`` (GPU memory after
+    a move to the CPU); a model run at many frame sizes keeps the latest few grids only."""
+    from worldsim.transformer import SPATIAL_TABLES
+
+    model = make_model(ActionSpec("MultiDiscrete", (3, 2)))
+    cpu = torch.device("cpu")
+    for g in range(1, SPATIAL_TABLES + 3):
+        model._spatial(g, 2, cpu)
+    assert list(model._spatial_cache) == [(g, 2, "cpu") for g in range(3, SPATIAL_TABLES + 3)]
+    assert torch.equal(model._spatial(1, 2, cpu), model._spatial_table(1, 2, cpu))  # built again, the same
+    model.to("meta")
+    assert not model._spatial_cache
+    assert model._spatial(4, 4, torch.device("meta")).device.type == "meta"
