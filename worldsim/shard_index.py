@@ -14,9 +14,12 @@ longer matches, is scanned instead (see :func:`worldsim.recording.scan_file`).
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from worldsim.atomic import atomic_write_text
 from worldsim.errors import WorldSimError
@@ -34,8 +37,11 @@ class Segment:
     episode: int
     first_t: int
     """Step number of the first record (0 for a reset record)."""
-    offsets: list[int] = field(default_factory=list)
-    """Byte offset of each record, the record for step ``first_t + i`` at position i."""
+    offsets: array = field(default_factory=lambda: array("q"))
+    """Byte offset of each record, the record for step ``first_t + i`` at position i.
+
+    An ``array("q")``, 8 bytes per record: a list of Python ints cost 36-60, so a writer
+    or an index of 10 million records held 0.4-0.6 GB of offsets alone."""
 
     @property
     def next_t(self) -> int:
@@ -59,7 +65,7 @@ class FileIndex:
             "bytes": self.size,
             "records": self.records,
             "segments": [
-                {"episode": s.episode, "first_t": s.first_t, "offsets": s.offsets}
+                {"episode": s.episode, "first_t": s.first_t, "offsets": s.offsets.tolist()}
                 for s in self.segments
             ],
         }
@@ -68,7 +74,7 @@ class FileIndex:
     def from_json(cls, d: Any) -> FileIndex:
         try:
             segs = [
-                Segment(_count(s["episode"]), _count(s["first_t"]), [_count(o) for o in s["offsets"]])
+                Segment(_count(s["episode"]), _count(s["first_t"]), _offsets(s["offsets"]))
                 for s in d["segments"]
             ]
             return cls(str(d["file"]), _count(d["bytes"]), _count(d["records"]), segs)
@@ -83,6 +89,20 @@ def _count(x: Any) -> int:
     if not 0 <= v < 2**63:
         raise ValueError(f"{x!r} is not a byte offset, count or step number")
     return v
+
+
+def _offsets(xs: Any) -> array:
+    """A segment's byte offsets as ``array("q")``, each an int in [0, 2**63), checked in C
+    rather than one Python call per record."""
+    if not isinstance(xs, list):
+        raise TypeError(f"offsets must be a list, got {type(xs).__name__}")
+    try:
+        a = array("q", xs)
+    except OverflowError:
+        raise ValueError("an offset is not below 2**63") from None
+    if len(a) and np.frombuffer(a, dtype=np.int64).min() < 0:
+        raise ValueError("an offset is negative")
+    return a
 
 
 class IndexBuilder:
