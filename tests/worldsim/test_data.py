@@ -316,3 +316,45 @@ def test_threads_reading_one_dataset_never_see_a_map_another_closed(tmp_path, mo
         sys.setswitchinterval(switch)
     assert not errors, errors[:3]
     assert len(ds._maps) <= 2
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """20,000 records of tiny frames in 4,096-record shards, 8 episodes interleaved, and
+    each episode's records in step order."""
+    import gymnasium as gym
+
+    from worldsim.png import encode_png
+    from worldsim.recording_writer import RecordingWriter
+
+    folder = tmp_path_factory.mktemp("long") / "shards"
+    frame = encode_png(np.zeros((2, 2, 3), np.uint8))
+    by_episode: dict[int, list[int]] = {}
+    with RecordingWriter(folder, env_id="X-v0", env_kwargs={}, observation_shape=(2, 2, 3),
+                         action_space=gym.spaces.Discrete(3), agent="a", shard_records=4096) as w:  # fmt: skip
+        for t in range(2500):
+            for e in range(8):
+                w.reset(e, None, frame) if t == 0 else w.step(e, t, t % 3, float(e), False, False, frame)
+                by_episode.setdefault(e, []).append(t)
+    return folder, by_episode
+
+
+def test_opening_a_long_recording_costs_tens_of_bytes_a_frame(long_run):
+    """The dataset keeps 28 bytes a frame (file, offset, end and step as numpy). It used to
+    build them as Python lists of ints first, peaking at about 165 bytes a frame: 1.6 GB to
+    open 10 million frames. Now the peak is the index's JSON parse, about 45."""
+    import tracemalloc
+
+    folder, by_episode = long_run
+    tracemalloc.start()
+    try:
+        ds = WindowDataset([folder], 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ds.num_frames == 20_000 and len(ds) == 8 * (2500 - 15)
+    assert peak / ds.num_frames < 80, f"{peak / ds.num_frames:.0f} bytes a frame"
+    first, last = ds.record_range(len(ds) - 1)  # the last window of the last episode
+    recs = [ds.record(r) for r in range(first, last)]
+    assert [(r.episode, r.t) for r in recs] == [(7, t) for t in range(2484, 2500)]
+    assert all(r.action[0] == r.t % 3 and r.reward == 7.0 for r in recs)
