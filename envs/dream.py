@@ -209,8 +209,9 @@ def prompt_from_recording(
 ) -> tuple[np.ndarray, np.ndarray, ActionSpec]:
     """The last ``length`` frames of a recorded episode up to step ``t``, with their actions.
 
-    Step ``t = 0`` is the episode's reset frame. The file is read record by record, so
-    only ``length`` frames are ever held in memory.
+    Step ``t = 0`` is the episode's reset frame. A shard folder is read through its index,
+    only the records the prompt needs; a lone file, record by record up to step ``t``.
+    Either way only ``length`` frames are ever held in memory.
 
     Args:
         spec, shape: the action space and frame shape ``(H, W, 3)`` the caller needs, if
@@ -239,22 +240,28 @@ def prompt_from_recording(
         h, w = reader.observation_shape[:2]
         raise WorldSimError(f"{path}: its frames are {h}x{w} (HxW) but the dream runs at {shape[0]}x{shape[1]}; "
                             "pass width and height to match")  # fmt: skip
-    window: deque[tuple[np.ndarray | None, Any]] = deque(maxlen=length)
-    last = -1
-    for rec in reader:  # records of different episodes interleave in a vector recording
-        if rec.episode != episode:
-            continue
-        if rec.t > t:
-            break
-        window.append((rec.action, rec))
-        last = rec.t
-        if last == t:
-            break
-    if last != t:
+    if reader.path.is_dir():  # a shard folder: straight to the records, through its index
+        from worldsim.data import indexed_steps
+
+        records, last = indexed_steps(path, int(episode), int(t), length)
+    else:  # a lone file has no index: read up to step t, keeping the last `length` records
+        window: deque[Any] = deque(maxlen=length)
+        last = -1
+        for rec in reader:  # records of different episodes interleave in a vector recording
+            if rec.episode != episode:
+                continue
+            if rec.t > t:
+                break
+            window.append(rec)
+            last = rec.t
+            if last == t:
+                break
+        records = list(window)
+    if not records or records[-1].t != t:
         seen = f"its last step is {last}" if last >= 0 else "it is not in the file"
         raise WorldSimError(f"{path}: episode {episode} has no step t={t} ({seen})")
-    frames = np.stack([rec.image() for _, rec in window])
-    actions = [a for a, _ in list(window)[1:]]
+    frames = np.stack([rec.image() for rec in records])
+    actions = [rec.action for rec in records[1:]]
     acts = np.stack(actions) if actions else noop_actions(reader.action_spec, 0)
     return frames, acts.astype(np.int64), reader.action_spec
 

@@ -28,6 +28,7 @@ import msgpack
 import numpy as np
 
 from worldsim.recording import (
+    UNPACK_LIMITS,
     UNPACKB_LIMITS,
     Record,
     RecordingError,
@@ -118,6 +119,67 @@ def _collect(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any], Fi
                 header, entry = scan_file(file, file.name)
                 out.append((file, header, entry))
     return out
+
+
+def indexed_steps(folder: str | Path, episode: int, t: int, length: int) -> tuple[list[Record], int]:
+    """The last ``length`` records of ``episode`` in a shard folder up to step ``t``, read by offset.
+
+    The folder's ``index.json`` says where they lie (shards it does not cover are scanned), so
+    only these records are read: a dream reset from step ``t`` of a late episode used to parse
+    every record before it, 200,000 of them for a prompt of 16 frames. The records are
+    consecutive steps ending at ``t``; a gap in the episode's steps (a lost shard) ends them.
+
+    Returns:
+        The records in step order (empty when the episode has no step ``t``), and the
+        episode's last step in the folder (-1 when it is not there).
+
+    Raises:
+        RecordingError: if a shard is corrupt, or no longer matches the index.
+    """
+    files = recording_files(folder)
+    index = load_index(Path(folder))
+    first_header = read_header(files[0])
+    spec = ActionSpec.from_dict(first_header["action_space"])
+    lo = max(0, t - length + 1)
+    where: dict[int, tuple[int, int]] = {}  # step -> (file number, byte offset)
+    last = -1
+    for fid, file in enumerate(files):
+        entry = index.get(file.name)
+        if entry is None or entry.size > file.stat().st_size:  # not indexed (yet): scanned, as _collect does
+            entry = scan_file(file, file.name)[1]
+        for seg in entry.segments:
+            if seg.episode != episode:
+                continue
+            last = max(last, seg.next_t - 1)
+            for step in range(max(lo, seg.first_t), min(t + 1, seg.next_t)):
+                where.setdefault(step, (fid, seg.offsets[step - seg.first_t]))
+    steps = []
+    for step in range(t, lo - 1, -1):
+        if step not in where:
+            break
+        steps.append(step)
+    records = []
+    headers: dict[int, dict[str, Any]] = {}  # of the few shards read, not of all
+    for step in reversed(steps):
+        fid, off = where[step]
+        file = files[fid]
+        header = headers.get(fid) or headers.setdefault(fid, read_header(file))
+        check_compatible(first_header, header, file)
+        with open(file, "rb") as f:
+            f.seek(off)
+            try:
+                obj = next(msgpack.Unpacker(f, read_size=1 << 14, **UNPACK_LIMITS))
+            except Exception as e:  # cut short, or not msgpack there: the shard changed under the index
+                raise RecordingError(f"{file}: record at byte {off}: not msgpack: {e!r}; {_STALE}?") from None
+        rec = parse_record(obj, spec, file, None, off)
+        if (rec.episode, rec.t) != (episode, step):
+            raise RecordingError(
+                f"{file}: byte {off}: expected episode {episode} step {step}, found episode {rec.episode} "
+                f"step {rec.t}: {_STALE}"
+            )
+        rec.frame_shape = tuple(header["observation_shape"][:2])
+        records.append(rec)
+    return records, last
 
 
 class WindowDataset:

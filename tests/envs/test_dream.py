@@ -159,6 +159,41 @@ def test_reset_from_a_recording(checkpoint, tmp_path):
         env.reset(options={"recording": str(path), "episode": 4, "t": 0})
 
 
+def test_a_prompt_from_a_shard_folder_reads_only_its_records(tmp_path, monkeypatch):
+    """A reset from step t of a late episode used to parse every record of the folder before
+    it (200,000 of them for a 16-frame prompt 390 episodes in); the index takes it straight to
+    the prompt's records, which are those a lone file of the same run gives."""
+    import worldsim.data
+    import worldsim.recording
+    from envs.dream import prompt_from_recording
+    from tests.worldsim.toy_env import record_toy
+
+    folder, single = tmp_path / "shards", tmp_path / "one.msgpack"
+    episodes = record_toy(folder, 14, shard_records=16, interleave=3, seed=5, max_len=25)
+    record_toy(single, 14, interleave=3, seed=5, max_len=25)  # the same run as one file
+    parsed = []
+    for module in (worldsim.data, worldsim.recording):
+        real = module.parse_record
+        monkeypatch.setattr(module, "parse_record", lambda *a, real=real, **k: parsed.append(1) or real(*a, **k))
+    for e, t, length in ((13, 9, 4), (13, 9, 30), (12, 0, 4), (0, 3, 8)):
+        t = min(t, len(episodes[e]["frames"]) - 1)
+        parsed.clear()
+        frames, actions, _ = prompt_from_recording(str(folder), e, t, length)
+        first = max(0, t - length + 1)
+        assert len(parsed) == t - first + 1  # the prompt's records, no others
+        np.testing.assert_array_equal(frames, np.stack(episodes[e]["frames"][first : t + 1]))
+        assert len(actions) == t - first
+        if t > first:
+            np.testing.assert_array_equal(actions, np.stack(episodes[e]["actions"][first:t]))
+        for got, want in zip(prompt_from_recording(str(single), e, t, length), (frames, actions)):
+            np.testing.assert_array_equal(got, want)
+    last = len(episodes[13]["frames"]) - 1
+    with pytest.raises(WorldSimError, match=f"episode 13 has no step t={last + 1} \\(its last step is {last}\\)"):
+        prompt_from_recording(str(folder), 13, last + 1, 4)
+    with pytest.raises(WorldSimError, match="episode 14 has no step t=0 \\(it is not in the file\\)"):
+        prompt_from_recording(str(folder), 14, 0, 4)
+
+
 def test_a_recording_of_another_frame_size_is_refused_by_name(checkpoint, tmp_path):
     """Single and vector env alike: a WorldSimError naming the file and both sizes, as every
     other recording prompt error is, not a ValueError about prompt frames."""
