@@ -261,7 +261,9 @@ class WindowDataset:
         run_start: list[int] = []  # first record of each contiguous run of steps
         run_len: list[int] = []
         total = 0
+        episode_first: list[int] = []  # first record of each episode: they lie one after another
         for key in self.episodes:
+            episode_first.append(total)
             prev_next_t = None
             for first_t, fid, offsets in sorted(pieces[key], key=lambda p: p[:2]):
                 n = len(offsets)
@@ -277,6 +279,7 @@ class WindowDataset:
                 total += n
                 prev_next_t = first_t + n
         del sorted_offs, sorted_ends, pieces
+        self._episode_first = np.asarray(episode_first + [total], dtype=np.int64)
         lens = np.asarray(seg_len, dtype=np.int64)
         self._rec_file = np.repeat(np.asarray(seg_fid, dtype=np.int32), lens)
         self._rec_off = np.concatenate(off_parts) if off_parts else np.zeros(0, np.int64)
@@ -332,6 +335,11 @@ class WindowDataset:
                     m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 self._maps[fid] = m
             return m[off:end]
+
+    def episode_records(self, k: int) -> range:
+        """The record numbers of ``self.episodes[k]``'s frames, in step order (for
+        :meth:`record`): a reader of one episode need not read the others' records."""
+        return range(int(self._episode_first[k]), int(self._episode_first[k + 1]))
 
     def record_range(self, i: int) -> tuple[int, int]:
         """The global record numbers [first, last) that window ``i`` reads."""

@@ -91,10 +91,11 @@ def replay(
         nonlocal written
         writer = _open_writer(Path(tmp), fps)
         try:
-            for r in range(ds.num_frames):
+            # Only the chosen episode's records: reading every record to skip the others
+            # took a 200,000-record folder 195,410 reads to write 20 frames of a late episode.
+            chosen = [k for k, e in enumerate(ds.episodes) if episode is None or e.episode == episode]
+            for r in (r for k in chosen for r in ds.episode_records(k)):
                 rec = ds.record(r)
-                if episode is not None and rec.episode != episode:
-                    continue
                 frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
                 if show_overlay:
                     frame = overlay(frame, rec, names)

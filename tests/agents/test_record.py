@@ -335,6 +335,27 @@ def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
     assert "must end in .mp4 or .gif" in capsys.readouterr().err
 
 
+def test_replaying_one_episode_reads_only_its_records(tmp_path, monkeypatch):
+    """`worldsim replay --episode E` read every record of the recording to skip the other
+    episodes' (195,410 reads to write 20 frames of a late episode of a 200,000-record folder)."""
+    from tests.worldsim.toy_env import record_toy
+    from worldsim.video import replay
+
+    folder = tmp_path / "shards"
+    episodes = record_toy(folder, 14, shard_records=16, interleave=3, seed=5, max_len=25)
+    reads = []
+    real = WindowDataset.record
+    monkeypatch.setattr(WindowDataset, "record", lambda self, r: reads.append(r) or real(self, r))
+    for e, most in ((13, None), (12, 3)):
+        reads.clear()
+        video = tmp_path / f"ep{e}.gif"
+        n = replay(folder, video, episode=e, scale=1, max_frames=most)
+        want = len(episodes[e]["frames"]) if most is None else most
+        assert n == len(reads) == want
+        got = np.stack(iio.mimread(video))[..., :3]
+        np.testing.assert_array_equal(got, np.stack(episodes[e]["frames"][:want]))
+
+
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_an_interrupted_replay_leaves_the_earlier_video_and_no_partial_one(tmp_path, suffix, monkeypatch, capsys):
     """Ctrl-C during a replay left a cut-short video at --out (with ffmpeg stopped by the same
