@@ -273,7 +273,7 @@ def _record_locked(cfg: RecordConfig, out: Path, parts: int, overwrite: bool, pr
     for r in results[1:]:
         coverage = coverage + Coverage(**r["coverage"])
     if parts > 1:
-        files = [FileIndex.from_json(f) for r in results for f in r["files"]]
+        files: list[FileIndex] = [f for r in results for f in r["files"]]
         write_index(out, results[0]["header"], files)
     coverage.write(output_path(out))
     return RecordResult(

@@ -187,7 +187,8 @@ def episode_seed(seed: int, episode: int) -> int:
 def record_part(
     cfg: RecordConfig, part: int, parts: int, steps: int, progress: Callable[[int], None]
 ) -> dict[str, Any]:
-    """Record ``steps`` steps as worker ``part`` of ``parts``; returns plain-data results.
+    """Record ``steps`` steps as worker ``part`` of ``parts``; returns its counts, header,
+    index entries (:class:`~worldsim.shard_index.FileIndex`) and coverage, all picklable.
 
     Episode numbers are ``part, part + parts, ...``, so they are unique across workers.
     """
@@ -376,7 +377,9 @@ class _Rollout:
             "seconds": end_time - start_time,
             "steady_steps": w.steps_written - warm_steps,
             "steady_seconds": end_time - warm_time,
-            "files": [f.to_json() for f in w.file_indexes],
+            # FileIndex objects, not their JSON: they cross to the parent pickled, where arrays
+            # of offsets take 8 bytes a record and lists of Python ints took 41.
+            "files": list(w.file_indexes),
             "header": w.header,
             "coverage": self.coverage.__dict__,
         }
