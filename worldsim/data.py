@@ -2,8 +2,8 @@
 
 :class:`WindowDataset` indexes recordings once (from ``index.json`` where a shard folder
 has one, else by scanning) and afterwards reads only the records a window needs, through
-memory maps, by byte offset. Nothing but the offsets is held in memory, so a dataset of
-millions of frames opens in moments and costs a few bytes per frame.
+memory maps, by byte offset. Nothing but where each frame lies is held in memory, so a
+dataset of millions of frames opens in moments and costs 28 bytes per frame.
 
 Windows never cross an episode boundary, nor a gap in an episode's steps (a lost shard).
 The train/validation split is by whole episodes, chosen by a hash of the episode's
