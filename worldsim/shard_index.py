@@ -37,7 +37,7 @@ class Segment:
     episode: int
     first_t: int
     """Step number of the first record (0 for a reset record)."""
-    offsets: array = field(default_factory=lambda: array("q"))
+    offsets: array[int] = field(default_factory=lambda: array("q"))
     """Byte offset of each record, the record for step ``first_t + i`` at position i.
 
     An ``array("q")``, 8 bytes per record: a list of Python ints cost 36-60, so a writer
@@ -91,7 +91,7 @@ def _count(x: Any) -> int:
     return v
 
 
-def _offsets(xs: Any) -> array:
+def _offsets(xs: Any) -> array[int]:
     """A segment's byte offsets as ``array("q")``, each an int in [0, 2**63), checked in C
     rather than one Python call per record."""
     if not isinstance(xs, list):
