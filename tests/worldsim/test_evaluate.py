@@ -744,6 +744,22 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
     assert any("could not cache the inverse-dynamics model" in s for s in said)
 
 
+def test_an_idm_cache_on_a_full_disk_keeps_the_trained_idm_and_says_so(tmp_path: Path, full_disk) -> None:
+    """A full disk while caching the IDM raised safetensors' own error, which the fall-back for an
+    unwritable cache did not catch: the eval failed after its minutes of work."""
+    from worldsim.idm import IDMConfig, IDMData, load_or_train
+
+    rng = np.random.default_rng(0)
+    data = IDMData.from_trajectories([(rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
+    said: list[str] = []
+    with full_disk(256):
+        model, info = load_or_train("k", lambda: data, (3,), (16, 16), IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4),
+                                    tmp_path, log=said.append)  # fmt: skip
+    assert model is not None and info["cached"] is False and info["cache"] is None
+    assert any("could not cache the inverse-dynamics model" in s and "File too large" in s for s in said)
+    assert [p.name for p in tmp_path.iterdir()] == []  # neither a partial cache entry nor a temporary file
+
+
 def test_a_second_eval_into_the_same_out_is_refused_while_the_first_runs(tmp_path: Path, capsys) -> None:
     """Two evals into one --out (a sweep given the same folder) both exited 0: each cleared the
     other's files, and the folder held one run's metrics.json beside the other's videos."""
