@@ -146,6 +146,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suf
     ``keep_suffix`` the temporary file ends in ``path``'s suffix too (``.tmp.mp4``), for
     writers that pick the format by it. A ``path`` that is a symbolic link gets its target
     written, and the link stays.
+
+    Raises:
+        OSError: the file system refused the write (a full disk: ``ENOSPC``), naming ``path``.
     """
     path = Path(path)
     if path.is_symlink():  # write through the link, as open() would, rather than replace it with a file
@@ -159,6 +162,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suf
         write(tmp)
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno is not None and e.filename in (None, tmp):
+            # A write that fails (a full disk: ENOSPC) names no file, or the temporary one the
+            # user never asked for: the CLI said only "No space left on device".
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

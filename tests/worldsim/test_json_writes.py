@@ -74,3 +74,18 @@ def test_a_recipe_data_part_killed_while_marked_done_is_not_taken_for_done(tmp_p
     with pytest.raises(KeyboardInterrupt):
         run._record(0)
     assert list(run.part_dir(0).parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "write"), [("x.coverage.json", _coverage), ("manifest.json", _manifest), ("bench.json", _bench)]
+)
+def test_a_json_file_on_a_full_disk_fails_naming_it_and_keeps_the_earlier_one(tmp_path, full_disk, name, write) -> None:
+    """A write the disk refused named no file (``worldsim bench: error: No space left on
+    device``), so a command that writes several could not say which one failed."""
+    path = tmp_path / name
+    path.write_text('{"earlier": "run"}\n')
+    with full_disk(10), pytest.raises(OSError) as e:
+        write(path)
+    assert e.value.filename == str(path)
+    assert json.loads(path.read_text()) == {"earlier": "run"}
+    assert [p.name for p in tmp_path.iterdir()] == [name]
