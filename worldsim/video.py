@@ -16,6 +16,7 @@ import numpy as np
 from worldsim.atomic import atomic_write
 from worldsim.data import WindowDataset
 from worldsim.errors import WorldSimError
+from worldsim.eval_media import check_mp4
 from worldsim.recording import Record
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -70,7 +71,8 @@ def replay(
         max_frames: stop after this many frames.
 
     Raises:
-        WorldSimError: for an unknown suffix, a missing episode or a bad recording.
+        WorldSimError: for an unknown suffix, a missing episode, a bad recording, or an MP4
+            that ffmpeg could not write whole (a full disk).
     """
     out = Path(out)
     if out.suffix.lower() not in VIDEO_SUFFIXES:
@@ -104,6 +106,8 @@ def replay(
                     break
         finally:
             writer.close()
+        if out.suffix.lower() != ".gif":
+            check_mp4(tmp, out)
 
     # Written aside and renamed when whole: Ctrl-C used to leave a cut-short video (or, with
     # ffmpeg stopped by the same Ctrl-C, one with no index that no player opens) at --out,

@@ -335,6 +335,26 @@ def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
     assert "must end in .mp4 or .gif" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # imageio's GIF writer retries on delete
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_a_replay_onto_a_full_disk_fails_naming_the_video_and_keeps_the_earlier_one(tmp_path, suffix, full_disk, capsys):
+    """imageio never reads ffmpeg's exit status: an ffmpeg that could not write (a full disk) left
+    a cut-short MP4 no player opens, which replaced the earlier video, and replay said it wrote
+    every frame and exited 0."""
+    rec = tmp_path / "toy.msgpack"
+    assert cli(["record", "--env", FULL_ID, "--steps", "40", "--out", str(rec), "--quiet"]) == 0
+    video = tmp_path / f"toy{suffix}"
+    assert cli(["replay", str(rec), "--out", str(video)]) == 0
+    earlier = video.read_bytes()
+    capsys.readouterr()
+    with full_disk(2000):
+        assert cli(["replay", str(rec), "--out", str(video)]) == 2
+    err = capsys.readouterr().err
+    assert str(video) in err and "wrote" not in err
+    assert video.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["toy.msgpack", "toy.coverage.json", video.name])
+
+
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_an_interrupted_replay_leaves_the_earlier_video_and_no_partial_one(tmp_path, suffix, monkeypatch, capsys):
     """Ctrl-C during a replay left a cut-short video at --out (with ffmpeg stopped by the same

@@ -1138,3 +1138,19 @@ def test_a_sections_figures_do_not_move_with_another_sections_budget(tiny_blockw
     assert longer["permanence"] == base["permanence"] == more["permanence"]
     assert more["stability"] == base["stability"]
     assert longer["open_loop"] == base["open_loop"] and longer["stability"] != base["stability"]
+
+
+def test_an_eval_video_ffmpeg_could_not_finish_is_an_error_not_a_broken_file(tmp_path: Path, full_disk) -> None:
+    """The eval's stability MP4 on a full disk: ffmpeg's failure went unseen, and a video no
+    player opens was renamed into place."""
+    from worldsim.errors import WorldSimError
+    from worldsim.eval_media import write_mp4
+
+    frames = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    with full_disk(2000), pytest.raises(WorldSimError, match="stability.mp4: ffmpeg did not finish the video"):
+        write_mp4(tmp_path / "stability.mp4", frames)
+    assert list(tmp_path.iterdir()) == []
+    write_mp4(tmp_path / "stability.mp4", frames)  # and with room, the same frames make a video
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(tmp_path / "stability.mp4")) == 20
