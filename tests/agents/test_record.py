@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import gymnasium as gym
 import imageio.v2 as iio
@@ -333,6 +334,26 @@ def test_replay_writes_a_video_of_every_frame(tmp_path, suffix, capsys):
     assert got[0].shape[:2] == (12 * 4 + 24, 16 * 4)  # frame scaled 4x, two overlay lines
     assert cli(["replay", str(rec), "--out", str(tmp_path / "x.avi")]) == 2
     assert "must end in .mp4 or .gif" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_recording_onto_a_full_disk_fails_naming_the_file_and_keeps_every_whole_record(tmp_path, workers, full_disk, capsys):
+    """A full disk said only "File too large" (or "No space left on device"), with no file
+    named; with --workers 2 it was a worker's traceback; and the cut record stayed at the end
+    of the file, for every reader to warn about."""
+    out = tmp_path / ("rec.msgpack" if workers == 1 else "rec")
+    args = ["record", "--env", FULL_ID, "--steps", "2000", "--out", str(out), "--quiet", "--num-envs", str(workers),
+            "--workers", str(workers)]  # fmt: skip
+    with full_disk(20_000):
+        assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "File too large: '" in err and str(out) in err and "Traceback" not in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cut back to its last whole record: nothing for a reader to warn about
+        kept = list(RecordingReader(out))
+    assert len(kept) > 50
+    files = [out] if workers == 1 else sorted(out.glob("*.msgpack"))
+    assert all(f.stat().st_size < 20_000 for f in files)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # imageio's GIF writer retries on delete
