@@ -722,3 +722,28 @@ def test_a_run_waits_for_another_encoding_the_same_codes_and_reads_them_instead(
     waiter.join(10)
     assert got and not encoded
     assert np.array_equal(got[0].codes, first.codes) and np.array_equal(got[0].actions, first.actions)
+
+
+@pytest.mark.parametrize("full", ["state", "log"])
+def test_a_save_onto_a_full_disk_stops_naming_the_file_and_resumes_once_there_is_room(
+    data: Path, tmp_path: Path, full_disk, capsys, full: str
+) -> None:
+    """A full disk ended training with safetensors' traceback (the state) or with "No space
+    left on device" and no file named (metrics.jsonl); the checkpoint before it must stay, and
+    --resume must carry on from it."""
+    out = tmp_path / "tok.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--ckpt-every", "1", *FAST]
+    assert cli([*args, "--steps", "2"]) == 0
+    log = out.parent / "metrics.jsonl"
+    room = 100_000 if full == "state" else log.stat().st_size + 20  # the state is ~800 kB, a log line ~300 B
+    capsys.readouterr()
+    with full_disk(room):
+        assert cli([*args, "--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    named = state_path(out) if full == "state" else log
+    assert f"error: File too large: '{named}'" in err and "Traceback" not in err
+    assert load_model(out).info["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", out.name, state_path(out).name]
+    assert cli([*args, "--steps", "4", "--resume"]) == 0
+    assert load_model(out).info["steps"] == 4
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3, 4]
