@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import imageio.v2 as imageio
+import imageio.v3 as iio3
 import numpy as np
 
 from worldsim.atomic import atomic_write
@@ -40,10 +41,19 @@ def side_by_side(real: np.ndarray, dream: np.ndarray, scale: int = 2) -> np.ndar
 # while encoding one left a cut-short video in place of the one an earlier run had written.
 
 
+def gif_bytes(frames: np.ndarray | Sequence[np.ndarray], fps: float = 20.0) -> bytes:
+    """An endlessly looping GIF, encoded in memory.
+
+    Encoded straight into its file, a GIF the disk refused (full) was encoded again when
+    imageio's writer was deleted, which printed tracebacks after the command's error.
+    """
+    return iio3.imwrite("<bytes>", list(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+
+
 def write_gif(path: Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = 20.0) -> None:
     """An endlessly looping GIF."""
-    frames = list(frames)
-    atomic_write(path, lambda tmp: imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0), keep_suffix=True)
+    data = gif_bytes(frames, fps)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def check_mp4(written: str | Path, path: str | Path) -> None:

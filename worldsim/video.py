@@ -8,15 +8,15 @@ crisp), and ``--overlay`` prints the episode, step, action and reward under each
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from worldsim.atomic import atomic_write
 from worldsim.data import WindowDataset
 from worldsim.errors import WorldSimError
-from worldsim.eval_media import check_mp4
+from worldsim.eval_media import check_mp4, gif_bytes
 from worldsim.recording import Record
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -89,25 +89,33 @@ def replay(
         raise WorldSimError(f"{path}: no episode {episode}; it holds episodes {keys[:10]}...")
     written = 0
 
-    def write(tmp: str) -> None:
+    def frames() -> Iterator[np.ndarray]:
         nonlocal written
-        writer = _open_writer(Path(tmp), fps)
+        for r in range(ds.num_frames):
+            rec = ds.record(r)
+            if episode is not None and rec.episode != episode:
+                continue
+            frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
+            if show_overlay:
+                frame = overlay(frame, rec, names)
+            yield _even(frame)
+            written += 1
+            if max_frames is not None and written >= max_frames:
+                break
+
+    def write(tmp: str) -> None:
+        if out.suffix.lower() == ".gif":
+            Path(tmp).write_bytes(gif_bytes(list(frames()), fps))
+            return
+        import imageio.v2 as iio
+
+        writer = iio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1)
         try:
-            for r in range(ds.num_frames):
-                rec = ds.record(r)
-                if episode is not None and rec.episode != episode:
-                    continue
-                frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
-                if show_overlay:
-                    frame = overlay(frame, rec, names)
-                writer.append_data(_even(frame))
-                written += 1
-                if max_frames is not None and written >= max_frames:
-                    break
+            for frame in frames():
+                writer.append_data(frame)
         finally:
             writer.close()
-        if out.suffix.lower() != ".gif":
-            check_mp4(tmp, out)
+        check_mp4(tmp, out)
 
     # Written aside and renamed when whole: Ctrl-C used to leave a cut-short video (or, with
     # ffmpeg stopped by the same Ctrl-C, one with no index that no player opens) at --out,
@@ -122,14 +130,6 @@ def _even(frame: np.ndarray) -> np.ndarray:
     if h % 2 == 0 and w % 2 == 0:
         return frame
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)))
-
-
-def _open_writer(out: Path, fps: float) -> Any:
-    import imageio.v2 as iio
-
-    if out.suffix.lower() == ".gif":
-        return iio.get_writer(out, mode="I", duration=1000.0 / fps, loop=0)
-    return iio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1)
 
 
 def main(argv: list[str]) -> int:

@@ -356,12 +356,17 @@ def test_a_recording_onto_a_full_disk_fails_naming_the_file_and_keeps_every_whol
     assert all(f.stat().st_size < 20_000 for f in files)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # imageio's GIF writer retries on delete
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
-def test_a_replay_onto_a_full_disk_fails_naming_the_video_and_keeps_the_earlier_one(tmp_path, suffix, full_disk, capsys):
+def test_a_replay_onto_a_full_disk_fails_naming_the_video_and_keeps_the_earlier_one(tmp_path, suffix, full_disk, capsys, monkeypatch):
     """imageio never reads ffmpeg's exit status: an ffmpeg that could not write (a full disk) left
     a cut-short MP4 no player opens, which replaced the earlier video, and replay said it wrote
-    every frame and exited 0."""
+    every frame and exited 0. A GIF's error named no file, and imageio's writer, deleted, tried
+    again and printed tracebacks after it."""
+    import gc
+    import sys
+
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     rec = tmp_path / "toy.msgpack"
     assert cli(["record", "--env", FULL_ID, "--steps", "40", "--out", str(rec), "--quiet"]) == 0
     video = tmp_path / f"toy{suffix}"
@@ -374,6 +379,8 @@ def test_a_replay_onto_a_full_disk_fails_naming_the_video_and_keeps_the_earlier_
     assert str(video) in err and "wrote" not in err
     assert video.read_bytes() == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["toy.msgpack", "toy.coverage.json", video.name])
+    gc.collect()
+    assert unraisable == []
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -1105,12 +1108,14 @@ def test_a_video_interrupted_while_encoding_leaves_the_earlier_one(tmp_path: Pat
         w.append_data = append_data
         return w
 
-    def mimsave(path, *a, **k):
-        Path(path).write_bytes(b"GIF89a")  # the encoder had begun the file
+    real_write_bytes = Path.write_bytes
+
+    def write_bytes(self, data):
+        real_write_bytes(self, data[: len(data) // 2])  # the GIF half written
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_media.imageio, "get_writer", get_writer)
-    monkeypatch.setattr(eval_media.imageio, "mimsave", mimsave)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     for write, path in ((eval_media.write_gif, gif), (eval_media.write_mp4, mp4)):
         with pytest.raises(KeyboardInterrupt):
             write(path, 255 - frames)
@@ -1154,3 +1159,21 @@ def test_an_eval_video_ffmpeg_could_not_finish_is_an_error_not_a_broken_file(tmp
     import imageio.v2 as imageio
 
     assert len(imageio.mimread(tmp_path / "stability.mp4")) == 20
+
+
+def test_an_eval_gif_on_a_full_disk_fails_once_naming_it(tmp_path: Path) -> None:
+    """The demo's and the eval's GIFs on a full disk: the error named no file, and imageio's
+    writer, deleted, encoded again and printed tracebacks after it."""
+    resource = pytest.importorskip("resource")
+    code = ("import numpy as np, sys; from pathlib import Path; from worldsim.eval_media import write_gif\n"
+            "frames = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)\n"
+            f"try: write_gif(Path({str(tmp_path / 'dream.gif')!r}), frames)\n"
+            "except OSError as e: print('refused', e.filename)\n")  # fmt: skip
+
+    def full_disk() -> None:  # in the child only: writes past 2,000 bytes fail (EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, preexec_fn=full_disk, timeout=120)
+    assert done.stdout.strip() == f"refused {tmp_path / 'dream.gif'}"
+    assert done.stderr == "" and list(tmp_path.iterdir()) == []
