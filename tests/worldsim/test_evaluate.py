@@ -1177,3 +1177,28 @@ def test_an_eval_gif_on_a_full_disk_fails_once_naming_it(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, preexec_fn=full_disk, timeout=120)
     assert done.stdout.strip() == f"refused {tmp_path / 'dream.gif'}"
     assert done.stderr == "" and list(tmp_path.iterdir()) == []
+
+
+def test_an_eval_whose_metrics_json_the_full_disk_refuses_still_gives_its_figures(
+    tiny_toy: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A disk that filled during the eval's minutes refused metrics.json at the very end, and
+    every figure measured was lost with it."""
+    import errno
+
+    real = evaluate.atomic_write_text
+
+    def write(path, text):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(evaluate, "atomic_write_text", write)
+    out = tmp_path / "eval"
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--no-videos",
+              "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: No space left on device: '{out / 'metrics.json'}'" in err
+    shown = err[err.index("its figures follow:\n") + len("its figures follow:\n"):]
+    m = json.loads(shown[: shown.index("\n}\n") + 2])
+    assert m["env_kwargs"] == TOY_KWARGS and "open_loop" in m and not (out / "metrics.json").exists()
