@@ -747,3 +747,30 @@ def test_a_save_onto_a_full_disk_stops_naming_the_file_and_resumes_once_there_is
     assert cli([*args, "--steps", "4", "--resume"]) == 0
     assert load_model(out).info["steps"] == 4
     assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_code_cache_the_full_disk_refuses_is_skipped_and_the_run_goes_on(
+    data: Path, tokenizer: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """safetensors raises its own SafetensorError for a write the disk refused, which the code
+    cache's fall-back (go on without the file) did not catch: the run died with a traceback."""
+    from safetensors import SafetensorError
+
+    import worldsim.checkpoint
+
+    real = worldsim.checkpoint.save_file
+
+    def save_file(tensors, path, metadata=None):
+        if ".codes-" in Path(path).name:  # the cache's temporary file: the disk is full
+            Path(path).write_bytes(b"half")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(worldsim.checkpoint, "save_file", save_file)
+    cache, out = tmp_path / "codes", tmp_path / "dyn.safetensors"
+    assert cli(["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(out), "--steps", "1",
+                "--context", "4", "--code-cache", str(cache), *FAST]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "could not write the code cache" in err and "(No space left on device)" in err and "Traceback" not in err
+    assert load_model(out).info["steps"] == 1
+    assert [p for p in cache.iterdir() if not p.name.endswith(".lock")] == []
