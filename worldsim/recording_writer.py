@@ -13,6 +13,8 @@ index does not cover.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,11 +214,12 @@ class RecordingWriter:
         """After a write the disk refused (full: ENOSPC), cut the file back to its last whole
         record and finish it, so that it reads back whole, with every record written before,
         and no later record can follow a half one. Best effort: the disk is in trouble."""
+        regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)  # never unlink a device or a pipe
         with contextlib.suppress(OSError):
             self._file.truncate(self._pos)
         with contextlib.suppress(OSError):
             self._file.close()
-        if self._pos == 0:  # not even its header: a file that holds nothing goes
+        if self._pos == 0 and regular:  # not even its header: a file that holds nothing goes
             with contextlib.suppress(OSError):
                 Path(self._file.name).unlink()
         else:
