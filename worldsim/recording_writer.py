@@ -4,10 +4,10 @@ Each record is packed into one buffer and handed to the OS with a single unbuffe
 ``write``. A process killed at any moment therefore leaves every earlier record whole on
 disk (the OS keeps written pages even when the process dies), and at most the record in
 flight is cut short, which readers report as a truncated tail. A write the disk refuses
-(full) raises an ``OSError`` naming the file, which is first cut back to its last whole record. ``index.json`` is replaced
-atomically after the 1st, 2nd, 4th, 8th, ... finished shard and at ``close``, so a killed
-run keeps a valid index of at least half its finished shards; readers scan any shard the
-index does not cover.
+(full) raises an ``OSError`` naming the file, which is first cut back to its last whole
+record. ``index.json`` is replaced atomically after the 1st, 2nd, 4th, 8th, ... finished
+shard and at ``close``, so a killed run keeps a valid index of at least half its finished
+shards; readers scan any shard the index does not cover.
 """
 
 from __future__ import annotations
