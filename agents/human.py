@@ -34,6 +34,7 @@ from agents.keymap import COMPONENTS, DEFAULT_KEYMAP, NVEC, Keymap, check_keymap
 from agents.overlay import Overlay, OverlayState
 from agents.worlds import World, make_world
 from envs.window import check_display
+from worldsim.atomic import atomic_write
 from worldsim.cli import DEVICE_HELP
 from worldsim.errors import WorldSimError
 from worldsim.spaces import ActionSpec
@@ -422,8 +423,9 @@ class _Session:
             while Path(path).exists():
                 path, k = f"{stem}-{k}.png", k + 1
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.pg.image.save(self.screen, path)
+            # Whole or not at all: a save the disk refused (full) left a cut-short PNG at the
+            # path, over the screenshot an earlier session saved there.
+            atomic_write(path, lambda tmp: self.pg.image.save(self.screen, tmp), keep_suffix=True)
         except (OSError, self.pg.error) as e:
             if not in_game:
                 raise WorldSimError(f"cannot save the screenshot {path}: {e}") from None

@@ -106,6 +106,9 @@ def _worker(
         results.put(("ok", part, record_part(cfg, part, parts, steps, progress)))
     except WorldSimError as e:
         results.put(("user", part, str(e)))
+    except OSError as e:  # a full disk: one line naming the file, as a single process says it, not a traceback
+        where = "" if e.filename is None else f": {str(e.filename)!r}"
+        results.put(("user", part, f"{e.strerror or e}{where}"))
     except BaseException:  # report everything: the parent must not wait forever
         results.put(("crash", part, traceback.format_exc()))
 

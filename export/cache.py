@@ -105,7 +105,14 @@ def _export_into_cache(checkpoint: Path, folder: Path) -> None:
         ) from None
     print(f"worldsim: exporting {checkpoint} to ONNX once, cached in {folder}", file=sys.stderr)
     try:
-        write_export(checkpoint, tmp)
+        try:
+            write_export(checkpoint, tmp)
+        except OSError as e:  # a full disk: the bare error named neither the cache nor the ways around it
+            raise WorldSimError(
+                f"cannot write the ONNX cache {folder} ({e.strerror or e}); free space there, set {CACHE_ENV} to a "
+                f"folder with room, or export once with `worldsim export onnx --checkpoint {checkpoint} --out "
+                f"{beside(checkpoint)}`"
+            ) from None
         tmp.chmod(0o755)
         try:
             tmp.rename(folder)

@@ -202,6 +202,7 @@ def export_onnx(
     Raises:
         ExportVerificationError: ONNX Runtime disagrees with torch; ``out`` is left untouched.
         WorldSimError: no such checkpoint, ONNX Runtime missing, ``out`` is another folder.
+        OSError: the disk refused a write (full), naming ``out`` or its file; ``out`` is left untouched.
     """
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if ckpt.is_dir():
@@ -227,6 +228,14 @@ def export_onnx(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        named = None if e.filename is None else Path(os.fsdecode(e.filename))
+        if e.errno is not None and (named is None or named.is_relative_to(tmp)):
+            # A graph the disk refused (full) named no file, or one in the temporary folder the
+            # user never chose: say which file of --out it was.
+            raise OSError(e.errno, e.strerror, str(out if named is None else out / named.relative_to(tmp))) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

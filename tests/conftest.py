@@ -1,6 +1,9 @@
 """Settings shared by the whole suite."""
 
+import contextlib
 import os
+import signal
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -26,3 +29,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)  # also for the module fixtures that the next test sets up
+
+
+@pytest.fixture
+def full_disk() -> Callable[[int], contextlib.AbstractContextManager]:
+    """``with full_disk(n):`` makes this process's writes past ``n`` bytes of a file fail, as on
+    a full disk (EFBIG, where a full disk gives ENOSPC), without root or a small file system."""
+    resource = pytest.importorskip("resource")  # POSIX
+
+    @contextlib.contextmanager
+    def limit(nbytes: int) -> Iterator[None]:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+
+    return limit

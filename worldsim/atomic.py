@@ -138,6 +138,22 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike, *stand_ins: str) -> Iterator[None]:
+    """Make an ``OSError`` of the ``with`` body name ``path`` where it names no file, or only
+    one of ``stand_ins`` (a temporary file the user never chose).
+
+    A write the disk refuses (full: ``ENOSPC``) raises an error that names no file, and the
+    CLI then said only "No space left on device", not which of a command's outputs it was.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or (e.filename is not None and os.fsdecode(e.filename) not in stand_ins):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suffix: bool = False) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it to ``path``.
 
@@ -146,6 +162,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suf
     ``keep_suffix`` the temporary file ends in ``path``'s suffix too (``.tmp.mp4``), for
     writers that pick the format by it. A ``path`` that is a symbolic link gets its target
     written, and the link stays.
+
+    Raises:
+        OSError: the file system refused the write (a full disk: ``ENOSPC``), naming ``path``.
     """
     path = Path(path)
     if path.is_symlink():  # write through the link, as open() would, rather than replace it with a file
@@ -156,9 +175,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], keep_suf
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        with naming(path, tmp):
+            write(tmp)
+            os.chmod(tmp, new_file_mode())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -18,12 +18,13 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from worldsim.atomic import atomic_write
@@ -218,10 +219,32 @@ def weights_digest(modules: dict[str, torch.nn.Module], salt: str = "") -> str:
     return h.hexdigest()
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+"""How safetensors (Rust) ends the message of a failed write: ``... (os error 28)``."""
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write a safetensors file whole or not at all (:func:`worldsim.atomic.atomic_write`)."""
+    """Write a safetensors file whole or not at all (:func:`worldsim.atomic.atomic_write`).
+
+    Raises:
+        OSError: the file system refused the write (a full disk: ``ENOSPC``), naming ``path``.
+    """
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(contiguous, tmp, metadata=metadata)
+        except SafetensorError as e:
+            # safetensors reports a failed write as its own error type: a full disk ended training
+            # with a traceback, and the IDM and code caches, which go on without their file on an
+            # OSError, lost the eval's result or the run. It is an OSError like any other write's.
+            m = _OS_ERROR.search(str(e))
+            if m is None:
+                raise
+            code = int(m[1])
+            raise OSError(code, os.strerror(code), str(path)) from e
+
+    atomic_write(path, write)
 
 
 def _read(path: str | os.PathLike, fmt: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

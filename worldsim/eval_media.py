@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import imageio.v2 as imageio
+import imageio.v3 as iio3
 import numpy as np
 
 from worldsim.atomic import atomic_write
+from worldsim.errors import WorldSimError
 from worldsim.metrics import CollapseReport, FrameStats
 
 DIFF_GAIN = 4
@@ -37,14 +41,48 @@ def side_by_side(real: np.ndarray, dream: np.ndarray, scale: int = 2) -> np.ndar
 # while encoding one left a cut-short video in place of the one an earlier run had written.
 
 
+def gif_bytes(frames: np.ndarray | Sequence[np.ndarray], fps: float = 20.0) -> bytes:
+    """An endlessly looping GIF, encoded in memory.
+
+    Encoded straight into its file, a GIF the disk refused (full) was encoded again when
+    imageio's writer was deleted, which printed tracebacks after the command's error.
+    """
+    return iio3.imwrite("<bytes>", list(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+
+
 def write_gif(path: Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = 20.0) -> None:
     """An endlessly looping GIF."""
-    frames = list(frames)
-    atomic_write(path, lambda tmp: imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0), keep_suffix=True)
+    data = gif_bytes(frames, fps)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def check_mp4(written: str | Path, path: str | Path) -> None:
+    """Refuse the MP4 ``written`` (standing in for ``path``) unless ffmpeg reads it back.
+
+    imageio never looks at ffmpeg's exit status: an ffmpeg that could not write its file (a
+    full disk) left a cut-short video with no index, which was renamed into place and the
+    command said it wrote every frame and exited 0. Reading it back costs one short ffmpeg
+    run that copies the stream and decodes nothing.
+
+    Raises:
+        WorldSimError: naming ``path`` and what ffmpeg found wrong.
+    """
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(written), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        said = [re.sub(r"^\[[^]]*\] ", "", line) for line in done.stderr.splitlines() if line.strip()]
+        raise WorldSimError(f"{path}: ffmpeg did not finish the video ({said[0] if said else f'exit status {done.returncode}'}); "
+                            "is the disk full? Nothing was written there")  # fmt: skip
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float = 20.0) -> None:
-    """An H.264 MP4; frames are padded to even sizes, as the codec needs."""
+    """An H.264 MP4; frames are padded to even sizes, as the codec needs.
+
+    Raises:
+        WorldSimError: ffmpeg could not write the whole video (:func:`check_mp4`).
+    """
     T, H, W, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
 
@@ -52,6 +90,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float = 20.0) -> None:
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
             for f in frames:
                 w.append_data(f)
+        check_mp4(tmp, path)
 
     atomic_write(path, write, keep_suffix=True)
 

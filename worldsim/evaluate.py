@@ -364,7 +364,14 @@ class Evaluation:
         m["targets"] = _targets(m, k)
         m["seconds"] = time.perf_counter() - start
         m = _clean(m)
-        atomic_write_text(self.out / "metrics.json", json.dumps(m, indent=2) + "\n")
+        text = json.dumps(m, indent=2) + "\n"
+        try:
+            atomic_write_text(self.out / "metrics.json", text)
+        except OSError as e:
+            # Minutes of measuring must not go with the file (a disk that filled meanwhile): the
+            # log gets them whole, as metrics.json would have held them.
+            self.log(f"could not write {self.out / 'metrics.json'} ({e.strerror or e}); its figures follow:\n{text.rstrip()}")
+            raise
         return m
 
     def _controllability(self, frames: np.ndarray, actions: np.ndarray, dream: np.ndarray, stab: Any, policy: str) -> dict[str, Any]:

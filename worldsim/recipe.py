@@ -58,7 +58,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from worldsim.atomic import LockBusy, atomic_copy, atomic_write_text, exclusive_lock
+from worldsim.atomic import LockBusy, atomic_copy, atomic_write_text, exclusive_lock, naming
 from worldsim.checkpoint import checkpoint_steps
 from worldsim.cli import DEVICE_HELP
 from worldsim.errors import WorldSimError
@@ -358,7 +358,8 @@ class RecipeRun:
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
-        with open(self.root / "recipe_log.jsonl", "a") as f:
+        log = self.root / "recipe_log.jsonl"
+        with naming(log), open(log, "a") as f:  # a full disk: say it was this log, not only "No space left"
             f.write(json.dumps({"stage": name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
         self.log(f"recipe {self.name}: {name} done in {seconds:.0f}s")
 

@@ -1,16 +1,20 @@
 """Writing recordings: one file, or a folder of shards with an index, flushed record by record.
 
-Each record is packed into one buffer and handed to the OS with a single ``write`` and a
-``flush``. A process killed at any moment therefore leaves every earlier record whole on
+Each record is packed into one buffer and handed to the OS with a single unbuffered
+``write``. A process killed at any moment therefore leaves every earlier record whole on
 disk (the OS keeps written pages even when the process dies), and at most the record in
-flight is cut short, which readers report as a truncated tail. ``index.json`` is replaced
-atomically after the 1st, 2nd, 4th, 8th, ... finished shard and at ``close``, so a killed
-run keeps a valid index of at least half its finished shards; readers scan any shard the
-index does not cover.
+flight is cut short, which readers report as a truncated tail. A write the disk refuses
+(full) raises an ``OSError`` naming the file, which is first cut back to its last whole
+record. ``index.json`` is replaced atomically after the 1st, 2nd, 4th, 8th, ... finished
+shard and at ``close``, so a killed run keeps a valid index of at least half its finished
+shards; readers scan any shard the index does not cover.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,7 +187,9 @@ class RecordingWriter:
         # "x" checks and creates in one step: of two writers racing for one path, one gets a
         # RecordingError instead of both writing into the same file.
         try:
-            self._file = open(target, "wb" if self.overwrite else "xb")  # noqa: SIM115  (closed in _finish_file)
+            # Unbuffered: a write the disk refuses is then never retried from a buffer at close,
+            # which made the close fail again and could add the cut record's rest later.
+            self._file = open(target, "wb" if self.overwrite else "xb", buffering=0)  # noqa: SIM115  (closed in _finish_file)
         except FileExistsError:
             raise RecordingError(f"{target}: already exists; choose another path or overwrite") from None
         self._builder = IndexBuilder(name)
@@ -191,11 +197,35 @@ class RecordingWriter:
         self._write(self._header_bytes)
 
     def _write(self, buf: bytes) -> None:
-        # One write + flush per record: a killed process loses at most this record.
-        self._file.write(buf)
-        self._file.flush()
+        # One write per record, straight to the OS: a killed process loses at most this record.
+        view = memoryview(buf)
+        try:
+            while view:
+                view = view[self._file.write(view):]  # a short write (the disk filling up) goes on
+        except OSError as e:
+            name = self._file.name
+            self._stop_at_last_record()
+            # The OS's error names no file: say which, so that "No space left on device" can be acted on.
+            raise OSError(e.errno, e.strerror, e.filename or name) from e
         self._pos += len(buf)
         self.bytes_written += len(buf)
+
+    def _stop_at_last_record(self) -> None:
+        """After a write the disk refused (full: ENOSPC), cut the file back to its last whole
+        record and finish it, so that it reads back whole, with every record written before,
+        and no later record can follow a half one. Best effort: the disk is in trouble."""
+        regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)  # never unlink a device or a pipe
+        with contextlib.suppress(OSError):
+            self._file.truncate(self._pos)
+        with contextlib.suppress(OSError):
+            self._file.close()
+        if self._pos == 0 and regular:  # not even its header: a file that holds nothing goes
+            with contextlib.suppress(OSError):
+                Path(self._file.name).unlink()
+        else:
+            assert self._builder is not None
+            self.file_indexes.append(self._builder.build())
+        self._file = None
 
     def _finish_file(self, last: bool = False) -> None:
         if self._file is not None:
@@ -330,4 +360,10 @@ class RecordingWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        # Ending on an error (a full disk, say): that error is the one to report, not a second
+        # one from writing the index on the same disk. Readers scan shards the index lacks.
+        with contextlib.suppress(OSError):
+            self.close()

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from worldsim.atomic import LockBusy, atomic_write_text, exclusive_lock
+from worldsim.atomic import LockBusy, atomic_write_text, exclusive_lock, naming
 from worldsim.checkpoint import (
     MAX_ACTION_CHOICES,
     ModelConfig,
@@ -429,7 +429,7 @@ def _validate(task: Task, module: nn.Module, batches: list, cfg: LoopConfig) -> 
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
+    with naming(path), open(path, "a") as f:  # a full disk: say it was the log (a restart drops a cut line)
         f.write(json.dumps(row) + "\n")
 
 

@@ -8,14 +8,15 @@ crisp), and ``--overlay`` prints the episode, step, action and reward under each
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from worldsim.atomic import atomic_write
 from worldsim.data import WindowDataset
 from worldsim.errors import WorldSimError
+from worldsim.eval_media import check_mp4, gif_bytes
 from worldsim.recording import Record
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -70,7 +71,8 @@ def replay(
         max_frames: stop after this many frames.
 
     Raises:
-        WorldSimError: for an unknown suffix, a missing episode or a bad recording.
+        WorldSimError: for an unknown suffix, a missing episode, a bad recording, or an MP4
+            that ffmpeg could not write whole (a full disk).
     """
     out = Path(out)
     if out.suffix.lower() not in VIDEO_SUFFIXES:
@@ -87,24 +89,34 @@ def replay(
         raise WorldSimError(f"{path}: no episode {episode}; it holds episodes {keys[:10]}...")
     written = 0
 
-    def write(tmp: str) -> None:
+    def frames() -> Iterator[np.ndarray]:
         nonlocal written
-        writer = _open_writer(Path(tmp), fps)
+        # Only the chosen episode's records: reading every record to skip the others
+        # took a 200,000-record folder 195,410 reads to write 20 frames of a late episode.
+        chosen = [k for k, e in enumerate(ds.episodes) if episode is None or e.episode == episode]
+        for r in (r for k in chosen for r in ds.episode_records(k)):
+            rec = ds.record(r)
+            frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
+            if show_overlay:
+                frame = overlay(frame, rec, names)
+            yield _even(frame)
+            written += 1
+            if max_frames is not None and written >= max_frames:
+                break
+
+    def write(tmp: str) -> None:
+        if out.suffix.lower() == ".gif":
+            Path(tmp).write_bytes(gif_bytes(list(frames()), fps))
+            return
+        import imageio.v2 as iio
+
+        writer = iio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1)
         try:
-            # Only the chosen episode's records: reading every record to skip the others
-            # took a 200,000-record folder 195,410 reads to write 20 frames of a late episode.
-            chosen = [k for k, e in enumerate(ds.episodes) if episode is None or e.episode == episode]
-            for r in (r for k in chosen for r in ds.episode_records(k)):
-                rec = ds.record(r)
-                frame = rec.image((h, w)).repeat(scale, axis=0).repeat(scale, axis=1)  # [H*s, W*s, 3]
-                if show_overlay:
-                    frame = overlay(frame, rec, names)
-                writer.append_data(_even(frame))
-                written += 1
-                if max_frames is not None and written >= max_frames:
-                    break
+            for frame in frames():
+                writer.append_data(frame)
         finally:
             writer.close()
+        check_mp4(tmp, out)
 
     # Written aside and renamed when whole: Ctrl-C used to leave a cut-short video (or, with
     # ffmpeg stopped by the same Ctrl-C, one with no index that no player opens) at --out,
@@ -119,14 +131,6 @@ def _even(frame: np.ndarray) -> np.ndarray:
     if h % 2 == 0 and w % 2 == 0:
         return frame
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)))
-
-
-def _open_writer(out: Path, fps: float) -> Any:
-    import imageio.v2 as iio
-
-    if out.suffix.lower() == ".gif":
-        return iio.get_writer(out, mode="I", duration=1000.0 / fps, loop=0)
-    return iio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1)
 
 
 def main(argv: list[str]) -> int:

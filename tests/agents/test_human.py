@@ -363,6 +363,39 @@ def test_screenshots_make_their_folder_and_a_failed_one_does_not_end_the_game(tm
                         screenshot_dir=str(tmp_path)))  # fmt: skip
 
 
+def test_a_screenshot_onto_a_full_disk_leaves_no_cut_short_png(tmp_path, headless, full_disk):
+    """A save the disk refused left a cut-short PNG: for F2 a broken file among the shots, for
+    --screenshot one in place of the earlier session's picture."""
+    shot, shots = tmp_path / "end.png", tmp_path / "shots"
+    shots.mkdir()
+    play(PlayConfig(world="engine", actions=script(tmp_path), seed=3, scale=1, screenshot=str(shot), screenshot_dir=str(shots)))
+    earlier = shot.read_bytes()
+    for p in shots.iterdir():
+        p.unlink()
+    with full_disk(2000), pytest.raises(WorldSimError, match=f"cannot save the screenshot {shot}"):
+        play(PlayConfig(world="engine", actions=script(tmp_path), seed=3, scale=1, screenshot=str(shot),
+                        screenshot_dir=str(shots)))  # fmt: skip
+    assert shot.read_bytes() == earlier and list(shots.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["end.png", "play.jsonl", "shots"]
+
+
+def test_play_record_onto_a_full_disk_fails_naming_the_file_and_keeps_what_was_played(tmp_path, headless, full_disk):
+    """The recording's error named no file, and the session's end retried the cut record and
+    failed a second time before closing the window; the cut record stayed at the file's end."""
+    import warnings
+
+    from worldsim.recording import RecordingReader
+
+    rec = tmp_path / "session.msgpack"
+    with full_disk(12_000), pytest.raises(OSError) as e:
+        play(PlayConfig(world="engine", actions=script(tmp_path), record=str(rec), seed=3))
+    assert e.value.filename == str(rec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = list(RecordingReader(rec))
+    assert kept[0].kind == "reset" and 0 < len(kept) < 11 and rec.stat().st_size < 12_000
+
+
 @pytest.mark.parametrize(("width", "height", "size"), [(64, 64, (512, 512)), (256, 64, (512, 128)), (63, 17, (504, 136))])
 def test_the_default_scale_fits_a_frames_larger_side(tmp_path, headless, width, height, size):
     shot = tmp_path / "w.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import gymnasium as gym
 import imageio.v2 as iio
@@ -384,6 +385,53 @@ def test_replaying_one_episode_reads_only_its_records(tmp_path, monkeypatch):
         assert n == len(reads) == want
         got = np.stack(iio.mimread(video))[..., :3]
         np.testing.assert_array_equal(got, np.stack(episodes[e]["frames"][:want]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_recording_onto_a_full_disk_fails_naming_the_file_and_keeps_every_whole_record(tmp_path, workers, full_disk, capsys):
+    """A full disk said only "File too large" (or "No space left on device"), with no file
+    named; with --workers 2 it was a worker's traceback; and the cut record stayed at the end
+    of the file, for every reader to warn about."""
+    out = tmp_path / ("rec.msgpack" if workers == 1 else "rec")
+    args = ["record", "--env", FULL_ID, "--steps", "2000", "--out", str(out), "--quiet", "--num-envs", str(workers),
+            "--workers", str(workers)]  # fmt: skip
+    with full_disk(20_000):
+        assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "File too large: '" in err and str(out) in err and "Traceback" not in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cut back to its last whole record: nothing for a reader to warn about
+        kept = list(RecordingReader(out))
+    assert len(kept) > 50
+    files = [out] if workers == 1 else sorted(out.glob("*.msgpack"))
+    assert all(f.stat().st_size < 20_000 for f in files)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_a_replay_onto_a_full_disk_fails_naming_the_video_and_keeps_the_earlier_one(tmp_path, suffix, full_disk, capsys, monkeypatch):
+    """imageio never reads ffmpeg's exit status: an ffmpeg that could not write (a full disk) left
+    a cut-short MP4 no player opens, which replaced the earlier video, and replay said it wrote
+    every frame and exited 0. A GIF's error named no file, and imageio's writer, deleted, tried
+    again and printed tracebacks after it."""
+    import gc
+    import sys
+
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    rec = tmp_path / "toy.msgpack"
+    assert cli(["record", "--env", FULL_ID, "--steps", "40", "--out", str(rec), "--quiet"]) == 0
+    video = tmp_path / f"toy{suffix}"
+    assert cli(["replay", str(rec), "--out", str(video)]) == 0
+    earlier = video.read_bytes()
+    capsys.readouterr()
+    with full_disk(2000):
+        assert cli(["replay", str(rec), "--out", str(video)]) == 2
+    err = capsys.readouterr().err
+    assert str(video) in err and "wrote" not in err
+    assert video.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["toy.msgpack", "toy.coverage.json", video.name])
+    gc.collect()
+    assert unraisable == []
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])

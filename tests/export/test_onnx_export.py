@@ -163,6 +163,23 @@ def test_an_out_that_is_a_mount_point_gets_the_export_and_stays_the_same_folder(
     assert [p.name for p in tmp_path.iterdir()] == ["volume"]  # nothing left aside
 
 
+@pytest.mark.parametrize("room", [1_000, 100_000])  # the first file, or a graph part-way
+def test_an_export_onto_a_full_disk_fails_naming_out_and_keeps_the_earlier_export(
+    tiny_export: Path, tiny_checkpoint: Path, tmp_path: Path, full_disk, capsys, room: int
+) -> None:
+    """A full disk said only "worldsim export onnx: error: File too large" (or "No space left
+    on device"), naming no file: the graphs are written in a temporary folder."""
+    out = tmp_path / "onnx"
+    shutil.copytree(tiny_export, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with full_disk(room):
+        assert cli.main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"File too large: '{out.resolve()}" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
+
+
 def test_an_export_killed_inside_a_mount_point_does_not_block_the_next(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     """An export into a mount point is written in a private folder inside it; a kill (the
     container stopped) left that folder there, and every later export was refused, the volume

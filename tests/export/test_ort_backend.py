@@ -224,6 +224,16 @@ def test_an_unwritable_onnx_cache_is_one_error_naming_it_and_the_ways_around(tin
         load(tiny_checkpoint, backend="onnx", device="cpu")
 
 
+def test_an_onnx_cache_on_a_full_disk_is_one_error_naming_it_and_the_ways_around(
+    tiny_checkpoint: Path, private_cache: Path, full_disk
+) -> None:
+    """A disk that filled while the cache's export was written gave a bare "File too large" (or
+    "No space left on device"), naming neither the cache nor how to put it elsewhere."""
+    with full_disk(1000), pytest.raises(WorldSimError, match=rf"cannot write the ONNX cache {private_cache}/\w+ \(File too large\); free space there, set WORLDSIM_ONNX_CACHE"):
+        load(tiny_checkpoint, backend="onnx", device="cpu")
+    assert list(private_cache.iterdir()) == []  # no half export, no temporary folder
+
+
 def test_threads_sets_the_onnx_backends_threads_as_torchs(monkeypatch, capsys) -> None:
     """`--threads N` with `--backend onnx` runs ONNX Runtime on N threads in bench dream-env (and
     eval and play, through the same helper), as in bench dream: it set only torch's there."""

@@ -51,6 +51,26 @@ def test_round_trip_rebuilds_the_same_model_from_the_file_alone(tmp_path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
 
 
+def test_a_save_onto_a_full_disk_is_an_os_error_naming_the_file_and_keeps_the_old_one(tmp_path, full_disk) -> None:
+    """safetensors reports a failed write as its own SafetensorError: a full disk ended training
+    with a traceback, and the IDM and code caches, which go on without their file on an
+    OSError, took the eval or the run down with them."""
+    import errno
+
+    cfg, tok, dyn = build()
+    path, state = tmp_path / "m.safetensors", tmp_path / "m.state.safetensors"
+    save_model(path, cfg, tok, dyn, info={"steps": 3})
+    save_state(state, {"x": torch.zeros(4)}, {"step": 3})
+    with full_disk(1000):
+        with pytest.raises(OSError) as e:
+            save_model(path, cfg, *build(1)[1:], info={"steps": 4})
+        with pytest.raises(OSError) as e2:
+            save_state(state, {"x": torch.ones(1000)}, {"step": 4})
+    assert (e.value.errno, e.value.filename, e2.value.filename) == (errno.EFBIG, str(path), str(state))
+    assert load_model(path).info == {"steps": 3} and load_state(state)[1] == {"step": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.state.safetensors"]  # no temporary file
+
+
 def test_a_saved_checkpoint_gets_the_permissions_of_any_new_file(tmp_path) -> None:
     """Atomic writes go through a private temporary file; the checkpoint itself must end up
     readable as a plain new file would be (0o644 under umask 022), not owner-only."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -744,6 +747,22 @@ def test_an_unwritable_idm_cache_keeps_the_trained_idm_and_says_so(tmp_path: Pat
     assert any("could not cache the inverse-dynamics model" in s for s in said)
 
 
+def test_an_idm_cache_on_a_full_disk_keeps_the_trained_idm_and_says_so(tmp_path: Path, full_disk) -> None:
+    """A full disk while caching the IDM raised safetensors' own error, which the fall-back for an
+    unwritable cache did not catch: the eval failed after its minutes of work."""
+    from worldsim.idm import IDMConfig, IDMData, load_or_train
+
+    rng = np.random.default_rng(0)
+    data = IDMData.from_trajectories([(rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 1)), np.ones(8, bool))])
+    said: list[str] = []
+    with full_disk(256):
+        model, info = load_or_train("k", lambda: data, (3,), (16, 16), IDMConfig(channels=(8,), hidden=16, train_steps=2, batch=4),
+                                    tmp_path, log=said.append)  # fmt: skip
+    assert model is not None and info["cached"] is False and info["cache"] is None
+    assert any("could not cache the inverse-dynamics model" in s and "File too large" in s for s in said)
+    assert [p.name for p in tmp_path.iterdir()] == []  # neither a partial cache entry nor a temporary file
+
+
 def test_a_second_eval_into_the_same_out_is_refused_while_the_first_runs(tmp_path: Path, capsys) -> None:
     """Two evals into one --out (a sweep given the same folder) both exited 0: each cleared the
     other's files, and the folder held one run's metrics.json beside the other's videos."""
@@ -1089,12 +1108,14 @@ def test_a_video_interrupted_while_encoding_leaves_the_earlier_one(tmp_path: Pat
         w.append_data = append_data
         return w
 
-    def mimsave(path, *a, **k):
-        Path(path).write_bytes(b"GIF89a")  # the encoder had begun the file
+    real_write_bytes = Path.write_bytes
+
+    def write_bytes(self, data):
+        real_write_bytes(self, data[: len(data) // 2])  # the GIF half written
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_media.imageio, "get_writer", get_writer)
-    monkeypatch.setattr(eval_media.imageio, "mimsave", mimsave)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     for write, path in ((eval_media.write_gif, gif), (eval_media.write_mp4, mp4)):
         with pytest.raises(KeyboardInterrupt):
             write(path, 255 - frames)
@@ -1122,3 +1143,62 @@ def test_a_sections_figures_do_not_move_with_another_sections_budget(tiny_blockw
     assert longer["permanence"] == base["permanence"] == more["permanence"]
     assert more["stability"] == base["stability"]
     assert longer["open_loop"] == base["open_loop"] and longer["stability"] != base["stability"]
+
+
+def test_an_eval_video_ffmpeg_could_not_finish_is_an_error_not_a_broken_file(tmp_path: Path, full_disk) -> None:
+    """The eval's stability MP4 on a full disk: ffmpeg's failure went unseen, and a video no
+    player opens was renamed into place."""
+    from worldsim.errors import WorldSimError
+    from worldsim.eval_media import write_mp4
+
+    frames = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    with full_disk(2000), pytest.raises(WorldSimError, match="stability.mp4: ffmpeg did not finish the video"):
+        write_mp4(tmp_path / "stability.mp4", frames)
+    assert list(tmp_path.iterdir()) == []
+    write_mp4(tmp_path / "stability.mp4", frames)  # and with room, the same frames make a video
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(tmp_path / "stability.mp4")) == 20
+
+
+def test_an_eval_gif_on_a_full_disk_fails_once_naming_it(tmp_path: Path) -> None:
+    """The demo's and the eval's GIFs on a full disk: the error named no file, and imageio's
+    writer, deleted, encoded again and printed tracebacks after it."""
+    resource = pytest.importorskip("resource")
+    code = ("import numpy as np, sys; from pathlib import Path; from worldsim.eval_media import write_gif\n"
+            "frames = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)\n"
+            f"try: write_gif(Path({str(tmp_path / 'dream.gif')!r}), frames)\n"
+            "except OSError as e: print('refused', e.filename)\n")  # fmt: skip
+
+    def full_disk() -> None:  # in the child only: writes past 2,000 bytes fail (EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, preexec_fn=full_disk, timeout=120)
+    assert done.stdout.strip() == f"refused {tmp_path / 'dream.gif'}"
+    assert done.stderr == "" and list(tmp_path.iterdir()) == []
+
+
+def test_an_eval_whose_metrics_json_the_full_disk_refuses_still_gives_its_figures(
+    tiny_toy: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A disk that filled during the eval's minutes refused metrics.json at the very end, and
+    every figure measured was lost with it."""
+    import errno
+
+    real = evaluate.atomic_write_text
+
+    def write(path, text):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(evaluate, "atomic_write_text", write)
+    out = tmp_path / "eval"
+    rc = cli(["eval", "--checkpoint", str(tiny_toy), "--env", FULL_ID, "--out", str(out), "--no-videos",
+              "--cache-dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: No space left on device: '{out / 'metrics.json'}'" in err
+    shown = err[err.index("its figures follow:\n") + len("its figures follow:\n"):]
+    m = json.loads(shown[: shown.index("\n}\n") + 2])
+    assert m["env_kwargs"] == TOY_KWARGS and "open_loop" in m and not (out / "metrics.json").exists()

@@ -74,3 +74,31 @@ def test_a_recipe_data_part_killed_while_marked_done_is_not_taken_for_done(tmp_p
     with pytest.raises(KeyboardInterrupt):
         run._record(0)
     assert list(run.part_dir(0).parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "write"), [("x.coverage.json", _coverage), ("manifest.json", _manifest), ("bench.json", _bench)]
+)
+def test_a_json_file_on_a_full_disk_fails_naming_it_and_keeps_the_earlier_one(tmp_path, full_disk, name, write) -> None:
+    """A write the disk refused named no file (``worldsim bench: error: No space left on
+    device``), so a command that writes several could not say which one failed."""
+    path = tmp_path / name
+    path.write_text('{"earlier": "run"}\n')
+    with full_disk(10), pytest.raises(OSError) as e:
+        write(path)
+    assert e.value.filename == str(path)
+    assert json.loads(path.read_text()) == {"earlier": "run"}
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_recipe_log_line_on_a_full_disk_fails_naming_the_log(tmp_path, full_disk) -> None:
+    """The line appended to recipe_log.jsonl after each stage named no file when the disk was
+    full: "worldsim train recipe: error: No space left on device" left the user to guess which."""
+    from worldsim.recipe import RecipeRun
+
+    run = RecipeRun("blockworld-16-smoke", tmp_path, log=lambda s: None)
+    log = tmp_path / "recipe_log.jsonl"
+    log.write_text('{"stage": "data"}\n')
+    with full_disk(log.stat().st_size + 10), pytest.raises(OSError) as e:
+        run._stage("tokenizer", lambda: None)
+    assert e.value.filename == str(log)

@@ -722,3 +722,55 @@ def test_a_run_waits_for_another_encoding_the_same_codes_and_reads_them_instead(
     waiter.join(10)
     assert got and not encoded
     assert np.array_equal(got[0].codes, first.codes) and np.array_equal(got[0].actions, first.actions)
+
+
+@pytest.mark.parametrize("full", ["state", "log"])
+def test_a_save_onto_a_full_disk_stops_naming_the_file_and_resumes_once_there_is_room(
+    data: Path, tmp_path: Path, full_disk, capsys, full: str
+) -> None:
+    """A full disk ended training with safetensors' traceback (the state) or with "No space
+    left on device" and no file named (metrics.jsonl); the checkpoint before it must stay, and
+    --resume must carry on from it."""
+    out = tmp_path / "tok.safetensors"
+    args = ["train", "tokenizer", "--data", str(data), "--out", str(out), "--ckpt-every", "1", *FAST]
+    assert cli([*args, "--steps", "2"]) == 0
+    log = out.parent / "metrics.jsonl"
+    room = 100_000 if full == "state" else log.stat().st_size + 20  # the state is ~800 kB, a log line ~300 B
+    capsys.readouterr()
+    with full_disk(room):
+        assert cli([*args, "--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    named = state_path(out) if full == "state" else log
+    assert f"error: File too large: '{named}'" in err and "Traceback" not in err
+    assert load_model(out).info["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", out.name, state_path(out).name]
+    assert cli([*args, "--steps", "4", "--resume"]) == 0
+    assert load_model(out).info["steps"] == 4
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_code_cache_the_full_disk_refuses_is_skipped_and_the_run_goes_on(
+    data: Path, tokenizer: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """safetensors raises its own SafetensorError for a write the disk refused, which the code
+    cache's fall-back (go on without the file) did not catch: the run died with a traceback."""
+    from safetensors import SafetensorError
+
+    import worldsim.checkpoint
+
+    real = worldsim.checkpoint.save_file
+
+    def save_file(tensors, path, metadata=None):
+        if ".codes-" in Path(path).name:  # the cache's temporary file: the disk is full
+            Path(path).write_bytes(b"half")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(worldsim.checkpoint, "save_file", save_file)
+    cache, out = tmp_path / "codes", tmp_path / "dyn.safetensors"
+    assert cli(["train", "dynamics", "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(out), "--steps", "1",
+                "--context", "4", "--code-cache", str(cache), *FAST]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "could not write the code cache" in err and "(No space left on device)" in err and "Traceback" not in err
+    assert load_model(out).info["steps"] == 1
+    assert [p for p in cache.iterdir() if not p.name.endswith(".lock")] == []
