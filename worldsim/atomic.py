@@ -141,7 +141,8 @@ def new_file_mode() -> int:
 @contextlib.contextmanager
 def naming(path: str | os.PathLike, *stand_ins: str) -> Iterator[None]:
     """Make an ``OSError`` of the ``with`` body name ``path`` where it names no file, or only
-    one of ``stand_ins`` (a temporary file the user never chose).
+    one of ``stand_ins`` (a temporary file the user never chose); a copy's error, which names
+    its source then a stand-in, names its source then ``path``.
 
     A write the disk refuses (full: ``ENOSPC``) raises an error that names no file, and the
     CLI then said only "No space left on device", not which of a command's outputs it was.
@@ -149,7 +150,13 @@ def naming(path: str | os.PathLike, *stand_ins: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno is None or (e.filename is not None and os.fsdecode(e.filename) not in stand_ins):
+        if e.errno is None:
+            raise
+        if e.filename2 is not None and os.fsdecode(e.filename2) in stand_ins:
+            # shutil.copyfile's error on a full disk names the source first and the file it
+            # wrote second: "...: 'model.safetensors' -> '.model.safetensors.123@host.tmp'".
+            raise OSError(e.errno, e.strerror, e.filename, None, str(path)) from e
+        if e.filename is not None and os.fsdecode(e.filename) not in stand_ins:
             raise
         raise OSError(e.errno, e.strerror, str(path)) from e
 

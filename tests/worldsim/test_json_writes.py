@@ -102,3 +102,18 @@ def test_a_recipe_log_line_on_a_full_disk_fails_naming_the_log(tmp_path, full_di
     with full_disk(log.stat().st_size + 10), pytest.raises(OSError) as e:
         run._stage("tokenizer", lambda: None)
     assert e.value.filename == str(log)
+
+
+def test_a_copy_on_a_full_disk_names_its_destination_not_a_temporary_file(tmp_path, full_disk) -> None:
+    """shutil's copy names its source and the file it writes: the temporary file beside the
+    destination, which the user never chose, so the recipe's copy of its model said
+    "File too large: 'world_model.safetensors' -> '.model.safetensors.123@host.tmp'"."""
+    from worldsim.atomic import atomic_copy
+
+    src, dest = tmp_path / "src.bin", tmp_path / "out" / "dest.bin"
+    src.write_bytes(b"x" * 50_000)
+    with full_disk(10_000), pytest.raises(OSError) as e:
+        atomic_copy(src, dest)
+    assert (e.value.filename, e.value.filename2) == (str(src), str(dest))
+    assert f"'{src}' -> '{dest}'" in str(e.value)
+    assert list(dest.parent.iterdir()) == []
