@@ -131,7 +131,8 @@ def indexed_steps(folder: str | Path, episode: int, t: int, length: int) -> tupl
 
     Returns:
         The records in step order (empty when the episode has no step ``t``), and the
-        episode's last step in the folder (-1 when it is not there).
+        episode's last step among the shards read (all of them when step ``t`` is missing;
+        -1 when the episode is not there).
 
     Raises:
         RecordingError: if a shard is corrupt, or no longer matches the index.
@@ -144,6 +145,11 @@ def indexed_steps(folder: str | Path, episode: int, t: int, length: int) -> tupl
     where: dict[int, tuple[int, int]] = {}  # step -> (file number, byte offset)
     last = -1
     for fid, file in enumerate(files):
+        if len(where) == t - lo + 1:
+            # Every step the prompt needs is found: an episode's later shards hold only later
+            # steps, so scanning the shards an index lacks (all of them after a killed
+            # multi-worker run) would only cost time, 0.3 s for 40,000 records.
+            break
         entry = index.get(file.name)
         if entry is None or entry.size > file.stat().st_size:  # not indexed (yet): scanned, as _collect does
             entry = scan_file(file, file.name)[1]
