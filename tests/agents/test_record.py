@@ -15,7 +15,7 @@ from agents.record import RecordConfig, build_parser, record
 from tests.worldsim.toy_env import FULL_ID, ToyImageEnv
 from worldsim.cli import main as cli
 from worldsim.data import WindowDataset
-from worldsim.recording import RecordingReader
+from worldsim.recording import RecordingReader, RecordingTruncatedWarning
 from worldsim.shard_index import load_index
 
 
@@ -663,8 +663,11 @@ def test_a_worker_killed_mid_run_fails_the_run_at_once(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 2 and "died without a result" in err and "Traceback" not in err
     # what was written reads: at least worker 1's first shard, closed before its second opened
-    # (the other worker may be a shard behind, so more is not certain)
-    assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 50
+    # (the other worker may be a shard behind, so more is not certain). A shard killed before
+    # its header was whole is skipped with a warning, as documented; the kill's timing decides.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecordingTruncatedWarning)
+        assert sum(1 for r in RecordingReader(out) if r.kind == "step") >= 50
 
 
 def test_the_worldsim_script_finds_an_env_module_in_the_current_folder(tmp_path):
