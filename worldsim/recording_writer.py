@@ -5,9 +5,10 @@ Each record is packed into one buffer and handed to the OS with a single unbuffe
 disk (the OS keeps written pages even when the process dies), and at most the record in
 flight is cut short, which readers report as a truncated tail. A write the disk refuses
 (full) raises an ``OSError`` naming the file, which is first cut back to its last whole
-record. ``index.json`` is replaced atomically after the 1st, 2nd, 4th, 8th, ... finished
-shard and at ``close``, so a killed run keeps a valid index of at least half its finished
-shards; readers scan any shard the index does not cover.
+record; so is a file whose write Ctrl-C or SIGTERM interrupts. ``index.json`` is replaced
+atomically after the 1st, 2nd, 4th, 8th, ... finished shard and at ``close``, so a killed
+run keeps a valid index of at least half its finished shards; readers scan any shard the
+index does not cover.
 """
 
 from __future__ import annotations
@@ -207,13 +208,19 @@ class RecordingWriter:
             self._stop_at_last_record()
             # The OS's error names no file: say which, so that "No space left on device" can be acted on.
             raise OSError(e.errno, e.strerror, e.filename or name) from e
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGTERM, raised as one by the CLI) between two writes of a short-write
+            # loop (a pipe, a network file system) would leave part of this record at the end.
+            self._stop_at_last_record()
+            raise
         self._pos += len(buf)
         self.bytes_written += len(buf)
 
     def _stop_at_last_record(self) -> None:
-        """After a write the disk refused (full: ENOSPC), cut the file back to its last whole
-        record and finish it, so that it reads back whole, with every record written before,
-        and no later record can follow a half one. Best effort: the disk is in trouble."""
+        """After a write the disk refused (full: ENOSPC) or an interrupt cut short, cut the
+        file back to its last whole record and finish it, so that it reads back whole, with
+        every record written before, and no later record can follow a half one. Best effort:
+        the disk may be in trouble."""
         regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)  # never unlink a device or a pipe
         with contextlib.suppress(OSError):
             self._file.truncate(self._pos)

@@ -277,6 +277,32 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert records[-1].image()[0, 0, 0] == 5
 
 
+def test_a_write_interrupted_by_ctrl_c_leaves_every_earlier_record_and_no_cut_one(tmp_path):
+    """On a pipe or a network file system one record can take several writes: Ctrl-C between
+    two of them must not leave the record's first part at the end of the file."""
+    path = tmp_path / "a.msgpack"
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(KeyboardInterrupt), _writer(path) as w:
+        w.reset(0, None, frame)
+        w.step(0, 1, [1, 0], 1.0, False, False, frame)
+        write = w._file.write
+        calls = []
+
+        def short_then_interrupted(view):
+            calls.append(len(view))
+            if len(calls) > 1:
+                raise KeyboardInterrupt
+            return write(view[: len(view) // 2])
+
+        w._file.write = short_then_interrupted
+        w.step(0, 2, [0, 1], 2.0, False, False, frame)
+    assert len(calls) == 2  # half of the record was on disk when the interrupt came
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no truncation warning
+        records = list(RecordingReader(path))
+    assert [(r.kind, r.t, r.reward) for r in records] == [("reset", 0, 0.0), ("step", 1, 1.0)]
+
+
 def test_foreign_files_raise_recording_error_naming_the_file(tmp_path):
     text = tmp_path / "notes.msgpack"
     text.write_text("hello, this is not msgpack at all" * 3)
