@@ -84,11 +84,15 @@ class FileIndex:
 
 def _count(x: Any) -> int:
     """A byte offset, count or step number of the index: an int in [0, 2**63), as numpy holds
-    them (a larger one was an OverflowError deep in the dataset, naming no file)."""
-    v = int(x)
-    if not 0 <= v < 2**63:
+    them (a larger one was an OverflowError deep in the dataset, naming no file).
+
+    Only a JSON integer, as the writer writes them and as offsets must be: ``int()`` read a
+    first_t of 2.9 as step 2 and "3" as 3, an index that no writer wrote taken as valid."""
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"{x!r} is not an int, so not a byte offset, count or step number")
+    if not 0 <= x < 2**63:
         raise ValueError(f"{x!r} is not a byte offset, count or step number")
-    return v
+    return x
 
 
 def _offsets(xs: Any) -> array[int]:

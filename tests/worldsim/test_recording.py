@@ -392,6 +392,25 @@ def test_a_writer_holds_its_index_in_8_bytes_a_record(tmp_path):
     assert [len(s.offsets) for s in load_index(tmp_path / "shards")["shard-00011.msgpack"].segments] == [250] * 4
 
 
+@pytest.mark.parametrize("value", [2.5, 2.0, "2", True], ids=["float", "whole float", "numeric string", "bool"])
+@pytest.mark.parametrize("field", ["episode", "first_t", "bytes", "records"])
+def test_an_index_with_a_count_that_is_not_an_int_is_refused_with_the_way_out(tmp_path, field, value):
+    """The writer writes every count of index.json as a JSON integer; a float or a string
+    there is an index no writer wrote, and is refused as its bad offsets are, not rounded."""
+    from worldsim.errors import WorldSimError
+
+    folder = tmp_path / "s"
+    record_toy(folder, 2, shard_records=10, seed=2)
+    assert load_index(folder)  # the writer's own index loads
+    index = folder / "index.json"
+    doc = json.loads(index.read_text())
+    entry = doc["shards"][0]
+    (entry["segments"][0] if field in ("episode", "first_t") else entry)[field] = value
+    index.write_text(json.dumps(doc))
+    with pytest.raises(WorldSimError, match=f"{index}: bad shard entry.*not an int.*delete it to have the shards scanned"):
+        load_index(folder)
+
+
 def test_index_json_is_written_shard_by_shard_with_the_bytes_of_one_json_dump(tmp_path):
     """Built as one document, an index's lists of Python ints peaked at 65-87 bytes a record
     while it was written (0.7-0.9 GB for 10 million records, at the end of a run that held 10
