@@ -11,6 +11,7 @@ folder unless they agree within :class:`~export.verify.Tolerance`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -222,10 +223,7 @@ def export_onnx(
         if mounted:
             _move_files_into(tmp, out)
         elif out.exists():  # the old export moves aside until the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(old / "export")
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_export(tmp, out)
         else:
             tmp.rename(out)
     except OSError as e:
@@ -272,6 +270,38 @@ def _left_by_an_export(path: Path, out: Path) -> bool:
     """Whether ``path`` is a private folder :func:`_private_folder` made inside ``out``."""
     name = path.name
     return name.startswith(f".{out.name}.") and name.endswith(".tmp") and path.is_dir() and not path.is_symlink()
+
+
+def _replace_export(tmp: Path, out: Path) -> None:
+    """Put the new export ``tmp`` in place of the earlier one at ``out``.
+
+    The earlier export is renamed aside first (a folder cannot be renamed over a non-empty
+    one) and goes back if the new one cannot be put in place, or Ctrl-C comes in between:
+    ``out`` is never left missing.
+
+    Raises:
+        WorldSimError: the earlier export could not be put back either; it names where it is.
+    """
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    aside = old / "export"
+    try:
+        out.rename(aside)
+        try:
+            tmp.rename(out)
+        except BaseException as e:
+            try:
+                aside.rename(out)
+            except OSError as back:
+                raise WorldSimError(
+                    f"{out}: the new export could not be put in place ({getattr(e, 'strerror', None) or e!r}), nor the earlier one "
+                    f"put back ({back.strerror or back}); the earlier export is in {aside}"
+                ) from e
+            raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            old.rmdir()  # empty unless it still holds the earlier export, which must not go
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_files_into(tmp: Path, out: Path) -> None:

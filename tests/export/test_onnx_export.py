@@ -180,6 +180,31 @@ def test_an_export_onto_a_full_disk_fails_naming_out_and_keeps_the_earlier_expor
     assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
 
 
+@pytest.mark.parametrize("failure", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()], ids=["OSError", "Ctrl-C"])
+def test_an_export_that_cannot_be_put_in_place_puts_the_earlier_export_back(
+    tiny_export: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch, failure: BaseException
+) -> None:
+    """The earlier export is renamed aside before the new one is renamed in: when that second
+    rename failed, --out was left missing, not untouched as promised."""
+    out = tmp_path / "onnx"
+    shutil.copytree(tiny_export, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rename = os.rename
+
+    def new_one_refused(src, dst):
+        if Path(src).name.endswith(".tmp") and Path(dst) == out.resolve():
+            raise failure
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", new_one_refused)
+    with pytest.raises(type(failure)) as e:
+        onnx_export.export_onnx(tiny_checkpoint, out)
+    if isinstance(failure, OSError):
+        assert e.value.filename == str(out.resolve())  # --out, not the temporary folder
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # nothing left aside
+
+
 def test_an_export_killed_inside_a_mount_point_does_not_block_the_next(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     """An export into a mount point is written in a private folder inside it; a kill (the
     container stopped) left that folder there, and every later export was refused, the volume
