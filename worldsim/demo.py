@@ -69,8 +69,6 @@ def main(argv: list[str]) -> int:
     p_dream, p_copy = psnr(dream, real), psnr(np.broadcast_to(last, real.shape), real)
     context = tr.frames[:P]
     big = np.concatenate([context, dream])
-    write_gif(out / "dream.gif", np.repeat(np.repeat(big, a.scale, axis=1), a.scale, axis=2))
-    write_gif(out / "side_by_side.gif", side_by_side(np.concatenate([context, real]), big, scale=a.scale))
     k = min(SHORT_HORIZON, a.steps)
     resets = int(tr.resets[P - 1 :].sum())
     print(f"{env_id} seed {DEMO_SEED_BASE + a.seed}: {P} real context frames, then {a.steps} dreamed steps under {name} actions")
@@ -81,5 +79,8 @@ def main(argv: list[str]) -> int:
     if a.steps > k:  # a short run's whole is its first steps: one line, not the same one twice
         print(f"PSNR vs real, steps 1-{a.steps}: dream {p_dream.mean():.2f} dB, copy-last {p_copy.mean():.2f} dB"
               + restarted)  # fmt: skip
+    # The figures come first: a GIF the disk refuses (full) must not lose the dream's numbers.
+    write_gif(out / "dream.gif", np.repeat(np.repeat(big, a.scale, axis=1), a.scale, axis=2))
+    write_gif(out / "side_by_side.gif", side_by_side(np.concatenate([context, real]), big, scale=a.scale))
     print(f"wrote {out / 'dream.gif'} and {out / 'side_by_side.gif'} (left: real, middle: dream, right: |difference| x4)")
     return 0

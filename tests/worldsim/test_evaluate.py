@@ -485,6 +485,21 @@ def test_demo_writes_gifs_and_prints_psnr(tiny_blockworld: Path, tmp_path: Path,
     assert (out / "dream.gif").stat().st_size > 0
 
 
+def test_demo_onto_a_full_disk_still_prints_its_figures(
+    tiny_blockworld: Path, tmp_path: Path, capsys: pytest.CaptureFixture, full_disk
+) -> None:
+    """The GIFs were written before the figures were printed: a full disk lost the numbers of
+    the dream it had just made."""
+    out = tmp_path / "demo"
+    with full_disk(1000):
+        rc = cli(["demo", "--checkpoint", str(tiny_blockworld), "--steps", "12", "--threads", "1", "--out", str(out)])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "worldsim demo: error: File too large" in captured.err and "dream.gif" in captured.err
+    assert "frames/s" in captured.out and "PSNR vs real, steps 1-12: dream" in captured.out
+    assert "wrote" not in captured.out
+
+
 def test_idm_augmentation_changes_looks_not_motion() -> None:
     """Both frames of a pair get the same colour change and shift, so the motion between them survives."""
     from worldsim.idm import augment
