@@ -219,9 +219,10 @@ def exclusive_lock(
 
     The operating system drops the lock when its process ends, however it ends, so a kill
     leaves none behind. The holder writes its process id into the file, and ``label`` (what it
-    is, such as ``worldsim record``) on the next line, for the message of the one refused. With ``remove`` the file is deleted before the lock is released: a
-    process that opened it just before then finds, once it holds the lock, that the path
-    now names another file (or none) and starts over, so two processes never both hold it.
+    is, such as ``worldsim record``) on the next line, for the message of the one refused.
+    With ``remove`` the file is deleted before the lock is released: a process that opened
+    it just before then finds, once it holds the lock, that the path now names another file
+    (or none) and starts over, so two processes never both hold it.
 
     Where there are no locks (Windows, with no ``fcntl``) the body runs unlocked; where the
     file system takes none (NFS without its lock daemon: "No locks available") ``note`` is
@@ -335,8 +336,9 @@ def turn_to_fill(entry: str | os.PathLike, wait: Callable[[str], None]) -> conte
     the holder's process id, when another process holds it, and again when another process
     takes it over or every :data:`WAIT_REMINDER_SECONDS` it goes on waiting: there is no time
     limit, since filling may take long, so a holder that hangs (stopped with Ctrl-Z, say) is
-    waited for until it is stopped. A holder that dies takes the lock with it. Where the folder cannot be made or takes no locks, it returns at once, unlocked:
-    the work is then done twice at worst, as it was.
+    waited for until it is stopped. A holder that dies takes the lock with it. Where the
+    folder cannot be made or takes no locks, it returns at once, unlocked: the work is then
+    done twice at worst, as it was.
     """
     entry = Path(entry)
     lock = entry.with_name(f".{entry.name}.lock")
