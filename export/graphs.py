@@ -1,7 +1,9 @@
-"""The three ONNX graphs of a world model, as torch modules to trace, and their tensor specs.
+"""The ONNX graphs of a world model, as torch modules to trace, and their tensor specs.
 
 * **encoder**: uint8 frames ``[B, H, W, 3]`` -> codes ``[B, h, w]`` (prompts).
 * **decoder**: codes ``[B, h, w]`` -> uint8 frames ``[B, H, W, 3]`` (every generated frame).
+* **refiner** (only for a checkpoint with one): the frames shown before, the decoded frames
+  and the codes of both -> uint8 frames ``[B, H, W, 3]`` (:class:`worldsim.tokenizer.Refiner`).
 * **dynamics**: one pass of the transformer with the KV cache as explicit tensors. It takes
   F context frames to commit (F = 0, 1 or many), the partly masked target frame, the cache
   (one key and one value input per layer) and its validity mask, and returns the target's logits, reward and episode-end logit plus
@@ -89,7 +91,7 @@ class GraphSpec:
 
 
 def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
-    """The specs of the three graphs of a dynamics checkpoint's model.
+    """The specs of the graphs of a dynamics checkpoint's model (three, four with a refiner).
 
     Dynamic axes: ``B`` worlds, ``H x W`` frame pixels, ``h x w`` code cells, ``F`` context
     frames to commit, ``S`` cached tokens, ``FN`` = F times the tokens per frame.
@@ -100,7 +102,17 @@ def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     C = len(dyn.action_nvec)
     kv = ("B", dyn.heads, "S", dyn.width // dyn.heads)
     entries = (dyn.layers, 2, "B", dyn.heads, "FN", dyn.width // dyn.heads)
+    frames = TensorSpec("frames", "uint8", ("B", "H", "W", 3))
+    refiner = {} if not config.tokenizer.refiner_channels else {
+        "refiner": GraphSpec(
+            "refiner",
+            (TensorSpec("prev_frames", "uint8", ("B", "H", "W", 3)), frames,
+             TensorSpec("prev_codes", "int64", ("B", "h", "w")), TensorSpec("codes", "int64", ("B", "h", "w"))),
+            (TensorSpec("refined", "uint8", ("B", "H", "W", 3)),),
+        ),
+    }  # fmt: skip
     return {
+        **refiner,
         "encoder": GraphSpec(
             "encoder",
             (TensorSpec("frames", "uint8", ("B", "H", "W", 3)),),
@@ -179,6 +191,21 @@ class DecoderGraph(nn.Module):
         vals = tok.fsq.values(tok.fsq.unpack(codes)).permute(0, 3, 1, 2)  # (B, D, h, w)
         x = tok.decoder(vals).permute(0, 2, 3, 1)  # (B, H, W, 3)
         return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class RefinerGraph(nn.Module):
+    """``Tokenizer.refine`` as a module (positive permutations, as in :class:`EncoderGraph`)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, prev_frames: torch.Tensor, frames: torch.Tensor, prev_codes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        def as_float(f: torch.Tensor) -> torch.Tensor:
+            return f.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+        y = self.tokenizer.refiner(as_float(prev_frames), as_float(frames), codes != prev_codes).permute(0, 2, 3, 1)
+        return y.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class DynamicsStepGraph(nn.Module):

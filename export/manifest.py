@@ -30,6 +30,8 @@ FORMAT = "worldsim-onnx"
 VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("encoder", "decoder", "dynamics")
+OPTIONAL_GRAPHS = ("refiner",)
+"""Graphs only some models have: the refiner, for a checkpoint with one (its config says)."""
 
 
 class ManifestError(WorldSimError):
@@ -67,9 +69,10 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, 
             "export again with `worldsim export onnx`"
         )
     try:
-        ModelConfig.from_dict(manifest["config"])
+        config = ModelConfig.from_dict(manifest["config"])
         sha = manifest["checkpoint"]["sha256"]
-        graphs = {name: manifest["graphs"][name] for name in GRAPHS}
+        names = GRAPHS + (("refiner",) if config.tokenizer.refiner_channels else ())
+        graphs = {name: manifest["graphs"][name] for name in names}
         files = {name: (g["file"], g["sha256"]) for name, g in graphs.items()}
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: manifest lacks a field the runtime needs or has a bad one ({e!r})") from None

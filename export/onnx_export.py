@@ -28,8 +28,23 @@ import onnx
 import torch
 from torch.onnx import symbolic_helper
 
-from export.graphs import DecoderGraph, DynamicsStepGraph, EncoderGraph, GraphSpec, graph_specs
-from export.manifest import FORMAT, GRAPHS, MANIFEST, VERSION, sha256_file, write_manifest
+from export.graphs import (
+    DecoderGraph,
+    DynamicsStepGraph,
+    EncoderGraph,
+    GraphSpec,
+    RefinerGraph,
+    graph_specs,
+)
+from export.manifest import (
+    FORMAT,
+    GRAPHS,
+    MANIFEST,
+    OPTIONAL_GRAPHS,
+    VERSION,
+    sha256_file,
+    write_manifest,
+)
 from export.ort_session import require_onnxruntime
 from export.verify import Check, ExportVerificationError, ModelInputs, Tolerance, verify_export
 from worldsim.atomic import remove_stale_temps, temp_prefix
@@ -134,7 +149,8 @@ def _example_args(inp: ModelInputs) -> dict[str, tuple]:
     valid = torch.ones(2, cache.shape[4], dtype=torch.bool)
     dyn_args = (inp.codes((2, 2, h, w)), inp.actions((2, 2)), inp.codes((2, h, w), 0.5), inp.actions((2,)), torch.tensor(4), valid)
     dyn_args += tuple(cache[i, j].clone() for i in range(cache.shape[0]) for j in (0, 1))  # per-layer keys, values
-    return {"encoder": (inp.frames(2, H, W),), "decoder": (inp.codes((2, h, w)),), "dynamics": dyn_args}
+    refiner = (inp.frames(2, H, W), inp.frames(2, H, W), inp.codes((2, h, w)), inp.codes((2, h, w)))
+    return {"encoder": (inp.frames(2, H, W),), "decoder": (inp.codes((2, h, w)),), "dynamics": dyn_args, "refiner": refiner}
 
 
 def write_export(checkpoint: Path, folder: Path, *, opset: int = DEFAULT_OPSET, tolerance: Tolerance | None = None) -> ExportResult:
@@ -161,6 +177,7 @@ def write_export(checkpoint: Path, folder: Path, *, opset: int = DEFAULT_OPSET, 
         "encoder": EncoderGraph(loaded.tokenizer),
         "decoder": DecoderGraph(loaded.tokenizer),
         "dynamics": DynamicsStepGraph(loaded.dynamics),
+        "refiner": RefinerGraph(loaded.tokenizer),
     }
     examples = _example_args(ModelInputs(loaded))
     for name, spec in specs.items():
@@ -240,7 +257,7 @@ def export_onnx(
     return ExportResult(out, result.manifest, result.checks, result.seconds)
 
 
-EXPORT_FILES = frozenset({MANIFEST, *(f"{g}.onnx" for g in GRAPHS)})
+EXPORT_FILES = frozenset({MANIFEST, *(f"{g}.onnx" for g in (*GRAPHS, *OPTIONAL_GRAPHS))})
 """Everything an export folder holds; a folder holding anything else is never replaced."""
 
 
@@ -313,7 +330,10 @@ def _move_files_into(tmp: Path, out: Path) -> None:
     """
     (out / MANIFEST).unlink(missing_ok=True)
     for name in sorted(EXPORT_FILES - {MANIFEST}):
-        (tmp / name).replace(out / name)
+        if (tmp / name).exists():
+            (tmp / name).replace(out / name)
+        else:  # a graph the earlier export's model had and this one has not (a refiner)
+            (out / name).unlink(missing_ok=True)
     (tmp / MANIFEST).replace(out / MANIFEST)
     tmp.rmdir()
 

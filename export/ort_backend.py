@@ -56,6 +56,9 @@ class OrtBackend:
         self._encoder = open_session(self.folder / graphs["encoder"]["file"], placement, ort)
         self._decoder = open_session(self.folder / graphs["decoder"]["file"], placement, ort)
         self._dynamics = open_session(self.folder / graphs["dynamics"]["file"], placement, ort)
+        self._refiner = None
+        if self.config.tokenizer.refiner_channels:  # read_manifest checked that the export has its graph
+            self._refiner = open_session(self.folder / graphs["refiner"]["file"], placement, ort)
         self.device, self.provider = session_device(self._dynamics)
         dyn = self.config.dynamics
         self._kv_shape = (dyn.layers, 2, dyn.heads, dyn.width // dyn.heads)
@@ -98,6 +101,15 @@ class OrtBackend:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return self._decoder.run(None, {"codes": np.ascontiguousarray(codes, dtype=np.int64)})[0]
+
+    def refine(self, prev_frames: np.ndarray, frames: np.ndarray, prev_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        if self._refiner is None:
+            raise WorldSimError(f"{self.folder}: this export has no refiner graph")
+        feed = {"prev_frames": np.ascontiguousarray(prev_frames, dtype=np.uint8),
+                "frames": np.ascontiguousarray(frames, dtype=np.uint8),
+                "prev_codes": np.ascontiguousarray(prev_codes, dtype=np.int64),
+                "codes": np.ascontiguousarray(codes, dtype=np.int64)}  # fmt: skip
+        return self._refiner.run(None, feed)[0]
 
     def empty_cache(self, batch: int, tokens: int, scratch: int = 0) -> np.ndarray:
         """Zeros ``[L, 2, B, heads, tokens, head_dim]``; the graph appends a pass's keys and

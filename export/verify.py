@@ -176,6 +176,25 @@ def verify_export(folder: Path, loaded: LoadedModel, tolerance: Tolerance, seed:
     """Run every graph in ``folder`` under ONNX Runtime (CPU) and torch on the same inputs."""
     ort = require_onnxruntime()
     cpu = Placement([CPU_EP], "cpu", required=True)
-    sessions = {name: open_session(folder / f"{name}.onnx", cpu, ort) for name in ("encoder", "decoder", "dynamics")}
+    refiner = ("refiner",) if loaded.tokenizer.refiner is not None else ()
+    sessions = {name: open_session(folder / f"{name}.onnx", cpu, ort) for name in ("encoder", "decoder", "dynamics", *refiner)}
     inp = ModelInputs(loaded, seed + 1)
-    return _verify_tokenizer(sessions, loaded, inp, tolerance) + _verify_dynamics(sessions["dynamics"], loaded, inp, tolerance)
+    checks = _verify_tokenizer(sessions, loaded, inp, tolerance) + _verify_dynamics(sessions["dynamics"], loaded, inp, tolerance)
+    return checks + (_verify_refiner(sessions["refiner"], loaded, inp, tolerance) if refiner else [])
+
+
+def _verify_refiner(session: Any, loaded: LoadedModel, inp: ModelInputs, tol: Tolerance) -> list[Check]:
+    """The refiner on random frames and codes that differ in about half the cells, at both sizes."""
+    checks = []
+    for B, (H, W) in zip((2, 1), inp.sizes()):
+        h, w = H // inp.stride, W // inp.stride
+        prev, frames = inp.frames(B, H, W), inp.frames(B, H, W)
+        prev_codes = inp.codes((B, h, w))
+        codes = torch.where(torch.from_numpy(inp.rng.random((B, h, w)) < 0.5), inp.codes((B, h, w)), prev_codes)
+        with torch.no_grad():
+            ref = loaded.tokenizer.refine(prev, frames, prev_codes, codes).numpy().astype(np.int16)
+        feed = {"prev_frames": prev.numpy(), "frames": frames.numpy(), "prev_codes": prev_codes.numpy(), "codes": codes.numpy()}
+        got = session.run(None, feed)[0].astype(np.int16)
+        worst = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        checks.append(Check("refiner", f"B={B} {H}x{W}", "frames", worst, float(tol.pixel_levels)))
+    return checks

@@ -52,6 +52,12 @@ MAX_CONTEXT = 4096
 match) made the first prompt of a tiny model try an 82 GB allocation. 4096 frames are
 3.4 minutes at 20 ticks/s and the default time_period; trained contexts are tens of frames."""
 
+MAX_REFINER_CHANNELS = 1024
+MAX_REFINER_BLOCKS = 64
+"""Bounds on the refiner's size (``tokenizer.refiner_*``), checked before anything is built:
+it runs at full resolution on every generated frame, and the trained one has 24 channels and
+3 blocks."""
+
 
 class CheckpointError(WorldSimError):
     """The file is not a WorldSim checkpoint, is damaged, or was made by an incompatible version."""
@@ -134,6 +140,13 @@ class ModelConfig:
         if 2 ** (len(t.channels) - 1) > MAX_FRAME_SIDE:  # each stage builds layers; 10**5 of them took minutes
             raise ValueError(f"tokenizer.channels has {len(t.channels)} resolutions: a stride of 2**{len(t.channels) - 1} "
                              f"exceeds {MAX_FRAME_SIDE} pixels, the largest frames a recording holds")  # fmt: skip
+        for name, most in (("refiner_channels", MAX_REFINER_CHANNELS), ("refiner_blocks", MAX_REFINER_BLOCKS)):
+            v = getattr(t, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= most:
+                raise ValueError(f"tokenizer.{name} must be an integer from 0 to {most}, got {v!r}")
+        if bool(t.refiner_channels) != bool(t.refiner_blocks):
+            raise ValueError(f"tokenizer.refiner_channels ({t.refiner_channels}) and refiner_blocks ({t.refiner_blocks}) "
+                             "must both be 0 (no refiner) or both above 0")  # fmt: skip
         _check_ints("frame_shape", self.frame_shape, 1, 2)
         if max(self.frame_shape) > MAX_FRAME_SIDE:  # the dream env's observation space allocates 4 bytes a pixel
             raise ValueError(f"frame_shape {list(self.frame_shape)} exceeds {MAX_FRAME_SIDE} pixels a side, "

@@ -112,6 +112,8 @@ class EvalConfig:
     videos: bool = True
     keep_pixels: bool | None = None
     """Keep unchanged cells' pixels (None: the runtime's default, ``DEFAULT_KEEP_PIXELS``)."""
+    refine: bool | None = None
+    """Use the checkpoint's refiner (None: when it has one, as ``worldsim.load``)."""
     unfreeze: int | None = None
     """Still steps before a world is sampled without the stay gate (None: ``DEFAULT_UNFREEZE``)."""
     guidance: float | None = None
@@ -235,7 +237,8 @@ class Evaluation:
         self.cfg, self.log = config, log
         self.model = load(config.checkpoint, backend=config.backend, device=config.device, precision=config.precision, chunks=config.chunks,
                           temperature=config.temperature, seed=config.seed, keep_pixels=config.keep_pixels,
-                          unfreeze=config.unfreeze, guidance=config.guidance, ranked_moves=config.ranked_moves)  # fmt: skip
+                          unfreeze=config.unfreeze, guidance=config.guidance, ranked_moves=config.ranked_moves,
+                          refine=config.refine)  # fmt: skip
         mc = self.model.config
         self.env_id = config.env or mc.env_id
         if self.env_id is None:
@@ -283,7 +286,7 @@ class Evaluation:
         m: dict[str, Any] = {
             "checkpoint": str(cfg.checkpoint or "default"), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
             "frame_shape": list(self.ref.shape), "model_frame_shape": list(self.model.config.frame_shape), "policy": policy,
-            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "unfreeze": self.model.unfreeze, "ranked_moves": self.model.ranked_moves,
+            "settings": {"episodes": B, "horizon": Hz, "context": P, "chunks": self.model.chunks, "keep_pixels": self.model.keep_pixels, "refine": self.model.refine, "unfreeze": self.model.unfreeze, "ranked_moves": self.model.ranked_moves,
                          "guidance": self.model.guidance,
                          "temperature": self.model.temperature, "backend": cfg.backend, "device": self.model.backend.device,
                          "precision": self.model.backend.precision},
@@ -467,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-videos", action="store_true", help="skip the GIF and MP4 files")
     p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the previous frame's pixels where a cell's code did not change (default: the runtime's, off)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="pass decoded frames through the checkpoint's refiner (default: on when it has one)")
     p.add_argument("--unfreeze", type=int, default=None,
                    help="still steps before a world is sampled without the stay gate, at temperature 1.0, until it moves; 0 = never (default: the runtime's)")
     p.add_argument("--guidance", type=float, default=None,
@@ -498,7 +503,7 @@ def main(argv: list[str]) -> int:
                 temperature=a.temperature, idm=IDMConfig(data_steps=a.idm_data_steps, train_steps=a.idm_train_steps),
                 backend=a.backend, device=a.device, precision=a.precision, seed=seed, reward_threshold=a.reward_threshold,
                 cache_dir=a.cache_dir, videos=not a.no_videos, keep_pixels=a.keep_pixels, unfreeze=a.unfreeze,
-                guidance=a.guidance, ranked_moves=a.ranked_moves,
+                guidance=a.guidance, ranked_moves=a.ranked_moves, refine=a.refine,
             )  # fmt: skip
             runs[seed] = Evaluation(cfg, log=lambda s: print(s, file=sys.stderr)).run()
             if several:

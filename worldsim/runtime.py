@@ -7,6 +7,9 @@ except the KV cache, which stays in the backend's own array type):
 
 * ``encode(frames uint8 [B,H,W,3]) -> codes int64 [B,h,w]``
 * ``decode(codes int64 [B,h,w]) -> frames uint8 [B,H,W,3]``
+* ``refine(prev_frames uint8 [B,H,W,3], frames uint8 [B,H,W,3], prev_codes int64 [B,h,w],
+  codes int64 [B,h,w]) -> frames uint8 [B,H,W,3]``: the refiner's correction of the decoded
+  ``frames`` with the frames shown before; called only for a checkpoint with a refiner
 * ``empty_cache(batch, tokens, scratch) -> cache [L, 2, B, heads, tokens (+ scratch), head_dim]``
   (zeros): the runtime uses the first ``tokens`` slots; a backend may add ``scratch`` slots
   after them for a pass's own keys and values (``2N``, enough for the fused commit pass)
@@ -146,6 +149,7 @@ class Backend(Protocol):
 
     def encode(self, frames: np.ndarray) -> np.ndarray: ...
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
+    def refine(self, prev_frames: np.ndarray, frames: np.ndarray, prev_codes: np.ndarray, codes: np.ndarray) -> np.ndarray: ...
     def empty_cache(self, batch: int, tokens: int, scratch: int = 0) -> Any: ...
     def append(self, codes: np.ndarray, actions: np.ndarray, t0: int, cache: Any, valid: np.ndarray | None) -> Any: ...
     def predict(
@@ -179,6 +183,9 @@ class WorldModel:
             where the head says nothing changed (default :data:`DEFAULT_STILL`).
         keep_pixels: keep the previous frame's pixels in the cells whose code did not change
             (default :data:`DEFAULT_KEEP_PIXELS`).
+        refine: pass each decoded frame through the checkpoint's refiner, which corrects it
+            with the frame shown before (:class:`worldsim.tokenizer.Refiner`). None: on when the
+            checkpoint has a refiner; True for a checkpoint without one is an error.
         unfreeze: still steps after which a world is sampled without the stay gate, at
             :data:`UNFREEZE_TEMPERATURE`, until it moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
         guidance: action guidance scale g (None: the checkpoint's ``guidance``, 1 = off). Each
@@ -210,6 +217,7 @@ class WorldModel:
         guidance: float | None = None,
         guided_actions: Any = None,
         ranked_moves: bool | None = None,
+        refine: bool | None = None,
     ) -> None:
         self.backend = backend
         self.config = backend.config
@@ -223,7 +231,7 @@ class WorldModel:
         for name, value in (("temperature", temperature), ("guidance", guidance)):  # float("0.5") and float(True) would pass
             if value is not None and (not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool)):
                 raise SettingError(f"{name} must be a number, got {value!r}")
-        for name, value in (("ranked_moves", ranked_moves), ("still", still), ("keep_pixels", keep_pixels)):
+        for name, value in (("ranked_moves", ranked_moves), ("still", still), ("keep_pixels", keep_pixels), ("refine", refine)):
             if value is not None and not isinstance(value, (bool, np.bool_)):  # bool("no") would be True
                 raise SettingError(f"{name} must be True, False or None, got {value!r}")
         self.chunks = DEFAULT_CHUNKS if chunks is None else int(chunks)
@@ -235,6 +243,11 @@ class WorldModel:
         self.ranked_moves = DEFAULT_RANKED_MOVES if ranked_moves is None else bool(ranked_moves)
         self.still = DEFAULT_STILL if still is None else bool(still)
         self.keep_pixels = DEFAULT_KEEP_PIXELS if keep_pixels is None else bool(keep_pixels)
+        has_refiner = bool(self.config.tokenizer.refiner_channels)
+        if refine and not has_refiner:
+            raise SettingError("refine=True needs a checkpoint with a refiner (`worldsim train refiner` adds one)")
+        self.refine = has_refiner if refine is None else bool(refine)
+        """Whether decoded frames go through the checkpoint's refiner."""
         self.unfreeze = DEFAULT_UNFREEZE if unfreeze is None else int(unfreeze)
         if self.unfreeze < 0:
             raise SettingError(f"unfreeze must be >= 0 steps, got {unfreeze}")
@@ -253,8 +266,8 @@ class WorldModel:
         """The action components guidance strengthens."""
         self._motion = dyn.stay_motion if dyn.stay_gate else ()
         self._still_run: np.ndarray | None = None  # [B]: still steps in a row, per world
-        # The still path and pixel keeping need the last frame's pixels.
-        self._keeps_frames = (self.still and dyn.still_head) or self.keep_pixels
+        # The still path, pixel keeping and the refiner need the last frame's pixels.
+        self._keeps_frames = (self.still and dyn.still_head) or self.keep_pixels or self.refine
         self.frame_multiple = self.config.tokenizer.stride * dyn.patch
         """Frame height and width must be multiples of this."""
         self.context_frames = dyn.context
@@ -279,7 +292,7 @@ class WorldModel:
                 f"frame_multiple={self.frame_multiple}, backend={self.backend.name!r}, "
                 f"device={self.backend.device!r}, precision={getattr(self.backend, 'precision', None)!r}, "
                 f"chunks={self.chunks}, temperature={self.temperature:g}, guidance={self.guidance:g}{guided}, "
-                f"unfreeze={self.unfreeze}, ranked_moves={self.ranked_moves})")
+                f"unfreeze={self.unfreeze}, ranked_moves={self.ranked_moves}, refine={self.refine})")
 
     @property
     def batch_size(self) -> int:
@@ -455,6 +468,8 @@ class WorldModel:
             prev = stay_reference(prev, acts, self._motion)
         sample = self._sampler.generate(predict, B, H // s, W // s, prev, gated)
         codes, frames = sample.codes, self.backend.decode(sample.codes)
+        if self.refine:
+            frames = self.backend.refine(self._frame, frames, self._pending[0], codes)
         if self._keeps_frames:
             if self.still and sample.still_logit is not None:
                 # The model says nothing changed: keep the previous frame exactly, codes and
@@ -518,6 +533,7 @@ def load(
     guidance: float | None = None,
     guided_actions: Any = None,
     ranked_moves: bool | None = None,
+    refine: bool | None = None,
 ) -> WorldModel:
     """Load a world model checkpoint for generation.
 
@@ -533,6 +549,7 @@ def load(
         still: act on the model's still head (default :data:`DEFAULT_STILL`).
         keep_pixels: keep the previous frame's pixels where a cell's code did not change
             (default :data:`DEFAULT_KEEP_PIXELS`).
+        refine: use the checkpoint's refiner (None: when it has one; see :class:`WorldModel`).
         unfreeze: still steps after which a world is sampled without the stay gate, at
             :data:`UNFREEZE_TEMPERATURE`, until it moves (default :data:`DEFAULT_UNFREEZE`; 0 = never).
         guidance, guided_actions: action guidance (None: the checkpoint's; see :class:`WorldModel`).
@@ -562,4 +579,5 @@ def load(
         factory = getattr(factory, part)
     be = factory(str(checkpoint), device=device, precision=precision)
     return WorldModel(be, chunks=chunks, temperature=temperature, seed=seed, still=still, keep_pixels=keep_pixels,
-                      unfreeze=unfreeze, guidance=guidance, guided_actions=guided_actions, ranked_moves=ranked_moves)
+                      unfreeze=unfreeze, guidance=guidance, guided_actions=guided_actions, ranked_moves=ranked_moves,
+                      refine=refine)

@@ -15,7 +15,7 @@ enough to train stably without it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,11 @@ class TokenizerConfig:
 
     The decoder runs once per generated frame, so the blocks sit at the low resolutions
     where a convolution costs 4-16x less than at full resolution."""
+    refiner_channels: int = 0
+    """Feature channels of the refiner (:class:`Refiner`); 0: no refiner. The refiner is
+    trained after the rest (``worldsim train refiner``) and changes no code."""
+    refiner_blocks: int = 0
+    """Residual blocks of the refiner, at full resolution."""
 
     def __post_init__(self) -> None:
         if len(self.res_blocks) != len(self.channels):
@@ -51,6 +56,11 @@ class TokenizerConfig:
     def codebook_size(self) -> int:
         return math.prod(self.levels)
 
+    def codes_config(self) -> TokenizerConfig:
+        """This config without the refiner: what decides the codes and the plain decoder, so
+        two tokenizers whose ``codes_config`` and weights agree give a dynamics the same codes."""
+        return replace(self, refiner_channels=0, refiner_blocks=0)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -59,7 +69,9 @@ class TokenizerConfig:
         """The config ``to_dict`` wrote; an unknown field is a ``ValueError``, not dropped."""
         refuse_unknown_fields("tokenizer config", d, {f.name for f in fields(cls)})
         return cls(
-            channels=tuple(d["channels"]), levels=tuple(d["levels"]), res_blocks=tuple(d["res_blocks"])
+            channels=tuple(d["channels"]), levels=tuple(d["levels"]), res_blocks=tuple(d["res_blocks"]),
+            # absent from files written before the refiner existed: none
+            refiner_channels=d.get("refiner_channels", 0), refiner_blocks=d.get("refiner_blocks", 0),
         )
 
 
@@ -140,6 +152,41 @@ class FSQ(nn.Module):
         return idx.float() / (self.levels - 1).float() * 2.0 - 1.0
 
 
+class Refiner(nn.Module):
+    """Sharpens a decoded frame with the frame shown before it, as a video codec's P-frame
+    reuses its reference frame.
+
+    The decoder sees only the codes, 12.8 bits a 4x4 cell, so every frame it draws carries its
+    reconstruction error (about 33 dB) even where the world did not change. The frame before
+    (the real one after a prompt, then the frame the dream showed) holds the detail the codes
+    cannot. The refiner gets that frame, the decoded frame, and a mask of the cells whose code
+    changed, and returns the decoded frame plus a correction, so it starts (zero-initialised
+    output) as the plain decoder. It is trained on chains of steps in which each step's input
+    is its own previous output (``worldsim train refiner``), since at run time it feeds on
+    itself; trained on single steps it sharpened noise until long rollouts collapsed
+    (docs/model.md, "Refiner").
+
+    It changes pixels only: the codes, and so everything the dynamics sees, stay the same.
+    """
+
+    def __init__(self, channels: int, blocks: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.inp = nn.Conv2d(7, channels, 3, padding=1)
+        self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, prev: torch.Tensor, decoded: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        """``prev``, ``decoded``: float ``[B, 3, H, W]`` in [-1, 1]; ``changed``: bool ``[B, h, w]``
+        -> the refined frame, float ``[B, 3, H, W]``."""
+        # nearest-neighbour upsampling by a whole factor repeats each cell's flag over its pixels
+        mask = F.interpolate(changed.to(decoded.dtype)[:, None], scale_factor=self.stride, mode="nearest")
+        x = torch.cat([prev.to(decoded.dtype), decoded, mask], 1)
+        return decoded + self.out(F.silu(self.body(self.inp(x))))
+
+
 class Tokenizer(nn.Module):
     """Frame <-> integer code grid.
 
@@ -169,6 +216,9 @@ class Tokenizer(nn.Module):
         dec += [nn.SiLU(), nn.Conv2d(ch[0], 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
         self.fsq = FSQ(config.levels)
+        self.refiner = None
+        if config.refiner_channels:
+            self.refiner = Refiner(config.refiner_channels, config.refiner_blocks, config.stride)
 
     def check_frame_size(self, height: int, width: int) -> None:
         s = self.config.stride
@@ -184,6 +234,16 @@ class Tokenizer(nn.Module):
         """Codes int64 ``[B, h, w]`` -> uint8 frames ``[B, h*stride, w*stride, 3]``."""
         vals = self.fsq.values(self.fsq.unpack(codes)).movedim(-1, 1)  # (B, D, h, w)
         return float_to_frames(self.decoder(vals))
+
+    def refine(self, prev_frames: torch.Tensor, frames: torch.Tensor, prev_codes: torch.Tensor,
+               codes: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The refiner's frames: ``prev_frames`` (uint8 ``[B, H, W, 3]``, the frames shown
+        before), ``frames`` (uint8, :meth:`decode` of ``codes``), and the codes of both ->
+        uint8 ``[B, H, W, 3]``. Needs a tokenizer with a refiner."""
+        if self.refiner is None:
+            raise ValueError("this tokenizer has no refiner (train one with `worldsim train refiner`)")
+        y = self.refiner(frames_to_float(prev_frames), frames_to_float(frames), codes != prev_codes)
+        return float_to_frames(y.float())
 
     def forward(self, frames: torch.Tensor, train_encoder: bool = True) -> TokenizerOutput:
         """Reconstruction loss of uint8 frames ``[B, H, W, 3]``.

@@ -167,6 +167,12 @@ class TorchBackend:
         with self._ctx():
             return self.tokenizer.decode(self._t(codes)).cpu().numpy()
 
+    @torch.inference_mode()
+    def refine(self, prev_frames: np.ndarray, frames: np.ndarray, prev_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        with self._ctx():
+            out = self.tokenizer.refine(self._t(prev_frames), self._t(frames), self._t(prev_codes), self._t(codes))
+        return out.cpu().numpy()
+
     def empty_cache(self, batch: int, tokens: int, scratch: int = 0) -> torch.Tensor:
         """Zeros ``[L, 2, B, heads, tokens + scratch, head_dim]``: predict writes each pass's
         keys and values into the scratch slots, where appending them to the cache would

@@ -44,6 +44,8 @@ from torch import nn
 from worldsim.atomic import LockBusy, atomic_write_text, exclusive_lock, naming
 from worldsim.checkpoint import (
     MAX_ACTION_CHOICES,
+    MAX_REFINER_BLOCKS,
+    MAX_REFINER_CHANNELS,
     ModelConfig,
     checkpoint_steps,
     load_model,
@@ -368,7 +370,7 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
             if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
                 v = _validate(task, module, val, cfg)
                 row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
-                if task.kind == "tokenizer" and v is not None:
+                if task.kind in ("tokenizer", "refiner") and v is not None:
                     row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
                 last.update(row)
                 _append(metrics_path, row)
@@ -476,7 +478,9 @@ class TokenizerTask(Task):
         else:
             # The tokenizer of a tokenizer or a dynamics checkpoint; its config wins over --preset.
             start = load_model(init)
-            tok_config, self.module = start.config.tokenizer, start.tokenizer
+            # A refiner corrects this decoder's frames; training the tokenizer changes them, so it is left out.
+            tok_config, self.module = start.config.tokenizer.codes_config(), start.tokenizer
+            self.module.refiner = None
             self.preset = start.config.preset or preset
             self.info = {"init": str(init), "encoder_sha256": encoder_digest(self.module)}
         if decoder_only:
@@ -522,7 +526,7 @@ class DynamicsTask(Task):
             start = load_model(init, device)
             if start.dynamics is None:
                 raise WorldSimError(f"--init {init}: it holds no dynamics model (give a world model checkpoint)")
-            if start.config.tokenizer != tok.config.tokenizer or encoder_digest(start.tokenizer) != encoder_digest(tok.tokenizer):
+            if start.config.tokenizer.codes_config() != tok.config.tokenizer.codes_config() or encoder_digest(start.tokenizer) != encoder_digest(tok.tokenizer):
                 raise WorldSimError(f"--init {init}: its tokenizer encodes differently from --tokenizer {tokenizer}, "
                                     "so its dynamics learned other codes; give the tokenizer it was trained with")  # fmt: skip
             preset = start.config.preset or preset
@@ -631,6 +635,90 @@ class DynamicsTask(Task):
 
     def save(self, path: Path, info: dict[str, Any]) -> None:
         save_model(path, self.config, self.tokenizer, self.module, {**self.info, **info})
+
+
+class RefinerTask(Task):
+    """The refiner of a checkpoint's tokenizer (:class:`worldsim.tokenizer.Refiner`), trained on
+    chains of ``chain`` steps of real frames: each step decodes the real frame's codes and
+    refines them with the previous step's output (the first step's previous frame is the real
+    one, or for a random half of the windows the decoded one), as the runtime feeds the
+    refiner its own frames. The loss is the pixel MSE of every step. The output the next step
+    sees is rounded to uint8 as the runtime's is (the gradient passes straight through the
+    rounding). The tokenizer's encoder and decoder stay frozen, so every code and every plain
+    decoded frame stays the same."""
+
+    kind = "refiner"
+
+    def __init__(self, data: list[str], checkpoint: str, chain: int, channels: int, blocks: int, seed: int,
+                 device: torch.device, split_seed: int | None = None) -> None:  # fmt: skip
+        from dataclasses import replace as _replace
+
+        from worldsim.tokenizer import Refiner
+
+        if chain < 1:
+            raise WorldSimError(f"--chain must be at least 1, got {chain}")
+        for name, v, most in (("--channels", channels, MAX_REFINER_CHANNELS), ("--blocks", blocks, MAX_REFINER_BLOCKS)):
+            if not 1 <= v <= most:
+                raise WorldSimError(f"{name} must be from 1 to {most}, got {v}")
+        start = load_model(checkpoint, device)
+        if start.tokenizer.refiner is not None:
+            print(f"{checkpoint}: its refiner is replaced by the one trained now")
+        split = seed if split_seed is None else split_seed
+        self.train_set = open_split(data, chain + 1, "train", split)
+        self.val_set = open_split(data, chain + 1, "val", split, required=False)
+        h, w = self.train_set.observation_shape[:2]
+        if (h, w) != tuple(start.config.frame_shape):
+            raise WorldSimError(f"the recordings' frames are {h}x{w}, {checkpoint} was trained on "
+                                f"{start.config.frame_shape[0]}x{start.config.frame_shape[1]}")  # fmt: skip
+        self.chain = chain
+        self.tokenizer, self.dynamics = start.tokenizer, start.dynamics
+        for q in self.tokenizer.parameters():
+            q.requires_grad_(False)
+        torch.manual_seed(seed)
+        self.module = Refiner(channels, blocks, start.config.tokenizer.stride)
+        self.tokenizer.refiner = self.module  # saved with the tokenizer
+        tok = _replace(start.config.tokenizer, refiner_channels=channels, refiner_blocks=blocks)
+        self.config = _replace(start.config, tokenizer=tok)
+        self.info = {**start.info, "refiner": {"from": str(checkpoint), "chain": chain}}
+
+    def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
+        ds = self.train_set if split == "train" or self.val_set is None else self.val_set
+        frames = torch.from_numpy(ds.sample(rng, n).frames)
+        return {"frames": frames, "real_start": torch.from_numpy(rng.random(n) < 0.5)}
+
+    def loss(self, module, batch, gen):
+        from worldsim.tokenizer import float_to_frames, frames_to_float
+
+        dev = next(self.module.parameters()).device
+        f = batch["frames"].to(dev)  # (B, T, H, W, 3)
+        B, T = f.shape[:2]
+        self.tokenizer.eval()
+        with torch.no_grad():
+            codes = self.tokenizer.encode(f.flatten(0, 1))
+            decoded = self.tokenizer.decode(codes).view(f.shape)
+            codes = codes.view(B, T, *codes.shape[1:])
+        real = batch["real_start"].to(dev)[:, None, None, None]
+        prev = frames_to_float(torch.where(real, f[:, 0], decoded[:, 0]))
+        losses, plain = [], []
+        for k in range(1, T):
+            target = frames_to_float(f[:, k])
+            y = module(prev, frames_to_float(decoded[:, k]), codes[:, k] != codes[:, k - 1]).float()
+            losses.append(torch.mean((y - target) ** 2))
+            plain.append(float(torch.mean((frames_to_float(decoded[:, k]) - target) ** 2)))
+            shown = frames_to_float(float_to_frames(y.detach()))
+            prev = y + (shown - y).detach()  # what the runtime shows next: rounded, gradient straight through
+        loss = torch.stack(losses).mean()
+        mse, plain_mse = float(loss.detach()), float(np.mean(plain))
+        return loss, {"psnr": psnr(mse), "decoded_psnr": psnr(plain_mse), "last_step_psnr": psnr(float(losses[-1].detach()))}
+
+    def counts(self, batch):
+        f = batch["frames"]
+        s = self.tokenizer.config.stride
+        n = f.shape[0] * (f.shape[1] - 1)
+        return n, n * (f.shape[2] // s) * (f.shape[3] // s)
+
+    def save(self, path: Path, info: dict[str, Any]) -> None:
+        save_model(path, self.config, self.tokenizer, self.dynamics, {**self.info, **info})
 
 
 def _check_frame_size(h: int, w: int, multiple: int, what: str) -> None:
@@ -816,6 +904,45 @@ def dynamics_main(argv: list[str]) -> int:
     return 0
 
 
+def refiner_main(argv: list[str]) -> int:
+    """``worldsim train refiner``: give a world model a refiner, which sharpens each decoded frame
+    with the frame shown before it (``worldsim.tokenizer.Refiner``; docs/model.md, "Refiner").
+
+    The checkpoint's tokenizer and dynamics are frozen and copied into ``--out`` unchanged, with
+    the trained refiner added; a refiner the checkpoint already had is replaced. The runtime uses
+    a checkpoint's refiner by default (``worldsim.load(refine=False)`` turns it off).
+    """
+    p = argparse.ArgumentParser(prog="worldsim train refiner", description=refiner_main.__doc__)
+    _common_args(p, batch=12)
+    p.add_argument("--checkpoint", required=True, help="the world model (or tokenizer) checkpoint to add the refiner to")
+    p.add_argument("--chain", type=int, default=4,
+                   help="steps per training chain, each refining the previous step's output (default 4)")  # fmt: skip
+    p.add_argument("--channels", type=int, default=24, help="the refiner's feature channels (default 24)")
+    p.add_argument("--blocks", type=int, default=3, help="the refiner's residual blocks (default 3)")
+    a = p.parse_args(argv)
+    a.init = None  # _run_settings names --init; the checkpoint is recorded by its hash below
+    cfg = _loop_config(a, "refiner")
+    dev, dd = _setup(a)
+    finished = False
+    try:
+        with _out_lock(cfg.out, dd):
+            settings = _run_settings(a, ("chain", "channels", "blocks"), dd.world)
+            if Path(a.checkpoint).is_file():  # a missing one is the task's error to name
+                settings["checkpoint_sha256"] = sha256_file(a.checkpoint)
+            resumed = resume_state(cfg, settings)
+            task = RefinerTask(a.data, a.checkpoint, a.chain, a.channels, a.blocks, a.seed, dd.device, a.split_seed)
+            last = run(task, cfg, dd, settings, resumed)
+        finished = True
+    finally:
+        dd.close(finished)
+    if dd.main and last.get("already_finished"):
+        print(_finished_note(cfg, last))
+    elif dd.main:
+        print(f"world model with a refiner: {cfg.out} (step {last.get('step')}, held-out PSNR {last.get('val_psnr')} dB "
+              f"over {a.chain}-step chains; the plain decoder {last.get('decoded_psnr')} dB on the last training batch)")  # fmt: skip
+    return 0
+
+
 def encoder_digest(tokenizer: torch.nn.Module) -> str:
     """sha256 of a tokenizer's encoder and quantiser weights: equal digests give equal codes."""
     return weights_digest({"encoder.": tokenizer.encoder, "fsq.": tokenizer.fsq})
@@ -837,7 +964,7 @@ def swap_decoder_main(argv: list[str]) -> int:
     world, tok = load_model(a.checkpoint), load_model(a.tokenizer)
     if world.dynamics is None:
         raise WorldSimError(f"{a.checkpoint} holds no dynamics model: give the world model checkpoint")
-    if tok.config.tokenizer != world.config.tokenizer:
+    if tok.config.tokenizer.codes_config() != world.config.tokenizer.codes_config():
         raise WorldSimError(f"{a.tokenizer}: its tokenizer config differs from the world model's")
     if encoder_digest(tok.tokenizer) != encoder_digest(world.tokenizer):
         raise WorldSimError(
@@ -845,8 +972,15 @@ def swap_decoder_main(argv: list[str]) -> int:
             "fine-tune one with `worldsim train tokenizer --init WORLD_MODEL --decoder-only`"
         )
     world.tokenizer.decoder.load_state_dict(tok.tokenizer.decoder.state_dict())
+    config = world.config
+    if world.tokenizer.refiner is not None:
+        # The refiner learned to correct the old decoder's frames, not this one's.
+        world.tokenizer.refiner = None
+        config = replace(config, tokenizer=config.tokenizer.codes_config())
+        print(f"{a.checkpoint}: its refiner was trained on the old decoder's frames and is left out; "
+              "train one for the new decoder with `worldsim train refiner`")  # fmt: skip
     kept = {k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}
-    save_model(a.out, world.config, world.tokenizer, world.dynamics, {**world.info, "decoder": {"from": str(a.tokenizer), **kept}})
+    save_model(a.out, config, world.tokenizer, world.dynamics, {**world.info, "decoder": {"from": str(a.tokenizer), **kept}})
     print(f"world model with the decoder of {a.tokenizer}: {a.out}")
     return 0
 

@@ -22,6 +22,9 @@ from worldsim.checkpoint import ModelConfig, load_model
 from worldsim.errors import WorldSimError
 from worldsim.runtime import load
 
+PLAIN_EXPORT = {"manifest.json", "encoder.onnx", "decoder.onnx", "dynamics.onnx"}
+"""The files of an export of a model without a refiner."""
+
 
 def test_export_writes_three_verified_graphs_and_a_manifest_that_describes_them(tiny_checkpoint: Path, tiny_export: Path) -> None:
     manifest = read_manifest(tiny_export)  # validates the graph files' hashes too
@@ -118,7 +121,7 @@ def test_export_replaces_only_an_earlier_export(tiny_checkpoint: Path, tiny_expo
         onnx_export.export_onnx(tiny_checkpoint, ".")
     monkeypatch.chdir(tmp_path)
     result = onnx_export.export_onnx(tiny_checkpoint, "again")  # an earlier export is replaced
-    assert sorted(p.name for p in again.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+    assert sorted(p.name for p in again.iterdir()) == sorted(PLAIN_EXPORT)
     assert result.manifest["checkpoint"]["sha256"] == read_manifest(again)["checkpoint"]["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "mixed", "project"]  # nothing left aside
 
@@ -133,7 +136,7 @@ def test_an_out_that_links_to_a_folder_gets_the_export_in_that_folder(tiny_check
     for _ in range(2):  # a first export, then one that replaces it
         onnx_export.export_onnx(tiny_checkpoint, link)
         assert link.is_symlink() and link.resolve() == target.resolve()
-        assert sorted(p.name for p in target.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+        assert sorted(p.name for p in target.iterdir()) == sorted(PLAIN_EXPORT)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "model.onnx"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["exports"]  # nothing left aside
 
@@ -157,7 +160,7 @@ def test_an_out_that_is_a_mount_point_gets_the_export_and_stays_the_same_folder(
     monkeypatch.setattr(Path, "rename", rename)
     for _ in range(2):  # into the empty volume, then over that export
         result = onnx_export.export_onnx(tiny_checkpoint, volume)
-        assert sorted(p.name for p in volume.iterdir()) == sorted(onnx_export.EXPORT_FILES)
+        assert sorted(p.name for p in volume.iterdir()) == sorted(PLAIN_EXPORT)
         assert volume.stat().st_ino == inode
         assert read_manifest(volume)["checkpoint"]["sha256"] == result.manifest["checkpoint"]["sha256"]
     assert [p.name for p in tmp_path.iterdir()] == ["volume"]  # nothing left aside
@@ -219,7 +222,7 @@ def test_an_export_killed_inside_a_mount_point_does_not_block_the_next(tiny_chec
     (killed / "dynamics_step.onnx").write_bytes(b"half a graph")
     result = onnx_export.export_onnx(tiny_checkpoint, volume)
     assert read_manifest(volume)["checkpoint"]["sha256"] == result.manifest["checkpoint"]["sha256"]
-    assert sorted(p.name for p in volume.iterdir()) == sorted({*onnx_export.EXPORT_FILES, killed.name})
+    assert sorted(p.name for p in volume.iterdir()) == sorted({*PLAIN_EXPORT, killed.name})
     (volume / "notes").mkdir()
     with pytest.raises(WorldSimError, match="also holds"):
         onnx_export.export_onnx(tiny_checkpoint, volume)

@@ -83,6 +83,41 @@ def test_a_model_with_a_stay_gate_and_a_still_head_exports_and_both_backends_agr
     assert not np.array_equal(off.step(np.ones((2, 3), np.int64)).frames, prompt[0][:, -1])
 
 
+def test_a_model_with_a_refiner_exports_it_and_both_backends_agree(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from export.onnx_export import export_onnx
+    from worldsim.tokenizer import Refiner
+
+    loaded = load_model(train_tiny(tmp_path / "plain.safetensors"))
+    torch.manual_seed(0)
+    loaded.tokenizer.refiner = Refiner(4, 1, loaded.config.tokenizer.stride)
+    with torch.no_grad():  # a refiner that does something: its output layer starts at zero
+        loaded.tokenizer.refiner.out.weight.normal_(0, 0.05)
+    ckpt = tmp_path / "refined.safetensors"
+    cfg = replace(loaded.config, tokenizer=replace(loaded.config.tokenizer, refiner_channels=4, refiner_blocks=1))
+    save_model(ckpt, cfg, loaded.tokenizer, loaded.dynamics)
+    folder = export_onnx(ckpt, tmp_path / "refined-export").folder
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "refiner" in manifest["graphs"] and (folder / "refiner.onnx").is_file()
+    assert any(c["graph"] == "refiner" and c["error"] <= c["limit"] for c in manifest["verification"]["checks"])
+    prompt = toy_rollouts(2, 4, seed=101)
+    assert load(folder, backend="onnx").refine
+    p = measure_parity(ckpt, folder, steps=20, prompt=prompt)
+    assert p.pixels_within_1 >= 0.99 and p.sampled_tokens_equal >= 0.99, p
+    off = load(ckpt, seed=0, temperature=0.0, refine=False)
+    on = load(ckpt, seed=0, temperature=0.0)
+    for m in (on, off):
+        m.prompt(*prompt)
+    a = np.ones((2, 3), np.int64)
+    assert not np.array_equal(on.step(a).frames, off.step(a).frames), "the refiner changed nothing"
+    # A manifest that lost the refiner graph of a refined model is refused, naming it.
+    del manifest["graphs"]["refiner"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="refiner"):
+        load(folder, backend="onnx")
+
+
 def test_action_guidance_gives_the_same_dream_on_both_backends(tiny_export: Path, tiny_checkpoint: Path) -> None:
     """Guidance lives in the runtime, above the backend: its second pass must see the same
     cache on ONNX Runtime as on torch, or the two dreams part."""
