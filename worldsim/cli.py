@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train tokenizer": ("worldsim.train:tokenizer_main", "fit the frame tokenizer (FSQ autoencoder) on recordings"),
     "train dynamics": ("worldsim.train:dynamics_main", "fit the world model's transformer on recordings, given a tokenizer"),
     "train refiner": ("worldsim.train:refiner_main", "add a refiner to a world model: sharper frames from the frame shown before"),
-    "train swap-decoder": ("worldsim.train:swap_decoder_main", "give a world model the decoder of a tokenizer fine-tuned with --decoder-only"),
+    "train swap-decoder": ("worldsim.train:swap_decoder_main", "give a world model the decoder (and refiner) of a tokenizer fine-tuned with --decoder-only"),
     "train set-guidance": ("worldsim.train:set_guidance_main", "store the action guidance a world model samples with"),
     "bench train": ("worldsim.bench:train_main", "training frames/s and tokens/s per preset, and the share of the matmul peak"),
     "bench dream-env": ("envs.dream_bench:main", "dream env steps/s through Gymnasium: single, and vector at N=16 and N=64"),

@@ -27,11 +27,17 @@ the preset and the training steps. Running it performs, in order:
    **polish** (when the recipe has ``polish_steps``): a last phase like those into
    ``polish.safetensors``, from the final phase's weights (or the last phase's), on all
    ``data_parts`` at ``dynamics_batch`` windows a step with ``polish_train_args``;
-6. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
-   checkpoint with the fine-tuned decoder (a plain copy when the recipe has no decoder
-   stage), and ``worldsim train set-guidance`` stores the recipe's ``guidance`` and
+6. **refiner** (when the recipe has ``refiner_steps``): ``worldsim train refiner --checkpoint
+   decoder.safetensors --resume`` (the tokenizer when there is no decoder stage) into
+   ``refiner.safetensors``, a tokenizer with the decoder and a refiner trained on its frames,
+   on all ``data_parts``. It needs no dynamics, so it runs after the decoder stage's work
+   whatever the dynamics phases do; a refiner whose ``info.refiner.sha256`` is not the
+   decoder file's is trained again;
+7. **model**: ``worldsim train swap-decoder`` writes ``model.safetensors``, the last dynamics
+   checkpoint with the fine-tuned decoder, and the refiner with a refiner stage (a plain copy
+   when the recipe has neither), and ``worldsim train set-guidance`` stores the recipe's ``guidance`` and
    ``guided_actions`` in it;
-7. with ``--install``: the model is checked to load and copied (atomically) to the
+8. with ``--install``: the model is checked to load and copied (atomically) to the
    package's default checkpoint, the file ``worldsim.load()`` opens with no argument.
 
 A training stage is complete when its checkpoint's ``info.steps`` reaches the recipe's
@@ -65,7 +71,7 @@ from worldsim.errors import WorldSimError
 
 ASSEMBLY_FIELDS = ("guidance", "guided_actions")
 """Recipe fields used only by the model stage; changing them re-assembles the model, nothing else."""
-EXTENSION_FIELDS = ("polish_steps", "polish_train_args")
+EXTENSION_FIELDS = ("polish_steps", "polish_train_args", "refiner_steps", "refiner_batch", "refiner_train_args")
 """Recipe fields that only add a stage after the others: a folder pinned before the recipe had
 them holds valid work for every earlier stage, and goes on to the new one."""
 
@@ -127,6 +133,12 @@ class Recipe:
     ``data_parts`` at ``dynamics_batch`` windows a step with ``polish_train_args``; 0 = none."""
     polish_train_args: tuple[str, ...] = field(default=())
     """Flags for the polish phase only, after ``extra_train_args`` (so they win)."""
+    refiner_steps: int = 0
+    """Steps of the refiner stage (``worldsim train refiner``) on the decoder; 0 = none."""
+    refiner_batch: int = 12
+    """Chains a refiner step trains on."""
+    refiner_train_args: tuple[str, ...] = field(default=())
+    """Flags for the refiner stage only, after ``extra_train_args`` (so they win)."""
     guidance: float = 1.0
     """The action guidance the model samples with (``worldsim train set-guidance``); 1 = none."""
     guided_actions: tuple[int, ...] | None = None
@@ -200,6 +212,7 @@ RECIPES: dict[str, Recipe] = {
         finetune_steps=20, finetune_train_args=("--lr", "1e-3"), finetune_phases=2,
         base_parts=1, final_steps=10, final_batch=6, final_train_args=("--lr", "1e-3"),
         polish_steps=6, polish_train_args=("--lr", "1e-3", "--rollout-share", "0.5", "--rollout-passes", "3"),
+        refiner_steps=4, refiner_batch=4, refiner_train_args=("--chain", "2", "--channels", "4", "--blocks", "1"),
         guidance=1.5, guided_actions=(3,),
     ),
 }  # fmt: skip
@@ -279,6 +292,16 @@ class RecipeRun:
     @property
     def decoder_path(self) -> Path:
         return self.root / "decoder.safetensors"
+
+    @property
+    def refiner_path(self) -> Path:
+        return self.root / "refiner.safetensors"
+
+    @property
+    def decoded_by(self) -> Path | None:
+        """The tokenizer whose decoder (and refiner) the model stage puts into the model (None: its own)."""
+        r = self.recipe
+        return self.refiner_path if r.refiner_steps > 0 else self.decoder_path if r.decoder_steps > 0 else None
 
     @property
     def dynamics_path(self) -> Path:
@@ -427,11 +450,38 @@ class RecipeRun:
         init = Path(info["init"]).name if "init" in info else None  # the phase its dynamics started from
         if init != (self.phase_path(self.phases - 1).name if self.phases > 1 else None):
             return False
+        if r.refiner_steps > 0 and info.get("refiner", {}).get("steps") != r.refiner_steps:
+            return False
         return r.decoder_steps == 0 or info.get("decoder", {}).get("steps") == r.decoder_steps
 
+    def _refine(self) -> None:
+        """The refiner stage: a refiner for the decoder the model will have."""
+        from worldsim.checkpoint import sha256_file
+        from worldsim.train import state_path
+
+        r, out = self.recipe, self.refiner_path
+        base = self.decoder_path if r.decoder_steps > 0 else self.tokenizer_path
+        if out.is_file():
+            with safe_open(str(out), framework="pt") as f:
+                info = json.loads((f.metadata() or {}).get("info", "{}"))
+            if info.get("refiner", {}).get("sha256") != sha256_file(base):
+                # trained on another decoder (its resume would be refused): start again
+                self.log(f"recipe {self.name}: {out.name} was trained on another {base.name}; training it again")
+                out.unlink()
+                state_path(out).unlink(missing_ok=True)
+        done = checkpoint_steps(out)
+        if done is not None and done >= r.refiner_steps:
+            self.log(f"recipe {self.name}: refiner complete ({done} steps), skipped")
+            return
+        self.log(f"recipe {self.name}: training the refiner ({f'from step {done}' if done else 'from scratch'} to {r.refiner_steps})")
+        argv = ["train", "refiner", "--checkpoint", str(base), "--data", *(str(self.part_dir(i)) for i in range(r.data_parts)),
+                "--out", str(out), "--steps", str(r.refiner_steps), "--batch", str(r.refiner_batch), "--device", self.device,
+                "--resume", *r.extra_train_args, *r.refiner_train_args]  # fmt: skip
+        self._stage("refiner", lambda: _cli(argv))
+
     def _assemble(self) -> None:
-        if self.recipe.decoder_steps > 0:
-            _cli(["train", "swap-decoder", "--checkpoint", str(self.world_model_path), "--tokenizer", str(self.decoder_path),
+        if self.decoded_by is not None:
+            _cli(["train", "swap-decoder", "--checkpoint", str(self.world_model_path), "--tokenizer", str(self.decoded_by),
                   "--out", str(self.model_path)])  # fmt: skip
         else:
             atomic_copy(self.world_model_path, self.model_path)
@@ -471,6 +521,8 @@ class RecipeRun:
             start = f"from step {done}" if done else "from the previous phase's weights" if phase > 1 else "from scratch"
             self.log(f"recipe {self.name}: training the {stage} ({start} to {steps})")
             self._stage(stage, lambda stage=stage, path=path, steps=steps, phase=phase: self._train(stage, path, steps, phase))
+        if r.refiner_steps > 0:
+            self._refine()
         if self._model_is_current():
             self.log(f"recipe {self.name}: model complete, skipped")
         else:

@@ -679,7 +679,10 @@ class RefinerTask(Task):
         self.tokenizer.refiner = self.module  # saved with the tokenizer
         tok = _replace(start.config.tokenizer, refiner_channels=channels, refiner_blocks=blocks)
         self.config = _replace(start.config, tokenizer=tok)
-        self.info = {**start.info, "refiner": {"from": str(checkpoint), "chain": chain}}
+        # info's steps and losses become the refiner's (--resume reads them); the model's own stay beside them
+        own = {k: start.info[k] for k in ("steps", "loss", "val_loss") if k in start.info}
+        self.info = {**start.info, "refiner": {"from": str(checkpoint), "sha256": sha256_file(checkpoint), "chain": chain,
+                                               "model": own}}  # fmt: skip
 
     def batch(self, rng: np.random.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
         ds = self.train_set if split == "train" or self.val_set is None else self.val_set
@@ -949,7 +952,8 @@ def encoder_digest(tokenizer: torch.nn.Module) -> str:
 
 
 def swap_decoder_main(argv: list[str]) -> int:
-    """``worldsim train swap-decoder``: give a world model the decoder of a fine-tuned tokenizer.
+    """``worldsim train swap-decoder``: give a world model the decoder of a fine-tuned tokenizer
+    (and its refiner, when it has one: ``worldsim train refiner --checkpoint TOKENIZER``).
 
     The tokenizer must have the same config, encoder and quantiser weights as the world
     model's own (``worldsim train tokenizer --init WORLD_MODEL --decoder-only`` makes one), so
@@ -972,15 +976,19 @@ def swap_decoder_main(argv: list[str]) -> int:
             "fine-tune one with `worldsim train tokenizer --init WORLD_MODEL --decoder-only`"
         )
     world.tokenizer.decoder.load_state_dict(tok.tokenizer.decoder.state_dict())
-    config = world.config
-    if world.tokenizer.refiner is not None:
+    if world.tokenizer.refiner is not None and tok.tokenizer.refiner is None:
         # The refiner learned to correct the old decoder's frames, not this one's.
-        world.tokenizer.refiner = None
-        config = replace(config, tokenizer=config.tokenizer.codes_config())
         print(f"{a.checkpoint}: its refiner was trained on the old decoder's frames and is left out; "
               "train one for the new decoder with `worldsim train refiner`")  # fmt: skip
-    kept = {k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}
-    save_model(a.out, config, world.tokenizer, world.dynamics, {**world.info, "decoder": {"from": str(a.tokenizer), **kept}})
+    world.tokenizer.refiner = tok.tokenizer.refiner  # the tokenizer's own, trained on its decoder, or none
+    config = replace(world.config, tokenizer=tok.config.tokenizer)  # the codes config is the same: only the refiner's fields
+    info = {k: v for k, v in world.info.items() if k != "refiner"}
+    if tok.tokenizer.refiner is None:
+        decoder = {k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}
+    else:  # a refiner run's steps and losses are the refiner's; the decoder's are kept beside them
+        decoder = tok.info["refiner"].get("model", {})
+        info["refiner"] = {**tok.info["refiner"], **{k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}}
+    save_model(a.out, config, world.tokenizer, world.dynamics, {**info, "decoder": {"from": str(a.tokenizer), **decoder}})
     print(f"world model with the decoder of {a.tokenizer}: {a.out}")
     return 0
 

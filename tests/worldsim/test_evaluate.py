@@ -265,7 +265,7 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert checkpoint_steps(smoke_recipe.model_path) == r.polish_steps
     stages = [json.loads(line)["stage"] for line in (smoke_recipe.root / "recipe_log.jsonl").read_text().splitlines()]
     assert stages == ["data part 0", "data part 1", "tokenizer", "decoder", "dynamics", "finetune", "finetune 2", "final",
-                      "polish", "model"]  # fmt: skip
+                      "polish", "refiner", "model"]  # fmt: skip
 
     # the shipped model is the dynamics with the fine-tuned decoder, on the codes of the first tokenizer
     model, tok, dec = (load_model(p) for p in (smoke_recipe.model_path, smoke_recipe.tokenizer_path, smoke_recipe.decoder_path))
@@ -274,6 +274,11 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert weights_digest({"": model.tokenizer.decoder}) != weights_digest({"": tok.tokenizer.decoder})
     assert model.dynamics is not None and model.info["decoder"]["steps"] == r.decoder_steps
     assert model.dynamics.cfg.rollout_share == 0.5  # the recipe's dynamics flags reach the dynamics stage
+    # ... and the refiner trained on that decoder's frames, with the recipe's flags
+    refiner = load_model(smoke_recipe.refiner_path)
+    assert refiner.dynamics is None and refiner.info["refiner"]["from"] == str(smoke_recipe.decoder_path)
+    assert weights_digest({"": model.tokenizer}) == weights_digest({"": refiner.tokenizer})
+    assert model.config.tokenizer.refiner_channels == 4 and model.info["refiner"]["steps"] == r.refiner_steps
     # ... whose weights each later phase started from and moved on, on the same split (so the same cached codes),
     # and the final phase on all parts (so codes of its own)
     first, second = load_model(smoke_recipe.dynamics_path), load_model(smoke_recipe.finetune_path)
@@ -307,6 +312,7 @@ def test_recipe_skips_finished_stages_and_redoes_an_interrupted_part(smoke_recip
     assert any("finetune 2 complete (20 steps), skipped" in s for s in logs)
     assert any("final complete (10 steps), skipped" in s for s in logs)
     assert any("polish complete (6 steps), skipped" in s for s in logs)
+    assert any("refiner complete (4 steps), skipped" in s for s in logs)
     assert not any("model complete, skipped" in s for s in logs)
     assert _content(smoke_recipe.model_path) == model_content
     # a model assembled from another phase is not this recipe's model, though its steps match
