@@ -368,10 +368,12 @@ def run(task: Task, cfg: LoopConfig, dd: _Dist, settings: dict[str, Any] | None 
                 if dd.main:
                     _append(metrics_path, last)
             if dd.main and (step % cfg.val_every == 0 or step == cfg.steps):
-                v = _validate(task, module, val, cfg)
+                v, val_logs = _validate(task, module, val, cfg)
                 row = {"kind": task.kind, "checkpoint": cfg.out.name, "step": step, "val_loss": v}
                 if task.kind in ("tokenizer", "refiner") and v is not None:
                     row["val_psnr"] = round(psnr(v), 3)  # the loss is pixel MSE on the [-1, 1] scale
+                if "decoded_mse" in val_logs:  # the refiner's: the plain decoder on the same held-out frames
+                    row["val_decoded_psnr"] = round(psnr(val_logs["decoded_mse"]), 3)
                 last.update(row)
                 _append(metrics_path, row)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
@@ -418,16 +420,19 @@ def _check_same_run(spath: Path, before: dict[str, Any] | None, now: dict[str, A
 
 
 @torch.no_grad()
-def _validate(task: Task, module: nn.Module, batches: list, cfg: LoopConfig) -> float | None:
+def _validate(task: Task, module: nn.Module, batches: list, cfg: LoopConfig) -> tuple[float | None, dict[str, float]]:
+    """The mean held-out loss, and the mean of each figure the task logs with it."""
     if not batches:
-        return None
+        return None, {}
     module.eval()
-    losses = []
+    losses, logs = [], []
     for i, b in enumerate(batches):
         gen = torch.Generator(device=next(module.parameters()).device).manual_seed(i)
         with _autocast(next(module.parameters()).device, cfg.precision):
-            losses.append(float(task.loss(module, b, gen)[0]))
-    return float(np.mean(losses))
+            loss, log = task.loss(module, b, gen)
+        losses.append(float(loss))
+        logs.append(log)
+    return float(np.mean(losses)), {k: float(np.mean([x[k] for x in logs])) for k in logs[0]}
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
@@ -712,7 +717,8 @@ class RefinerTask(Task):
             prev = y + (shown - y).detach()  # what the runtime shows next: rounded, gradient straight through
         loss = torch.stack(losses).mean()
         mse, plain_mse = float(loss.detach()), float(np.mean(plain))
-        return loss, {"psnr": psnr(mse), "decoded_psnr": psnr(plain_mse), "last_step_psnr": psnr(float(losses[-1].detach()))}
+        return loss, {"psnr": psnr(mse), "decoded_psnr": psnr(plain_mse), "decoded_mse": plain_mse,
+                      "last_step_psnr": psnr(float(losses[-1].detach()))}
 
     def counts(self, batch):
         f = batch["frames"]
@@ -941,8 +947,8 @@ def refiner_main(argv: list[str]) -> int:
     if dd.main and last.get("already_finished"):
         print(_finished_note(cfg, last))
     elif dd.main:
-        print(f"world model with a refiner: {cfg.out} (step {last.get('step')}, held-out PSNR {last.get('val_psnr')} dB "
-              f"over {a.chain}-step chains; the plain decoder {last.get('decoded_psnr')} dB on the last training batch)")  # fmt: skip
+        print(f"checkpoint with a refiner: {cfg.out} (step {last.get('step')}, held-out PSNR {last.get('val_psnr')} dB over "
+              f"{a.chain}-step chains, the plain decoder {last.get('val_decoded_psnr')} dB on the same frames)")  # fmt: skip
     return 0
 
 
@@ -985,8 +991,10 @@ def swap_decoder_main(argv: list[str]) -> int:
     info = {k: v for k, v in world.info.items() if k != "refiner"}
     if tok.tokenizer.refiner is None:
         decoder = {k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}
-    else:  # a refiner run's steps and losses are the refiner's; the decoder's are kept beside them
-        decoder = tok.info["refiner"].get("model", {})
+    else:
+        # A refiner run's steps and losses are the refiner's. One run on a tokenizer keeps the
+        # tokenizer's beside them; one run on a world model carries that model's decoder record.
+        decoder = tok.info.get("decoder") or tok.info["refiner"].get("model", {})
         info["refiner"] = {**tok.info["refiner"], **{k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}}
     save_model(a.out, config, world.tokenizer, world.dynamics, {**info, "decoder": {"from": str(a.tokenizer), **decoder}})
     print(f"world model with the decoder of {a.tokenizer}: {a.out}")
