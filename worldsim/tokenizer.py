@@ -163,8 +163,8 @@ class Refiner(nn.Module):
     changed, and returns the decoded frame plus a correction, so it starts (zero-initialised
     output) as the plain decoder. It is trained on chains of steps in which each step's input
     is its own previous output (``worldsim train refiner``), since at run time it feeds on
-    itself; trained on single steps it sharpened noise until long rollouts collapsed
-    (docs/model.md, "Refiner").
+    itself; trained on single steps it gained more but held its pixels still enough that a
+    long BlockWorld rollout was judged collapsed (docs/model.md, "Refiner").
 
     It changes pixels only: the codes, and so everything the dynamics sees, stay the same.
     """
