@@ -811,6 +811,24 @@ def _out_lock(out: Path, dd: _Dist) -> Iterator[None]:
         yield
 
 
+def _train_locked(cfg: LoopConfig, dd: _Dist, settings: dict[str, Any], make_task: Any) -> dict[str, Any] | None:
+    """Train ``make_task()`` into ``cfg.out`` under its lock, resuming when asked, then leave the
+    process group. Returns the last logged metrics on the main process of a run that trained,
+    and None elsewhere or (after saying so) for a finished run resumed."""
+    finished = False
+    try:
+        with _out_lock(cfg.out, dd):
+            resumed = resume_state(cfg, settings)
+            last = run(make_task(), cfg, dd, settings, resumed)
+        finished = True
+    finally:
+        dd.close(finished)
+    if dd.main and last.get("already_finished"):
+        print(_finished_note(cfg, last))
+        return None
+    return last if dd.main else None
+
+
 def _finished_note(cfg: LoopConfig, last: dict[str, Any]) -> str:
     return (f"{cfg.kind} checkpoint: {cfg.out} is already at step {last['step']} of {cfg.steps}; nothing to do "
             "(a larger --steps trains on)")  # fmt: skip
@@ -828,19 +846,9 @@ def tokenizer_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     cfg = _loop_config(a, "tokenizer")
     _, dd = _setup(a)
-    finished = False
-    try:
-        with _out_lock(cfg.out, dd):
-            settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
-            resumed = resume_state(cfg, settings)
-            task = TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed)
-            last = run(task, cfg, dd, settings, resumed)
-        finished = True
-    finally:
-        dd.close(finished)
-    if dd.main and last.get("already_finished"):
-        print(_finished_note(cfg, last))
-    elif dd.main:
+    settings = _run_settings(a, ("preset", "decoder_only"), dd.world)
+    last = _train_locked(cfg, dd, settings, lambda: TokenizerTask(a.data, a.preset, a.seed, a.init, a.decoder_only, a.split_seed))
+    if last is not None:
         print(f"tokenizer checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')}, held-out PSNR {last.get('val_psnr')} dB)")  # fmt: skip
     return 0
@@ -891,23 +899,14 @@ def dynamics_main(argv: list[str]) -> int:
         else Path(a.code_cache)
     )
     dev, dd = _setup(a)
-    finished = False
-    try:
-        with _out_lock(cfg.out, dd):
-            settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
-                                         "change_weight", "stay_motion"), dd.world)  # fmt: skip
-            if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
-                settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
-            resumed = resume_state(cfg, settings)
-            task = DynamicsTask(a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate,
-                                a.still_head, a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes)
-            last = run(task, cfg, dd, settings, resumed)
-        finished = True
-    finally:
-        dd.close(finished)
-    if dd.main and last.get("already_finished"):
-        print(_finished_note(cfg, last))
-    elif dd.main:
+    settings = _run_settings(a, ("preset", "context", "stay_gate", "still_head", "rollout_share", "rollout_passes",
+                                 "change_weight", "stay_motion"), dd.world)  # fmt: skip
+    if Path(a.tokenizer).is_file():  # a missing one is the task's error to name
+        settings["tokenizer_sha256"] = sha256_file(a.tokenizer)
+    last = _train_locked(cfg, dd, settings, lambda: DynamicsTask(
+        a.data, a.tokenizer, a.preset, a.context, a.seed, dd.device, cache, a.init, a.stay_gate, a.still_head,
+        a.rollout_share, a.split_seed, a.change_weight, a.stay_motion, a.rollout_passes))  # fmt: skip
+    if last is not None:
         print(f"dynamics checkpoint: {cfg.out} (step {last.get('step')}, loss {last.get('loss')}, "
               f"val_loss {last.get('val_loss')})")  # fmt: skip
     return 0
@@ -931,22 +930,13 @@ def refiner_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     a.init = None  # _run_settings names --init; the checkpoint is recorded by its hash below
     cfg = _loop_config(a, "refiner")
-    dev, dd = _setup(a)
-    finished = False
-    try:
-        with _out_lock(cfg.out, dd):
-            settings = _run_settings(a, ("chain", "channels", "blocks"), dd.world)
-            if Path(a.checkpoint).is_file():  # a missing one is the task's error to name
-                settings["checkpoint_sha256"] = sha256_file(a.checkpoint)
-            resumed = resume_state(cfg, settings)
-            task = RefinerTask(a.data, a.checkpoint, a.chain, a.channels, a.blocks, a.seed, dd.device, a.split_seed)
-            last = run(task, cfg, dd, settings, resumed)
-        finished = True
-    finally:
-        dd.close(finished)
-    if dd.main and last.get("already_finished"):
-        print(_finished_note(cfg, last))
-    elif dd.main:
+    _, dd = _setup(a)
+    settings = _run_settings(a, ("chain", "channels", "blocks"), dd.world)
+    if Path(a.checkpoint).is_file():  # a missing one is the task's error to name
+        settings["checkpoint_sha256"] = sha256_file(a.checkpoint)
+    last = _train_locked(cfg, dd, settings, lambda: RefinerTask(
+        a.data, a.checkpoint, a.chain, a.channels, a.blocks, a.seed, dd.device, a.split_seed))  # fmt: skip
+    if last is not None:
         print(f"checkpoint with a refiner: {cfg.out} (step {last.get('step')}, held-out PSNR {last.get('val_psnr')} dB over "
               f"{a.chain}-step chains, the plain decoder {last.get('val_decoded_psnr')} dB on the same frames)")  # fmt: skip
     return 0
