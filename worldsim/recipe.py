@@ -450,8 +450,13 @@ class RecipeRun:
         init = Path(info["init"]).name if "init" in info else None  # the phase its dynamics started from
         if init != (self.phase_path(self.phases - 1).name if self.phases > 1 else None):
             return False
-        if r.refiner_steps > 0 and info.get("refiner", {}).get("steps") != r.refiner_steps:
-            return False
+        if r.refiner_steps > 0:
+            from worldsim.checkpoint import sha256_file
+
+            base = self.decoder_path if r.decoder_steps > 0 else self.tokenizer_path
+            refiner = info.get("refiner", {})
+            if refiner.get("steps") != r.refiner_steps or not base.is_file() or refiner.get("sha256") != sha256_file(base):
+                return False
         return r.decoder_steps == 0 or info.get("decoder", {}).get("steps") == r.decoder_steps
 
     def _refine(self) -> None:

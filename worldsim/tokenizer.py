@@ -62,7 +62,10 @@ class TokenizerConfig:
         return replace(self, refiner_channels=0, refiner_blocks=0)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.refiner_channels:  # without a refiner, the dict an older WorldSim wrote and reads
+            del d["refiner_channels"], d["refiner_blocks"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
@@ -156,7 +159,7 @@ class Refiner(nn.Module):
     """Sharpens a decoded frame with the frame shown before it, as a video codec's P-frame
     reuses its reference frame.
 
-    The decoder sees only the codes, 12.8 bits a 4x4 cell, so every frame it draws carries its
+    The decoder sees only the codes, 13.6 bits a 4x4 cell, so every frame it draws carries its
     reconstruction error (about 33 dB) even where the world did not change. The frame before
     (the real one after a prompt, then the frame the dream showed) holds the detail the codes
     cannot. The refiner gets that frame, the decoded frame, and a mask of the cells whose code

@@ -685,7 +685,8 @@ class RefinerTask(Task):
         tok = _replace(start.config.tokenizer, refiner_channels=channels, refiner_blocks=blocks)
         self.config = _replace(start.config, tokenizer=tok)
         # info's steps and losses become the refiner's (--resume reads them); the model's own stay beside them
-        own = {k: start.info[k] for k in ("steps", "loss", "val_loss") if k in start.info}
+        own = (start.info["refiner"].get("model", {}) if isinstance(start.info.get("refiner"), dict)  # a refiner trained again
+               else {k: start.info[k] for k in ("steps", "loss", "val_loss") if k in start.info})
         self.info = {**start.info, "refiner": {"from": str(checkpoint), "sha256": sha256_file(checkpoint), "chain": chain,
                                                "model": own}}  # fmt: skip
 
@@ -928,6 +929,9 @@ def refiner_main(argv: list[str]) -> int:
     p.add_argument("--channels", type=int, default=24, help="the refiner's feature channels (default 24)")
     p.add_argument("--blocks", type=int, default=3, help="the refiner's residual blocks (default 3)")
     a = p.parse_args(argv)
+    if Path(a.out).resolve() == Path(a.checkpoint).resolve():
+        # the checkpoint is hashed into the run's settings: one trained in place could never be resumed
+        raise WorldSimError(f"--out {a.out} is --checkpoint: write the model with a refiner to a file of its own")
     a.init = None  # _run_settings names --init; the checkpoint is recorded by its hash below
     cfg = _loop_config(a, "refiner")
     _, dd = _setup(a)
@@ -984,7 +988,7 @@ def swap_decoder_main(argv: list[str]) -> int:
     else:
         # A refiner run's steps and losses are the refiner's. One run on a tokenizer keeps the
         # tokenizer's beside them; one run on a world model carries that model's decoder record.
-        decoder = tok.info.get("decoder") or tok.info["refiner"].get("model", {})
+        decoder = tok.info.get("decoder") or (tok.info["refiner"].get("model", {}) if tok.dynamics is None else {})
         info["refiner"] = {**tok.info["refiner"], **{k: tok.info[k] for k in ("steps", "val_loss") if k in tok.info}}
     save_model(a.out, config, world.tokenizer, world.dynamics, {**info, "decoder": {"from": str(a.tokenizer), **decoder}})
     print(f"world model with the decoder of {a.tokenizer}: {a.out}")

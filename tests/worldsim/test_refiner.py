@@ -119,7 +119,13 @@ def test_bad_refiner_arguments_and_configs_are_named(world, tmp_path: Path, caps
     for flag, value in (("--chain", "0"), ("--channels", "0"), ("--blocks", "100")):
         assert cli([*base, "--out", str(tmp_path / f"{flag[2:]}.safetensors"), flag, value]) == 2
         assert flag in capsys.readouterr().err
+    # in place, the run could never resume (its settings hold the checkpoint's hash): refused before anything is written
+    before = plain.read_bytes()
+    assert cli([*base, "--out", str(plain), "--overwrite"]) == 2
+    assert "--out" in capsys.readouterr().err and plain.read_bytes() == before
     loaded = load_model(plain)
+    # without a refiner the config is the one an older WorldSim wrote, so it can read the file
+    assert "refiner_channels" not in loaded.config.to_dict()["tokenizer"]
     d = loaded.config.to_dict()
     d["tokenizer"].update(refiner_channels=4, refiner_blocks=0)
     with pytest.raises(ValueError, match="refiner_blocks"):
