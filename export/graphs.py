@@ -102,17 +102,15 @@ def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     C = len(dyn.action_nvec)
     kv = ("B", dyn.heads, "S", dyn.width // dyn.heads)
     entries = (dyn.layers, 2, "B", dyn.heads, "FN", dyn.width // dyn.heads)
-    frames = TensorSpec("frames", "uint8", ("B", "H", "W", 3))
     refiner = {} if not config.tokenizer.refiner_channels else {
         "refiner": GraphSpec(
             "refiner",
-            (TensorSpec("prev_frames", "uint8", ("B", "H", "W", 3)), frames,
+            (TensorSpec("prev_frames", "uint8", ("B", "H", "W", 3)), TensorSpec("frames", "uint8", ("B", "H", "W", 3)),
              TensorSpec("prev_codes", "int64", ("B", "h", "w")), TensorSpec("codes", "int64", ("B", "h", "w"))),
             (TensorSpec("refined", "uint8", ("B", "H", "W", 3)),),
         ),
     }  # fmt: skip
     return {
-        **refiner,
         "encoder": GraphSpec(
             "encoder",
             (TensorSpec("frames", "uint8", ("B", "H", "W", 3)),),
@@ -143,6 +141,7 @@ def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
                 *((TensorSpec("still_logit", "float32", ("B",)),) if dyn.still_head else ()),
             ),
         ),
+        **refiner,
     }
 
 
@@ -160,6 +159,16 @@ def cache_feed(cache: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(cache_names(cache.shape[0]), (cache[i, j] for i in range(cache.shape[0]) for j in (0, 1))))
 
 
+def _as_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [-1, 1] (``frames_to_float`` with a positive permutation)."""
+    return frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _as_frames(x: torch.Tensor) -> torch.Tensor:
+    """float ``[B, 3, H, W]`` in [-1, 1] -> uint8 ``[B, H, W, 3]`` (``float_to_frames``, positively permuted)."""
+    return x.permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 class EncoderGraph(nn.Module):
     """``Tokenizer.encode`` as a module: uint8 frames -> int64 codes.
 
@@ -173,8 +182,7 @@ class EncoderGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         tok = self.tokenizer
-        x = frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
-        _, idx = tok.fsq.quantize(tok.encoder(x))
+        _, idx = tok.fsq.quantize(tok.encoder(_as_float(frames)))
         return tok.fsq.pack(idx)
 
 
@@ -189,8 +197,7 @@ class DecoderGraph(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         tok = self.tokenizer
         vals = tok.fsq.values(tok.fsq.unpack(codes)).permute(0, 3, 1, 2)  # (B, D, h, w)
-        x = tok.decoder(vals).permute(0, 2, 3, 1)  # (B, H, W, 3)
-        return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+        return _as_frames(tok.decoder(vals))
 
 
 class RefinerGraph(nn.Module):
@@ -201,11 +208,7 @@ class RefinerGraph(nn.Module):
         self.tokenizer = tokenizer
 
     def forward(self, prev_frames: torch.Tensor, frames: torch.Tensor, prev_codes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        def as_float(f: torch.Tensor) -> torch.Tensor:
-            return f.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-        y = self.tokenizer.refiner(as_float(prev_frames), as_float(frames), codes != prev_codes).permute(0, 2, 3, 1)
-        return y.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+        return _as_frames(self.tokenizer.refiner(_as_float(prev_frames), _as_float(frames), codes != prev_codes))
 
 
 class DynamicsStepGraph(nn.Module):

@@ -71,7 +71,7 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> dict[str, 
     try:
         config = ModelConfig.from_dict(manifest["config"])
         sha = manifest["checkpoint"]["sha256"]
-        names = GRAPHS + (("refiner",) if config.tokenizer.refiner_channels else ())
+        names = GRAPHS + (OPTIONAL_GRAPHS if config.tokenizer.refiner_channels else ())  # the refiner, its only one
         graphs = {name: manifest["graphs"][name] for name in names}
         files = {name: (g["file"], g["sha256"]) for name, g in graphs.items()}
     except (KeyError, TypeError, ValueError) as e:

@@ -65,7 +65,7 @@ from typing import Any
 from safetensors import safe_open
 
 from worldsim.atomic import LockBusy, atomic_copy, atomic_write_text, exclusive_lock, naming
-from worldsim.checkpoint import checkpoint_steps
+from worldsim.checkpoint import checkpoint_steps, sha256_file
 from worldsim.cli import DEVICE_HELP
 from worldsim.errors import WorldSimError
 
@@ -298,6 +298,11 @@ class RecipeRun:
         return self.root / "refiner.safetensors"
 
     @property
+    def refined_from(self) -> Path:
+        """The tokenizer the refiner stage trains on: the decoder stage's, else the first one."""
+        return self.decoder_path if self.recipe.decoder_steps > 0 else self.tokenizer_path
+
+    @property
     def decoded_by(self) -> Path | None:
         """The tokenizer whose decoder (and refiner) the model stage puts into the model (None: its own)."""
         r = self.recipe
@@ -451,25 +456,24 @@ class RecipeRun:
         if init != (self.phase_path(self.phases - 1).name if self.phases > 1 else None):
             return False
         if r.refiner_steps > 0:
-            from worldsim.checkpoint import sha256_file
-
-            base = self.decoder_path if r.decoder_steps > 0 else self.tokenizer_path
             refiner = info.get("refiner", {})
-            if refiner.get("steps") != r.refiner_steps or not base.is_file() or refiner.get("sha256") != sha256_file(base):
+            if refiner.get("steps") != r.refiner_steps or not self._refined_from_current(refiner):
                 return False
         return r.decoder_steps == 0 or info.get("decoder", {}).get("steps") == r.decoder_steps
 
+    def _refined_from_current(self, record: dict[str, Any]) -> bool:
+        """Whether a refiner's ``info.refiner`` record names the current :attr:`refined_from` file."""
+        return self.refined_from.is_file() and record.get("sha256") == sha256_file(self.refined_from)
+
     def _refine(self) -> None:
         """The refiner stage: a refiner for the decoder the model will have."""
-        from worldsim.checkpoint import sha256_file
         from worldsim.train import state_path
 
-        r, out = self.recipe, self.refiner_path
-        base = self.decoder_path if r.decoder_steps > 0 else self.tokenizer_path
+        r, out, base = self.recipe, self.refiner_path, self.refined_from
         if out.is_file():
             with safe_open(str(out), framework="pt") as f:
                 info = json.loads((f.metadata() or {}).get("info", "{}"))
-            if info.get("refiner", {}).get("sha256") != sha256_file(base):
+            if not self._refined_from_current(info.get("refiner", {})):
                 # trained on another decoder (its resume would be refused): start again
                 self.log(f"recipe {self.name}: {out.name} was trained on another {base.name}; training it again")
                 out.unlink()
